@@ -1,0 +1,201 @@
+//! The contract between Switchboard's core and its channel adapters.
+//!
+//! Where it sits: every adapter under `channels/` turns a provider's request (headers + raw bytes)
+//! into [`InboundMessage`]s, and turns an [`OutboundMessage`] into a provider API call that ends in a
+//! [`Receipt`] or a typed [`SendError`]. Provider types never cross this boundary: the core only ever
+//! sees what is defined here.
+//!
+//! What it must never do: depend on the core, on a database, or on any one provider.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The closed set of channels Switchboard speaks. Dispatch is a `match` over this enum, not a
+/// plugin registry: we know our channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKind {
+    /// The generic HTTP channel (`POST /v1/messages`, replies to an optional callback URL).
+    Api,
+    Widget,
+    Telegram,
+    Whatsapp,
+    Sms,
+    Email,
+}
+
+impl ChannelKind {
+    pub const ALL: [ChannelKind; 6] = [
+        ChannelKind::Api,
+        ChannelKind::Widget,
+        ChannelKind::Telegram,
+        ChannelKind::Whatsapp,
+        ChannelKind::Sms,
+        ChannelKind::Email,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::Api => "api",
+            ChannelKind::Widget => "widget",
+            ChannelKind::Telegram => "telegram",
+            ChannelKind::Whatsapp => "whatsapp",
+            ChannelKind::Sms => "sms",
+            ChannelKind::Email => "email",
+        }
+    }
+
+    /// Parses the wire name (`"api"`, `"telegram"`, …); `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for ChannelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who sent a message, as the provider identifies them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactRef {
+    /// The provider's stable id for the person (chat id, phone number, email address, …).
+    pub external_id: String,
+    pub display_name: Option<String>,
+}
+
+/// A file or media item referenced by a message. Adapters store references, not bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// `image`, `audio`, `video`, `document`, `sticker`, `location`, …
+    pub kind: String,
+    /// Provider reference (file id, media id or URL).
+    pub reference: String,
+    pub mime_type: Option<String>,
+    pub caption: Option<String>,
+}
+
+/// One message from an end user, normalized. This is the only shape the core's ingest accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundMessage {
+    /// The provider's id for this message (or the client's idempotency key). Redeliveries carry the
+    /// same id; the core stores a message once per `(channel, provider_id)`.
+    pub provider_id: String,
+    pub contact: ContactRef,
+    pub text: String,
+    pub attachments: Vec<Attachment>,
+}
+
+/// One reply to send through a channel. `delivery_id` is stable across retries: adapters pass it to
+/// providers that accept an idempotency key, so a retry after a crash is not a second message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutboundMessage {
+    pub delivery_id: String,
+    pub conversation_id: String,
+    pub message_id: String,
+    /// Per-conversation sequence number of the reply.
+    pub seq: i64,
+    /// The contact's id at the provider (where to send).
+    pub to: String,
+    pub text: String,
+}
+
+/// What a provider said when it accepted a message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Receipt {
+    /// The provider's id for the sent message, when it gives one.
+    pub provider_message_id: Option<String>,
+}
+
+/// Why a send failed, phrased as what the caller should do next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The provider asked us to wait (HTTP 429 / `Retry-After` / `retry_after`).
+    #[error("provider asked to retry after {0:?}: {1}")]
+    RetryAfter(Duration, String),
+    /// A failure that may pass (timeout, connection refused, 5xx): retry with back-off.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// The provider will never accept this message as it is: do not retry.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+impl SendError {
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, SendError::Permanent(_))
+    }
+}
+
+/// A credential (token, signing key, password). It never prints: `Debug` and `Display` show
+/// `[redacted]`, so a secret cannot reach a log line by accident. Read it with [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Why an inbound request was refused. Each variant maps to one HTTP status at the edge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InboundError {
+    /// Signature or secret missing or wrong → 401, nothing stored.
+    #[error("signature verification failed: {0}")]
+    Unauthorized(String),
+    /// The body is not a payload this channel understands → 400.
+    #[error("malformed payload: {0}")]
+    Malformed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_kind_round_trips_through_its_wire_name() {
+        for kind in ChannelKind::ALL {
+            assert_eq!(ChannelKind::parse(kind.as_str()), Some(kind));
+            assert_eq!(
+                serde_json::to_string(&kind).ok(),
+                Some(format!("\"{}\"", kind.as_str()))
+            );
+        }
+        assert_eq!(ChannelKind::parse("fax"), None);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2");
+        assert!(!format!("{s:?} {s}").contains("hunter2"));
+        assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn only_permanent_errors_stop_retries() {
+        assert!(SendError::Transient("x".into()).is_retryable());
+        assert!(SendError::RetryAfter(Duration::from_secs(1), "x".into()).is_retryable());
+        assert!(!SendError::Permanent("x".into()).is_retryable());
+    }
+}

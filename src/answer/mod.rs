@@ -1,0 +1,60 @@
+//! Answers: what the bot says to one inbound message.
+//!
+//! Where it sits: called by the router, one turn at a time per conversation, outside any database
+//! transaction (a model may take seconds). It returns text and citations; it never writes to the
+//! store or talks to a channel — the router stores the answer with the turn, the outbox sends it.
+//!
+//! Until knowledge and LLMs are connected, [`NoKnowledgeResponder`] answers every turn honestly:
+//! nothing has been configured to answer from.
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+/// The inbound message the bot is answering, with its context.
+#[derive(Debug, Clone)]
+pub struct Turn {
+    pub tenant_id: String,
+    pub conversation_id: String,
+    pub message_id: String,
+    pub text: String,
+}
+
+/// Where a statement in an answer came from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Citation {
+    pub document_id: String,
+    pub title: String,
+    pub chunk: i64,
+}
+
+/// The bot's answer to a turn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub text: String,
+    pub citations: Vec<Citation>,
+}
+
+/// Produces the bot's answer to one turn. An error means "no answer could be produced now": the
+/// router records it and leaves the turn to be retried.
+#[async_trait]
+pub trait Responder: Send + Sync + 'static {
+    async fn respond(&self, turn: &Turn) -> anyhow::Result<Answer>;
+}
+
+/// The built-in responder while no knowledge is configured: says so instead of inventing.
+#[derive(Debug, Default, Clone)]
+pub struct NoKnowledgeResponder;
+
+/// What [`NoKnowledgeResponder`] says.
+pub const NO_KNOWLEDGE_REPLY: &str = "Thanks for your message. I can't answer it yet: no knowledge has been \
+configured for this assistant, so anything I said would be made up. Your message has been saved.";
+
+#[async_trait]
+impl Responder for NoKnowledgeResponder {
+    async fn respond(&self, _turn: &Turn) -> anyhow::Result<Answer> {
+        Ok(Answer {
+            text: NO_KNOWLEDGE_REPLY.to_owned(),
+            citations: Vec::new(),
+        })
+    }
+}

@@ -1,0 +1,310 @@
+//! Configuration: built-in defaults, then an optional TOML file, then `SWITCHBOARD_*` environment
+//! variables (SPEC §2). Later layers win field by field.
+//!
+//! Secrets (the database URL may carry a password) are [`Secret`]s: they never print in `Debug`
+//! or in the startup summary. Per-tenant channel credentials are not configuration: they live in
+//! the database with the channel.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use switchboard_channel::Secret;
+
+/// Everything the process needs to start. Build with [`Config::load`] (or `Config::default()` and
+/// field assignments in tests).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP listen address.
+    pub listen: String,
+    /// SQLite file, embedded vector store, uploads.
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; unset → `sqlite://$DATA_DIR/switchboard.db`.
+    pub database_url: Option<Secret>,
+    /// Largest pool size toward the database.
+    pub database_max_connections: u32,
+    /// Qdrant server URL; unset → embedded vector store.
+    pub qdrant_url: Option<String>,
+    /// `ollama` or `openai`.
+    pub llm_provider: String,
+    pub llm_url: String,
+    pub chat_model: String,
+    pub embed_model: Option<String>,
+    /// Public base URL, used to tell providers where our webhooks are.
+    pub public_url: Option<String>,
+    /// `text` (default) or `json` log lines.
+    pub log_format: LogFormat,
+    /// Largest accepted request body, in bytes (larger → 413).
+    pub max_body_bytes: usize,
+    /// How long `POST /v1/messages` with `wait: true` holds for the reply.
+    pub wait_timeout_ms: u64,
+    /// Run the router and delivery workers. Off only for tools and tests that drive steps by hand.
+    pub workers: bool,
+    pub outbox: OutboxConfig,
+}
+
+/// Retry policy and concurrency of the delivery worker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// First retry delay; each further attempt doubles it (with jitter) up to `max_delay_ms`.
+    pub base_delay_ms: u64,
+    pub max_delay_ms: u64,
+    /// Attempts before a delivery becomes a dead letter.
+    pub max_attempts: u32,
+    /// How long a claimed delivery stays reserved for the worker that claimed it. A worker that
+    /// dies mid-send loses its claim after this, and the delivery is retried.
+    pub lease_ms: u64,
+    /// Sends in flight at once.
+    pub concurrency: usize,
+    /// Longest sleep between looks at the table when nothing wakes the worker (other processes may
+    /// write deliveries too).
+    pub poll_ms: u64,
+    /// Timeout of one provider call.
+    pub send_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            database_max_connections: 16,
+            qdrant_url: None,
+            llm_provider: "ollama".into(),
+            llm_url: "http://127.0.0.1:11434".into(),
+            chat_model: "llama3.2:3b".into(),
+            embed_model: None,
+            public_url: None,
+            log_format: LogFormat::Text,
+            max_body_bytes: 1024 * 1024,
+            wait_timeout_ms: 30_000,
+            workers: true,
+            outbox: OutboxConfig::default(),
+        }
+    }
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            base_delay_ms: 1_000,
+            max_delay_ms: 5 * 60 * 1_000,
+            max_attempts: 10,
+            lease_ms: 60_000,
+            concurrency: 32,
+            poll_ms: 1_000,
+            send_timeout_ms: 15_000,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults → `file` (or `$SWITCHBOARD_CONFIG`, or `./switchboard.toml` if present) → environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let explicit = file
+            .map(Path::to_path_buf)
+            .or_else(|| env("SWITCHBOARD_CONFIG").map(PathBuf::from));
+        let mut config = match explicit {
+            Some(path) => Config::from_file(&path)?,
+            None if Path::new("switchboard.toml").exists() => {
+                Config::from_file(Path::new("switchboard.toml"))?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    }
+
+    /// Applies `SWITCHBOARD_*` variables; `env` returns a variable's non-empty value.
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        fn num<T: std::str::FromStr>(name: &str, value: String) -> anyhow::Result<T> {
+            value
+                .trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{name}: not a valid number: {value:?}"))
+        }
+        let o = &mut self.outbox;
+        for (name, value) in ENV_VARS.iter().filter_map(|n| env(n).map(|v| (*n, v))) {
+            match name {
+                "SWITCHBOARD_LISTEN" => self.listen = value,
+                "SWITCHBOARD_DATA_DIR" => self.data_dir = PathBuf::from(value),
+                "SWITCHBOARD_DATABASE_URL" => self.database_url = Some(Secret::new(value)),
+                "SWITCHBOARD_DATABASE_MAX_CONNECTIONS" => {
+                    self.database_max_connections = num(name, value)?
+                }
+                "SWITCHBOARD_QDRANT_URL" => self.qdrant_url = Some(value),
+                "SWITCHBOARD_LLM_PROVIDER" => self.llm_provider = value,
+                "SWITCHBOARD_LLM_URL" => self.llm_url = value,
+                "SWITCHBOARD_CHAT_MODEL" => self.chat_model = value,
+                "SWITCHBOARD_EMBED_MODEL" => self.embed_model = Some(value),
+                "SWITCHBOARD_PUBLIC_URL" => self.public_url = Some(value),
+                "SWITCHBOARD_LOG_FORMAT" => {
+                    self.log_format = match value.as_str() {
+                        "json" => LogFormat::Json,
+                        "text" => LogFormat::Text,
+                        other => {
+                            bail!("SWITCHBOARD_LOG_FORMAT: expected text or json, got {other:?}")
+                        }
+                    }
+                }
+                "SWITCHBOARD_MAX_BODY_BYTES" => self.max_body_bytes = num(name, value)?,
+                "SWITCHBOARD_WAIT_TIMEOUT_MS" => self.wait_timeout_ms = num(name, value)?,
+                "SWITCHBOARD_OUTBOX_BASE_DELAY_MS" => o.base_delay_ms = num(name, value)?,
+                "SWITCHBOARD_OUTBOX_MAX_DELAY_MS" => o.max_delay_ms = num(name, value)?,
+                "SWITCHBOARD_OUTBOX_MAX_ATTEMPTS" => o.max_attempts = num(name, value)?,
+                "SWITCHBOARD_OUTBOX_LEASE_MS" => o.lease_ms = num(name, value)?,
+                "SWITCHBOARD_OUTBOX_CONCURRENCY" => o.concurrency = num(name, value)?,
+                "SWITCHBOARD_OUTBOX_POLL_MS" => o.poll_ms = num(name, value)?,
+                "SWITCHBOARD_OUTBOX_SEND_TIMEOUT_MS" => o.send_timeout_ms = num(name, value)?,
+                _ => unreachable!("every name in ENV_VARS has an arm"),
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.listen_addr()?;
+        if !matches!(self.llm_provider.as_str(), "ollama" | "openai") {
+            bail!(
+                "llm_provider: expected ollama or openai, got {:?}",
+                self.llm_provider
+            );
+        }
+        if self.outbox.max_attempts == 0 || self.outbox.concurrency == 0 {
+            bail!("outbox.max_attempts and outbox.concurrency must be at least 1");
+        }
+        if self.database_max_connections == 0 {
+            bail!("database_max_connections must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.listen
+            .parse()
+            .with_context(|| format!("listen: not an address: {:?}", self.listen))
+    }
+
+    /// The configured database URL, or the SQLite file in the data dir.
+    pub fn database_url(&self) -> Secret {
+        self.database_url.clone().unwrap_or_else(|| {
+            Secret::new(format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("switchboard.db").display()
+            ))
+        })
+    }
+
+    pub fn wait_timeout(&self) -> Duration {
+        Duration::from_millis(self.wait_timeout_ms)
+    }
+}
+
+/// Every environment variable read, in the order applied. Documented in README.md.
+pub const ENV_VARS: &[&str] = &[
+    "SWITCHBOARD_LISTEN",
+    "SWITCHBOARD_DATA_DIR",
+    "SWITCHBOARD_DATABASE_URL",
+    "SWITCHBOARD_DATABASE_MAX_CONNECTIONS",
+    "SWITCHBOARD_QDRANT_URL",
+    "SWITCHBOARD_LLM_PROVIDER",
+    "SWITCHBOARD_LLM_URL",
+    "SWITCHBOARD_CHAT_MODEL",
+    "SWITCHBOARD_EMBED_MODEL",
+    "SWITCHBOARD_PUBLIC_URL",
+    "SWITCHBOARD_LOG_FORMAT",
+    "SWITCHBOARD_MAX_BODY_BYTES",
+    "SWITCHBOARD_WAIT_TIMEOUT_MS",
+    "SWITCHBOARD_OUTBOX_BASE_DELAY_MS",
+    "SWITCHBOARD_OUTBOX_MAX_DELAY_MS",
+    "SWITCHBOARD_OUTBOX_MAX_ATTEMPTS",
+    "SWITCHBOARD_OUTBOX_LEASE_MS",
+    "SWITCHBOARD_OUTBOX_CONCURRENCY",
+    "SWITCHBOARD_OUTBOX_POLL_MS",
+    "SWITCHBOARD_OUTBOX_SEND_TIMEOUT_MS",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn with_env(pairs: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut config: Config = toml::from_str(
+            "listen = \"0.0.0.0:9000\"\nchat_model = \"from-file\"\n[outbox]\nmax_attempts = 3\n",
+        )?;
+        config.apply_env(|name| map.get(name).cloned())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn environment_overrides_file_overrides_defaults() -> anyhow::Result<()> {
+        let c = with_env(&[
+            ("SWITCHBOARD_CHAT_MODEL", "from-env"),
+            ("SWITCHBOARD_OUTBOX_BASE_DELAY_MS", "5"),
+        ])?;
+        assert_eq!(c.listen, "0.0.0.0:9000"); // file
+        assert_eq!(c.chat_model, "from-env"); // env over file
+        assert_eq!(c.outbox.max_attempts, 3); // file
+        assert_eq!(c.outbox.base_delay_ms, 5); // env
+        assert_eq!(c.outbox.max_delay_ms, 300_000); // default
+        Ok(())
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_variable_named() {
+        let err = with_env(&[("SWITCHBOARD_OUTBOX_MAX_ATTEMPTS", "many")])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("SWITCHBOARD_OUTBOX_MAX_ATTEMPTS"), "{err}");
+        assert!(with_env(&[("SWITCHBOARD_LISTEN", "nowhere")]).is_err());
+        assert!(with_env(&[("SWITCHBOARD_LLM_PROVIDER", "magic")]).is_err());
+        assert!(toml::from_str::<Config>("no_such_key = 1").is_err());
+    }
+
+    #[test]
+    fn the_database_password_never_prints() {
+        let c = Config {
+            database_url: Some(Secret::new("postgres://u:hunter2@db/x")),
+            ..Config::default()
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert_eq!(c.database_url().expose(), "postgres://u:hunter2@db/x");
+    }
+
+    #[test]
+    fn sqlite_in_the_data_dir_is_the_default_store() {
+        let c = Config::default();
+        assert!(
+            c.database_url()
+                .expose()
+                .starts_with("sqlite://./data/switchboard.db")
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! `POST /v1/messages` (the generic `api` channel) and the conversation read side.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::json;
+use switchboard_channel::InboundError;
+use switchboard_channel_api::parse_inbound;
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::ApiError;
+use crate::core::Role;
+use crate::ingest;
+use crate::store::messages::ConversationFilter;
+use crate::store::new_id;
+
+pub async fn post_message(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let principal = caller.require(&[Role::Admin])?;
+    let body = body?;
+    let request = parse_inbound(&body).map_err(|e| match e {
+        InboundError::Malformed(m) => ApiError::bad_request("invalid_message", m),
+        InboundError::Unauthorized(m) => ApiError::unauthorized("invalid_signature", m),
+    })?;
+    let wait = request.wait;
+    let channel = state.store.api_channel(&principal.tenant_id).await?;
+    let message = request.into_message(new_id);
+    let ingested = ingest::accept(&state.store, &state.router, &channel, &message).await?;
+    let mut body = json!({
+        "conversation_id": ingested.conversation_id,
+        "message_id": ingested.message_id,
+        "duplicate": ingested.duplicate,
+    });
+    if !wait {
+        return Ok((StatusCode::OK, Json(body)));
+    }
+    let outcome = state
+        .router
+        .wait_processed(
+            &principal.tenant_id,
+            &ingested.message_id,
+            state.config.wait_timeout(),
+        )
+        .await?;
+    match outcome {
+        Some(reply) => {
+            body["reply"] = reply.map_or(
+                serde_json::Value::Null,
+                |r| json!({ "message_id": r.id, "text": r.text, "citations": r.citations }),
+            );
+            Ok((StatusCode::OK, Json(body)))
+        }
+        // Stored and acknowledged, but not answered within the wait: the reply will still come.
+        None => Ok((StatusCode::ACCEPTED, Json(body))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ConversationQuery {
+    status: Option<String>,
+    channel: Option<String>,
+    flagged: Option<bool>,
+    limit: Option<i64>,
+}
+
+pub async fn list_conversations(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ConversationQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let principal = caller.require(&[Role::Admin, Role::Moderator])?;
+    if let Some(status) = &q.status
+        && !matches!(status.as_str(), "bot" | "human" | "closed")
+    {
+        return Err(ApiError::bad_request(
+            "invalid_filter",
+            "status must be bot, human or closed",
+        ));
+    }
+    let filter = ConversationFilter {
+        status: q.status,
+        channel: q.channel,
+        flagged: q.flagged,
+        limit: q.limit.unwrap_or(100).clamp(1, 1000),
+    };
+    let conversations = state
+        .store
+        .conversations(&principal.tenant_id, &filter)
+        .await?;
+    Ok(Json(json!({ "conversations": conversations })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MessagesQuery {
+    after_seq: Option<i64>,
+    limit: Option<i64>,
+}
+
+pub async fn conversation_messages(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<MessagesQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let principal = caller.require(&[Role::Admin, Role::Moderator])?;
+    let messages = state
+        .store
+        .conversation_messages(
+            &principal.tenant_id,
+            &id,
+            q.after_seq.unwrap_or(0),
+            q.limit.unwrap_or(500).clamp(1, 5000),
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found("conversation"))?;
+    Ok(Json(json!({ "messages": messages })))
+}

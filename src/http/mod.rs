@@ -1,0 +1,91 @@
+//! HTTP surface (SPEC §3): axum routers and handlers only. Handlers parse, authorize and call into
+//! ingest, the router and the store; they hold no business logic of their own.
+
+pub mod auth;
+pub mod channels;
+pub mod error;
+pub mod messages;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router as HttpRouter};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Config;
+use crate::router::Router;
+use crate::store::Store;
+use error::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub router: Router,
+    pub config: Arc<Config>,
+    pub metrics: PrometheusHandle,
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> HttpRouter {
+    let body_limit = state.config.max_body_bytes;
+    HttpRouter::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/messages", post(messages::post_message))
+        .route("/v1/conversations", get(messages::list_conversations))
+        .route(
+            "/v1/conversations/{id}/messages",
+            get(messages::conversation_messages),
+        )
+        .route(
+            "/v1/channels",
+            post(channels::connect_channel).get(channels::list_channels),
+        )
+        .route("/v1/deliveries", get(channels::list_deliveries))
+        .route("/v1/deliveries/{id}/retry", post(channels::retry_delivery))
+        .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this path does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.store.ping().await {
+        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check: store unreachable");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the database is not reachable",
+            )
+            .into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}

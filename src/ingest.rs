@@ -1,0 +1,37 @@
+//! Ingest: the gate every inbound message passes, whatever its channel.
+//!
+//! Where it sits: right after a channel adapter verified and normalized a request, before the
+//! router. It stores the message (deduplicated on the provider id) and only then lets the caller
+//! acknowledge the provider; then it hands the conversation to the router. It never waits for
+//! the answer: acknowledging fast is what keeps providers from redelivering.
+
+use metrics::counter;
+use switchboard_channel::InboundMessage;
+use tracing::instrument;
+
+use crate::router::Router;
+use crate::store::Store;
+use crate::store::channels::Channel;
+use crate::store::messages::Ingested;
+
+/// Stores `msg` once and queues its conversation for the router.
+#[instrument(skip_all, fields(tenant = %channel.tenant_id, channel = %channel.kind))]
+pub async fn accept(
+    store: &Store,
+    router: &Router,
+    channel: &Channel,
+    msg: &InboundMessage,
+) -> Result<Ingested, sqlx::Error> {
+    let ingested = store.ingest(&channel.tenant_id, &channel.id, msg).await?;
+    let outcome = if ingested.duplicate {
+        "duplicate"
+    } else {
+        "stored"
+    };
+    counter!("switchboard_inbound_total", "channel" => channel.kind.as_str(), "outcome" => outcome)
+        .increment(1);
+    tracing::debug!(conversation = %ingested.conversation_id, outcome, "inbound message");
+    // Also on a duplicate: if the first copy was never answered (a crash), this gets it going.
+    router.kick(&ingested.conversation_id);
+    Ok(ingested)
+}

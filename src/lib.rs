@@ -1,0 +1,38 @@
+//! Switchboard: a conversational bot and coaching gateway.
+//!
+//! # Layout
+//! The modules read as the path a message travels:
+//!
+//! ```text
+//! provider webhook / socket / POST /v1/messages
+//!   -> channels/<name>  verify, parse, normalize (provider types stay in those crates)
+//!   -> ingest           dedupe by provider id, store, then acknowledge
+//!   -> router           one turn at a time per conversation, in order
+//!   -> answer           what the bot says (a Responder)
+//!   -> outbox           durable delivery: retries, back-off, dead letters
+//!   -> channels/<name>  provider send API
+//! side paths: core (tenants, keys), store (SQL), http (axum routers only), config, telemetry
+//! ```
+
+/// What the bot says to one inbound message (the `Responder` trait).
+pub mod answer;
+/// The command line (`serve`, `migrate`, `tenant create`, `key create`).
+pub mod cli;
+/// Layered configuration: defaults, TOML file, environment.
+pub mod config;
+/// Tenants, API keys, roles: domain values parsed at the edge.
+pub mod core;
+/// HTTP surface: axum routers and handlers.
+pub mod http;
+/// The ingest gate: dedupe and store before acknowledging.
+pub mod ingest;
+/// Durable delivery of replies through the channels.
+pub mod outbox;
+/// Per-conversation, in-order processing of stored messages.
+pub mod router;
+/// Building and running the server (port 0 friendly) and its orderly shutdown.
+pub mod startup;
+/// SQL storage on SQLite or PostgreSQL.
+pub mod store;
+/// Logs and Prometheus metrics.
+pub mod telemetry;

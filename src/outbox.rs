@@ -1,0 +1,287 @@
+//! The outbox: durable delivery of replies with retries and dead letters.
+//!
+//! Where it sits: last step before the provider. The router wrote each reply and its `delivery`
+//! row in one transaction; this worker claims due rows (a lease, `FOR UPDATE SKIP LOCKED` on
+//! Postgres), sends them through their channel outside any transaction, and records the outcome:
+//! delivered; a retry at `now + back-off` (exponential with jitter, or the provider's
+//! retry-after); or, after `max_attempts` or a permanent error, a dead letter — visible through
+//! `GET /v1/deliveries?status=dead` and `switchboard_dead_letters_total`, never dropped.
+//!
+//! The worker is "a table plus a step function": [`Outbox::try_execute_step`] claims and sends
+//! one batch, so tests (and the proactive scheduler later) can drive it deterministically; [`Outbox::run`]
+//! loops it, waking on a [`Notify`] from the router or at the next due time.
+//!
+//! Exactly-once: a crash after the provider accepted a message and before we recorded it means
+//! one resend after the lease runs out; every send carries the delivery id as the provider's
+//! idempotency key where the provider has one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{counter, histogram};
+use rand::Rng;
+use switchboard_channel::{ChannelKind, OutboundMessage, Receipt, SendError};
+use switchboard_channel_api::{ApiChannelConfig, ApiSender};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info_span, warn};
+
+use crate::config::OutboxConfig;
+use crate::store::deliveries::{ClaimedDelivery, SendJob};
+use crate::store::{Store, now_ms};
+
+/// When to try again after a failed attempt.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub max: Duration,
+    pub max_attempts: u32,
+}
+
+impl RetryPolicy {
+    /// Delay before the attempt after `attempts` failed ones: `base · 2^(attempts-1)` capped at
+    /// `max`, with "equal jitter" (half fixed, half random) so retries of many deliveries spread
+    /// out; a provider's retry-after wins when it is longer.
+    pub fn delay(&self, attempts: u32, retry_after: Option<Duration>) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(30)))
+            .min(self.max);
+        let half = exp / 2;
+        let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
+        let backoff = half + Duration::from_millis(jitter);
+        retry_after.unwrap_or(backoff)
+    }
+}
+
+impl From<&OutboxConfig> for RetryPolicy {
+    fn from(c: &OutboxConfig) -> Self {
+        RetryPolicy {
+            base: Duration::from_millis(c.base_delay_ms),
+            max: Duration::from_millis(c.max_delay_ms),
+            max_attempts: c.max_attempts,
+        }
+    }
+}
+
+/// The channel senders, dispatched by kind.
+#[derive(Debug, Clone)]
+pub struct Channels {
+    api: ApiSender,
+}
+
+impl Channels {
+    pub fn new(http: reqwest::Client) -> Channels {
+        Channels {
+            api: ApiSender::new(http),
+        }
+    }
+
+    pub async fn send(&self, job: &SendJob, msg: &OutboundMessage) -> Result<Receipt, SendError> {
+        match job.kind {
+            ChannelKind::Api => {
+                let config = ApiChannelConfig::parse(&job.channel_config)
+                    .map_err(|e| SendError::Permanent(format!("api channel config: {e}")))?;
+                self.api.send(&config, msg).await
+            }
+            other => Err(SendError::Permanent(format!(
+                "the {other} channel is not available in this build"
+            ))),
+        }
+    }
+}
+
+/// The delivery worker.
+#[derive(Clone)]
+pub struct Outbox {
+    store: Store,
+    channels: Channels,
+    policy: RetryPolicy,
+    config: OutboxConfig,
+    wake: Arc<Notify>,
+}
+
+impl Outbox {
+    pub fn new(
+        store: Store,
+        channels: Channels,
+        config: &OutboxConfig,
+        wake: Arc<Notify>,
+    ) -> Outbox {
+        Outbox {
+            store,
+            channels,
+            policy: RetryPolicy::from(config),
+            config: config.clone(),
+            wake,
+        }
+    }
+
+    /// Claims one batch of due deliveries, sends them concurrently and records each outcome.
+    /// Returns how many were attempted.
+    pub async fn try_execute_step(&self) -> anyhow::Result<usize> {
+        let claimed = self
+            .store
+            .claim_due_deliveries(self.config.concurrency as i64, self.config.lease_ms as i64)
+            .await?;
+        let n = claimed.len();
+        let sends = claimed.into_iter().map(|d| self.deliver(d));
+        for result in futures::future::join_all(sends).await {
+            result?;
+        }
+        Ok(n)
+    }
+
+    /// Runs until `shutdown`, then lets the sends in flight finish.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(self.config.concurrency));
+        let in_flight = TaskTracker::new();
+        let poll = Duration::from_millis(self.config.poll_ms.max(1));
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let free = permits.available_permits();
+            let mut claimed_all = false;
+            if free > 0 {
+                match self
+                    .store
+                    .claim_due_deliveries(free as i64, self.config.lease_ms as i64)
+                    .await
+                {
+                    Ok(batch) => {
+                        claimed_all = batch.len() == free;
+                        for d in batch {
+                            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                                break; // cannot happen: we claimed at most `free`
+                            };
+                            let this = self.clone();
+                            let span = info_span!("delivery", delivery = %d.id, conversation = %d.conversation_id);
+                            in_flight.spawn(
+                                async move {
+                                    if let Err(e) = this.deliver(d).await {
+                                        warn!(error = %format!("{e:#}"), "recording a delivery outcome failed; the lease will expire and it is retried");
+                                    }
+                                    drop(permit);
+                                    this.wake.notify_one();
+                                }
+                                .instrument(span),
+                            );
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "claiming deliveries failed"),
+                }
+            }
+            if claimed_all {
+                continue; // there may be more due right now
+            }
+            let sleep_for = match self.store.next_delivery_due().await {
+                Ok(Some(due)) => {
+                    Duration::from_millis((due - now_ms()).clamp(0, poll.as_millis() as i64) as u64)
+                }
+                _ => poll,
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(sleep_for) => {}
+            }
+        }
+        in_flight.close();
+        in_flight.wait().await;
+    }
+
+    /// Sends one claimed delivery and records what happened.
+    async fn deliver(&self, d: ClaimedDelivery) -> anyhow::Result<()> {
+        let job = self.store.send_job(&d).await?;
+        let msg = OutboundMessage {
+            delivery_id: d.id.clone(),
+            conversation_id: d.conversation_id.clone(),
+            message_id: d.message_id.clone(),
+            seq: d.seq,
+            to: job.to.clone(),
+            text: job.text.clone(),
+        };
+        let timeout = Duration::from_millis(self.config.send_timeout_ms);
+        let outcome = match tokio::time::timeout(timeout, self.channels.send(&job, &msg)).await {
+            Ok(result) => result,
+            Err(_) => Err(SendError::Transient(format!(
+                "send timed out after {timeout:?}"
+            ))),
+        };
+        let channel = job.kind.as_str();
+        match outcome {
+            Ok(receipt) => {
+                self.store
+                    .mark_delivered(&d, receipt.provider_message_id.as_deref())
+                    .await?;
+                counter!("switchboard_delivered_total", "channel" => channel).increment(1);
+                histogram!("switchboard_delivery_latency_seconds")
+                    .record((now_ms() - d.created_at).max(0) as f64 / 1000.0);
+            }
+            Err(e) if e.is_retryable() && d.attempts < i64::from(self.policy.max_attempts) => {
+                let retry_after = match &e {
+                    SendError::RetryAfter(wait, _) => Some(*wait),
+                    _ => None,
+                };
+                let delay = self.policy.delay(d.attempts as u32, retry_after);
+                warn!(attempts = d.attempts, ?delay, error = %e, "delivery failed; will retry");
+                self.store
+                    .schedule_retry(&d, now_ms() + delay.as_millis() as i64, &e.to_string())
+                    .await?;
+                counter!("switchboard_delivery_retries_total", "channel" => channel).increment(1);
+            }
+            Err(e) => {
+                warn!(attempts = d.attempts, error = %e, "delivery failed for good; dead letter");
+                self.store.mark_dead(&d, &e.to_string()).await?;
+                counter!("switchboard_dead_letters_total", "channel" => channel).increment(1);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_off_grows_exponentially_with_jitter_and_is_capped() {
+        let p = RetryPolicy {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+            max_attempts: 10,
+        };
+        for _ in 0..200 {
+            let d1 = p.delay(1, None);
+            assert!(
+                d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100),
+                "{d1:?}"
+            );
+            let d3 = p.delay(3, None);
+            assert!(
+                d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400),
+                "{d3:?}"
+            );
+            let d20 = p.delay(20, None);
+            assert!(
+                d20 >= Duration::from_secs(1) && d20 <= Duration::from_secs(2),
+                "{d20:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_provider_retry_after_is_honoured() {
+        let p = RetryPolicy {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+            max_attempts: 10,
+        };
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
+    }
+}

@@ -1,0 +1,261 @@
+//! The router: one conversation at a time, in order; many conversations at once.
+//!
+//! Where it sits: after ingest (which stored the message and acknowledged the sender), before the
+//! outbox (which sends what the router stored). Its work queue is the database itself: every
+//! inbound row with `processed_at IS NULL`. A restart loses nothing — [`Router::resume_pending`]
+//! finds those rows again.
+//!
+//! Ordering: `kick(conversation)` makes sure exactly one task drains that conversation, taking its
+//! unanswered messages by `seq`, one at a time. A kick that arrives while the task runs sets a
+//! "run again" flag instead of starting a second task, so no wake-up is lost and no two turns of
+//! one conversation ever overlap. Different conversations run concurrently, bounded by a
+//! semaphore so a burst cannot exhaust the database pool.
+//!
+//! What it must never do: answer a turn twice. `Store::complete_turn` marks the turn processed in
+//! the same transaction that stores the reply and its outbox row, and refuses a turn that is
+//! already processed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use metrics::{counter, histogram};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info_span, warn};
+
+use crate::answer::{Responder, Turn};
+use crate::store::messages::ReplyDraft;
+use crate::store::{Store, now_ms};
+
+/// Handle to the router. Cheap to clone.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    responder: Arc<dyn Responder>,
+    /// Conversations with a running drain task → whether another pass was requested meanwhile.
+    active: Mutex<HashMap<String, bool>>,
+    turns_in_flight: Semaphore,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    outbox_wake: Arc<Notify>,
+    waiters: Waiters,
+}
+
+impl Router {
+    pub fn new(
+        store: Store,
+        responder: Arc<dyn Responder>,
+        outbox_wake: Arc<Notify>,
+        max_concurrent_turns: usize,
+    ) -> Router {
+        Router {
+            inner: Arc::new(Inner {
+                store,
+                responder,
+                active: Mutex::new(HashMap::new()),
+                turns_in_flight: Semaphore::new(max_concurrent_turns),
+                tracker: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+                outbox_wake,
+                waiters: Waiters::default(),
+            }),
+        }
+    }
+
+    /// Makes sure the conversation's pending turns get processed.
+    pub fn kick(&self, conversation_id: &str) {
+        if self.inner.shutdown.is_cancelled() {
+            return; // picked up again by resume_pending on the next start
+        }
+        {
+            let mut active = lock(&self.inner.active);
+            if let Some(again) = active.get_mut(conversation_id) {
+                *again = true;
+                return;
+            }
+            active.insert(conversation_id.to_owned(), false);
+        }
+        let inner = self.inner.clone();
+        let conversation_id = conversation_id.to_owned();
+        let span = info_span!("conversation", conversation = %conversation_id);
+        self.inner
+            .tracker
+            .spawn(async move { inner.drain(conversation_id).await }.instrument(span));
+    }
+
+    /// Kicks every conversation with unanswered messages (after a restart). Returns how many.
+    pub async fn resume_pending(&self) -> anyhow::Result<usize> {
+        let pending = self.inner.store.conversations_with_pending_turns().await?;
+        for conversation_id in &pending {
+            self.kick(conversation_id);
+        }
+        Ok(pending.len())
+    }
+
+    /// Processes the oldest pending turn of a conversation, if any (`true` if there was one).
+    /// The same step the drain tasks run; public so tests can drive the router by hand.
+    pub async fn process_next(&self, conversation_id: &str) -> anyhow::Result<bool> {
+        self.inner.process_next(conversation_id).await
+    }
+
+    /// Waits for an inbound message to be processed, up to `timeout`. Returns whether it was.
+    pub async fn wait_processed(
+        &self,
+        tenant_id: &str,
+        inbound_id: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<Option<crate::store::messages::MessageView>>> {
+        let registration = self.inner.waiters.register(inbound_id);
+        let notified = registration.notify.notified();
+        tokio::pin!(notified);
+        // Enabled before the check: a wake-up between the check and the await is not lost.
+        notified.as_mut().enable();
+        if let Some(outcome) = self.inner.store.turn_outcome(tenant_id, inbound_id).await? {
+            return Ok(Some(outcome));
+        }
+        let _ = tokio::time::timeout(timeout, notified).await;
+        Ok(self.inner.store.turn_outcome(tenant_id, inbound_id).await?)
+    }
+
+    /// Wakes the delivery worker (after something was queued outside the router).
+    pub fn wake_outbox(&self) {
+        self.inner.outbox_wake.notify_one();
+    }
+
+    /// Stops starting turns, lets the turns in progress finish, and returns when all have.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+    }
+}
+
+impl Inner {
+    async fn drain(self: Arc<Self>, conversation_id: String) {
+        let mut failures = 0u32;
+        loop {
+            loop {
+                if self.shutdown.is_cancelled() {
+                    lock(&self.active).remove(&conversation_id);
+                    return;
+                }
+                match self.process_next(&conversation_id).await {
+                    Ok(true) => failures = 0,
+                    Ok(false) => break,
+                    Err(e) => {
+                        // The turn stays unprocessed; try again after a pause (capped at 30 s).
+                        failures += 1;
+                        let pause = Duration::from_millis(250 * 2u64.pow(failures.min(7)));
+                        warn!(error = %format!("{e:#}"), ?pause, "turn failed; will retry");
+                        counter!("switchboard_processed_total", "outcome" => "error").increment(1);
+                        tokio::select! {
+                            _ = self.shutdown.cancelled() => {}
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                    }
+                }
+            }
+            let mut active = lock(&self.active);
+            match active.get_mut(&conversation_id) {
+                Some(again) if *again => *again = false,
+                _ => {
+                    active.remove(&conversation_id);
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn process_next(&self, conversation_id: &str) -> anyhow::Result<bool> {
+        let _permit = self.turns_in_flight.acquire().await?;
+        let Some(turn) = self.store.next_pending_turn(conversation_id).await? else {
+            return Ok(false);
+        };
+        // A conversation handed to a human gets no bot reply; the turn is still recorded as seen.
+        let reply = if turn.conversation_status == "bot" {
+            let answer = self
+                .responder
+                .respond(&Turn {
+                    tenant_id: turn.tenant_id.clone(),
+                    conversation_id: turn.conversation_id.clone(),
+                    message_id: turn.message_id.clone(),
+                    text: turn.text.clone(),
+                })
+                .await?;
+            Some(ReplyDraft {
+                text: answer.text,
+                citations_json: serde_json::to_string(&answer.citations)?,
+            })
+        } else {
+            None
+        };
+        let reply_id = self.store.complete_turn(&turn, reply.as_ref()).await?;
+        let outcome = if reply_id.is_some() {
+            self.outbox_wake.notify_one();
+            "replied"
+        } else {
+            "no_reply"
+        };
+        counter!("switchboard_processed_total", "outcome" => outcome).increment(1);
+        histogram!("switchboard_turn_latency_seconds")
+            .record((now_ms() - turn.created_at).max(0) as f64 / 1000.0);
+        self.waiters.wake(&turn.message_id);
+        Ok(true)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock cannot leave the map inconsistent (single inserts/removes).
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Callers waiting for a turn to complete (`POST /v1/messages` with `wait: true`).
+#[derive(Default)]
+struct Waiters {
+    by_message: Mutex<HashMap<String, (Arc<Notify>, usize)>>,
+}
+
+struct Registration<'a> {
+    waiters: &'a Waiters,
+    message_id: String,
+    notify: Arc<Notify>,
+}
+
+impl Waiters {
+    fn register(&self, message_id: &str) -> Registration<'_> {
+        let mut map = lock(&self.by_message);
+        let entry = map
+            .entry(message_id.to_owned())
+            .or_insert_with(|| (Arc::new(Notify::new()), 0));
+        entry.1 += 1;
+        Registration {
+            waiters: self,
+            message_id: message_id.to_owned(),
+            notify: entry.0.clone(),
+        }
+    }
+
+    fn wake(&self, message_id: &str) {
+        if let Some((notify, _)) = lock(&self.by_message).get(message_id) {
+            notify.notify_waiters();
+        }
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        let mut map = lock(&self.waiters.by_message);
+        if let Some(entry) = map.get_mut(&self.message_id) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                map.remove(&self.message_id);
+            }
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Building and running the application: store, workers and HTTP server from a bound listener and
+//! a shutdown future, so tests can bind port 0 and stop it when they like.
+//!
+//! Shutdown order matters: stop accepting requests (in-flight ones finish), then let the router
+//! finish the turns it started, then let the outbox finish the sends in flight. Whatever is left
+//! (unprocessed turns, pending deliveries) is in the database and resumes on the next start.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::answer::{NoKnowledgeResponder, Responder};
+use crate::config::Config;
+use crate::http::{AppState, app};
+use crate::outbox::{Channels, Outbox};
+use crate::router::Router;
+use crate::store::Store;
+use crate::telemetry::metrics_handle;
+
+/// A built, not yet running, gateway.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    outbox: Outbox,
+}
+
+impl Application {
+    /// Connects and migrates the store and binds the listener, with the built-in responder.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        Self::build_with_responder(config, Arc::new(NoKnowledgeResponder)).await
+    }
+
+    pub async fn build_with_responder(
+        config: Config,
+        responder: Arc<dyn Responder>,
+    ) -> anyhow::Result<Application> {
+        let store = Store::connect(&config.database_url(), config.database_max_connections).await?;
+        store.migrate().await?;
+        let listener = TcpListener::bind(config.listen_addr()?)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the HTTP client")?;
+        let wake = Arc::new(Notify::new());
+        let outbox = Outbox::new(
+            store.clone(),
+            Channels::new(http),
+            &config.outbox,
+            wake.clone(),
+        );
+        let max_turns = (config.database_max_connections as usize).max(2) * 4;
+        let router = Router::new(store.clone(), responder, wake, max_turns);
+        let state = AppState {
+            store,
+            router,
+            config: Arc::new(config),
+            metrics: metrics_handle(),
+        };
+        Ok(Application {
+            listener,
+            state,
+            outbox,
+        })
+    }
+
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.state.store
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.state.router
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down in order (see the module docs).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            state,
+            outbox,
+        } = self;
+        let workers = CancellationToken::new();
+        let outbox_task = if state.config.workers {
+            let resumed = state.router.resume_pending().await?;
+            if resumed > 0 {
+                tracing::info!(conversations = resumed, "resuming unanswered messages");
+            }
+            Some(tokio::spawn(outbox.run(workers.clone())))
+        } else {
+            None
+        };
+        let router = state.router.clone();
+        let store = state.store.clone();
+        axum::serve(listener, app(state))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("HTTP server")?;
+        router.shutdown().await;
+        workers.cancel();
+        if let Some(task) = outbox_task {
+            let _ = task.await;
+        }
+        store.close().await;
+        Ok(())
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down: no new requests; finishing work in progress");
+}

@@ -1,0 +1,152 @@
+//! Connected channels and their per-tenant configuration (credentials included, as JSON).
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use switchboard_channel::ChannelKind;
+
+use super::{Store, new_id, now_ms, tenants::record_event};
+
+/// A channel row. `config` holds credentials: never log it.
+#[derive(Clone)]
+pub struct Channel {
+    pub id: String,
+    pub tenant_id: String,
+    pub kind: ChannelKind,
+    pub config: serde_json::Value,
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+fn channel_from_row(row: &AnyRow) -> Result<Channel, sqlx::Error> {
+    let kind: String = row.try_get("kind")?;
+    let config: String = row.try_get("config")?;
+    Ok(Channel {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        kind: ChannelKind::parse(&kind).ok_or_else(|| {
+            sqlx::Error::Decode(format!("unknown channel kind {kind:?} in database").into())
+        })?,
+        config: serde_json::from_str(&config).map_err(|e| sqlx::Error::Decode(e.into()))?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// `SELECT <channel columns> FROM channel <rest>`, as one literal.
+macro_rules! select_channel {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, tenant_id, kind, config, created_at FROM channel ",
+            $rest
+        )
+    };
+}
+
+impl Store {
+    /// The tenant's implicit `api` channel (created with the tenant).
+    pub async fn api_channel(&self, tenant_id: &str) -> Result<Channel, sqlx::Error> {
+        let row = sqlx::query(select_channel!("WHERE tenant_id = $1 AND kind = 'api'"))
+            .bind(tenant_id)
+            .fetch_one(&self.pool)
+            .await?;
+        channel_from_row(&row)
+    }
+
+    /// A channel of this tenant; `None` for another tenant's channel, as for a missing one.
+    pub async fn channel(
+        &self,
+        tenant_id: &str,
+        channel_id: &str,
+    ) -> Result<Option<Channel>, sqlx::Error> {
+        sqlx::query(select_channel!("WHERE tenant_id = $1 AND id = $2"))
+            .bind(tenant_id)
+            .bind(channel_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(channel_from_row)
+            .transpose()
+    }
+
+    pub async fn channels(&self, tenant_id: &str) -> Result<Vec<Channel>, sqlx::Error> {
+        sqlx::query(select_channel!(
+            "WHERE tenant_id = $1 ORDER BY created_at, id"
+        ))
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(channel_from_row)
+        .collect()
+    }
+
+    /// Connects a channel. For the single-instance kinds (`api`, `widget`) this replaces the
+    /// existing configuration and keeps the channel's id, so conversations stay attached.
+    pub async fn upsert_channel(
+        &self,
+        tenant_id: &str,
+        kind: ChannelKind,
+        config: &serde_json::Value,
+    ) -> Result<Channel, sqlx::Error> {
+        let now = now_ms();
+        let config_text = config.to_string();
+        let mut w = self.begin_write().await?;
+        let existing = match kind {
+            ChannelKind::Api | ChannelKind::Widget => sqlx::query(
+                "UPDATE channel SET config = $1, updated_at = $2 WHERE tenant_id = $3 AND kind = $4
+                 RETURNING id",
+            )
+            .bind(&config_text)
+            .bind(now)
+            .bind(tenant_id)
+            .bind(kind.as_str())
+            .fetch_optional(&mut *w.tx)
+            .await?
+            .map(|r| r.try_get::<String, _>("id"))
+            .transpose()?,
+            _ => None,
+        };
+        let id = match existing {
+            Some(id) => id,
+            None => {
+                let id = new_id();
+                sqlx::query(
+                    "INSERT INTO channel (id, tenant_id, kind, config, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $5)",
+                )
+                .bind(&id)
+                .bind(tenant_id)
+                .bind(kind.as_str())
+                .bind(&config_text)
+                .bind(now)
+                .execute(&mut *w.tx)
+                .await?;
+                id
+            }
+        };
+        record_event(
+            &mut w.tx,
+            Some(tenant_id),
+            "channel.connected",
+            Some(&id),
+            "{}",
+        )
+        .await?;
+        w.commit().await?;
+        Ok(Channel {
+            id,
+            tenant_id: tenant_id.to_owned(),
+            kind,
+            config: config.clone(),
+            created_at: now,
+        })
+    }
+}

@@ -1,0 +1,308 @@
+//! The outbox table: claiming due deliveries, recording outcomes, dead letters.
+//!
+//! A claim is a lease (`locked_until`), not a lock held across the provider call: the claiming
+//! transaction is short, the send happens outside it, and a worker that dies mid-send simply lets
+//! its lease run out. Attempts are counted at claim time, so a crash during a send counts as an
+//! attempt (the provider may have received it).
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use switchboard_channel::ChannelKind;
+
+use super::{Backend, Store, now_ms, tenants::record_event};
+use crate::store::messages::rfc3339;
+
+/// A delivery claimed for sending, with everything the channel needs.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    pub id: String,
+    pub tenant_id: String,
+    pub conversation_id: String,
+    pub message_id: String,
+    pub seq: i64,
+    /// Attempts so far, this one included.
+    pub attempts: i64,
+    pub created_at: i64,
+}
+
+/// What a channel needs to send one reply.
+#[derive(Clone)]
+pub struct SendJob {
+    pub kind: ChannelKind,
+    pub channel_config: serde_json::Value,
+    pub to: String,
+    pub text: String,
+}
+
+/// A delivery as the API shows it (dead letters, mostly).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeliveryView {
+    pub id: String,
+    pub conversation_id: String,
+    pub message_id: String,
+    pub status: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub next_attempt_at: String,
+    pub updated_at: String,
+}
+
+/// Only a delivery with no earlier pending delivery in its conversation is due: replies of one
+/// conversation leave in order, even when an earlier one is waiting out a back-off.
+const CLAIM_SQLITE: &str = "
+UPDATE delivery SET locked_until = $1, attempts = attempts + 1, updated_at = $2
+WHERE id IN (
+    SELECT d.id FROM delivery d
+    WHERE d.status = 'pending' AND d.next_attempt_at <= $2
+      AND (d.locked_until IS NULL OR d.locked_until <= $2)
+      AND NOT EXISTS (SELECT 1 FROM delivery e
+                      WHERE e.conversation_id = d.conversation_id
+                        AND e.status = 'pending' AND e.seq < d.seq)
+    ORDER BY d.next_attempt_at, d.seq
+    LIMIT $3)
+RETURNING id, tenant_id, conversation_id, message_id, seq, attempts, created_at";
+
+/// Postgres: the same, with `FOR UPDATE SKIP LOCKED` so concurrent workers (or processes) never
+/// claim the same row and never wait on each other.
+const CLAIM_POSTGRES: &str = "
+UPDATE delivery SET locked_until = $1, attempts = attempts + 1, updated_at = $2
+WHERE id IN (
+    SELECT d.id FROM delivery d
+    WHERE d.status = 'pending' AND d.next_attempt_at <= $2
+      AND (d.locked_until IS NULL OR d.locked_until <= $2)
+      AND NOT EXISTS (SELECT 1 FROM delivery e
+                      WHERE e.conversation_id = d.conversation_id
+                        AND e.status = 'pending' AND e.seq < d.seq)
+    ORDER BY d.next_attempt_at, d.seq
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED)
+RETURNING id, tenant_id, conversation_id, message_id, seq, attempts, created_at";
+
+fn claimed_from_row(r: &AnyRow) -> Result<ClaimedDelivery, sqlx::Error> {
+    Ok(ClaimedDelivery {
+        id: r.try_get("id")?,
+        tenant_id: r.try_get("tenant_id")?,
+        conversation_id: r.try_get("conversation_id")?,
+        message_id: r.try_get("message_id")?,
+        seq: r.try_get("seq")?,
+        attempts: r.try_get("attempts")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+impl Store {
+    /// Claims up to `limit` due deliveries for `lease_ms`.
+    pub async fn claim_due_deliveries(
+        &self,
+        limit: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
+        let now = now_ms();
+        let sql = match self.backend {
+            Backend::Sqlite => CLAIM_SQLITE,
+            Backend::Postgres => CLAIM_POSTGRES,
+        };
+        let mut w = self.begin_write().await?;
+        let mut claimed = sqlx::query(sql)
+            .bind(now + lease_ms)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&mut *w.tx)
+            .await?
+            .iter()
+            .map(claimed_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        w.commit().await?;
+        claimed.sort_by_key(|d| (d.conversation_id.clone(), d.seq));
+        Ok(claimed)
+    }
+
+    /// The earliest time a pending delivery becomes due (ms), if any is pending.
+    pub async fn next_delivery_due(&self) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query(
+            "SELECT MIN(CASE WHEN locked_until IS NOT NULL AND locked_until > next_attempt_at
+                             THEN locked_until ELSE next_attempt_at END) AS due
+             FROM delivery WHERE status = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("due")
+    }
+
+    /// The recipient, text and channel configuration of a claimed delivery.
+    pub async fn send_job(&self, d: &ClaimedDelivery) -> Result<SendJob, sqlx::Error> {
+        let r = sqlx::query(
+            "SELECT m.text, ci.external_id, ch.kind, ch.config
+             FROM message m
+             JOIN conversation c ON c.id = m.conversation_id
+             JOIN contact_identity ci ON ci.contact_id = c.contact_id AND ci.channel_id = c.channel_id
+             JOIN channel ch ON ch.id = c.channel_id
+             WHERE m.id = $1",
+        )
+        .bind(&d.message_id)
+        .fetch_one(&self.pool)
+        .await?;
+        let kind: String = r.try_get("kind")?;
+        let config: String = r.try_get("config")?;
+        Ok(SendJob {
+            kind: ChannelKind::parse(&kind).ok_or_else(|| {
+                sqlx::Error::Decode(format!("unknown channel kind {kind:?}").into())
+            })?,
+            channel_config: serde_json::from_str(&config)
+                .map_err(|e| sqlx::Error::Decode(e.into()))?,
+            to: r.try_get("external_id")?,
+            text: r.try_get("text")?,
+        })
+    }
+
+    /// The provider took it: delivered, and the message is `sent`.
+    pub async fn mark_delivered(
+        &self,
+        d: &ClaimedDelivery,
+        provider_message_id: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        let now = now_ms();
+        let mut w = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE delivery SET status = 'delivered', locked_until = NULL, last_error = NULL,
+                    provider_message_id = $1, updated_at = $2
+             WHERE id = $3",
+        )
+        .bind(provider_message_id)
+        .bind(now)
+        .bind(&d.id)
+        .execute(&mut *w.tx)
+        .await?;
+        sqlx::query("UPDATE message SET status = 'sent', provider_id = $1 WHERE id = $2")
+            .bind(provider_message_id)
+            .bind(&d.message_id)
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await
+    }
+
+    /// A retryable failure: try again at `next_attempt_at`.
+    pub async fn schedule_retry(
+        &self,
+        d: &ClaimedDelivery,
+        next_attempt_at: i64,
+        error: &str,
+    ) -> Result<(), sqlx::Error> {
+        let mut w = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE delivery SET next_attempt_at = $1, locked_until = NULL, last_error = $2,
+                    updated_at = $3
+             WHERE id = $4 AND status = 'pending'",
+        )
+        .bind(next_attempt_at)
+        .bind(error)
+        .bind(now_ms())
+        .bind(&d.id)
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await
+    }
+
+    /// Gives up: the delivery becomes a dead letter and the message `failed`, with the reason.
+    pub async fn mark_dead(&self, d: &ClaimedDelivery, error: &str) -> Result<(), sqlx::Error> {
+        let now = now_ms();
+        let mut w = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE delivery SET status = 'dead', locked_until = NULL, last_error = $1, updated_at = $2
+             WHERE id = $3",
+        )
+        .bind(error)
+        .bind(now)
+        .bind(&d.id)
+        .execute(&mut *w.tx)
+        .await?;
+        sqlx::query("UPDATE message SET status = 'failed' WHERE id = $1")
+            .bind(&d.message_id)
+            .execute(&mut *w.tx)
+            .await?;
+        let detail = serde_json::json!({ "attempts": d.attempts, "error": error }).to_string();
+        record_event(
+            &mut w.tx,
+            Some(&d.tenant_id),
+            "delivery.dead",
+            Some(&d.id),
+            &detail,
+        )
+        .await?;
+        w.commit().await
+    }
+
+    /// A tenant's deliveries in one status, newest first.
+    pub async fn deliveries(
+        &self,
+        tenant_id: &str,
+        status: &str,
+        limit: i64,
+    ) -> Result<Vec<DeliveryView>, sqlx::Error> {
+        sqlx::query(
+            "SELECT id, conversation_id, message_id, status, attempts, last_error, next_attempt_at,
+                    updated_at
+             FROM delivery WHERE tenant_id = $1 AND status = $2
+             ORDER BY updated_at DESC, id DESC LIMIT $3",
+        )
+        .bind(tenant_id)
+        .bind(status)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(DeliveryView {
+                id: r.try_get("id")?,
+                conversation_id: r.try_get("conversation_id")?,
+                message_id: r.try_get("message_id")?,
+                status: r.try_get("status")?,
+                attempts: r.try_get("attempts")?,
+                last_error: r.try_get("last_error")?,
+                next_attempt_at: rfc3339(r.try_get("next_attempt_at")?),
+                updated_at: rfc3339(r.try_get("updated_at")?),
+            })
+        })
+        .collect()
+    }
+
+    /// Puts a dead letter back in the queue (attempts start again). `false` if there was no such
+    /// dead delivery for this tenant.
+    pub async fn requeue_dead(
+        &self,
+        tenant_id: &str,
+        delivery_id: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let now = now_ms();
+        let mut w = self.begin_write().await?;
+        let message_id: Option<String> = sqlx::query(
+            "UPDATE delivery SET status = 'pending', attempts = 0, next_attempt_at = $1,
+                    locked_until = NULL, updated_at = $1
+             WHERE id = $2 AND tenant_id = $3 AND status = 'dead' RETURNING message_id",
+        )
+        .bind(now)
+        .bind(delivery_id)
+        .bind(tenant_id)
+        .fetch_optional(&mut *w.tx)
+        .await?
+        .map(|r| r.try_get("message_id"))
+        .transpose()?;
+        let Some(message_id) = message_id else {
+            return Ok(false);
+        };
+        sqlx::query("UPDATE message SET status = 'queued' WHERE id = $1")
+            .bind(&message_id)
+            .execute(&mut *w.tx)
+            .await?;
+        record_event(
+            &mut w.tx,
+            Some(tenant_id),
+            "delivery.requeued",
+            Some(delivery_id),
+            "{}",
+        )
+        .await?;
+        w.commit().await?;
+        Ok(true)
+    }
+}

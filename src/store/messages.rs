@@ -1,0 +1,506 @@
+//! Contacts, conversations and messages: the ingest gate, the router's work queue (unprocessed
+//! inbound rows) and the read side of the API.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use switchboard_channel::InboundMessage;
+
+use super::{Store, WriteTx, new_id, now_ms};
+
+/// The result of the ingest gate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingested {
+    pub conversation_id: String,
+    pub message_id: String,
+    pub seq: i64,
+    /// The provider id was seen before: nothing was stored, the ids are those of the first copy.
+    pub duplicate: bool,
+}
+
+/// An inbound message waiting for the router.
+#[derive(Debug, Clone)]
+pub struct PendingTurn {
+    pub tenant_id: String,
+    pub conversation_id: String,
+    pub conversation_status: String,
+    pub channel_id: String,
+    pub message_id: String,
+    pub seq: i64,
+    pub text: String,
+    pub created_at: i64,
+}
+
+/// A reply to store with the turn that produced it.
+#[derive(Debug, Clone)]
+pub struct ReplyDraft {
+    pub text: String,
+    pub citations_json: String,
+}
+
+/// A stored message, as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MessageView {
+    pub id: String,
+    pub seq: i64,
+    pub direction: String,
+    pub author: String,
+    pub text: String,
+    pub status: String,
+    pub created_at: String,
+    pub citations: serde_json::Value,
+}
+
+/// A conversation, as the API lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConversationView {
+    pub id: String,
+    pub channel: String,
+    pub contact_id: String,
+    pub contact_external_id: Option<String>,
+    pub status: String,
+    pub flagged: bool,
+    pub last_seq: i64,
+    pub updated_at: String,
+}
+
+/// Filters of `GET /v1/conversations`.
+#[derive(Debug, Clone, Default)]
+pub struct ConversationFilter {
+    pub status: Option<String>,
+    pub channel: Option<String>,
+    pub flagged: Option<bool>,
+    pub limit: i64,
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn message_from_row(row: &AnyRow) -> Result<MessageView, sqlx::Error> {
+    let citations: String = row.try_get("citations")?;
+    Ok(MessageView {
+        id: row.try_get("id")?,
+        seq: row.try_get("seq")?,
+        direction: row.try_get("direction")?,
+        author: row.try_get("author")?,
+        text: row.try_get("text")?,
+        status: row.try_get("status")?,
+        created_at: rfc3339(row.try_get("created_at")?),
+        citations: serde_json::from_str(&citations).unwrap_or(serde_json::Value::Array(vec![])),
+    })
+}
+
+impl Store {
+    /// The ingest gate: stores `msg` once per `(channel, provider_id)`, creating the contact, its
+    /// identity on this channel and an open conversation as needed, all in one transaction.
+    /// Concurrent redeliveries of one message agree on one row: the unique constraints decide,
+    /// and the loser sees `duplicate: true` with the winner's ids.
+    pub async fn ingest(
+        &self,
+        tenant_id: &str,
+        channel_id: &str,
+        msg: &InboundMessage,
+    ) -> Result<Ingested, sqlx::Error> {
+        // Fast path for redeliveries: no write lock taken.
+        if let Some(seen) = self
+            .find_by_provider_id(channel_id, &msg.provider_id)
+            .await?
+        {
+            return Ok(seen);
+        }
+        let now = now_ms();
+        let mut w = self.begin_write().await?;
+        let contact_id = ensure_contact(&mut w, tenant_id, channel_id, msg, now).await?;
+        let conversation_id =
+            ensure_conversation(&mut w, tenant_id, channel_id, &contact_id, now).await?;
+        let seq: i64 = sqlx::query(
+            "UPDATE conversation SET last_seq = last_seq + 1, last_inbound_at = $1, updated_at = $1
+             WHERE id = $2 RETURNING last_seq",
+        )
+        .bind(now)
+        .bind(&conversation_id)
+        .fetch_one(&mut *w.tx)
+        .await?
+        .try_get("last_seq")?;
+        let message_id = new_id();
+        let attachments = serde_json::to_string(&msg.attachments).unwrap_or_else(|_| "[]".into());
+        let inserted = sqlx::query(
+            "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction, author,
+                                  text, attachments, provider_id, status, created_at)
+             VALUES ($1, $2, $3, $4, $5, 'inbound', 'contact', $6, $7, $8, 'received', $9)
+             ON CONFLICT (channel_id, provider_id) DO NOTHING",
+        )
+        .bind(&message_id)
+        .bind(tenant_id)
+        .bind(&conversation_id)
+        .bind(channel_id)
+        .bind(seq)
+        .bind(&msg.text)
+        .bind(attachments)
+        .bind(&msg.provider_id)
+        .bind(now)
+        .execute(&mut *w.tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            // A concurrent copy won between our fast-path look and the insert. Undo our seq.
+            w.tx.rollback().await?;
+            return self
+                .find_by_provider_id(channel_id, &msg.provider_id)
+                .await?
+                .ok_or(sqlx::Error::RowNotFound);
+        }
+        w.commit().await?;
+        Ok(Ingested {
+            conversation_id,
+            message_id,
+            seq,
+            duplicate: false,
+        })
+    }
+
+    async fn find_by_provider_id(
+        &self,
+        channel_id: &str,
+        provider_id: &str,
+    ) -> Result<Option<Ingested>, sqlx::Error> {
+        sqlx::query(
+            "SELECT id, conversation_id, seq FROM message WHERE channel_id = $1 AND provider_id = $2",
+        )
+        .bind(channel_id)
+        .bind(provider_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| {
+            Ok(Ingested {
+                conversation_id: r.try_get("conversation_id")?,
+                message_id: r.try_get("id")?,
+                seq: r.try_get("seq")?,
+                duplicate: true,
+            })
+        })
+        .transpose()
+    }
+
+    /// Conversations with inbound messages not yet answered (the router's restart work list).
+    pub async fn conversations_with_pending_turns(&self) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query(
+            "SELECT DISTINCT conversation_id FROM message
+             WHERE direction = 'inbound' AND processed_at IS NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| r.try_get("conversation_id"))
+        .collect()
+    }
+
+    /// The oldest unanswered inbound message of a conversation.
+    pub async fn next_pending_turn(
+        &self,
+        conversation_id: &str,
+    ) -> Result<Option<PendingTurn>, sqlx::Error> {
+        sqlx::query(
+            "SELECT m.id, m.tenant_id, m.conversation_id, m.channel_id, m.seq, m.text, m.created_at,
+                    c.status
+             FROM message m JOIN conversation c ON c.id = m.conversation_id
+             WHERE m.conversation_id = $1 AND m.direction = 'inbound' AND m.processed_at IS NULL
+             ORDER BY m.seq LIMIT 1",
+        )
+        .bind(conversation_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| {
+            Ok(PendingTurn {
+                tenant_id: r.try_get("tenant_id")?,
+                conversation_id: r.try_get("conversation_id")?,
+                conversation_status: r.try_get("status")?,
+                channel_id: r.try_get("channel_id")?,
+                message_id: r.try_get("id")?,
+                seq: r.try_get("seq")?,
+                text: r.try_get("text")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Closes a turn: marks the inbound message processed and, with a reply, stores the reply and
+    /// its outbox row — one transaction, so a reply exists iff it will be delivered. Returns the
+    /// reply's id, or `None` when the turn had already been completed (by an earlier run that
+    /// crashed after committing) or had no reply.
+    pub async fn complete_turn(
+        &self,
+        turn: &PendingTurn,
+        reply: Option<&ReplyDraft>,
+    ) -> Result<Option<String>, sqlx::Error> {
+        let now = now_ms();
+        let mut w = self.begin_write().await?;
+        let marked = sqlx::query(
+            "UPDATE message SET processed_at = $1, status = 'processed'
+             WHERE id = $2 AND processed_at IS NULL",
+        )
+        .bind(now)
+        .bind(&turn.message_id)
+        .execute(&mut *w.tx)
+        .await?;
+        if marked.rows_affected() == 0 {
+            w.tx.rollback().await?;
+            return Ok(None);
+        }
+        let Some(reply) = reply else {
+            w.commit().await?;
+            return Ok(None);
+        };
+        let seq: i64 = sqlx::query(
+            "UPDATE conversation SET last_seq = last_seq + 1, updated_at = $1 WHERE id = $2
+             RETURNING last_seq",
+        )
+        .bind(now)
+        .bind(&turn.conversation_id)
+        .fetch_one(&mut *w.tx)
+        .await?
+        .try_get("last_seq")?;
+        let reply_id = new_id();
+        sqlx::query(
+            "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction, author,
+                                  text, citations, reply_to, status, created_at)
+             VALUES ($1, $2, $3, $4, $5, 'outbound', 'bot', $6, $7, $8, 'queued', $9)",
+        )
+        .bind(&reply_id)
+        .bind(&turn.tenant_id)
+        .bind(&turn.conversation_id)
+        .bind(&turn.channel_id)
+        .bind(seq)
+        .bind(&reply.text)
+        .bind(&reply.citations_json)
+        .bind(&turn.message_id)
+        .bind(now)
+        .execute(&mut *w.tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id, message_id, seq,
+                                   next_attempt_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7)",
+        )
+        .bind(new_id())
+        .bind(&turn.tenant_id)
+        .bind(&turn.channel_id)
+        .bind(&turn.conversation_id)
+        .bind(&reply_id)
+        .bind(seq)
+        .bind(now)
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await?;
+        Ok(Some(reply_id))
+    }
+
+    /// Whether an inbound message has been processed, and its reply if there is one.
+    pub async fn turn_outcome(
+        &self,
+        tenant_id: &str,
+        inbound_id: &str,
+    ) -> Result<Option<Option<MessageView>>, sqlx::Error> {
+        let processed =
+            sqlx::query("SELECT processed_at FROM message WHERE id = $1 AND tenant_id = $2")
+                .bind(inbound_id)
+                .bind(tenant_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.try_get::<Option<i64>, _>("processed_at"))
+                .transpose()?
+                .flatten();
+        if processed.is_none() {
+            return Ok(None);
+        }
+        let reply = sqlx::query(
+            "SELECT id, seq, direction, author, text, status, created_at, citations
+             FROM message WHERE reply_to = $1 AND tenant_id = $2 ORDER BY seq LIMIT 1",
+        )
+        .bind(inbound_id)
+        .bind(tenant_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(message_from_row)
+        .transpose()?;
+        Ok(Some(reply))
+    }
+
+    /// A conversation's messages in order; `None` when the conversation is not this tenant's.
+    pub async fn conversation_messages(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Option<Vec<MessageView>>, sqlx::Error> {
+        let exists = sqlx::query("SELECT id FROM conversation WHERE id = $1 AND tenant_id = $2")
+            .bind(conversation_id)
+            .bind(tenant_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        sqlx::query(
+            "SELECT id, seq, direction, author, text, status, created_at, citations
+             FROM message WHERE conversation_id = $1 AND tenant_id = $2 AND seq > $3
+             ORDER BY seq LIMIT $4",
+        )
+        .bind(conversation_id)
+        .bind(tenant_id)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(message_from_row)
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+    }
+
+    /// A tenant's conversations, most recently active first.
+    pub async fn conversations(
+        &self,
+        tenant_id: &str,
+        filter: &ConversationFilter,
+    ) -> Result<Vec<ConversationView>, sqlx::Error> {
+        sqlx::query(
+            "SELECT c.id, ch.kind, c.contact_id, c.status, c.flagged, c.last_seq, c.updated_at,
+                    (SELECT ci.external_id FROM contact_identity ci
+                      WHERE ci.contact_id = c.contact_id AND ci.channel_id = c.channel_id) AS external_id
+             FROM conversation c JOIN channel ch ON ch.id = c.channel_id
+             WHERE c.tenant_id = $1
+               AND ($2 IS NULL OR c.status = $2)
+               AND ($3 IS NULL OR ch.kind = $3)
+               AND ($4 IS NULL OR c.flagged = $4)
+             ORDER BY c.updated_at DESC, c.id DESC LIMIT $5",
+        )
+        .bind(tenant_id)
+        .bind(filter.status.as_deref())
+        .bind(filter.channel.as_deref())
+        .bind(filter.flagged.map(i64::from))
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ConversationView {
+                id: r.try_get("id")?,
+                channel: r.try_get("kind")?,
+                contact_id: r.try_get("contact_id")?,
+                contact_external_id: r.try_get("external_id")?,
+                status: r.try_get("status")?,
+                flagged: r.try_get::<i64, _>("flagged")? != 0,
+                last_seq: r.try_get("last_seq")?,
+                updated_at: rfc3339(r.try_get("updated_at")?),
+            })
+        })
+        .collect()
+    }
+}
+
+/// The contact behind `(channel, external id)`, created on first contact.
+async fn ensure_contact(
+    w: &mut WriteTx,
+    tenant_id: &str,
+    channel_id: &str,
+    msg: &InboundMessage,
+    now: i64,
+) -> Result<String, sqlx::Error> {
+    let select =
+        "SELECT contact_id FROM contact_identity WHERE channel_id = $1 AND external_id = $2";
+    let existing = sqlx::query(select)
+        .bind(channel_id)
+        .bind(&msg.contact.external_id)
+        .fetch_optional(&mut *w.tx)
+        .await?;
+    if let Some(row) = existing {
+        return row.try_get("contact_id");
+    }
+    let contact_id = new_id();
+    sqlx::query(
+        "INSERT INTO contact (id, tenant_id, display_name, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&contact_id)
+    .bind(tenant_id)
+    .bind(msg.contact.display_name.as_deref())
+    .bind(now)
+    .execute(&mut *w.tx)
+    .await?;
+    let linked = sqlx::query(
+        "INSERT INTO contact_identity (id, tenant_id, contact_id, channel_id, external_id, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (channel_id, external_id) DO NOTHING",
+    )
+    .bind(new_id())
+    .bind(tenant_id)
+    .bind(&contact_id)
+    .bind(channel_id)
+    .bind(&msg.contact.external_id)
+    .bind(now)
+    .execute(&mut *w.tx)
+    .await?;
+    if linked.rows_affected() == 1 {
+        return Ok(contact_id);
+    }
+    // Another transaction introduced this person first (Postgres, concurrent first messages).
+    sqlx::query("DELETE FROM contact WHERE id = $1")
+        .bind(&contact_id)
+        .execute(&mut *w.tx)
+        .await?;
+    sqlx::query(select)
+        .bind(channel_id)
+        .bind(&msg.contact.external_id)
+        .fetch_one(&mut *w.tx)
+        .await?
+        .try_get("contact_id")
+}
+
+/// The contact's open conversation on this channel, opened if there is none.
+async fn ensure_conversation(
+    w: &mut WriteTx,
+    tenant_id: &str,
+    channel_id: &str,
+    contact_id: &str,
+    now: i64,
+) -> Result<String, sqlx::Error> {
+    let select = "SELECT id FROM conversation
+                  WHERE contact_id = $1 AND channel_id = $2 AND status <> 'closed'";
+    if let Some(row) = sqlx::query(select)
+        .bind(contact_id)
+        .bind(channel_id)
+        .fetch_optional(&mut *w.tx)
+        .await?
+    {
+        return row.try_get("id");
+    }
+    let id = new_id();
+    let opened = sqlx::query(
+        "INSERT INTO conversation (id, tenant_id, contact_id, channel_id, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $5)
+         ON CONFLICT (contact_id, channel_id) WHERE status <> 'closed' DO NOTHING",
+    )
+    .bind(&id)
+    .bind(tenant_id)
+    .bind(contact_id)
+    .bind(channel_id)
+    .bind(now)
+    .execute(&mut *w.tx)
+    .await?;
+    if opened.rows_affected() == 1 {
+        return Ok(id);
+    }
+    sqlx::query(select)
+        .bind(contact_id)
+        .bind(channel_id)
+        .fetch_one(&mut *w.tx)
+        .await?
+        .try_get("id")
+}

@@ -1,0 +1,75 @@
+//! Logs (tracing, text or JSON) and metrics (Prometheus text via the `metrics` facade).
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the log subscriber (stderr). `RUST_LOG` overrides the default filter.
+pub fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// The process-wide metrics recorder, installed on first use. (A process has one recorder; several
+/// applications in one test process share it.)
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                .map(|b| b.build_recorder())
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed already; ours then simply stays unused.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_histogram};
+    describe_counter!(
+        "switchboard_inbound_total",
+        "Inbound messages by channel and outcome (stored, duplicate)."
+    );
+    describe_counter!(
+        "switchboard_processed_total",
+        "Turns processed by outcome (replied, no_reply, error)."
+    );
+    describe_counter!(
+        "switchboard_delivered_total",
+        "Replies accepted by the provider."
+    );
+    describe_counter!(
+        "switchboard_delivery_retries_total",
+        "Failed delivery attempts that will be retried."
+    );
+    describe_counter!(
+        "switchboard_dead_letters_total",
+        "Deliveries given up on (dead letters)."
+    );
+    describe_histogram!(
+        "switchboard_turn_latency_seconds",
+        "From inbound stored to reply stored."
+    );
+    describe_histogram!(
+        "switchboard_delivery_latency_seconds",
+        "From reply stored to provider accepted."
+    );
+}
