@@ -36,6 +36,7 @@ pub struct Router {
 }
 
 struct Inner {
+    enabled: bool,
     store: Store,
     responder: Arc<dyn Responder>,
     /// Conversations with a running drain task → whether another pass was requested meanwhile.
@@ -48,14 +49,18 @@ struct Inner {
 }
 
 impl Router {
+    /// A router whose `kick`s start work only when `enabled` (tools and tests that drive turns
+    /// by hand with [`Router::process_next`] pass `false`).
     pub fn new(
         store: Store,
         responder: Arc<dyn Responder>,
         outbox_wake: Arc<Notify>,
         max_concurrent_turns: usize,
+        enabled: bool,
     ) -> Router {
         Router {
             inner: Arc::new(Inner {
+                enabled,
                 store,
                 responder,
                 active: Mutex::new(HashMap::new()),
@@ -70,8 +75,8 @@ impl Router {
 
     /// Makes sure the conversation's pending turns get processed.
     pub fn kick(&self, conversation_id: &str) {
-        if self.inner.shutdown.is_cancelled() {
-            return; // picked up again by resume_pending on the next start
+        if !self.inner.enabled || self.inner.shutdown.is_cancelled() {
+            return; // stays in the database; resume_pending picks it up on the next start
         }
         {
             let mut active = lock(&self.inner.active);

@@ -58,7 +58,7 @@ impl Application {
             wake.clone(),
         );
         let max_turns = (config.database_max_connections as usize).max(2) * 4;
-        let router = Router::new(store.clone(), responder, wake, max_turns);
+        let router = Router::new(store.clone(), responder, wake, max_turns, config.workers);
         let state = AppState {
             store,
             router,

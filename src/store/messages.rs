@@ -241,6 +241,14 @@ impl Store {
     ) -> Result<Option<String>, sqlx::Error> {
         let now = now_ms();
         let mut w = self.begin_write().await?;
+        // Lock order: conversation row first, as ingest does. (On Postgres, ingest's unique check
+        // on `message` waits for our update of the inbound row; taking the conversation lock
+        // after that update would deadlock with an ingest holding it.)
+        sqlx::query("UPDATE conversation SET updated_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(&turn.conversation_id)
+            .execute(&mut *w.tx)
+            .await?;
         let marked = sqlx::query(
             "UPDATE message SET processed_at = $1, status = 'processed'
              WHERE id = $2 AND processed_at IS NULL",

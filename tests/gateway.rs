@@ -1,0 +1,444 @@
+//! The gateway through its front door: a real server on port 0 and a fresh database, every story
+//! on SQLite and on PostgreSQL.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::{Backend, CallbackReceiver, Mode, TestApp, eventually};
+use serde_json::{Value, json};
+use switchboard::answer::{Answer, Responder, Turn};
+use switchboard::core::{Role, TenantSlug};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+both_backends!(
+    story_tenant_key_message_reply_listed_in_order,
+    concurrent_redelivery_is_stored_and_answered_once,
+    conversations_are_processed_in_send_order_and_concurrently,
+    unanswered_messages_resume_after_restart,
+    delivery_retries_then_succeeds_once,
+    delivery_that_always_fails_becomes_a_visible_dead_letter,
+    provider_retry_after_is_honoured,
+    bad_requests_get_clear_json_errors_and_store_nothing,
+);
+
+/// tenant → key → message → reply → messages listed in order.
+async fn story_tenant_key_message_reply_listed_in_order(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    let receiver = CallbackReceiver::start(Mode::Accept).await;
+    app.set_callback(&receiver.url).await;
+    let moderator = app
+        .store
+        .create_key(&TenantSlug::parse("acme").expect("slug"), Role::Moderator)
+        .await
+        .expect("moderator key");
+
+    let first = app.send("ann", "Hello there", json!({ "wait": true })).await;
+    let conversation = first["conversation_id"].as_str().expect("conversation id").to_owned();
+    let reply = &first["reply"];
+    assert!(reply["text"].as_str().is_some_and(|t| t.contains("no knowledge")), "{first}");
+    assert_eq!(reply["citations"], json!([]));
+    for text in ["second", "third"] {
+        let r = app.send("ann", text, json!({ "wait": true })).await;
+        assert_eq!(r["conversation_id"], first["conversation_id"]);
+    }
+
+    let (status, body) = app
+        .get(&moderator, &format!("/v1/conversations/{conversation}/messages"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let messages = body["messages"].as_array().expect("messages");
+    let seqs: Vec<i64> = messages.iter().filter_map(|m| m["seq"].as_i64()).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
+    let shape: Vec<(&str, &str)> = messages
+        .iter()
+        .map(|m| (m["direction"].as_str().unwrap_or(""), m["author"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        shape,
+        [("inbound", "contact"), ("outbound", "bot")].repeat(3),
+        "each message is followed by its reply"
+    );
+    let texts: Vec<&str> = messages
+        .iter()
+        .filter(|m| m["direction"] == "inbound")
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    assert_eq!(texts, ["Hello there", "second", "third"]);
+    assert!(messages.iter().all(|m| m["created_at"].as_str().is_some_and(|t| t.ends_with('Z'))));
+
+    // Every reply reached the callback, signed, once, in order.
+    let delivered = eventually("3 callbacks", WAIT, || async {
+        let a = receiver.accepted();
+        (a.len() >= 3).then_some(a)
+    })
+    .await;
+    assert_eq!(delivered.len(), 3);
+    let delivered_seqs: Vec<i64> = delivered.iter().filter_map(|r| r.body["seq"].as_i64()).collect();
+    assert_eq!(delivered_seqs, vec![2, 4, 6]);
+    assert!(delivered.iter().all(|r| r.body["to"] == "ann"));
+    let expected_sig = switchboard_channel_api::outbound::sign(
+        "cb-secret",
+        &delivered[0].raw,
+    );
+    assert_eq!(delivered[0].signature.as_deref(), Some(expected_sig.as_str()));
+    let outbound_status = eventually("statuses updated", WAIT, || async {
+        let m = app.messages(&conversation).await;
+        m.iter()
+            .filter(|m| m["direction"] == "outbound")
+            .all(|m| m["status"] == "sent")
+            .then_some(())
+    })
+    .await;
+    let _ = outbound_status;
+
+    let (status, list) = app.get(&moderator, "/v1/conversations?channel=api&status=bot").await;
+    assert_eq!(status, 200);
+    let conversations = list["conversations"].as_array().expect("list");
+    assert_eq!(conversations.len(), 1);
+    assert_eq!(conversations[0]["contact_external_id"], "ann");
+    let (_, none) = app.get(&moderator, "/v1/conversations?status=closed").await;
+    assert_eq!(none["conversations"], json!([]));
+    app.stop().await;
+}
+
+/// The same inbound delivered 5× concurrently → one stored message, one reply, one delivery.
+async fn concurrent_redelivery_is_stored_and_answered_once(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    let receiver = CallbackReceiver::start(Mode::Accept).await;
+    app.set_callback(&receiver.url).await;
+    let app = Arc::new(app);
+    for round in 0..3 {
+        let key = format!("provider-msg-{round}");
+        let sends = (0..5).map(|_| {
+            let app = app.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                app.send("bob", "same message", json!({ "idempotency_key": key, "wait": true }))
+                    .await
+            })
+        });
+        let results: Vec<Value> = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .map(|r| r.expect("task"))
+            .collect();
+        let ids: std::collections::HashSet<_> =
+            results.iter().map(|r| r["message_id"].clone()).collect();
+        assert_eq!(ids.len(), 1, "all copies name one message: {results:?}");
+        let replies: std::collections::HashSet<_> =
+            results.iter().map(|r| r["reply"]["message_id"].clone()).collect();
+        assert_eq!(replies.len(), 1, "all copies see one reply: {results:?}");
+        assert_eq!(results.iter().filter(|r| r["duplicate"] == false).count(), 1);
+    }
+    let conversation = eventually("3 deliveries", WAIT, || async {
+        let a = receiver.accepted();
+        (a.len() >= 3).then(|| a[0].body["conversation_id"].as_str().map(str::to_owned))?
+    })
+    .await;
+    let messages = app.messages(&conversation).await;
+    assert_eq!(messages.len(), 6, "3 inbound + 3 replies: {messages:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.seen().len(), 3, "no reply was sent twice");
+}
+
+/// Records the order turns are answered in, and that a conversation never has two at once.
+#[derive(Default)]
+struct RecordingResponder {
+    log: Mutex<Vec<(String, String)>>,
+    in_flight: Mutex<HashMap<String, usize>>,
+    overlap_within_conversation: Mutex<bool>,
+    max_conversations_at_once: Mutex<usize>,
+}
+
+#[async_trait]
+impl Responder for RecordingResponder {
+    async fn respond(&self, turn: &Turn) -> anyhow::Result<Answer> {
+        {
+            let mut in_flight = self.in_flight.lock().expect("lock");
+            let n = in_flight.entry(turn.conversation_id.clone()).or_default();
+            *n += 1;
+            if *n > 1 {
+                *self.overlap_within_conversation.lock().expect("lock") = true;
+            }
+            let active = in_flight.values().filter(|n| **n > 0).count();
+            let mut max = self.max_conversations_at_once.lock().expect("lock");
+            *max = (*max).max(active);
+        }
+        // Long enough for other conversations' turns to overlap with this one.
+        let jitter = turn.text.len() as u64 % 7;
+        tokio::time::sleep(Duration::from_millis(5 + jitter)).await;
+        self.log
+            .lock()
+            .expect("lock")
+            .push((turn.conversation_id.clone(), turn.text.clone()));
+        if let Some(n) = self.in_flight.lock().expect("lock").get_mut(&turn.conversation_id) {
+            *n -= 1;
+        }
+        Ok(Answer {
+            text: format!("re: {}", turn.text),
+            citations: Vec::new(),
+        })
+    }
+}
+
+/// 200 messages over 20 conversations sent concurrently → each conversation processed in send
+/// order, one turn at a time, with different conversations overlapping.
+async fn conversations_are_processed_in_send_order_and_concurrently(backend: Backend) {
+    let responder = Arc::new(RecordingResponder::default());
+    let Some(app) = TestApp::spawn_with(backend, |_| {}, Some(responder.clone())).await else {
+        return;
+    };
+    let receiver = CallbackReceiver::start(Mode::Accept).await;
+    app.set_callback(&receiver.url).await;
+    let app = Arc::new(app);
+    let senders = (0..20).map(|c| {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut conversation = String::new();
+            for m in 0..10 {
+                // Each is acknowledged (stored) before the next is sent: that is the send order.
+                let r = app.send(&format!("user-{c}"), &format!("c{c}-m{m}"), json!({})).await;
+                conversation = r["conversation_id"].as_str().unwrap_or_default().to_owned();
+            }
+            (c, conversation)
+        })
+    });
+    let conversations: Vec<(usize, String)> = futures::future::join_all(senders)
+        .await
+        .into_iter()
+        .map(|r| r.expect("sender"))
+        .collect();
+    eventually("200 replies delivered", Duration::from_secs(60), || async {
+        (receiver.accepted().len() >= 200).then_some(())
+    })
+    .await;
+
+    let log = responder.log.lock().expect("lock").clone();
+    assert_eq!(log.len(), 200, "every message answered exactly once");
+    for (c, conversation) in &conversations {
+        let order: Vec<&str> = log
+            .iter()
+            .filter(|(conv, _)| conv == conversation)
+            .map(|(_, t)| t.as_str())
+            .collect();
+        let expected: Vec<String> = (0..10).map(|m| format!("c{c}-m{m}")).collect();
+        assert_eq!(order, expected, "conversation {c} answered in send order");
+        let stored = app.messages(conversation).await;
+        let inbound: Vec<&str> = stored
+            .iter()
+            .filter(|m| m["direction"] == "inbound")
+            .filter_map(|m| m["text"].as_str())
+            .collect();
+        assert_eq!(inbound, expected, "conversation {c} stored in send order");
+    }
+    assert!(!*responder.overlap_within_conversation.lock().expect("lock"));
+    let max = *responder.max_conversations_at_once.lock().expect("lock");
+    assert!(max > 1, "different conversations ran concurrently (max at once: {max})");
+    // Replies left in per-conversation order too.
+    for (conversation, bodies) in receiver.accepted_by_conversation() {
+        let seqs: Vec<i64> = bodies.iter().filter_map(|b| b["seq"].as_i64()).collect();
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable();
+        assert_eq!(seqs, sorted, "deliveries of {conversation} in order");
+    }
+}
+
+/// Acknowledged but never processed (the process stopped first) → after restart answered and
+/// delivered exactly once.
+async fn unanswered_messages_resume_after_restart(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |c| c.workers = false, None).await else {
+        return;
+    };
+    let receiver = CallbackReceiver::start(Mode::Accept).await;
+    app.set_callback(&receiver.url).await;
+    let acked = app.send("carol", "are you there?", json!({})).await;
+    let conversation = acked["conversation_id"].as_str().expect("id").to_owned();
+    assert_eq!(app.messages(&conversation).await.len(), 1, "stored, not answered");
+    let config_key = app.admin_key.clone();
+    let db = app.stop().await;
+
+    let mut config = common::test_config(&db);
+    config.workers = true;
+    let mut app = TestApp::start(db, config, None).await;
+    app.admin_key = config_key;
+    eventually("reply delivered after restart", WAIT, || async {
+        (!receiver.accepted().is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.seen().len(), 1, "delivered exactly once");
+    let messages = app.messages(&conversation).await;
+    assert_eq!(messages.len(), 2);
+    assert_eq!(messages[1]["author"], "bot");
+    app.stop().await;
+}
+
+/// Delivery failing 3× then succeeding → delivered once, attempts recorded.
+async fn delivery_retries_then_succeeds_once(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    let receiver = CallbackReceiver::start(Mode::FailFirst(3)).await;
+    app.set_callback(&receiver.url).await;
+    let sent = app.send("dan", "hello", json!({ "wait": true })).await;
+    let reply_id = sent["reply"]["message_id"].as_str().expect("reply").to_owned();
+    eventually("delivered after 3 failures", WAIT, || async {
+        (!receiver.accepted().is_empty()).then_some(())
+    })
+    .await;
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 4, "3 failed attempts + 1 accepted");
+    assert!(seen.iter().all(|r| r.idempotency_key == seen[0].idempotency_key));
+    assert!(
+        seen.windows(2).all(|w| w[1].at > w[0].at + Duration::from_millis(9)),
+        "attempts are spaced by back-off"
+    );
+    let (_, delivered) = app.get(&app.admin_key, "/v1/deliveries?status=delivered").await;
+    let d = &delivered["deliveries"][0];
+    assert_eq!(d["message_id"], reply_id.as_str());
+    assert_eq!(d["attempts"], 4);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.accepted().len(), 1);
+}
+
+/// Delivery failing always → a dead letter, visible in the API and metrics; it can be requeued.
+async fn delivery_that_always_fails_becomes_a_visible_dead_letter(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |c| c.outbox.max_attempts = 3, None).await else {
+        return;
+    };
+    let receiver = CallbackReceiver::start(Mode::FailAlways).await;
+    app.set_callback(&receiver.url).await;
+    let sent = app.send("erin", "hello", json!({ "wait": true })).await;
+    let conversation = sent["conversation_id"].as_str().expect("id").to_owned();
+    let dead = eventually("dead letter", WAIT, || async {
+        let (_, body) = app.get(&app.admin_key, "/v1/deliveries?status=dead").await;
+        body["deliveries"].as_array().filter(|d| !d.is_empty()).cloned()
+    })
+    .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["attempts"], 3);
+    assert!(dead[0]["last_error"].as_str().is_some_and(|e| e.contains("500")), "{dead:?}");
+    assert_eq!(receiver.seen().len(), 3);
+    let messages = app.messages(&conversation).await;
+    assert_eq!(messages[1]["status"], "failed");
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("switchboard_dead_letters_total"), "{metrics}");
+
+    // An operator fixes the endpoint and requeues the dead letter.
+    receiver.set_mode(Mode::Accept);
+    let id = dead[0]["id"].as_str().expect("id");
+    let res = app
+        .http
+        .post(format!("{}/v1/deliveries/{id}/retry", app.base))
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .expect("retry");
+    assert_eq!(res.status(), 202);
+    eventually("requeued delivery accepted", WAIT, || async {
+        (!receiver.accepted().is_empty()).then_some(())
+    })
+    .await;
+    let (_, none) = app.get(&app.admin_key, "/v1/deliveries?status=dead").await;
+    assert_eq!(none["deliveries"], json!([]));
+    let again = app
+        .http
+        .post(format!("{}/v1/deliveries/{id}/retry", app.base))
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .expect("retry");
+    assert_eq!(again.status(), 404, "only dead letters can be requeued");
+}
+
+/// A 429 with Retry-After: 1 → the next attempt waits at least that long.
+async fn provider_retry_after_is_honoured(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    let receiver = CallbackReceiver::start(Mode::RetryAfterOnce(1)).await;
+    app.set_callback(&receiver.url).await;
+    app.send("fay", "hello", json!({})).await;
+    eventually("accepted after retry-after", WAIT, || async {
+        (!receiver.accepted().is_empty()).then_some(())
+    })
+    .await;
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 2);
+    let gap = seen[1].at - seen[0].at;
+    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}, asked for 1 s");
+}
+
+/// 401 / 403 / 404 / 400 / 413 with the JSON error body; nothing stored on refusal.
+async fn bad_requests_get_clear_json_errors_and_store_nothing(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |c| c.max_body_bytes = 4096, None).await else {
+        return;
+    };
+    let url = format!("{}/v1/messages", app.base);
+    let valid = json!({ "contact": { "external_id": "gus" }, "text": "hi" });
+    let check = |status: u16, code: &'static str| {
+        move |res: (reqwest::StatusCode, Value)| {
+            assert_eq!(res.0.as_u16(), status, "{}", res.1);
+            assert_eq!(res.1["error"]["code"], code, "{}", res.1);
+            assert!(res.1["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+    };
+    let send = |req: reqwest::RequestBuilder| async move {
+        let res = req.send().await.expect("send");
+        let status = res.status();
+        (status, res.json::<Value>().await.unwrap_or(Value::Null))
+    };
+
+    check(401, "missing_api_key")(send(app.http.post(&url).json(&valid)).await);
+    check(401, "invalid_api_key")(send(app.http.post(&url).bearer_auth("sb_nope").json(&valid)).await);
+    let moderator = app
+        .store
+        .create_key(&TenantSlug::parse("acme").expect("slug"), Role::Moderator)
+        .await
+        .expect("key");
+    check(403, "forbidden")(send(app.http.post(&url).bearer_auth(&moderator).json(&valid)).await);
+    check(403, "forbidden")(send(app.http.post(&url).bearer_auth(&app.widget_key).json(&valid)).await);
+    check(400, "invalid_message")(
+        send(app.http.post(&url).bearer_auth(&app.admin_key).body("{\"contact\":")).await,
+    );
+    check(400, "invalid_message")(
+        send(app.http.post(&url).bearer_auth(&app.admin_key).json(&json!({ "text": "no contact" }))).await,
+    );
+    let big = json!({ "contact": { "external_id": "gus" }, "text": "x".repeat(10_000) });
+    check(413, "payload_too_large")(send(app.http.post(&url).bearer_auth(&app.admin_key).json(&big)).await);
+    check(404, "not_found")(send(app.http.get(format!("{}/v1/nothing", app.base))).await);
+
+    // Nothing of the refused requests was stored.
+    let (_, list) = app.get(&app.admin_key, "/v1/conversations").await;
+    assert_eq!(list["conversations"], json!([]));
+
+    // Another tenant cannot see this tenant's conversation.
+    let mine = app.send("gus", "mine", json!({})).await;
+    let other = app
+        .store
+        .create_tenant(&TenantSlug::parse("globex").expect("slug"), "Globex")
+        .await
+        .expect("tenant");
+    let path = format!("/v1/conversations/{}/messages", mine["conversation_id"].as_str().unwrap_or(""));
+    let (status, body) = app.get(&other.admin_key, &path).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "not_found");
+    let (_, theirs) = app.get(&other.admin_key, "/v1/conversations").await;
+    assert_eq!(theirs["conversations"], json!([]));
+
+    // Health and readiness answer without a key.
+    let (status, _) = app.get("", "/healthz").await;
+    assert_eq!(status, 200);
+    let (status, ready) = app.get("", "/readyz").await;
+    assert_eq!(status, 200);
+    assert_eq!(ready["status"], "ready");
+}
