@@ -28,7 +28,9 @@ both_backends!(
 
 /// tenant → key → message → reply → messages listed in order.
 async fn story_tenant_key_message_reply_listed_in_order(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend).await else { return };
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
     let receiver = CallbackReceiver::start(Mode::Accept).await;
     app.set_callback(&receiver.url).await;
     let moderator = app
@@ -37,10 +39,20 @@ async fn story_tenant_key_message_reply_listed_in_order(backend: Backend) {
         .await
         .expect("moderator key");
 
-    let first = app.send("ann", "Hello there", json!({ "wait": true })).await;
-    let conversation = first["conversation_id"].as_str().expect("conversation id").to_owned();
+    let first = app
+        .send("ann", "Hello there", json!({ "wait": true }))
+        .await;
+    let conversation = first["conversation_id"]
+        .as_str()
+        .expect("conversation id")
+        .to_owned();
     let reply = &first["reply"];
-    assert!(reply["text"].as_str().is_some_and(|t| t.contains("no knowledge")), "{first}");
+    assert!(
+        reply["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("no knowledge")),
+        "{first}"
+    );
     assert_eq!(reply["citations"], json!([]));
     for text in ["second", "third"] {
         let r = app.send("ann", text, json!({ "wait": true })).await;
@@ -48,7 +60,10 @@ async fn story_tenant_key_message_reply_listed_in_order(backend: Backend) {
     }
 
     let (status, body) = app
-        .get(&moderator, &format!("/v1/conversations/{conversation}/messages"))
+        .get(
+            &moderator,
+            &format!("/v1/conversations/{conversation}/messages"),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let messages = body["messages"].as_array().expect("messages");
@@ -56,7 +71,12 @@ async fn story_tenant_key_message_reply_listed_in_order(backend: Backend) {
     assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
     let shape: Vec<(&str, &str)> = messages
         .iter()
-        .map(|m| (m["direction"].as_str().unwrap_or(""), m["author"].as_str().unwrap_or("")))
+        .map(|m| {
+            (
+                m["direction"].as_str().unwrap_or(""),
+                m["author"].as_str().unwrap_or(""),
+            )
+        })
         .collect();
     assert_eq!(
         shape,
@@ -69,7 +89,11 @@ async fn story_tenant_key_message_reply_listed_in_order(backend: Backend) {
         .filter_map(|m| m["text"].as_str())
         .collect();
     assert_eq!(texts, ["Hello there", "second", "third"]);
-    assert!(messages.iter().all(|m| m["created_at"].as_str().is_some_and(|t| t.ends_with('Z'))));
+    assert!(
+        messages
+            .iter()
+            .all(|m| m["created_at"].as_str().is_some_and(|t| t.ends_with('Z')))
+    );
 
     // Every reply reached the callback, signed, once, in order.
     let delivered = eventually("3 callbacks", WAIT, || async {
@@ -78,14 +102,17 @@ async fn story_tenant_key_message_reply_listed_in_order(backend: Backend) {
     })
     .await;
     assert_eq!(delivered.len(), 3);
-    let delivered_seqs: Vec<i64> = delivered.iter().filter_map(|r| r.body["seq"].as_i64()).collect();
+    let delivered_seqs: Vec<i64> = delivered
+        .iter()
+        .filter_map(|r| r.body["seq"].as_i64())
+        .collect();
     assert_eq!(delivered_seqs, vec![2, 4, 6]);
     assert!(delivered.iter().all(|r| r.body["to"] == "ann"));
-    let expected_sig = switchboard_channel_api::outbound::sign(
-        "cb-secret",
-        &delivered[0].raw,
+    let expected_sig = switchboard_channel_api::outbound::sign("cb-secret", &delivered[0].raw);
+    assert_eq!(
+        delivered[0].signature.as_deref(),
+        Some(expected_sig.as_str())
     );
-    assert_eq!(delivered[0].signature.as_deref(), Some(expected_sig.as_str()));
     let outbound_status = eventually("statuses updated", WAIT, || async {
         let m = app.messages(&conversation).await;
         m.iter()
@@ -96,7 +123,9 @@ async fn story_tenant_key_message_reply_listed_in_order(backend: Backend) {
     .await;
     let _ = outbound_status;
 
-    let (status, list) = app.get(&moderator, "/v1/conversations?channel=api&status=bot").await;
+    let (status, list) = app
+        .get(&moderator, "/v1/conversations?channel=api&status=bot")
+        .await;
     assert_eq!(status, 200);
     let conversations = list["conversations"].as_array().expect("list");
     assert_eq!(conversations.len(), 1);
@@ -108,7 +137,9 @@ async fn story_tenant_key_message_reply_listed_in_order(backend: Backend) {
 
 /// The same inbound delivered 5× concurrently → one stored message, one reply, one delivery.
 async fn concurrent_redelivery_is_stored_and_answered_once(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend).await else { return };
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
     let receiver = CallbackReceiver::start(Mode::Accept).await;
     app.set_callback(&receiver.url).await;
     let app = Arc::new(app);
@@ -118,8 +149,12 @@ async fn concurrent_redelivery_is_stored_and_answered_once(backend: Backend) {
             let app = app.clone();
             let key = key.clone();
             tokio::spawn(async move {
-                app.send("bob", "same message", json!({ "idempotency_key": key, "wait": true }))
-                    .await
+                app.send(
+                    "bob",
+                    "same message",
+                    json!({ "idempotency_key": key, "wait": true }),
+                )
+                .await
             })
         });
         let results: Vec<Value> = futures::future::join_all(sends)
@@ -130,10 +165,15 @@ async fn concurrent_redelivery_is_stored_and_answered_once(backend: Backend) {
         let ids: std::collections::HashSet<_> =
             results.iter().map(|r| r["message_id"].clone()).collect();
         assert_eq!(ids.len(), 1, "all copies name one message: {results:?}");
-        let replies: std::collections::HashSet<_> =
-            results.iter().map(|r| r["reply"]["message_id"].clone()).collect();
+        let replies: std::collections::HashSet<_> = results
+            .iter()
+            .map(|r| r["reply"]["message_id"].clone())
+            .collect();
         assert_eq!(replies.len(), 1, "all copies see one reply: {results:?}");
-        assert_eq!(results.iter().filter(|r| r["duplicate"] == false).count(), 1);
+        assert_eq!(
+            results.iter().filter(|r| r["duplicate"] == false).count(),
+            1
+        );
     }
     let conversation = eventually("3 deliveries", WAIT, || async {
         let a = receiver.accepted();
@@ -176,7 +216,12 @@ impl Responder for RecordingResponder {
             .lock()
             .expect("lock")
             .push((turn.conversation_id.clone(), turn.text.clone()));
-        if let Some(n) = self.in_flight.lock().expect("lock").get_mut(&turn.conversation_id) {
+        if let Some(n) = self
+            .in_flight
+            .lock()
+            .expect("lock")
+            .get_mut(&turn.conversation_id)
+        {
             *n -= 1;
         }
         Ok(Answer {
@@ -202,7 +247,9 @@ async fn conversations_are_processed_in_send_order_and_concurrently(backend: Bac
             let mut conversation = String::new();
             for m in 0..10 {
                 // Each is acknowledged (stored) before the next is sent: that is the send order.
-                let r = app.send(&format!("user-{c}"), &format!("c{c}-m{m}"), json!({})).await;
+                let r = app
+                    .send(&format!("user-{c}"), &format!("c{c}-m{m}"), json!({}))
+                    .await;
                 conversation = r["conversation_id"].as_str().unwrap_or_default().to_owned();
             }
             (c, conversation)
@@ -238,7 +285,10 @@ async fn conversations_are_processed_in_send_order_and_concurrently(backend: Bac
     }
     assert!(!*responder.overlap_within_conversation.lock().expect("lock"));
     let max = *responder.max_conversations_at_once.lock().expect("lock");
-    assert!(max > 1, "different conversations ran concurrently (max at once: {max})");
+    assert!(
+        max > 1,
+        "different conversations ran concurrently (max at once: {max})"
+    );
     // Replies left in per-conversation order too.
     for (conversation, bodies) in receiver.accepted_by_conversation() {
         let seqs: Vec<i64> = bodies.iter().filter_map(|b| b["seq"].as_i64()).collect();
@@ -258,7 +308,11 @@ async fn unanswered_messages_resume_after_restart(backend: Backend) {
     app.set_callback(&receiver.url).await;
     let acked = app.send("carol", "are you there?", json!({})).await;
     let conversation = acked["conversation_id"].as_str().expect("id").to_owned();
-    assert_eq!(app.messages(&conversation).await.len(), 1, "stored, not answered");
+    assert_eq!(
+        app.messages(&conversation).await.len(),
+        1,
+        "stored, not answered"
+    );
     let config_key = app.admin_key.clone();
     let db = app.stop().await;
 
@@ -280,23 +334,34 @@ async fn unanswered_messages_resume_after_restart(backend: Backend) {
 
 /// Delivery failing 3× then succeeding → delivered once, attempts recorded.
 async fn delivery_retries_then_succeeds_once(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend).await else { return };
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
     let receiver = CallbackReceiver::start(Mode::FailFirst(3)).await;
     app.set_callback(&receiver.url).await;
     let sent = app.send("dan", "hello", json!({ "wait": true })).await;
-    let reply_id = sent["reply"]["message_id"].as_str().expect("reply").to_owned();
+    let reply_id = sent["reply"]["message_id"]
+        .as_str()
+        .expect("reply")
+        .to_owned();
     eventually("delivered after 3 failures", WAIT, || async {
         (!receiver.accepted().is_empty()).then_some(())
     })
     .await;
     let seen = receiver.seen();
     assert_eq!(seen.len(), 4, "3 failed attempts + 1 accepted");
-    assert!(seen.iter().all(|r| r.idempotency_key == seen[0].idempotency_key));
     assert!(
-        seen.windows(2).all(|w| w[1].at > w[0].at + Duration::from_millis(9)),
+        seen.iter()
+            .all(|r| r.idempotency_key == seen[0].idempotency_key)
+    );
+    assert!(
+        seen.windows(2)
+            .all(|w| w[1].at > w[0].at + Duration::from_millis(9)),
         "attempts are spaced by back-off"
     );
-    let (_, delivered) = app.get(&app.admin_key, "/v1/deliveries?status=delivered").await;
+    let (_, delivered) = app
+        .get(&app.admin_key, "/v1/deliveries?status=delivered")
+        .await;
     let d = &delivered["deliveries"][0];
     assert_eq!(d["message_id"], reply_id.as_str());
     assert_eq!(d["attempts"], 4);
@@ -315,12 +380,20 @@ async fn delivery_that_always_fails_becomes_a_visible_dead_letter(backend: Backe
     let conversation = sent["conversation_id"].as_str().expect("id").to_owned();
     let dead = eventually("dead letter", WAIT, || async {
         let (_, body) = app.get(&app.admin_key, "/v1/deliveries?status=dead").await;
-        body["deliveries"].as_array().filter(|d| !d.is_empty()).cloned()
+        body["deliveries"]
+            .as_array()
+            .filter(|d| !d.is_empty())
+            .cloned()
     })
     .await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0]["attempts"], 3);
-    assert!(dead[0]["last_error"].as_str().is_some_and(|e| e.contains("500")), "{dead:?}");
+    assert!(
+        dead[0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("500")),
+        "{dead:?}"
+    );
     assert_eq!(receiver.seen().len(), 3);
     let messages = app.messages(&conversation).await;
     assert_eq!(messages[1]["status"], "failed");
@@ -333,7 +406,10 @@ async fn delivery_that_always_fails_becomes_a_visible_dead_letter(backend: Backe
         .text()
         .await
         .expect("text");
-    assert!(metrics.contains("switchboard_dead_letters_total"), "{metrics}");
+    assert!(
+        metrics.contains("switchboard_dead_letters_total"),
+        "{metrics}"
+    );
 
     // An operator fixes the endpoint and requeues the dead letter.
     receiver.set_mode(Mode::Accept);
@@ -364,7 +440,9 @@ async fn delivery_that_always_fails_becomes_a_visible_dead_letter(backend: Backe
 
 /// A 429 with Retry-After: 1 → the next attempt waits at least that long.
 async fn provider_retry_after_is_honoured(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend).await else { return };
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
     let receiver = CallbackReceiver::start(Mode::RetryAfterOnce(1)).await;
     app.set_callback(&receiver.url).await;
     app.send("fay", "hello", json!({})).await;
@@ -375,7 +453,10 @@ async fn provider_retry_after_is_honoured(backend: Backend) {
     let seen = receiver.seen();
     assert_eq!(seen.len(), 2);
     let gap = seen[1].at - seen[0].at;
-    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}, asked for 1 s");
+    assert!(
+        gap >= Duration::from_millis(950),
+        "retried after {gap:?}, asked for 1 s"
+    );
 }
 
 /// 401 / 403 / 404 / 400 / 413 with the JSON error body; nothing stored on refusal.
@@ -389,7 +470,11 @@ async fn bad_requests_get_clear_json_errors_and_store_nothing(backend: Backend) 
         move |res: (reqwest::StatusCode, Value)| {
             assert_eq!(res.0.as_u16(), status, "{}", res.1);
             assert_eq!(res.1["error"]["code"], code, "{}", res.1);
-            assert!(res.1["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+            assert!(
+                res.1["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty())
+            );
         }
     };
     let send = |req: reqwest::RequestBuilder| async move {
@@ -399,22 +484,46 @@ async fn bad_requests_get_clear_json_errors_and_store_nothing(backend: Backend) 
     };
 
     check(401, "missing_api_key")(send(app.http.post(&url).json(&valid)).await);
-    check(401, "invalid_api_key")(send(app.http.post(&url).bearer_auth("sb_nope").json(&valid)).await);
+    check(401, "invalid_api_key")(
+        send(app.http.post(&url).bearer_auth("sb_nope").json(&valid)).await,
+    );
     let moderator = app
         .store
         .create_key(&TenantSlug::parse("acme").expect("slug"), Role::Moderator)
         .await
         .expect("key");
     check(403, "forbidden")(send(app.http.post(&url).bearer_auth(&moderator).json(&valid)).await);
-    check(403, "forbidden")(send(app.http.post(&url).bearer_auth(&app.widget_key).json(&valid)).await);
-    check(400, "invalid_message")(
-        send(app.http.post(&url).bearer_auth(&app.admin_key).body("{\"contact\":")).await,
+    check(403, "forbidden")(
+        send(
+            app.http
+                .post(&url)
+                .bearer_auth(&app.widget_key)
+                .json(&valid),
+        )
+        .await,
     );
     check(400, "invalid_message")(
-        send(app.http.post(&url).bearer_auth(&app.admin_key).json(&json!({ "text": "no contact" }))).await,
+        send(
+            app.http
+                .post(&url)
+                .bearer_auth(&app.admin_key)
+                .body("{\"contact\":"),
+        )
+        .await,
+    );
+    check(400, "invalid_message")(
+        send(
+            app.http
+                .post(&url)
+                .bearer_auth(&app.admin_key)
+                .json(&json!({ "text": "no contact" })),
+        )
+        .await,
     );
     let big = json!({ "contact": { "external_id": "gus" }, "text": "x".repeat(10_000) });
-    check(413, "payload_too_large")(send(app.http.post(&url).bearer_auth(&app.admin_key).json(&big)).await);
+    check(413, "payload_too_large")(
+        send(app.http.post(&url).bearer_auth(&app.admin_key).json(&big)).await,
+    );
     check(404, "not_found")(send(app.http.get(format!("{}/v1/nothing", app.base))).await);
 
     // Nothing of the refused requests was stored.
@@ -428,7 +537,10 @@ async fn bad_requests_get_clear_json_errors_and_store_nothing(backend: Backend) 
         .create_tenant(&TenantSlug::parse("globex").expect("slug"), "Globex")
         .await
         .expect("tenant");
-    let path = format!("/v1/conversations/{}/messages", mine["conversation_id"].as_str().unwrap_or(""));
+    let path = format!(
+        "/v1/conversations/{}/messages",
+        mine["conversation_id"].as_str().unwrap_or("")
+    );
     let (status, body) = app.get(&other.admin_key, &path).await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["code"], "not_found");

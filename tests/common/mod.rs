@@ -61,7 +61,10 @@ impl TestDb {
         let dir = tempfile::tempdir().expect("temp dir");
         match backend {
             Backend::Sqlite => Some(TestDb {
-                url: format!("sqlite://{}?mode=rwc", dir.path().join("switchboard.db").display()),
+                url: format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("switchboard.db").display()
+                ),
                 dir,
             }),
             Backend::Postgres => {
@@ -73,7 +76,9 @@ impl TestDb {
                         std::env::var("SWITCHBOARD_TEST_REQUIRE_POSTGRES").as_deref() != Ok("1"),
                         "SWITCHBOARD_TEST_REQUIRE_POSTGRES=1 but SWITCHBOARD_TEST_POSTGRES_URL is not set"
                     );
-                    eprintln!("SKIPPED (postgres): set SWITCHBOARD_TEST_POSTGRES_URL to run this test on PostgreSQL");
+                    eprintln!(
+                        "SKIPPED (postgres): set SWITCHBOARD_TEST_POSTGRES_URL to run this test on PostgreSQL"
+                    );
                     return None;
                 };
                 sqlx::any::install_default_drivers();
@@ -85,7 +90,9 @@ impl TestDb {
                     .await
                     .expect("create test database");
                 let _ = conn.close().await;
-                let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
+                let base = admin_url
+                    .rsplit_once('/')
+                    .map_or(admin_url.as_str(), |(b, _)| b);
                 Some(TestDb {
                     url: format!("{base}/{name}"),
                     dir,
@@ -102,7 +109,12 @@ fn unique_suffix() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("{}_{}_{}", std::process::id(), nanos, N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}_{}_{}",
+        std::process::id(),
+        nanos,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Logs of the app under test, captured per test; `RUST_LOG` widens them (default: warnings).
@@ -160,7 +172,9 @@ impl TestApp {
         let db = TestDb::fresh(backend).await?;
         let mut config = test_config(&db);
         tweak(&mut config);
-        let store = Store::connect(&config.database_url(), 4).await.expect("store");
+        let store = Store::connect(&config.database_url(), 4)
+            .await
+            .expect("store");
         store.migrate().await.expect("migrate");
         let tenant = store
             .create_tenant(&TenantSlug::parse("acme").expect("slug"), "Acme")
@@ -261,7 +275,10 @@ impl TestApp {
 
     pub async fn messages(&self, conversation_id: &str) -> Vec<Value> {
         let (status, body) = self
-            .get(&self.admin_key, &format!("/v1/conversations/{conversation_id}/messages"))
+            .get(
+                &self.admin_key,
+                &format!("/v1/conversations/{conversation_id}/messages"),
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         body["messages"].as_array().cloned().unwrap_or_default()
@@ -354,7 +371,9 @@ impl CallbackReceiver {
             mode: Some(mode),
             seen: Vec::new(),
         }));
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind receiver");
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind receiver");
         let url = format!("http://{}/callback", listener.local_addr().expect("addr"));
         let app = axum::Router::new()
             .route("/callback", axum::routing::post(receive))
@@ -379,7 +398,10 @@ impl CallbackReceiver {
     pub fn accepted_by_conversation(&self) -> HashMap<String, Vec<Value>> {
         let mut map: HashMap<String, Vec<Value>> = HashMap::new();
         for r in self.accepted() {
-            let conv = r.body["conversation_id"].as_str().unwrap_or_default().to_owned();
+            let conv = r.body["conversation_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             map.entry(conv).or_default().push(r.body);
         }
         map
@@ -403,7 +425,12 @@ async fn receive(
         Mode::RetryAfterOnce(_) => (StatusCode::OK, None),
         Mode::Down => (StatusCode::SERVICE_UNAVAILABLE, None),
     };
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     s.seen.push(Received {
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
         raw: body.to_vec(),

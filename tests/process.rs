@@ -1,0 +1,253 @@
+//! The real binary as a separate process: CLI commands and exit codes, a `kill -9` between the
+//! acknowledgement and the delivery, and a graceful stop on SIGTERM.
+
+mod common;
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{Backend, CallbackReceiver, Mode, TestDb, eventually};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+
+both_backends!(
+    cli_creates_tenants_and_keys_and_fails_with_one_line,
+    killed_after_ack_the_reply_is_delivered_exactly_once_after_restart,
+);
+
+fn cli(db: &TestDb, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("SWITCHBOARD_DATABASE_URL", &db.url)
+        .env("SWITCHBOARD_DATA_DIR", db.dir.path())
+        .env_remove("SWITCHBOARD_CONFIG")
+        .output()
+        .expect("run switchboard")
+}
+
+fn stdout_json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+async fn cli_creates_tenants_and_keys_and_fails_with_one_line(backend: Backend) {
+    let Some(db) = TestDb::fresh(backend).await else {
+        return;
+    };
+    let migrate = cli(&db, &["migrate"]);
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+
+    let tenant = stdout_json(&cli(
+        &db,
+        &["tenant", "create", "acme", "--name", "Acme", "--json"],
+    ));
+    for field in ["tenant_id", "slug", "admin_key", "widget_key"] {
+        assert!(
+            tenant[field].as_str().is_some_and(|v| !v.is_empty()),
+            "{field}: {tenant}"
+        );
+    }
+    let key = stdout_json(&cli(
+        &db,
+        &[
+            "key", "create", "--tenant", "acme", "--role", "creator", "--json",
+        ],
+    ));
+    assert_eq!(key["role"], "creator");
+    assert!(key["key"].as_str().is_some_and(|k| k.starts_with("sb_")));
+
+    for (args, reason) in [
+        (&["tenant", "create", "acme"][..], "already exists"),
+        (
+            &["tenant", "create", "Not A Slug"][..],
+            "invalid tenant slug",
+        ),
+        (
+            &["key", "create", "--tenant", "nobody", "--role", "admin"][..],
+            "no tenant",
+        ),
+    ] {
+        let out = cli(&db, args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "one line on stderr: {stderr}");
+        assert!(lines[0].contains(reason), "{stderr}");
+    }
+    // Keys are stored hashed: the database does not contain the key itself.
+    let admin_key = tenant["admin_key"].as_str().unwrap_or_default();
+    let store =
+        switchboard::store::Store::connect(&switchboard_channel::Secret::new(db.url.clone()), 1)
+            .await
+            .expect("store");
+    let hits: i64 = sqlx::Row::try_get(
+        &sqlx::query("SELECT COUNT(*) AS n FROM api_key WHERE key_hash = $1 OR prefix = $1")
+            .bind(admin_key)
+            .fetch_one(store.pool())
+            .await
+            .expect("query"),
+        "n",
+    )
+    .expect("n");
+    assert_eq!(hits, 0);
+    assert!(store.authenticate(admin_key).await.expect("auth").is_some());
+}
+
+/// A gateway child process on a free port.
+struct Gateway {
+    child: Child,
+    base: String,
+}
+
+impl Gateway {
+    async fn start(db: &TestDb) -> Gateway {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new(BIN)
+            .arg("serve")
+            .env("SWITCHBOARD_DATABASE_URL", &db.url)
+            .env("SWITCHBOARD_DATA_DIR", db.dir.path())
+            .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SWITCHBOARD_OUTBOX_BASE_DELAY_MS", "100")
+            .env("SWITCHBOARD_OUTBOX_MAX_DELAY_MS", "300")
+            .env("SWITCHBOARD_OUTBOX_MAX_ATTEMPTS", "1000")
+            .env("SWITCHBOARD_OUTBOX_LEASE_MS", "1500")
+            .env("SWITCHBOARD_OUTBOX_POLL_MS", "50")
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn gateway");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        eventually("gateway ready", Duration::from_secs(20), || {
+            let http = http.clone();
+            let url = format!("{base}/readyz");
+            async move {
+                http.get(url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            }
+        })
+        .await;
+        Gateway { child, base }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn killed_after_ack_the_reply_is_delivered_exactly_once_after_restart(backend: Backend) {
+    let Some(db) = TestDb::fresh(backend).await else {
+        return;
+    };
+    let tenant = stdout_json(&cli(&db, &["tenant", "create", "acme", "--json"]));
+    let key = tenant["admin_key"].as_str().expect("key").to_owned();
+    let receiver = CallbackReceiver::start(Mode::Down).await;
+    let http = reqwest::Client::new();
+
+    let mut gateway = Gateway::start(&db).await;
+    let res = http
+        .post(format!("{}/v1/channels", gateway.base))
+        .bearer_auth(&key)
+        .json(&json!({ "kind": "api", "config": { "callback_url": receiver.url } }))
+        .send()
+        .await
+        .expect("connect channel");
+    assert_eq!(res.status(), 201);
+    let ack: Value = http
+        .post(format!("{}/v1/messages", gateway.base))
+        .bearer_auth(&key)
+        .json(&json!({ "contact": { "external_id": "hal" }, "text": "still there?" }))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("ack");
+    let conversation = ack["conversation_id"]
+        .as_str()
+        .expect("acknowledged")
+        .to_owned();
+
+    // The reply exists and its delivery is failing: kill the process without warning.
+    eventually("delivery attempted", Duration::from_secs(20), || async {
+        (receiver.seen().len() >= 2).then_some(())
+    })
+    .await;
+    gateway.child.kill().expect("kill -9");
+    let _ = gateway.child.wait();
+    let attempts_before = receiver.seen().len();
+    receiver.set_mode(Mode::Accept);
+
+    let gateway = Gateway::start(&db).await;
+    eventually(
+        "delivered after restart",
+        Duration::from_secs(20),
+        || async { (!receiver.accepted().is_empty()).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let seen = receiver.seen();
+    assert_eq!(receiver.accepted().len(), 1, "delivered exactly once");
+    assert!(
+        seen.len() > attempts_before,
+        "the restarted process did the delivery"
+    );
+    assert!(
+        seen.iter()
+            .all(|r| r.idempotency_key == seen[0].idempotency_key),
+        "every attempt carries the same idempotency key"
+    );
+    let body: Value = http
+        .get(format!(
+            "{}/v1/conversations/{conversation}/messages",
+            gateway.base
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let messages = body["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 2, "{body}");
+    assert_eq!(messages[1]["status"], "sent");
+
+    // SIGTERM: a graceful stop with exit code 0.
+    let mut gateway = gateway;
+    let pid = gateway.child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = gateway.child.wait();
+        (gateway, status)
+    })
+    .await
+    .expect("wait");
+    assert!(
+        exit.1.expect("exit status").success(),
+        "graceful exit code 0"
+    );
+}
