@@ -22,13 +22,13 @@ use metrics::{counter, histogram};
 use rand::Rng;
 use switchboard_channel::{ChannelKind, OutboundMessage, Receipt, SendError};
 use switchboard_channel_api::{ApiChannelConfig, ApiSender};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
 
 use crate::config::OutboxConfig;
-use crate::store::deliveries::{ClaimedDelivery, SendJob};
+use crate::store::deliveries::{ClaimedDelivery, Outcome};
 use crate::store::{Store, now_ms};
 
 /// When to try again after a failed attempt.
@@ -78,10 +78,15 @@ impl Channels {
         }
     }
 
-    pub async fn send(&self, job: &SendJob, msg: &OutboundMessage) -> Result<Receipt, SendError> {
-        match job.kind {
+    pub async fn send(
+        &self,
+        kind: ChannelKind,
+        config: &serde_json::Value,
+        msg: &OutboundMessage,
+    ) -> Result<Receipt, SendError> {
+        match kind {
             ChannelKind::Api => {
-                let config = ApiChannelConfig::parse(&job.channel_config)
+                let config = ApiChannelConfig::parse(config)
                     .map_err(|e| SendError::Permanent(format!("api channel config: {e}")))?;
                 self.api.send(&config, msg).await
             }
@@ -102,6 +107,10 @@ pub struct Outbox {
     wake: Arc<Notify>,
 }
 
+/// An attempt's result, with the permit it held (released once the outcome is recorded, so the
+/// worker never has more deliveries claimed than it can send).
+type Attempted = (ClaimedDelivery, Outcome, &'static str, OwnedSemaphorePermit);
+
 impl Outbox {
     pub fn new(
         store: Store,
@@ -118,7 +127,7 @@ impl Outbox {
         }
     }
 
-    /// Claims one batch of due deliveries, sends them concurrently and records each outcome.
+    /// Claims one batch of due deliveries, sends them concurrently and records the outcomes.
     /// Returns how many were attempted.
     pub async fn try_execute_step(&self) -> anyhow::Result<usize> {
         let claimed = self
@@ -126,24 +135,34 @@ impl Outbox {
             .claim_due_deliveries(self.config.concurrency as i64, self.config.lease_ms as i64)
             .await?;
         let n = claimed.len();
-        let sends = claimed.into_iter().map(|d| self.deliver(d));
-        for result in futures::future::join_all(sends).await {
-            result?;
-        }
+        let attempts = claimed.into_iter().map(|d| async move {
+            let (outcome, channel) = self.attempt(&d).await;
+            (d, outcome, channel)
+        });
+        let results = futures::future::join_all(attempts).await;
+        self.record(
+            results
+                .into_iter()
+                .map(|(d, o, c)| (d, o, c, None))
+                .collect(),
+        )
+        .await?;
         Ok(n)
     }
 
-    /// Runs until `shutdown`, then lets the sends in flight finish.
+    /// Runs until `shutdown`, then lets the sends in flight finish and records them.
     pub async fn run(self, shutdown: CancellationToken) {
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let in_flight = TaskTracker::new();
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Attempted>();
+        let recorder = tokio::spawn(self.clone().record_loop(done_rx));
         let poll = Duration::from_millis(self.config.poll_ms.max(1));
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
             let free = permits.available_permits();
-            let mut claimed_all = false;
+            let mut claimed = 0;
             if free > 0 {
                 match self
                     .store
@@ -151,20 +170,18 @@ impl Outbox {
                     .await
                 {
                     Ok(batch) => {
-                        claimed_all = batch.len() == free;
+                        claimed = batch.len();
                         for d in batch {
                             let Ok(permit) = permits.clone().try_acquire_owned() else {
                                 break; // cannot happen: we claimed at most `free`
                             };
                             let this = self.clone();
+                            let done = done_tx.clone();
                             let span = info_span!("delivery", delivery = %d.id, conversation = %d.conversation_id);
                             in_flight.spawn(
                                 async move {
-                                    if let Err(e) = this.deliver(d).await {
-                                        warn!(error = %format!("{e:#}"), "recording a delivery outcome failed; the lease will expire and it is retried");
-                                    }
-                                    drop(permit);
-                                    this.wake.notify_one();
+                                    let (outcome, channel) = this.attempt(&d).await;
+                                    let _ = done.send((d, outcome, channel, permit));
                                 }
                                 .instrument(span),
                             );
@@ -173,14 +190,19 @@ impl Outbox {
                     Err(e) => warn!(error = %e, "claiming deliveries failed"),
                 }
             }
-            if claimed_all {
+            if free > 0 && claimed == free {
                 continue; // there may be more due right now
             }
-            let sleep_for = match self.store.next_delivery_due().await {
-                Ok(Some(due)) => {
-                    Duration::from_millis((due - now_ms()).clamp(0, poll.as_millis() as i64) as u64)
+            // Nothing (more) due: sleep until the next due time, a wake-up, or the poll interval.
+            let sleep_for = if claimed == 0 && free > 0 {
+                match self.store.next_delivery_due().await {
+                    Ok(Some(due)) => Duration::from_millis(
+                        (due - now_ms()).clamp(0, poll.as_millis() as i64) as u64,
+                    ),
+                    _ => poll,
                 }
-                _ => poll,
+            } else {
+                poll
             };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -190,55 +212,129 @@ impl Outbox {
         }
         in_flight.close();
         in_flight.wait().await;
+        drop(done_tx);
+        let _ = recorder.await;
     }
 
-    /// Sends one claimed delivery and records what happened.
-    async fn deliver(&self, d: ClaimedDelivery) -> anyhow::Result<()> {
-        let job = self.store.send_job(&d).await?;
+    /// Records finished attempts, as many as are ready at once in one transaction.
+    async fn record_loop(self, mut done: mpsc::UnboundedReceiver<Attempted>) {
+        while let Some(first) = done.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < 512 {
+                match done.try_recv() {
+                    Ok(more) => batch.push(more),
+                    Err(_) => break,
+                }
+            }
+            let batch = batch
+                .into_iter()
+                .map(|(d, o, c, permit)| (d, o, c, Some(permit)))
+                .collect();
+            if let Err(e) = self.record(batch).await {
+                // The leases run out and those deliveries are attempted again.
+                warn!(error = %format!("{e:#}"), "recording delivery outcomes failed");
+            }
+            self.wake.notify_one();
+        }
+    }
+
+    async fn record(
+        &self,
+        batch: Vec<(
+            ClaimedDelivery,
+            Outcome,
+            &'static str,
+            Option<OwnedSemaphorePermit>,
+        )>,
+    ) -> anyhow::Result<()> {
+        let outcomes: Vec<(ClaimedDelivery, Outcome)> = batch
+            .iter()
+            .map(|(d, o, _, _)| (d.clone(), o.clone()))
+            .collect();
+        self.store.record_outcomes(&outcomes).await?;
+        for (d, outcome, channel, _permit) in batch {
+            match outcome {
+                Outcome::Delivered { .. } => {
+                    counter!("switchboard_delivered_total", "channel" => channel).increment(1);
+                    histogram!("switchboard_delivery_latency_seconds")
+                        .record((now_ms() - d.created_at).max(0) as f64 / 1000.0);
+                }
+                Outcome::RetryAt { .. } => {
+                    counter!("switchboard_delivery_retries_total", "channel" => channel)
+                        .increment(1);
+                }
+                Outcome::Dead { .. } => {
+                    counter!("switchboard_dead_letters_total", "channel" => channel).increment(1);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one claimed delivery; decides what should become of it. Writes nothing.
+    async fn attempt(&self, d: &ClaimedDelivery) -> (Outcome, &'static str) {
+        let channel = match self.store.channel_by_id(&d.channel_id).await {
+            Ok(channel) => channel,
+            Err(e) => {
+                // The database is unreachable or the channel is gone: try again later.
+                let delay = self.policy.delay(d.attempts as u32, None);
+                let error = format!("loading channel: {e}");
+                return (self.retry_or_dead(d, delay, error), "unknown");
+            }
+        };
         let msg = OutboundMessage {
             delivery_id: d.id.clone(),
             conversation_id: d.conversation_id.clone(),
             message_id: d.message_id.clone(),
             seq: d.seq,
-            to: job.to.clone(),
-            text: job.text.clone(),
+            to: d.recipient.clone(),
+            text: d.body.clone(),
         };
         let timeout = Duration::from_millis(self.config.send_timeout_ms);
-        let outcome = match tokio::time::timeout(timeout, self.channels.send(&job, &msg)).await {
+        let sent = match tokio::time::timeout(
+            timeout,
+            self.channels.send(channel.kind, &channel.config, &msg),
+        )
+        .await
+        {
             Ok(result) => result,
             Err(_) => Err(SendError::Transient(format!(
                 "send timed out after {timeout:?}"
             ))),
         };
-        let channel = job.kind.as_str();
-        match outcome {
-            Ok(receipt) => {
-                self.store
-                    .mark_delivered(&d, receipt.provider_message_id.as_deref())
-                    .await?;
-                counter!("switchboard_delivered_total", "channel" => channel).increment(1);
-                histogram!("switchboard_delivery_latency_seconds")
-                    .record((now_ms() - d.created_at).max(0) as f64 / 1000.0);
-            }
-            Err(e) if e.is_retryable() && d.attempts < i64::from(self.policy.max_attempts) => {
+        let outcome = match sent {
+            Ok(receipt) => Outcome::Delivered {
+                provider_message_id: receipt.provider_message_id,
+            },
+            Err(e) if e.is_retryable() => {
                 let retry_after = match &e {
                     SendError::RetryAfter(wait, _) => Some(*wait),
                     _ => None,
                 };
                 let delay = self.policy.delay(d.attempts as u32, retry_after);
-                warn!(attempts = d.attempts, ?delay, error = %e, "delivery failed; will retry");
-                self.store
-                    .schedule_retry(&d, now_ms() + delay.as_millis() as i64, &e.to_string())
-                    .await?;
-                counter!("switchboard_delivery_retries_total", "channel" => channel).increment(1);
+                self.retry_or_dead(d, delay, e.to_string())
             }
             Err(e) => {
-                warn!(attempts = d.attempts, error = %e, "delivery failed for good; dead letter");
-                self.store.mark_dead(&d, &e.to_string()).await?;
-                counter!("switchboard_dead_letters_total", "channel" => channel).increment(1);
+                warn!(attempts = d.attempts, error = %e, "delivery refused for good; dead letter");
+                Outcome::Dead {
+                    error: e.to_string(),
+                }
             }
+        };
+        (outcome, channel.kind.as_str())
+    }
+
+    fn retry_or_dead(&self, d: &ClaimedDelivery, delay: Duration, error: String) -> Outcome {
+        if d.attempts < i64::from(self.policy.max_attempts) {
+            warn!(attempts = d.attempts, ?delay, %error, "delivery failed; will retry");
+            Outcome::RetryAt {
+                next_attempt_at: now_ms() + delay.as_millis() as i64,
+                error,
+            }
+        } else {
+            warn!(attempts = d.attempts, %error, "delivery failed too often; dead letter");
+            Outcome::Dead { error }
         }
-        Ok(())
     }
 }
 

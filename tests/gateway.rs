@@ -113,7 +113,7 @@ async fn story_tenant_key_message_reply_listed_in_order(backend: Backend) {
         delivered[0].signature.as_deref(),
         Some(expected_sig.as_str())
     );
-    let outbound_status = eventually("statuses updated", WAIT, || async {
+    eventually("statuses updated", WAIT, || async {
         let m = app.messages(&conversation).await;
         m.iter()
             .filter(|m| m["direction"] == "outbound")
@@ -121,7 +121,6 @@ async fn story_tenant_key_message_reply_listed_in_order(backend: Backend) {
             .then_some(())
     })
     .await;
-    let _ = outbound_status;
 
     let (status, list) = app
         .get(&moderator, "/v1/conversations?channel=api&status=bot")
@@ -359,10 +358,17 @@ async fn delivery_retries_then_succeeds_once(backend: Backend) {
             .all(|w| w[1].at > w[0].at + Duration::from_millis(9)),
         "attempts are spaced by back-off"
     );
-    let (_, delivered) = app
-        .get(&app.admin_key, "/v1/deliveries?status=delivered")
-        .await;
-    let d = &delivered["deliveries"][0];
+    let delivered = eventually("delivery recorded", WAIT, || async {
+        let (_, body) = app
+            .get(&app.admin_key, "/v1/deliveries?status=delivered")
+            .await;
+        body["deliveries"]
+            .as_array()
+            .filter(|d| !d.is_empty())
+            .cloned()
+    })
+    .await;
+    let d = &delivered[0];
     assert_eq!(d["message_id"], reply_id.as_str());
     assert_eq!(d["attempts"], 4);
     tokio::time::sleep(Duration::from_millis(300)).await;

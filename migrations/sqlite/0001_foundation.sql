@@ -106,6 +106,8 @@ CREATE INDEX message_reply_to ON message (reply_to) WHERE reply_to IS NOT NULL;
 -- The outbox: one row per outbound message, written in the same transaction as the message.
 -- Workers claim due rows by setting `locked_until` (a lease; with FOR UPDATE SKIP LOCKED on
 -- Postgres), send, then record the outcome. `dead` rows are dead letters: visible, never dropped.
+-- A row carries what the send needs (`recipient`, `body`), so claiming is the only read a send
+-- costs and proactive messages (no inbound turn) fit the same table.
 CREATE TABLE delivery (
     id                   TEXT PRIMARY KEY,
     tenant_id            TEXT NOT NULL REFERENCES tenant(id),
@@ -113,6 +115,8 @@ CREATE TABLE delivery (
     conversation_id      TEXT NOT NULL REFERENCES conversation(id),
     message_id           TEXT NOT NULL UNIQUE REFERENCES message(id),
     seq                  BIGINT NOT NULL,
+    recipient            TEXT NOT NULL,
+    body                 TEXT NOT NULL,
     status               TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'delivered', 'dead')),
     attempts             BIGINT NOT NULL DEFAULT 0,
     next_attempt_at      BIGINT NOT NULL,

@@ -53,11 +53,31 @@ macro_rules! select_channel {
 impl Store {
     /// The tenant's implicit `api` channel (created with the tenant).
     pub async fn api_channel(&self, tenant_id: &str) -> Result<Channel, sqlx::Error> {
+        let cache_key = format!("api:{tenant_id}");
+        if let Some(channel) = self.channels.get(&cache_key) {
+            return Ok(channel);
+        }
         let row = sqlx::query(select_channel!("WHERE tenant_id = $1 AND kind = 'api'"))
             .bind(tenant_id)
             .fetch_one(&self.pool)
             .await?;
-        channel_from_row(&row)
+        let channel = channel_from_row(&row)?;
+        self.channels.insert(cache_key, channel.clone());
+        Ok(channel)
+    }
+
+    /// Any channel by id (for workers, which act for every tenant). Cached briefly.
+    pub async fn channel_by_id(&self, channel_id: &str) -> Result<Channel, sqlx::Error> {
+        if let Some(channel) = self.channels.get(channel_id) {
+            return Ok(channel);
+        }
+        let row = sqlx::query(select_channel!("WHERE id = $1"))
+            .bind(channel_id)
+            .fetch_one(&self.pool)
+            .await?;
+        let channel = channel_from_row(&row)?;
+        self.channels.insert(channel_id.to_owned(), channel.clone());
+        Ok(channel)
     }
 
     /// A channel of this tenant; `None` for another tenant's channel, as for a missing one.
@@ -141,6 +161,8 @@ impl Store {
         )
         .await?;
         w.commit().await?;
+        self.channels.remove(&id);
+        self.channels.remove(&format!("api:{tenant_id}"));
         Ok(Channel {
             id,
             tenant_id: tenant_id.to_owned(),

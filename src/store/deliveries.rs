@@ -7,7 +7,6 @@
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use switchboard_channel::ChannelKind;
 
 use super::{Backend, Store, now_ms, tenants::record_event};
 use crate::store::messages::rfc3339;
@@ -17,21 +16,24 @@ use crate::store::messages::rfc3339;
 pub struct ClaimedDelivery {
     pub id: String,
     pub tenant_id: String,
+    pub channel_id: String,
     pub conversation_id: String,
     pub message_id: String,
     pub seq: i64,
     /// Attempts so far, this one included.
     pub attempts: i64,
     pub created_at: i64,
+    /// The contact's id at the provider.
+    pub recipient: String,
+    pub body: String,
 }
 
-/// What a channel needs to send one reply.
-#[derive(Clone)]
-pub struct SendJob {
-    pub kind: ChannelKind,
-    pub channel_config: serde_json::Value,
-    pub to: String,
-    pub text: String,
+/// What became of one attempt, to be recorded (in batches) by [`Store::record_outcomes`].
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Delivered { provider_message_id: Option<String> },
+    RetryAt { next_attempt_at: i64, error: String },
+    Dead { error: String },
 }
 
 /// A delivery as the API shows it (dead letters, mostly).
@@ -60,7 +62,8 @@ WHERE id IN (
                         AND e.status = 'pending' AND e.seq < d.seq)
     ORDER BY d.next_attempt_at, d.seq
     LIMIT $3)
-RETURNING id, tenant_id, conversation_id, message_id, seq, attempts, created_at";
+RETURNING id, tenant_id, channel_id, conversation_id, message_id, seq, attempts, created_at,
+          recipient, body";
 
 /// Postgres: the same, with `FOR UPDATE SKIP LOCKED` so concurrent workers (or processes) never
 /// claim the same row and never wait on each other.
@@ -76,17 +79,21 @@ WHERE id IN (
     ORDER BY d.next_attempt_at, d.seq
     LIMIT $3
     FOR UPDATE SKIP LOCKED)
-RETURNING id, tenant_id, conversation_id, message_id, seq, attempts, created_at";
+RETURNING id, tenant_id, channel_id, conversation_id, message_id, seq, attempts, created_at,
+          recipient, body";
 
 fn claimed_from_row(r: &AnyRow) -> Result<ClaimedDelivery, sqlx::Error> {
     Ok(ClaimedDelivery {
         id: r.try_get("id")?,
         tenant_id: r.try_get("tenant_id")?,
+        channel_id: r.try_get("channel_id")?,
         conversation_id: r.try_get("conversation_id")?,
         message_id: r.try_get("message_id")?,
         seq: r.try_get("seq")?,
         attempts: r.try_get("attempts")?,
         created_at: r.try_get("created_at")?,
+        recipient: r.try_get("recipient")?,
+        body: r.try_get("body")?,
     })
 }
 
@@ -129,106 +136,118 @@ impl Store {
         .try_get("due")
     }
 
-    /// The recipient, text and channel configuration of a claimed delivery.
-    pub async fn send_job(&self, d: &ClaimedDelivery) -> Result<SendJob, sqlx::Error> {
-        let r = sqlx::query(
-            "SELECT m.text, ci.external_id, ch.kind, ch.config
-             FROM message m
-             JOIN conversation c ON c.id = m.conversation_id
-             JOIN contact_identity ci ON ci.contact_id = c.contact_id AND ci.channel_id = c.channel_id
-             JOIN channel ch ON ch.id = c.channel_id
-             WHERE m.id = $1",
-        )
-        .bind(&d.message_id)
-        .fetch_one(&self.pool)
-        .await?;
-        let kind: String = r.try_get("kind")?;
-        let config: String = r.try_get("config")?;
-        Ok(SendJob {
-            kind: ChannelKind::parse(&kind).ok_or_else(|| {
-                sqlx::Error::Decode(format!("unknown channel kind {kind:?}").into())
-            })?,
-            channel_config: serde_json::from_str(&config)
-                .map_err(|e| sqlx::Error::Decode(e.into()))?,
-            to: r.try_get("external_id")?,
-            text: r.try_get("text")?,
-        })
-    }
-
-    /// The provider took it: delivered, and the message is `sent`.
-    pub async fn mark_delivered(
+    /// Records the outcomes of a batch of attempts in one transaction. Plain successes (the
+    /// common case) are two statements for the whole batch.
+    pub async fn record_outcomes(
         &self,
-        d: &ClaimedDelivery,
-        provider_message_id: Option<&str>,
+        outcomes: &[(ClaimedDelivery, Outcome)],
     ) -> Result<(), sqlx::Error> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
         let now = now_ms();
         let mut w = self.begin_write().await?;
-        sqlx::query(
-            "UPDATE delivery SET status = 'delivered', locked_until = NULL, last_error = NULL,
-                    provider_message_id = $1, updated_at = $2
-             WHERE id = $3",
-        )
-        .bind(provider_message_id)
-        .bind(now)
-        .bind(&d.id)
-        .execute(&mut *w.tx)
-        .await?;
-        sqlx::query("UPDATE message SET status = 'sent', provider_id = $1 WHERE id = $2")
-            .bind(provider_message_id)
-            .bind(&d.message_id)
-            .execute(&mut *w.tx)
-            .await?;
-        w.commit().await
-    }
-
-    /// A retryable failure: try again at `next_attempt_at`.
-    pub async fn schedule_retry(
-        &self,
-        d: &ClaimedDelivery,
-        next_attempt_at: i64,
-        error: &str,
-    ) -> Result<(), sqlx::Error> {
-        let mut w = self.begin_write().await?;
-        sqlx::query(
-            "UPDATE delivery SET next_attempt_at = $1, locked_until = NULL, last_error = $2,
-                    updated_at = $3
-             WHERE id = $4 AND status = 'pending'",
-        )
-        .bind(next_attempt_at)
-        .bind(error)
-        .bind(now_ms())
-        .bind(&d.id)
-        .execute(&mut *w.tx)
-        .await?;
-        w.commit().await
-    }
-
-    /// Gives up: the delivery becomes a dead letter and the message `failed`, with the reason.
-    pub async fn mark_dead(&self, d: &ClaimedDelivery, error: &str) -> Result<(), sqlx::Error> {
-        let now = now_ms();
-        let mut w = self.begin_write().await?;
-        sqlx::query(
-            "UPDATE delivery SET status = 'dead', locked_until = NULL, last_error = $1, updated_at = $2
-             WHERE id = $3",
-        )
-        .bind(error)
-        .bind(now)
-        .bind(&d.id)
-        .execute(&mut *w.tx)
-        .await?;
-        sqlx::query("UPDATE message SET status = 'failed' WHERE id = $1")
-            .bind(&d.message_id)
-            .execute(&mut *w.tx)
-            .await?;
-        let detail = serde_json::json!({ "attempts": d.attempts, "error": error }).to_string();
-        record_event(
-            &mut w.tx,
-            Some(&d.tenant_id),
-            "delivery.dead",
-            Some(&d.id),
-            &detail,
-        )
-        .await?;
+        let plain: Vec<&ClaimedDelivery> = outcomes
+            .iter()
+            .filter_map(|(d, o)| match o {
+                Outcome::Delivered {
+                    provider_message_id: None,
+                } => Some(d),
+                _ => None,
+            })
+            .collect();
+        for chunk in plain.chunks(500) {
+            let sql = format!(
+                "UPDATE delivery SET status = 'delivered', locked_until = NULL, last_error = NULL,
+                        updated_at = $1
+                 WHERE id IN ({})",
+                super::placeholders(2, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+            for d in chunk {
+                q = q.bind(&d.id);
+            }
+            q.execute(&mut *w.tx).await?;
+            let sql = format!(
+                "UPDATE message SET status = 'sent' WHERE id IN ({})",
+                super::placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for d in chunk {
+                q = q.bind(&d.message_id);
+            }
+            q.execute(&mut *w.tx).await?;
+        }
+        for (d, outcome) in outcomes {
+            match outcome {
+                Outcome::Delivered {
+                    provider_message_id: None,
+                } => {} // done above
+                Outcome::Delivered {
+                    provider_message_id: Some(provider_id),
+                } => {
+                    sqlx::query(
+                        "UPDATE delivery SET status = 'delivered', locked_until = NULL,
+                                last_error = NULL, provider_message_id = $1, updated_at = $2
+                         WHERE id = $3",
+                    )
+                    .bind(provider_id)
+                    .bind(now)
+                    .bind(&d.id)
+                    .execute(&mut *w.tx)
+                    .await?;
+                    sqlx::query(
+                        "UPDATE message SET status = 'sent', provider_id = $1 WHERE id = $2",
+                    )
+                    .bind(provider_id)
+                    .bind(&d.message_id)
+                    .execute(&mut *w.tx)
+                    .await?;
+                }
+                Outcome::RetryAt {
+                    next_attempt_at,
+                    error,
+                } => {
+                    sqlx::query(
+                        "UPDATE delivery SET next_attempt_at = $1, locked_until = NULL,
+                                last_error = $2, updated_at = $3
+                         WHERE id = $4 AND status = 'pending'",
+                    )
+                    .bind(next_attempt_at)
+                    .bind(error)
+                    .bind(now)
+                    .bind(&d.id)
+                    .execute(&mut *w.tx)
+                    .await?;
+                }
+                Outcome::Dead { error } => {
+                    sqlx::query(
+                        "UPDATE delivery SET status = 'dead', locked_until = NULL, last_error = $1,
+                                updated_at = $2
+                         WHERE id = $3",
+                    )
+                    .bind(error)
+                    .bind(now)
+                    .bind(&d.id)
+                    .execute(&mut *w.tx)
+                    .await?;
+                    sqlx::query("UPDATE message SET status = 'failed' WHERE id = $1")
+                        .bind(&d.message_id)
+                        .execute(&mut *w.tx)
+                        .await?;
+                    let detail =
+                        serde_json::json!({ "attempts": d.attempts, "error": error }).to_string();
+                    record_event(
+                        &mut w.tx,
+                        Some(&d.tenant_id),
+                        "delivery.dead",
+                        Some(&d.id),
+                        &detail,
+                    )
+                    .await?;
+                }
+            }
+        }
         w.commit().await
     }
 

@@ -28,6 +28,8 @@ pub struct PendingTurn {
     pub seq: i64,
     pub text: String,
     pub created_at: i64,
+    /// The contact's id on the conversation's channel: where a reply goes.
+    pub recipient: String,
 }
 
 /// A reply to store with the turn that produced it.
@@ -107,18 +109,36 @@ impl Store {
         channel_id: &str,
         msg: &InboundMessage,
     ) -> Result<Ingested, sqlx::Error> {
-        // Fast path for redeliveries: no write lock taken.
-        if let Some(seen) = self
-            .find_by_provider_id(channel_id, &msg.provider_id)
-            .await?
-        {
-            return Ok(seen);
-        }
         let now = now_ms();
         let mut w = self.begin_write().await?;
-        let contact_id = ensure_contact(&mut w, tenant_id, channel_id, msg, now).await?;
-        let conversation_id =
-            ensure_conversation(&mut w, tenant_id, channel_id, &contact_id, now).await?;
+        // One query finds the contact and its open conversation; first contacts take the
+        // insert path. (Redeliveries are caught by the message insert below, inside this
+        // transaction: a look before it would cost every message a query.)
+        let known = sqlx::query(
+            "SELECT ci.contact_id, c.id AS conversation_id
+             FROM contact_identity ci
+             LEFT JOIN conversation c ON c.contact_id = ci.contact_id
+                                     AND c.channel_id = ci.channel_id AND c.status <> 'closed'
+             WHERE ci.channel_id = $1 AND ci.external_id = $2",
+        )
+        .bind(channel_id)
+        .bind(&msg.contact.external_id)
+        .fetch_optional(&mut *w.tx)
+        .await?;
+        let (contact_id, open_conversation) = match known {
+            Some(row) => (
+                row.try_get::<String, _>("contact_id")?,
+                row.try_get::<Option<String>, _>("conversation_id")?,
+            ),
+            None => (
+                new_contact(&mut w, tenant_id, channel_id, msg, now).await?,
+                None,
+            ),
+        };
+        let conversation_id = match open_conversation {
+            Some(id) => id,
+            None => open_conversation_for(&mut w, tenant_id, channel_id, &contact_id, now).await?,
+        };
         let seq: i64 = sqlx::query(
             "UPDATE conversation SET last_seq = last_seq + 1, last_inbound_at = $1, updated_at = $1
              WHERE id = $2 RETURNING last_seq",
@@ -207,8 +227,10 @@ impl Store {
     ) -> Result<Option<PendingTurn>, sqlx::Error> {
         sqlx::query(
             "SELECT m.id, m.tenant_id, m.conversation_id, m.channel_id, m.seq, m.text, m.created_at,
-                    c.status
-             FROM message m JOIN conversation c ON c.id = m.conversation_id
+                    c.status, ci.external_id
+             FROM message m
+             JOIN conversation c ON c.id = m.conversation_id
+             JOIN contact_identity ci ON ci.contact_id = c.contact_id AND ci.channel_id = c.channel_id
              WHERE m.conversation_id = $1 AND m.direction = 'inbound' AND m.processed_at IS NULL
              ORDER BY m.seq LIMIT 1",
         )
@@ -225,6 +247,7 @@ impl Store {
                 seq: r.try_get("seq")?,
                 text: r.try_get("text")?,
                 created_at: r.try_get("created_at")?,
+                recipient: r.try_get("external_id")?,
             })
         })
         .transpose()
@@ -243,12 +266,18 @@ impl Store {
         let mut w = self.begin_write().await?;
         // Lock order: conversation row first, as ingest does. (On Postgres, ingest's unique check
         // on `message` waits for our update of the inbound row; taking the conversation lock
-        // after that update would deadlock with an ingest holding it.)
-        sqlx::query("UPDATE conversation SET updated_at = $1 WHERE id = $2")
-            .bind(now)
-            .bind(&turn.conversation_id)
-            .execute(&mut *w.tx)
-            .await?;
+        // after that update would deadlock with an ingest holding it.) The same statement hands
+        // out the reply's sequence number.
+        let seq: i64 = sqlx::query(
+            "UPDATE conversation SET last_seq = last_seq + $1, updated_at = $2 WHERE id = $3
+             RETURNING last_seq",
+        )
+        .bind(i64::from(reply.is_some()))
+        .bind(now)
+        .bind(&turn.conversation_id)
+        .fetch_one(&mut *w.tx)
+        .await?
+        .try_get("last_seq")?;
         let marked = sqlx::query(
             "UPDATE message SET processed_at = $1, status = 'processed'
              WHERE id = $2 AND processed_at IS NULL",
@@ -265,15 +294,6 @@ impl Store {
             w.commit().await?;
             return Ok(None);
         };
-        let seq: i64 = sqlx::query(
-            "UPDATE conversation SET last_seq = last_seq + 1, updated_at = $1 WHERE id = $2
-             RETURNING last_seq",
-        )
-        .bind(now)
-        .bind(&turn.conversation_id)
-        .fetch_one(&mut *w.tx)
-        .await?
-        .try_get("last_seq")?;
         let reply_id = new_id();
         sqlx::query(
             "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction, author,
@@ -293,8 +313,8 @@ impl Store {
         .await?;
         sqlx::query(
             "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id, message_id, seq,
-                                   next_attempt_at, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7)",
+                                   recipient, body, next_attempt_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9)",
         )
         .bind(new_id())
         .bind(&turn.tenant_id)
@@ -302,6 +322,8 @@ impl Store {
         .bind(&turn.conversation_id)
         .bind(&reply_id)
         .bind(seq)
+        .bind(&turn.recipient)
+        .bind(&reply.text)
         .bind(now)
         .execute(&mut *w.tx)
         .await?;
@@ -415,8 +437,8 @@ impl Store {
     }
 }
 
-/// The contact behind `(channel, external id)`, created on first contact.
-async fn ensure_contact(
+/// Introduces a contact seen for the first time on this channel.
+async fn new_contact(
     w: &mut WriteTx,
     tenant_id: &str,
     channel_id: &str,
@@ -425,14 +447,6 @@ async fn ensure_contact(
 ) -> Result<String, sqlx::Error> {
     let select =
         "SELECT contact_id FROM contact_identity WHERE channel_id = $1 AND external_id = $2";
-    let existing = sqlx::query(select)
-        .bind(channel_id)
-        .bind(&msg.contact.external_id)
-        .fetch_optional(&mut *w.tx)
-        .await?;
-    if let Some(row) = existing {
-        return row.try_get("contact_id");
-    }
     let contact_id = new_id();
     sqlx::query(
         "INSERT INTO contact (id, tenant_id, display_name, created_at) VALUES ($1, $2, $3, $4)",
@@ -471,8 +485,8 @@ async fn ensure_contact(
         .try_get("contact_id")
 }
 
-/// The contact's open conversation on this channel, opened if there is none.
-async fn ensure_conversation(
+/// Opens a conversation for a contact that has no open one on this channel.
+async fn open_conversation_for(
     w: &mut WriteTx,
     tenant_id: &str,
     channel_id: &str,
@@ -481,14 +495,6 @@ async fn ensure_conversation(
 ) -> Result<String, sqlx::Error> {
     let select = "SELECT id FROM conversation
                   WHERE contact_id = $1 AND channel_id = $2 AND status <> 'closed'";
-    if let Some(row) = sqlx::query(select)
-        .bind(contact_id)
-        .bind(channel_id)
-        .fetch_optional(&mut *w.tx)
-        .await?
-    {
-        return row.try_get("id");
-    }
     let id = new_id();
     let opened = sqlx::query(
         "INSERT INTO conversation (id, tenant_id, contact_id, channel_id, created_at, updated_at)

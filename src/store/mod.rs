@@ -11,6 +11,7 @@
 //! here (instead of in SQLite's sleeping busy handler) keeps latency flat under load and makes a
 //! read-then-write transaction unable to fail with `SQLITE_BUSY` halfway.
 
+pub mod cache;
 pub mod channels;
 pub mod deliveries;
 pub mod messages;
@@ -27,6 +28,11 @@ use switchboard_channel::Secret;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How long another process's key revocation may take to be seen here.
+const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long another process's channel reconfiguration may take to be seen here.
+const CHANNEL_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -50,6 +56,10 @@ pub struct Store {
     backend: Backend,
     /// SQLite only: serialises write transactions inside this process (see the module docs).
     write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// API key hash → principal.
+    keys: Arc<cache::TtlCache<tenants::Principal>>,
+    /// Channel id, and `api:<tenant id>`, → channel row.
+    channels: Arc<cache::TtlCache<channels::Channel>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -128,6 +138,8 @@ impl Store {
             pool,
             backend,
             write_lock,
+            keys: Arc::new(cache::TtlCache::new(KEY_CACHE_TTL)),
+            channels: Arc::new(cache::TtlCache::new(CHANNEL_CACHE_TTL)),
         })
     }
 
@@ -209,9 +221,13 @@ pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// True when `err` is a unique-constraint violation (either backend).
-pub fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+/// `$start, $start+1, …` — `n` numbered placeholders for an `IN (…)` list (sqlx's query builder
+/// writes `?` for `Any`, which PostgreSQL does not accept).
+pub fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -226,5 +242,11 @@ mod tests {
         );
         assert_eq!(sqlite_parent_dir("sqlite::memory:"), None);
         assert_eq!(sqlite_parent_dir("sqlite://x.db"), None);
+    }
+
+    #[test]
+    fn numbers_placeholders() {
+        assert_eq!(placeholders(3, 3), "$3, $4, $5");
+        assert_eq!(placeholders(1, 0), "");
     }
 }

@@ -159,12 +159,17 @@ impl Store {
             .try_get("n")
     }
 
-    /// The live key with this hash, if any.
+    /// The live key with this hash, if any. Known keys are cached briefly (see `store::cache`);
+    /// unknown ones always ask the database.
     pub async fn authenticate(&self, key: &str) -> Result<Option<Principal>, sqlx::Error> {
+        let hash = hash_key(key);
+        if let Some(principal) = self.keys.get(&hash) {
+            return Ok(Some(principal));
+        }
         let row = sqlx::query(
             "SELECT id, tenant_id, role FROM api_key WHERE key_hash = $1 AND revoked_at IS NULL",
         )
-        .bind(hash_key(key))
+        .bind(&hash)
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
@@ -172,11 +177,13 @@ impl Store {
         let Some(role) = Role::parse(&role) else {
             return Ok(None);
         };
-        Ok(Some(Principal {
+        let principal = Principal {
             tenant_id: row.try_get("tenant_id")?,
             key_id: row.try_get("id")?,
             role,
-        }))
+        };
+        self.keys.insert(hash, principal.clone());
+        Ok(Some(principal))
     }
 }
 
