@@ -11,27 +11,55 @@ use tracing::instrument;
 
 use crate::router::Router;
 use crate::store::Store;
+use crate::store::batch::Batcher;
 use crate::store::channels::Channel;
-use crate::store::messages::Ingested;
+use crate::store::messages::{IngestItem, Ingested};
 
-/// Stores `msg` once and queues its conversation for the router.
-#[instrument(skip_all, fields(tenant = %channel.tenant_id, channel = %channel.kind))]
-pub async fn accept(
-    store: &Store,
-    router: &Router,
-    channel: &Channel,
-    msg: &InboundMessage,
-) -> Result<Ingested, sqlx::Error> {
-    let ingested = store.ingest(&channel.tenant_id, &channel.id, msg).await?;
-    let outcome = if ingested.duplicate {
-        "duplicate"
-    } else {
-        "stored"
-    };
-    counter!("switchboard_inbound_total", "channel" => channel.kind.as_str(), "outcome" => outcome)
-        .increment(1);
-    tracing::debug!(conversation = %ingested.conversation_id, outcome, "inbound message");
-    // Also on a duplicate: if the first copy was never answered (a crash), this gets it going.
-    router.kick(&ingested.conversation_id);
-    Ok(ingested)
+/// The ingest gate. Cheap to clone.
+#[derive(Clone)]
+pub struct Ingest {
+    /// Group commit: concurrent requests share transactions (each is answered after its commit).
+    batcher: Batcher<IngestItem, Ingested>,
+    router: Router,
+}
+
+/// Most messages stored in one transaction.
+const MAX_BATCH: usize = 256;
+
+impl Ingest {
+    pub fn new(store: Store, router: Router) -> Ingest {
+        let batcher = Batcher::spawn(MAX_BATCH, move |items| {
+            let store = store.clone();
+            async move { store.ingest_batch(items).await }
+        });
+        Ingest { batcher, router }
+    }
+
+    /// Stores `msg` once (durably, before returning) and queues its conversation for the router.
+    #[instrument(skip_all, fields(tenant = %channel.tenant_id, channel = %channel.kind))]
+    pub async fn accept(
+        &self,
+        channel: &Channel,
+        msg: InboundMessage,
+    ) -> Result<Ingested, sqlx::Error> {
+        let ingested = self
+            .batcher
+            .submit(IngestItem {
+                tenant_id: channel.tenant_id.clone(),
+                channel_id: channel.id.clone(),
+                message: msg,
+            })
+            .await?;
+        let outcome = if ingested.duplicate {
+            "duplicate"
+        } else {
+            "stored"
+        };
+        counter!("switchboard_inbound_total", "channel" => channel.kind.as_str(), "outcome" => outcome)
+            .increment(1);
+        tracing::debug!(conversation = %ingested.conversation_id, outcome, "inbound message");
+        // Also on a duplicate: if the first copy was never answered (a crash), this gets it going.
+        self.router.kick(&ingested.conversation_id);
+        Ok(ingested)
+    }
 }

@@ -26,8 +26,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
 
 use crate::answer::{Responder, Turn};
-use crate::store::messages::ReplyDraft;
+use crate::store::batch::Batcher;
+use crate::store::messages::{PendingTurn, ReplyDraft};
 use crate::store::{Store, now_ms};
+
+/// Most turns completed in one transaction.
+const MAX_BATCH: usize = 256;
 
 /// Handle to the router. Cheap to clone.
 #[derive(Clone)]
@@ -38,6 +42,8 @@ pub struct Router {
 struct Inner {
     enabled: bool,
     store: Store,
+    /// Group commit of completed turns across conversations.
+    completions: Batcher<(PendingTurn, Option<ReplyDraft>), Option<String>>,
     responder: Arc<dyn Responder>,
     /// Conversations with a running drain task → whether another pass was requested meanwhile.
     active: Mutex<HashMap<String, bool>>,
@@ -61,6 +67,13 @@ impl Router {
         Router {
             inner: Arc::new(Inner {
                 enabled,
+                completions: {
+                    let store = store.clone();
+                    Batcher::spawn(MAX_BATCH, move |turns| {
+                        let store = store.clone();
+                        async move { store.complete_turns(turns).await }
+                    })
+                },
                 store,
                 responder,
                 active: Mutex::new(HashMap::new()),
@@ -200,7 +213,7 @@ impl Inner {
         } else {
             None
         };
-        let reply_id = self.store.complete_turn(&turn, reply.as_ref()).await?;
+        let reply_id = self.completions.submit((turn.clone(), reply)).await?;
         let outcome = if reply_id.is_some() {
             self.outbox_wake.notify_one();
             "replied"

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::answer::{NoKnowledgeResponder, Responder};
 use crate::config::Config;
 use crate::http::{AppState, app};
+use crate::ingest::Ingest;
 use crate::outbox::{Channels, Outbox};
 use crate::router::Router;
 use crate::store::Store;
@@ -60,6 +61,7 @@ impl Application {
         let max_turns = (config.database_max_connections as usize).max(2) * 4;
         let router = Router::new(store.clone(), responder, wake, max_turns, config.workers);
         let state = AppState {
+            ingest: Ingest::new(store.clone(), router.clone()),
             store,
             router,
             config: Arc::new(config),

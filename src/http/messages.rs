@@ -15,7 +15,6 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
 use crate::core::Role;
-use crate::ingest;
 use crate::store::messages::ConversationFilter;
 use crate::store::new_id;
 
@@ -33,7 +32,7 @@ pub async fn post_message(
     let wait = request.wait;
     let channel = state.store.api_channel(&principal.tenant_id).await?;
     let message = request.into_message(new_id);
-    let ingested = ingest::accept(&state.store, &state.router, &channel, &message).await?;
+    let ingested = state.ingest.accept(&channel, message).await?;
     let mut body = json!({
         "conversation_id": ingested.conversation_id,
         "message_id": ingested.message_id,

@@ -19,6 +19,7 @@ use serde_json::json;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
+use crate::ingest::Ingest;
 use crate::router::Router;
 use crate::store::Store;
 use error::ApiError;
@@ -27,6 +28,7 @@ use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    pub ingest: Ingest,
     pub router: Router,
     pub config: Arc<Config>,
     pub metrics: PrometheusHandle,

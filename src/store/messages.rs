@@ -17,6 +17,14 @@ pub struct Ingested {
     pub duplicate: bool,
 }
 
+/// One message for the ingest gate.
+#[derive(Debug, Clone)]
+pub struct IngestItem {
+    pub tenant_id: String,
+    pub channel_id: String,
+    pub message: InboundMessage,
+}
+
 /// An inbound message waiting for the router.
 #[derive(Debug, Clone)]
 pub struct PendingTurn {
@@ -99,112 +107,41 @@ fn message_from_row(row: &AnyRow) -> Result<MessageView, sqlx::Error> {
 }
 
 impl Store {
-    /// The ingest gate: stores `msg` once per `(channel, provider_id)`, creating the contact, its
-    /// identity on this channel and an open conversation as needed, all in one transaction.
-    /// Concurrent redeliveries of one message agree on one row: the unique constraints decide,
-    /// and the loser sees `duplicate: true` with the winner's ids.
+    /// The ingest gate for one message; see [`Store::ingest_batch`].
     pub async fn ingest(
         &self,
         tenant_id: &str,
         channel_id: &str,
         msg: &InboundMessage,
     ) -> Result<Ingested, sqlx::Error> {
-        let now = now_ms();
-        let mut w = self.begin_write().await?;
-        // One query finds the contact and its open conversation; first contacts take the
-        // insert path. (Redeliveries are caught by the message insert below, inside this
-        // transaction: a look before it would cost every message a query.)
-        let known = sqlx::query(
-            "SELECT ci.contact_id, c.id AS conversation_id
-             FROM contact_identity ci
-             LEFT JOIN conversation c ON c.contact_id = ci.contact_id
-                                     AND c.channel_id = ci.channel_id AND c.status <> 'closed'
-             WHERE ci.channel_id = $1 AND ci.external_id = $2",
-        )
-        .bind(channel_id)
-        .bind(&msg.contact.external_id)
-        .fetch_optional(&mut *w.tx)
-        .await?;
-        let (contact_id, open_conversation) = match known {
-            Some(row) => (
-                row.try_get::<String, _>("contact_id")?,
-                row.try_get::<Option<String>, _>("conversation_id")?,
-            ),
-            None => (
-                new_contact(&mut w, tenant_id, channel_id, msg, now).await?,
-                None,
-            ),
+        let item = IngestItem {
+            tenant_id: tenant_id.to_owned(),
+            channel_id: channel_id.to_owned(),
+            message: msg.clone(),
         };
-        let conversation_id = match open_conversation {
-            Some(id) => id,
-            None => open_conversation_for(&mut w, tenant_id, channel_id, &contact_id, now).await?,
-        };
-        let seq: i64 = sqlx::query(
-            "UPDATE conversation SET last_seq = last_seq + 1, last_inbound_at = $1, updated_at = $1
-             WHERE id = $2 RETURNING last_seq",
-        )
-        .bind(now)
-        .bind(&conversation_id)
-        .fetch_one(&mut *w.tx)
-        .await?
-        .try_get("last_seq")?;
-        let message_id = new_id();
-        let attachments = serde_json::to_string(&msg.attachments).unwrap_or_else(|_| "[]".into());
-        let inserted = sqlx::query(
-            "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction, author,
-                                  text, attachments, provider_id, status, created_at)
-             VALUES ($1, $2, $3, $4, $5, 'inbound', 'contact', $6, $7, $8, 'received', $9)
-             ON CONFLICT (channel_id, provider_id) DO NOTHING",
-        )
-        .bind(&message_id)
-        .bind(tenant_id)
-        .bind(&conversation_id)
-        .bind(channel_id)
-        .bind(seq)
-        .bind(&msg.text)
-        .bind(attachments)
-        .bind(&msg.provider_id)
-        .bind(now)
-        .execute(&mut *w.tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            // A concurrent copy won between our fast-path look and the insert. Undo our seq.
-            w.tx.rollback().await?;
-            return self
-                .find_by_provider_id(channel_id, &msg.provider_id)
-                .await?
-                .ok_or(sqlx::Error::RowNotFound);
-        }
-        w.commit().await?;
-        Ok(Ingested {
-            conversation_id,
-            message_id,
-            seq,
-            duplicate: false,
-        })
+        self.ingest_batch(vec![item])
+            .await
+            .pop()
+            .unwrap_or(Err(sqlx::Error::RowNotFound))
     }
 
-    async fn find_by_provider_id(
-        &self,
-        channel_id: &str,
-        provider_id: &str,
-    ) -> Result<Option<Ingested>, sqlx::Error> {
-        sqlx::query(
-            "SELECT id, conversation_id, seq FROM message WHERE channel_id = $1 AND provider_id = $2",
-        )
-        .bind(channel_id)
-        .bind(provider_id)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|r| {
-            Ok(Ingested {
-                conversation_id: r.try_get("conversation_id")?,
-                message_id: r.try_get("id")?,
-                seq: r.try_get("seq")?,
-                duplicate: true,
-            })
+    /// The ingest gate: stores each message once per `(channel, provider_id)`, creating the
+    /// contact, its identity on the channel and an open conversation as needed — the whole batch
+    /// in one transaction (group commit), in order. Concurrent redeliveries of one message agree
+    /// on one row: the unique constraints decide, and a loser gets `duplicate: true` with the
+    /// first copy's ids.
+    pub async fn ingest_batch(&self, items: Vec<IngestItem>) -> Vec<Result<Ingested, sqlx::Error>> {
+        super::batch::all_or_each(items, |items: Vec<IngestItem>| async move {
+            let now = now_ms();
+            let mut w = self.begin_write().await?;
+            let mut out = Vec::with_capacity(items.len());
+            for item in &items {
+                out.push(ingest_one(&mut w, item, now).await?);
+            }
+            w.commit().await?;
+            Ok(out)
         })
-        .transpose()
+        .await
     }
 
     /// Conversations with inbound messages not yet answered (the router's restart work list).
@@ -253,82 +190,28 @@ impl Store {
         .transpose()
     }
 
-    /// Closes a turn: marks the inbound message processed and, with a reply, stores the reply and
-    /// its outbox row — one transaction, so a reply exists iff it will be delivered. Returns the
-    /// reply's id, or `None` when the turn had already been completed (by an earlier run that
-    /// crashed after committing) or had no reply.
-    pub async fn complete_turn(
+    /// Closes turns: marks each inbound message processed and, with a reply, stores the reply
+    /// and its outbox row — one transaction for the batch (group commit), so a reply exists iff
+    /// it will be delivered. Per turn: the reply's id, or `None` when the turn had already been
+    /// completed (by an earlier run that crashed after committing) or had no reply.
+    pub async fn complete_turns(
         &self,
-        turn: &PendingTurn,
-        reply: Option<&ReplyDraft>,
-    ) -> Result<Option<String>, sqlx::Error> {
-        let now = now_ms();
-        let mut w = self.begin_write().await?;
-        // Lock order: conversation row first, as ingest does. (On Postgres, ingest's unique check
-        // on `message` waits for our update of the inbound row; taking the conversation lock
-        // after that update would deadlock with an ingest holding it.) The same statement hands
-        // out the reply's sequence number.
-        let seq: i64 = sqlx::query(
-            "UPDATE conversation SET last_seq = last_seq + $1, updated_at = $2 WHERE id = $3
-             RETURNING last_seq",
+        turns: Vec<(PendingTurn, Option<ReplyDraft>)>,
+    ) -> Vec<Result<Option<String>, sqlx::Error>> {
+        super::batch::all_or_each(
+            turns,
+            |turns: Vec<(PendingTurn, Option<ReplyDraft>)>| async move {
+                let now = now_ms();
+                let mut w = self.begin_write().await?;
+                let mut out = Vec::with_capacity(turns.len());
+                for (turn, reply) in &turns {
+                    out.push(complete_one(&mut w, turn, reply.as_ref(), now).await?);
+                }
+                w.commit().await?;
+                Ok(out)
+            },
         )
-        .bind(i64::from(reply.is_some()))
-        .bind(now)
-        .bind(&turn.conversation_id)
-        .fetch_one(&mut *w.tx)
-        .await?
-        .try_get("last_seq")?;
-        let marked = sqlx::query(
-            "UPDATE message SET processed_at = $1, status = 'processed'
-             WHERE id = $2 AND processed_at IS NULL",
-        )
-        .bind(now)
-        .bind(&turn.message_id)
-        .execute(&mut *w.tx)
-        .await?;
-        if marked.rows_affected() == 0 {
-            w.tx.rollback().await?;
-            return Ok(None);
-        }
-        let Some(reply) = reply else {
-            w.commit().await?;
-            return Ok(None);
-        };
-        let reply_id = new_id();
-        sqlx::query(
-            "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction, author,
-                                  text, citations, reply_to, status, created_at)
-             VALUES ($1, $2, $3, $4, $5, 'outbound', 'bot', $6, $7, $8, 'queued', $9)",
-        )
-        .bind(&reply_id)
-        .bind(&turn.tenant_id)
-        .bind(&turn.conversation_id)
-        .bind(&turn.channel_id)
-        .bind(seq)
-        .bind(&reply.text)
-        .bind(&reply.citations_json)
-        .bind(&turn.message_id)
-        .bind(now)
-        .execute(&mut *w.tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id, message_id, seq,
-                                   recipient, body, next_attempt_at, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9)",
-        )
-        .bind(new_id())
-        .bind(&turn.tenant_id)
-        .bind(&turn.channel_id)
-        .bind(&turn.conversation_id)
-        .bind(&reply_id)
-        .bind(seq)
-        .bind(&turn.recipient)
-        .bind(&reply.text)
-        .bind(now)
-        .execute(&mut *w.tx)
-        .await?;
-        w.commit().await?;
-        Ok(Some(reply_id))
+        .await
     }
 
     /// Whether an inbound message has been processed, and its reply if there is one.
@@ -435,6 +318,174 @@ impl Store {
         })
         .collect()
     }
+}
+
+/// One message through the ingest gate, inside the batch's transaction.
+async fn ingest_one(w: &mut WriteTx, item: &IngestItem, now: i64) -> Result<Ingested, sqlx::Error> {
+    let IngestItem {
+        tenant_id,
+        channel_id,
+        message: msg,
+    } = item;
+    // One query finds the contact and its open conversation; first contacts take the insert
+    // path. Redeliveries are caught by the message insert below (a look before it would cost
+    // every message a query).
+    let known = sqlx::query(
+        "SELECT ci.contact_id, c.id AS conversation_id
+         FROM contact_identity ci
+         LEFT JOIN conversation c ON c.contact_id = ci.contact_id
+                                 AND c.channel_id = ci.channel_id AND c.status <> 'closed'
+         WHERE ci.channel_id = $1 AND ci.external_id = $2",
+    )
+    .bind(channel_id)
+    .bind(&msg.contact.external_id)
+    .fetch_optional(&mut *w.tx)
+    .await?;
+    let (contact_id, open_conversation) = match known {
+        Some(row) => (
+            row.try_get::<String, _>("contact_id")?,
+            row.try_get::<Option<String>, _>("conversation_id")?,
+        ),
+        None => (new_contact(w, tenant_id, channel_id, msg, now).await?, None),
+    };
+    let conversation_id = match open_conversation {
+        Some(id) => id,
+        None => open_conversation_for(w, tenant_id, channel_id, &contact_id, now).await?,
+    };
+    // Takes the conversation's row lock (Postgres) and the next sequence number.
+    let seq: i64 = sqlx::query(
+        "UPDATE conversation SET last_seq = last_seq + 1, last_inbound_at = $1, updated_at = $1
+         WHERE id = $2 RETURNING last_seq",
+    )
+    .bind(now)
+    .bind(&conversation_id)
+    .fetch_one(&mut *w.tx)
+    .await?
+    .try_get("last_seq")?;
+    let message_id = new_id();
+    let attachments = serde_json::to_string(&msg.attachments).unwrap_or_else(|_| "[]".into());
+    let inserted = sqlx::query(
+        "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction, author,
+                              text, attachments, provider_id, status, created_at)
+         VALUES ($1, $2, $3, $4, $5, 'inbound', 'contact', $6, $7, $8, 'received', $9)
+         ON CONFLICT (channel_id, provider_id) DO NOTHING",
+    )
+    .bind(&message_id)
+    .bind(tenant_id)
+    .bind(&conversation_id)
+    .bind(channel_id)
+    .bind(seq)
+    .bind(&msg.text)
+    .bind(attachments)
+    .bind(&msg.provider_id)
+    .bind(now)
+    .execute(&mut *w.tx)
+    .await?;
+    if inserted.rows_affected() == 1 {
+        return Ok(Ingested {
+            conversation_id,
+            message_id,
+            seq,
+            duplicate: false,
+        });
+    }
+    // A redelivery. We hold the conversation's lock, so nobody took a number since ours: give
+    // it back, and answer with the first copy's ids.
+    sqlx::query("UPDATE conversation SET last_seq = last_seq - 1 WHERE id = $1")
+        .bind(&conversation_id)
+        .execute(&mut *w.tx)
+        .await?;
+    let first = sqlx::query(
+        "SELECT id, conversation_id, seq FROM message WHERE channel_id = $1 AND provider_id = $2",
+    )
+    .bind(channel_id)
+    .bind(&msg.provider_id)
+    .fetch_one(&mut *w.tx)
+    .await?;
+    Ok(Ingested {
+        conversation_id: first.try_get("conversation_id")?,
+        message_id: first.try_get("id")?,
+        seq: first.try_get("seq")?,
+        duplicate: true,
+    })
+}
+
+/// One turn's completion, inside the batch's transaction.
+async fn complete_one(
+    w: &mut WriteTx,
+    turn: &PendingTurn,
+    reply: Option<&ReplyDraft>,
+    now: i64,
+) -> Result<Option<String>, sqlx::Error> {
+    // Lock order: conversation row first, as ingest does. (On Postgres, ingest's unique check on
+    // `message` waits for our update of the inbound row; taking the conversation lock after that
+    // update would deadlock with an ingest holding it.) The same statement hands out the reply's
+    // sequence number.
+    let bump = i64::from(reply.is_some());
+    let seq: i64 = sqlx::query(
+        "UPDATE conversation SET last_seq = last_seq + $1, updated_at = $2 WHERE id = $3
+         RETURNING last_seq",
+    )
+    .bind(bump)
+    .bind(now)
+    .bind(&turn.conversation_id)
+    .fetch_one(&mut *w.tx)
+    .await?
+    .try_get("last_seq")?;
+    let marked = sqlx::query(
+        "UPDATE message SET processed_at = $1, status = 'processed'
+         WHERE id = $2 AND processed_at IS NULL",
+    )
+    .bind(now)
+    .bind(&turn.message_id)
+    .execute(&mut *w.tx)
+    .await?;
+    if marked.rows_affected() == 0 {
+        // Already completed: give the number back (we hold the lock) and write nothing else.
+        sqlx::query("UPDATE conversation SET last_seq = last_seq - $1 WHERE id = $2")
+            .bind(bump)
+            .bind(&turn.conversation_id)
+            .execute(&mut *w.tx)
+            .await?;
+        return Ok(None);
+    }
+    let Some(reply) = reply else {
+        return Ok(None);
+    };
+    let reply_id = new_id();
+    sqlx::query(
+        "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction, author,
+                              text, citations, reply_to, status, created_at)
+         VALUES ($1, $2, $3, $4, $5, 'outbound', 'bot', $6, $7, $8, 'queued', $9)",
+    )
+    .bind(&reply_id)
+    .bind(&turn.tenant_id)
+    .bind(&turn.conversation_id)
+    .bind(&turn.channel_id)
+    .bind(seq)
+    .bind(&reply.text)
+    .bind(&reply.citations_json)
+    .bind(&turn.message_id)
+    .bind(now)
+    .execute(&mut *w.tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id, message_id, seq,
+                               recipient, body, next_attempt_at, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9)",
+    )
+    .bind(new_id())
+    .bind(&turn.tenant_id)
+    .bind(&turn.channel_id)
+    .bind(&turn.conversation_id)
+    .bind(&reply_id)
+    .bind(seq)
+    .bind(&turn.recipient)
+    .bind(&reply.text)
+    .bind(now)
+    .execute(&mut *w.tx)
+    .await?;
+    Ok(Some(reply_id))
 }
 
 /// Introduces a contact seen for the first time on this channel.

@@ -6,11 +6,13 @@
 //! [`Backend`]. Column conventions are in `migrations/*/0001_foundation.sql`: TEXT ids, BIGINT
 //! millisecond times, INTEGER flags, TEXT JSON.
 //!
-//! Write transactions go through [`Store::begin_write`]. On SQLite that takes an in-process lock
-//! and starts with `BEGIN IMMEDIATE`: SQLite has one writer at a time anyway, and queuing writers
-//! here (instead of in SQLite's sleeping busy handler) keeps latency flat under load and makes a
-//! read-then-write transaction unable to fail with `SQLITE_BUSY` halfway.
+//! Write transactions go through [`Store::begin_write`]. On SQLite they all run on one dedicated
+//! connection and start with `BEGIN IMMEDIATE`: SQLite has one writer at a time anyway, and
+//! queuing writers here (instead of in SQLite's sleeping busy handler) keeps latency flat under
+//! load, keeps the writer's page cache warm, and makes a read-then-write transaction unable to
+//! fail with `SQLITE_BUSY` halfway.
 
+pub mod batch;
 pub mod cache;
 pub mod channels;
 pub mod deliveries;
@@ -54,8 +56,9 @@ impl Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    /// SQLite only: serialises write transactions inside this process (see the module docs).
-    write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// Where write transactions run: on SQLite a pool of one connection (see the module docs),
+    /// on Postgres the same pool as reads.
+    writer: AnyPool,
     /// API key hash → principal.
     keys: Arc<cache::TtlCache<tenants::Principal>>,
     /// Channel id, and `api:<tenant id>`, → channel row.
@@ -70,10 +73,9 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// A write transaction; on SQLite it also holds the process-wide writer lock until dropped.
+/// A write transaction (on SQLite it holds the one writer connection until committed or dropped).
 pub struct WriteTx {
     pub tx: Transaction<'static, Any>,
-    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl WriteTx {
@@ -97,7 +99,7 @@ impl Store {
         let options = AnyConnectOptions::from_str(url)
             .context("database URL is not valid")?
             .disable_statement_logging();
-        let pool = match backend {
+        let (pool, writer) = match backend {
             Backend::Sqlite => {
                 if let Some(dir) = sqlite_parent_dir(url) {
                     std::fs::create_dir_all(&dir)
@@ -110,34 +112,33 @@ impl Store {
                     .context("opening the SQLite database")?;
                 conn.execute("PRAGMA journal_mode = WAL").await?;
                 conn.close().await?;
-                AnyPoolOptions::new()
-                    .max_connections(max_connections)
-                    .after_connect(|conn, _meta| {
-                        Box::pin(async move {
-                            // FULL: a commit is on disk before we acknowledge anything.
-                            conn.execute(
-                                "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
-                            )
-                            .await?;
-                            Ok(())
-                        })
-                    })
+                let readers = sqlite_pool(max_connections)
+                    .connect_with(options.clone())
+                    .await
+                    .context("opening the SQLite pool")?;
+                // One connection does every write: SQLite allows one writer at a time anyway, and
+                // a single writer keeps its page cache warm (another connection's commit would
+                // invalidate it). Its pool is the write lock; waiting writers queue fairly.
+                let writer = sqlite_pool(1)
+                    .acquire_timeout(std::time::Duration::from_secs(120))
                     .connect_with(options)
                     .await
-                    .context("opening the SQLite pool")?
+                    .context("opening the SQLite writer")?;
+                (readers, writer)
             }
-            Backend::Postgres => AnyPoolOptions::new()
-                .max_connections(max_connections)
-                .connect_with(options)
-                .await
-                .context("connecting to PostgreSQL")?,
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(max_connections)
+                    .connect_with(options)
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                (pool.clone(), pool)
+            }
         };
-        let write_lock =
-            (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
         Ok(Store {
             pool,
+            writer,
             backend,
-            write_lock,
             keys: Arc::new(cache::TtlCache::new(KEY_CACHE_TTL)),
             channels: Arc::new(cache::TtlCache::new(CHANNEL_CACHE_TTL)),
         })
@@ -165,20 +166,11 @@ impl Store {
 
     /// Starts a write transaction (see the module docs for SQLite).
     pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
-        match &self.write_lock {
-            Some(lock) => {
-                let guard = lock.clone().lock_owned().await;
-                let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-                Ok(WriteTx {
-                    tx,
-                    _guard: Some(guard),
-                })
-            }
-            None => Ok(WriteTx {
-                tx: self.pool.begin().await?,
-                _guard: None,
-            }),
-        }
+        let tx = match self.backend {
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.writer.begin().await?,
+        };
+        Ok(WriteTx { tx })
     }
 
     /// Readiness: the store answers a trivial query.
@@ -191,7 +183,25 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
+}
+
+/// Pool options for SQLite connections: durable commits, foreign keys, memory-mapped reads.
+fn sqlite_pool(max_connections: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                // synchronous=FULL: a commit is on disk before we acknowledge anything.
+                conn.execute(
+                    "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+                     PRAGMA busy_timeout = 10000; PRAGMA mmap_size = 268435456;",
+                )
+                .await?;
+                Ok(())
+            })
+        })
 }
 
 fn sqlite_parent_dir(url: &str) -> Option<std::path::PathBuf> {
