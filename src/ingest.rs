@@ -28,7 +28,7 @@ const MAX_BATCH: usize = 256;
 
 impl Ingest {
     pub fn new(store: Store, router: Router) -> Ingest {
-        let batcher = Batcher::spawn(MAX_BATCH, move |items| {
+        let batcher = Batcher::spawn(store.write_parallelism(), MAX_BATCH, move |items| {
             let store = store.clone();
             async move { store.ingest_batch(items).await }
         });

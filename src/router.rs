@@ -69,7 +69,7 @@ impl Router {
                 enabled,
                 completions: {
                     let store = store.clone();
-                    Batcher::spawn(MAX_BATCH, move |turns| {
+                    Batcher::spawn(store.write_parallelism(), MAX_BATCH, move |turns| {
                         let store = store.clone();
                         async move { store.complete_turns(turns).await }
                     })

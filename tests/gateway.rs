@@ -24,7 +24,36 @@ both_backends!(
     delivery_that_always_fails_becomes_a_visible_dead_letter,
     provider_retry_after_is_honoured,
     bad_requests_get_clear_json_errors_and_store_nothing,
+    a_closed_conversation_is_not_reopened_by_new_messages,
 );
+
+/// After a conversation is closed, the contact's next message opens a new one (even though the
+/// gateway remembered the old one).
+async fn a_closed_conversation_is_not_reopened_by_new_messages(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let first = app.send("ivy", "one", json!({ "wait": true })).await;
+    let again = app.send("ivy", "two", json!({ "wait": true })).await;
+    assert_eq!(first["conversation_id"], again["conversation_id"]);
+    sqlx::query("UPDATE conversation SET status = 'closed' WHERE id = $1")
+        .bind(first["conversation_id"].as_str().expect("id"))
+        .execute(app.store.pool())
+        .await
+        .expect("close");
+    let third = app.send("ivy", "three", json!({ "wait": true })).await;
+    assert_ne!(third["conversation_id"], first["conversation_id"]);
+    assert!(third["reply"]["text"].is_string(), "{third}");
+    let old = app
+        .messages(first["conversation_id"].as_str().expect("id"))
+        .await;
+    assert_eq!(old.len(), 4, "nothing was added to the closed conversation");
+    let new = app
+        .messages(third["conversation_id"].as_str().expect("id"))
+        .await;
+    let seqs: Vec<i64> = new.iter().filter_map(|m| m["seq"].as_i64()).collect();
+    assert_eq!(seqs, vec![1, 2]);
+}
 
 /// tenant → key → message → reply → messages listed in order.
 async fn story_tenant_key_message_reply_listed_in_order(backend: Backend) {

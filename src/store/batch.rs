@@ -26,33 +26,46 @@ impl<I, O> Clone for Batcher<I, O> {
 }
 
 impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
-    /// Spawns the batching task. `run` gets the items of one batch, in submission order, and
-    /// returns one result per item, in the same order. The task ends when every handle is gone.
-    pub fn spawn<F, Fut>(max_batch: usize, run: F) -> Self
+    /// Spawns `workers` batching tasks sharing one queue. `run` gets the items of one batch, in
+    /// submission order, and returns one result per item, in the same order. The tasks end when
+    /// every handle is gone. Several workers let a database that runs transactions concurrently
+    /// (PostgreSQL) overlap batches; SQLite, with its one writer, wants one.
+    pub fn spawn<F, Fut>(workers: usize, max_batch: usize, run: F) -> Self
     where
-        F: Fn(Vec<I>) -> Fut + Send + 'static,
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Result<O, sqlx::Error>>> + Send,
     {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(I, Reply<O>)>();
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut items = vec![first];
-                while items.len() < max_batch {
-                    match rx.try_recv() {
-                        Ok(item) => items.push(item),
-                        Err(_) => break,
+        let (tx, rx) = mpsc::unbounded_channel::<(I, Reply<O>)>();
+        let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
+        let run = std::sync::Arc::new(run);
+        for _ in 0..workers.max(1) {
+            let rx = rx.clone();
+            let run = run.clone();
+            tokio::spawn(async move {
+                loop {
+                    let items = {
+                        let mut rx = rx.lock().await;
+                        let Some(first) = rx.recv().await else { return };
+                        let mut items = vec![first];
+                        while items.len() < max_batch {
+                            match rx.try_recv() {
+                                Ok(item) => items.push(item),
+                                Err(_) => break,
+                            }
+                        }
+                        items
+                    };
+                    let (inputs, replies): (Vec<I>, Vec<Reply<O>>) = items.into_iter().unzip();
+                    let mut results = run(inputs).await.into_iter();
+                    for reply in replies {
+                        let result = results.next().unwrap_or(Err(sqlx::Error::Protocol(
+                            "batch returned too few results".into(),
+                        )));
+                        let _ = reply.send(result);
                     }
                 }
-                let (inputs, replies): (Vec<I>, Vec<Reply<O>>) = items.into_iter().unzip();
-                let mut results = run(inputs).await.into_iter();
-                for reply in replies {
-                    let result = results.next().unwrap_or(Err(sqlx::Error::Protocol(
-                        "batch returned too few results".into(),
-                    )));
-                    let _ = reply.send(result);
-                }
-            }
-        });
+            });
+        }
         Batcher { tx }
     }
 
@@ -103,7 +116,7 @@ mod tests {
     async fn concurrent_submissions_share_batches_and_each_gets_its_answer() {
         let batches = Arc::new(AtomicUsize::new(0));
         let counter = batches.clone();
-        let batcher = Batcher::spawn(64, move |items: Vec<u32>| {
+        let batcher = Batcher::spawn(2, 64, move |items: Vec<u32>| {
             counter.fetch_add(1, Ordering::SeqCst);
             async move {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;

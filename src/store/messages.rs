@@ -134,12 +134,39 @@ impl Store {
         super::batch::all_or_each(items, |items: Vec<IngestItem>| async move {
             let now = now_ms();
             let mut w = self.begin_write().await?;
-            let mut out = Vec::with_capacity(items.len());
+            // Find (or open) every message's conversation first, then take conversation locks in
+            // id order: the lock order all batches follow, so two batches cannot deadlock.
+            let mut conversations = Vec::with_capacity(items.len());
             for item in &items {
-                out.push(ingest_one(&mut w, item, now).await?);
+                let cache_key = format!("{} {}", item.channel_id, item.message.contact.external_id);
+                let conversation = match self.open_conversations.get(&cache_key) {
+                    Some(id) => id,
+                    None => conversation_for(&mut w, item, now).await?,
+                };
+                conversations.push((cache_key, conversation));
+            }
+            let mut out: Vec<Option<Ingested>> = vec![None; items.len()];
+            let ids: Vec<String> = conversations.iter().map(|(_, c)| c.clone()).collect();
+            for i in lock_order(&ids) {
+                let item = &items[i];
+                let (cache_key, conversation) = &conversations[i];
+                let stored = match store_inbound(&mut w, item, conversation, now).await? {
+                    Some(stored) => stored,
+                    None => {
+                        // The remembered conversation was closed meanwhile: look it up afresh.
+                        // (Its lock is taken out of id order here; a rare retry if that deadlocks.)
+                        let fresh = conversation_for(&mut w, item, now).await?;
+                        store_inbound(&mut w, item, &fresh, now)
+                            .await?
+                            .ok_or(sqlx::Error::RowNotFound)?
+                    }
+                };
+                self.open_conversations
+                    .insert(cache_key.clone(), stored.conversation_id.clone());
+                out[i] = Some(stored);
             }
             w.commit().await?;
-            Ok(out)
+            Ok(out.into_iter().flatten().collect())
         })
         .await
     }
@@ -203,12 +230,17 @@ impl Store {
             |turns: Vec<(PendingTurn, Option<ReplyDraft>)>| async move {
                 let now = now_ms();
                 let mut w = self.begin_write().await?;
-                let mut out = Vec::with_capacity(turns.len());
-                for (turn, reply) in &turns {
-                    out.push(complete_one(&mut w, turn, reply.as_ref(), now).await?);
+                let conversations: Vec<String> = turns
+                    .iter()
+                    .map(|(t, _)| t.conversation_id.clone())
+                    .collect();
+                let mut out: Vec<Option<Option<String>>> = vec![None; turns.len()];
+                for i in lock_order(&conversations) {
+                    let (turn, reply) = &turns[i];
+                    out[i] = Some(complete_one(&mut w, turn, reply.as_ref(), now).await?);
                 }
                 w.commit().await?;
-                Ok(out)
+                Ok(out.into_iter().flatten().collect())
             },
         )
         .await
@@ -320,8 +352,20 @@ impl Store {
     }
 }
 
-/// One message through the ingest gate, inside the batch's transaction.
-async fn ingest_one(w: &mut WriteTx, item: &IngestItem, now: i64) -> Result<Ingested, sqlx::Error> {
+/// Indexes of `conversations` in the order their rows are locked: by conversation id, and in
+/// batch (arrival) order within one conversation (the sort is stable).
+fn lock_order(conversations: &[String]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..conversations.len()).collect();
+    order.sort_by(|&a, &b| conversations[a].cmp(&conversations[b]));
+    order
+}
+
+/// The open conversation a message belongs to, with its contact created on first contact.
+async fn conversation_for(
+    w: &mut WriteTx,
+    item: &IngestItem,
+    now: i64,
+) -> Result<String, sqlx::Error> {
     let IngestItem {
         tenant_id,
         channel_id,
@@ -348,20 +392,38 @@ async fn ingest_one(w: &mut WriteTx, item: &IngestItem, now: i64) -> Result<Inge
         ),
         None => (new_contact(w, tenant_id, channel_id, msg, now).await?, None),
     };
-    let conversation_id = match open_conversation {
-        Some(id) => id,
-        None => open_conversation_for(w, tenant_id, channel_id, &contact_id, now).await?,
-    };
+    match open_conversation {
+        Some(id) => Ok(id),
+        None => open_conversation_for(w, tenant_id, channel_id, &contact_id, now).await,
+    }
+}
+
+/// Stores one inbound message in its conversation, or recognises a redelivery. `None` when the
+/// conversation is closed (the caller looks up the contact's open one).
+async fn store_inbound(
+    w: &mut WriteTx,
+    item: &IngestItem,
+    conversation_id: &str,
+    now: i64,
+) -> Result<Option<Ingested>, sqlx::Error> {
+    let IngestItem {
+        tenant_id,
+        channel_id,
+        message: msg,
+    } = item;
     // Takes the conversation's row lock (Postgres) and the next sequence number.
-    let seq: i64 = sqlx::query(
+    let Some(bumped) = sqlx::query(
         "UPDATE conversation SET last_seq = last_seq + 1, last_inbound_at = $1, updated_at = $1
-         WHERE id = $2 RETURNING last_seq",
+         WHERE id = $2 AND status <> 'closed' RETURNING last_seq",
     )
     .bind(now)
-    .bind(&conversation_id)
-    .fetch_one(&mut *w.tx)
+    .bind(conversation_id)
+    .fetch_optional(&mut *w.tx)
     .await?
-    .try_get("last_seq")?;
+    else {
+        return Ok(None);
+    };
+    let seq: i64 = bumped.try_get("last_seq")?;
     let message_id = new_id();
     let attachments = serde_json::to_string(&msg.attachments).unwrap_or_else(|_| "[]".into());
     let inserted = sqlx::query(
@@ -382,17 +444,17 @@ async fn ingest_one(w: &mut WriteTx, item: &IngestItem, now: i64) -> Result<Inge
     .execute(&mut *w.tx)
     .await?;
     if inserted.rows_affected() == 1 {
-        return Ok(Ingested {
-            conversation_id,
+        return Ok(Some(Ingested {
+            conversation_id: conversation_id.to_owned(),
             message_id,
             seq,
             duplicate: false,
-        });
+        }));
     }
     // A redelivery. We hold the conversation's lock, so nobody took a number since ours: give
     // it back, and answer with the first copy's ids.
     sqlx::query("UPDATE conversation SET last_seq = last_seq - 1 WHERE id = $1")
-        .bind(&conversation_id)
+        .bind(conversation_id)
         .execute(&mut *w.tx)
         .await?;
     let first = sqlx::query(
@@ -402,12 +464,12 @@ async fn ingest_one(w: &mut WriteTx, item: &IngestItem, now: i64) -> Result<Inge
     .bind(&msg.provider_id)
     .fetch_one(&mut *w.tx)
     .await?;
-    Ok(Ingested {
+    Ok(Some(Ingested {
         conversation_id: first.try_get("conversation_id")?,
         message_id: first.try_get("id")?,
         seq: first.try_get("seq")?,
         duplicate: true,
-    })
+    }))
 }
 
 /// One turn's completion, inside the batch's transaction.

@@ -36,6 +36,9 @@ const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long another process's channel reconfiguration may take to be seen here.
 const CHANNEL_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long a contact's open conversation is remembered by ingest.
+const CONVERSATION_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -63,6 +66,9 @@ pub struct Store {
     keys: Arc<cache::TtlCache<tenants::Principal>>,
     /// Channel id, and `api:<tenant id>`, → channel row.
     channels: Arc<cache::TtlCache<channels::Channel>>,
+    /// `<channel id> <external id>` → the contact's open conversation on that channel. A stale
+    /// entry (the conversation was closed) is caught by the ingest's guarded update.
+    open_conversations: Arc<cache::TtlCache<String>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -141,6 +147,7 @@ impl Store {
             backend,
             keys: Arc::new(cache::TtlCache::new(KEY_CACHE_TTL)),
             channels: Arc::new(cache::TtlCache::new(CHANNEL_CACHE_TTL)),
+            open_conversations: Arc::new(cache::TtlCache::new(CONVERSATION_CACHE_TTL)),
         })
     }
 
@@ -158,6 +165,14 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// How many write batches may run at once: one on SQLite (one writer), a few on Postgres.
+    pub fn write_parallelism(&self) -> usize {
+        match self.backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => 4,
+        }
     }
 
     pub fn pool(&self) -> &AnyPool {
