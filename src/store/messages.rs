@@ -434,7 +434,7 @@ async fn store_inbound(
     )
     .bind(&message_id)
     .bind(tenant_id)
-    .bind(&conversation_id)
+    .bind(conversation_id)
     .bind(channel_id)
     .bind(seq)
     .bind(&msg.text)
