@@ -133,12 +133,24 @@ impl Store {
     pub async fn ingest_batch(&self, items: Vec<IngestItem>) -> Vec<Result<Ingested, sqlx::Error>> {
         super::batch::all_or_each(items, |items: Vec<IngestItem>| async move {
             let now = now_ms();
+            if items.len() > 1 {
+                // Every conversation known already: try the multi-row fast path.
+                let known: Option<Vec<String>> = items
+                    .iter()
+                    .map(|item| self.open_conversations.get(&conversation_key(item)))
+                    .collect();
+                if let Some(conversations) = known
+                    && let Some(out) = self.try_ingest_bulk(&items, &conversations, now).await?
+                {
+                    return Ok(out);
+                }
+            }
             let mut w = self.begin_write().await?;
             // Find (or open) every message's conversation first, then take conversation locks in
             // id order: the lock order all batches follow, so two batches cannot deadlock.
             let mut conversations = Vec::with_capacity(items.len());
             for item in &items {
-                let cache_key = format!("{} {}", item.channel_id, item.message.contact.external_id);
+                let cache_key = conversation_key(item);
                 let conversation = match self.open_conversations.get(&cache_key) {
                     Some(id) => id,
                     None => conversation_for(&mut w, item, now).await?,
@@ -229,6 +241,11 @@ impl Store {
             turns,
             |turns: Vec<(PendingTurn, Option<ReplyDraft>)>| async move {
                 let now = now_ms();
+                if turns.len() > 1
+                    && let Some(out) = self.try_complete_bulk(&turns, now).await?
+                {
+                    return Ok(out);
+                }
                 let mut w = self.begin_write().await?;
                 let conversations: Vec<String> = turns
                     .iter()
@@ -350,6 +367,11 @@ impl Store {
         })
         .collect()
     }
+}
+
+/// The key under which ingest remembers a contact's open conversation.
+fn conversation_key(item: &IngestItem) -> String {
+    format!("{} {}", item.channel_id, item.message.contact.external_id)
 }
 
 /// Indexes of `conversations` in the order their rows are locked: by conversation id, and in

@@ -13,6 +13,7 @@
 //! fail with `SQLITE_BUSY` halfway.
 
 pub mod batch;
+mod bulk;
 pub mod cache;
 pub mod channels;
 pub mod deliveries;
