@@ -3,7 +3,9 @@
 //! in the same run (the denominator).
 //!
 //! `cargo bench --bench pipeline` (SQLite; add `SWITCHBOARD_BENCH_POSTGRES_URL=postgres://…/postgres`
-//! for PostgreSQL). Knobs: `BENCH_MESSAGES` (default 4000), `BENCH_CLIENTS` (default 32).
+//! for PostgreSQL). Knobs: `BENCH_MESSAGES` (default 4000), `BENCH_CLIENTS` (default 32 concurrent
+//! HTTP clients), `BENCH_CONTACTS_PER_CLIENT` (default 16: each client cycles through its own
+//! contacts, so 512 conversations are active; each contact's messages still go in order).
 //! Results and how to read them: docs/BENCHMARKS.md.
 
 use std::collections::HashMap;
@@ -25,8 +27,10 @@ type Arrivals = Arc<Mutex<HashMap<String, Vec<Instant>>>>;
 async fn main() -> anyhow::Result<()> {
     let messages: usize = env_or("BENCH_MESSAGES", 4000);
     let clients: usize = env_or("BENCH_CLIENTS", 32);
+    let contacts: usize = env_or("BENCH_CONTACTS_PER_CLIENT", 16).max(1);
     println!(
-        "pipeline bench: {messages} messages from {clients} concurrent clients (one conversation each)"
+        "pipeline bench: {messages} messages from {clients} concurrent HTTP clients, {} conversations",
+        clients * contacts
     );
     println!(
         "{:<9} {:>14} {:>14} {:>8} {:>10} {:>10} {:>10} {:>10}",
@@ -44,11 +48,27 @@ async fn main() -> anyhow::Result<()> {
         "sqlite://{}?mode=rwc",
         dir.path().join("bench.db").display()
     );
-    run(Backend::Sqlite, &sqlite, dir.path(), messages, clients).await?;
+    run(
+        Backend::Sqlite,
+        &sqlite,
+        dir.path(),
+        messages,
+        clients,
+        contacts,
+    )
+    .await?;
     match std::env::var("SWITCHBOARD_BENCH_POSTGRES_URL") {
         Ok(admin) if !admin.is_empty() => {
             let url = fresh_postgres(&admin).await?;
-            run(Backend::Postgres, &url, dir.path(), messages, clients).await?;
+            run(
+                Backend::Postgres,
+                &url,
+                dir.path(),
+                messages,
+                clients,
+                contacts,
+            )
+            .await?;
         }
         _ => println!("postgres  skipped: set SWITCHBOARD_BENCH_POSTGRES_URL"),
     }
@@ -82,6 +102,7 @@ async fn run(
     data_dir: &std::path::Path,
     messages: usize,
     clients: usize,
+    contacts: usize,
 ) -> anyhow::Result<()> {
     let mut config = Config {
         listen: "127.0.0.1:0".into(),
@@ -90,6 +111,10 @@ async fn run(
         ..Config::default()
     };
     config.outbox.poll_ms = 100;
+    config.database_max_connections = std::env::var("BENCH_DB_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
     let store = Store::connect(&config.database_url(), 4).await?;
     store.migrate().await?;
     let raw = raw_insert_rate(&store, messages, clients).await?;
@@ -126,39 +151,34 @@ async fn run(
         let base = base.clone();
         let key = tenant.admin_key.clone();
         tokio::spawn(async move {
-            let mut sent_at = Vec::with_capacity(per_client);
+            // Per conversation: when each message was sent, in order.
+            let mut sent_at: HashMap<String, Vec<Instant>> = HashMap::new();
             let mut acks = Vec::with_capacity(per_client);
-            let mut conversation = String::new();
             for m in 0..per_client {
                 let t = Instant::now();
                 let res: Value = http
                     .post(format!("{base}/v1/messages"))
                     .bearer_auth(&key)
-                    .json(
-                        &json!({ "contact": { "external_id": format!("client-{c}") },
+                    .json(&json!({ "contact": { "external_id": format!("client-{c}-{}", m % contacts) },
                                    "text": format!("message {m}"),
-                                   "idempotency_key": format!("{c}-{m}") }),
-                    )
+                                   "idempotency_key": format!("{c}-{m}") }))
                     .send()
                     .await?
                     .error_for_status()?
                     .json()
                     .await?;
                 acks.push(t.elapsed());
-                sent_at.push(t);
-                conversation = res["conversation_id"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
+                let conversation = res["conversation_id"].as_str().unwrap_or_default().to_owned();
+                sent_at.entry(conversation).or_default().push(t);
             }
-            anyhow::Ok((conversation, sent_at, acks))
+            anyhow::Ok((sent_at, acks))
         })
     });
-    let mut sent: Vec<(String, Vec<Instant>)> = Vec::new();
+    let mut sent: HashMap<String, Vec<Instant>> = HashMap::new();
     let mut acks: Vec<Duration> = Vec::new();
     for t in futures::future::join_all(tasks).await {
-        let (conversation, sent_at, a) = t??;
-        sent.push((conversation, sent_at));
+        let (sent_at, a) = t??;
+        sent.extend(sent_at);
         acks.extend(a);
     }
     let total = per_client * clients;

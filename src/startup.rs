@@ -58,7 +58,8 @@ impl Application {
             &config.outbox,
             wake.clone(),
         );
-        let max_turns = (config.database_max_connections as usize).max(2) * 4;
+        // Each turn in progress reads with one connection at a time: stay within the pool.
+        let max_turns = (config.database_max_connections as usize).max(2);
         let router = Router::new(store.clone(), responder, wake, max_turns, config.workers);
         let state = AppState {
             ingest: Ingest::new(store.clone(), router.clone()),

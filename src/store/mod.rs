@@ -37,6 +37,10 @@ const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long another process's channel reconfiguration may take to be seen here.
 const CHANNEL_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Connections reserved for write transactions on Postgres: the write batches (two ingest, two
+/// turn completion), the outbox's claim and record, and room for the rest.
+const POSTGRES_WRITE_CONNECTIONS: u32 = 8;
+
 /// How long a contact's open conversation is remembered by ingest.
 const CONVERSATION_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -61,7 +65,7 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     /// Where write transactions run: on SQLite a pool of one connection (see the module docs),
-    /// on Postgres the same pool as reads.
+    /// on Postgres a small pool of its own.
     writer: AnyPool,
     /// API key hash → principal.
     keys: Arc<cache::TtlCache<tenants::Principal>>,
@@ -134,12 +138,19 @@ impl Store {
                 (readers, writer)
             }
             Backend::Postgres => {
-                let pool = AnyPoolOptions::new()
+                let readers = AnyPoolOptions::new()
                     .max_connections(max_connections)
+                    .connect_with(options.clone())
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                // Writes get their own connections, so a crowd of reads can never queue in front
+                // of the write batches that would let those readers' turns finish.
+                let writer = AnyPoolOptions::new()
+                    .max_connections(POSTGRES_WRITE_CONNECTIONS)
                     .connect_with(options)
                     .await
                     .context("connecting to PostgreSQL")?;
-                (pool.clone(), pool)
+                (readers, writer)
             }
         };
         Ok(Store {
@@ -172,7 +183,7 @@ impl Store {
     pub fn write_parallelism(&self) -> usize {
         match self.backend {
             Backend::Sqlite => 1,
-            Backend::Postgres => 4,
+            Backend::Postgres => 2,
         }
     }
 
