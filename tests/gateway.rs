@@ -25,7 +25,47 @@ both_backends!(
     provider_retry_after_is_honoured,
     bad_requests_get_clear_json_errors_and_store_nothing,
     a_closed_conversation_is_not_reopened_by_new_messages,
+    a_wait_that_runs_out_answers_202_and_the_reply_still_comes,
 );
+
+/// A responder slower than the caller's patience.
+struct SlowResponder(Duration);
+
+#[async_trait]
+impl Responder for SlowResponder {
+    async fn respond(&self, turn: &Turn) -> anyhow::Result<Answer> {
+        tokio::time::sleep(self.0).await;
+        Ok(Answer {
+            text: format!("slowly: {}", turn.text),
+            citations: Vec::new(),
+        })
+    }
+}
+
+async fn a_wait_that_runs_out_answers_202_and_the_reply_still_comes(backend: Backend) {
+    let responder = Arc::new(SlowResponder(Duration::from_millis(600)));
+    let Some(app) =
+        TestApp::spawn_with(backend, |c| c.wait_timeout_ms = 100, Some(responder)).await
+    else {
+        return;
+    };
+    let res = app
+        .post_message(
+            &app.admin_key,
+            json!({ "contact": { "external_id": "jo" }, "text": "take your time", "wait": true }),
+        )
+        .await;
+    assert_eq!(res.status(), 202);
+    let body: Value = res.json().await.expect("json");
+    assert!(body.get("reply").is_none(), "{body}");
+    let conversation = body["conversation_id"].as_str().expect("stored").to_owned();
+    let messages = eventually("the reply", WAIT, || async {
+        let m = app.messages(&conversation).await;
+        (m.len() == 2).then_some(m)
+    })
+    .await;
+    assert_eq!(messages[1]["text"], "slowly: take your time");
+}
 
 /// After a conversation is closed, the contact's next message opens a new one (even though the
 /// gateway remembered the old one).

@@ -49,38 +49,30 @@ pub struct DeliveryView {
     pub updated_at: String,
 }
 
-/// Only a delivery with no earlier pending delivery in its conversation is due: replies of one
-/// conversation leave in order, even when an earlier one is waiting out a back-off.
-const CLAIM_SQLITE: &str = "
-UPDATE delivery SET locked_until = $1, attempts = attempts + 1, updated_at = $2
-WHERE id IN (
-    SELECT d.id FROM delivery d
-    WHERE d.status = 'pending' AND d.next_attempt_at <= $2
-      AND (d.locked_until IS NULL OR d.locked_until <= $2)
-      AND NOT EXISTS (SELECT 1 FROM delivery e
-                      WHERE e.conversation_id = d.conversation_id
-                        AND e.status = 'pending' AND e.seq < d.seq)
-    ORDER BY d.next_attempt_at, d.seq
-    LIMIT $3)
-RETURNING id, tenant_id, channel_id, conversation_id, message_id, seq, attempts, created_at,
-          recipient, body";
-
-/// Postgres: the same, with `FOR UPDATE SKIP LOCKED` so concurrent workers (or processes) never
-/// claim the same row and never wait on each other.
-const CLAIM_POSTGRES: &str = "
-UPDATE delivery SET locked_until = $1, attempts = attempts + 1, updated_at = $2
-WHERE id IN (
-    SELECT d.id FROM delivery d
-    WHERE d.status = 'pending' AND d.next_attempt_at <= $2
-      AND (d.locked_until IS NULL OR d.locked_until <= $2)
-      AND NOT EXISTS (SELECT 1 FROM delivery e
-                      WHERE e.conversation_id = d.conversation_id
-                        AND e.status = 'pending' AND e.seq < d.seq)
-    ORDER BY d.next_attempt_at, d.seq
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED)
-RETURNING id, tenant_id, channel_id, conversation_id, message_id, seq, attempts, created_at,
-          recipient, body";
+/// The claim statement. Only a delivery with no earlier pending delivery in its conversation is
+/// due: replies of one conversation leave in order, even when an earlier one is waiting out a
+/// back-off. `$lock` is empty on SQLite (one writer) and `FOR UPDATE SKIP LOCKED` on Postgres, so
+/// concurrent workers (or processes) never claim the same row and never wait on each other.
+macro_rules! claim_sql {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE delivery SET locked_until = $1, attempts = attempts + 1, updated_at = $2
+             WHERE id IN (
+                 SELECT d.id FROM delivery d
+                 WHERE d.status = 'pending' AND d.next_attempt_at <= $2
+                   AND (d.locked_until IS NULL OR d.locked_until <= $2)
+                   AND NOT EXISTS (SELECT 1 FROM delivery e
+                                   WHERE e.conversation_id = d.conversation_id
+                                     AND e.status = 'pending' AND e.seq < d.seq)
+                 ORDER BY d.next_attempt_at, d.seq
+                 LIMIT $3 ",
+            $lock,
+            ")
+             RETURNING id, tenant_id, channel_id, conversation_id, message_id, seq, attempts,
+                       created_at, recipient, body"
+        )
+    };
+}
 
 fn claimed_from_row(r: &AnyRow) -> Result<ClaimedDelivery, sqlx::Error> {
     Ok(ClaimedDelivery {
@@ -106,8 +98,8 @@ impl Store {
     ) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
         let now = now_ms();
         let sql = match self.backend {
-            Backend::Sqlite => CLAIM_SQLITE,
-            Backend::Postgres => CLAIM_POSTGRES,
+            Backend::Sqlite => claim_sql!(""),
+            Backend::Postgres => claim_sql!("FOR UPDATE SKIP LOCKED"),
         };
         let mut w = self.begin_write().await?;
         let mut claimed = sqlx::query(sql)
