@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use serde_json::{Value, json};
-use sqlx::{Connection, Executor};
+use sqlx::{Connection, Executor, Row};
 use switchboard::config::Config;
 use switchboard::core::TenantSlug;
 use switchboard::startup::Application;
@@ -182,6 +182,8 @@ async fn run(
         acks.extend(a);
     }
     let total = per_client * clients;
+    let acked_at = started.elapsed();
+    let backlog = backlog(url).await?;
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let delivered: usize = arrivals
@@ -217,6 +219,13 @@ async fn run(
     }
     let _ = stop_tx.send(());
     server.await??;
+    eprintln!(
+        "{}: all {total} acknowledged after {:.2} s; then {} unanswered, {} undelivered",
+        backend.name(),
+        acked_at.as_secs_f64(),
+        backlog.0,
+        backlog.1
+    );
     println!(
         "{:<9} {:>14.0} {:>14.0} {:>7.0}% {:>10} {:>10} {:>10} {:>10}",
         backend.name(),
@@ -261,6 +270,29 @@ async fn raw_insert_rate(store: &Store, n: usize, writers: usize) -> anyhow::Res
         t??;
     }
     Ok((per_writer * writers) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// (unanswered inbound messages, undelivered replies) right now.
+async fn backlog(url: &str) -> anyhow::Result<(i64, i64)> {
+    let store = Store::connect(&Secret::new(url), 1).await?;
+    let count = |sql: &'static str| {
+        let store = store.clone();
+        async move {
+            anyhow::Ok(
+                sqlx::query(sql)
+                    .fetch_one(store.pool())
+                    .await?
+                    .try_get::<i64, _>("n")?,
+            )
+        }
+    };
+    let unanswered = count(
+        "SELECT COUNT(*) AS n FROM message WHERE direction = 'inbound' AND processed_at IS NULL",
+    )
+    .await?;
+    let undelivered = count("SELECT COUNT(*) AS n FROM delivery WHERE status = 'pending'").await?;
+    store.close().await;
+    Ok((unanswered, undelivered))
 }
 
 async fn start_receiver(arrivals: Arrivals) -> anyhow::Result<String> {

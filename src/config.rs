@@ -193,6 +193,13 @@ impl Config {
         if self.outbox.max_attempts == 0 || self.outbox.concurrency == 0 {
             bail!("outbox.max_attempts and outbox.concurrency must be at least 1");
         }
+        if self.outbox.lease_ms <= self.outbox.send_timeout_ms {
+            bail!(
+                "outbox.lease_ms ({}) must be longer than outbox.send_timeout_ms ({}): a send still running when its lease ends may be sent again",
+                self.outbox.lease_ms,
+                self.outbox.send_timeout_ms
+            );
+        }
         if self.database_max_connections == 0 {
             bail!("database_max_connections must be at least 1");
         }

@@ -31,6 +31,43 @@ use crate::config::OutboxConfig;
 use crate::store::deliveries::{ClaimedDelivery, Outcome};
 use crate::store::{Store, now_ms};
 
+/// Shortest sleep of an idle worker, in milliseconds.
+const MIN_IDLE_MS: i64 = 5;
+
+/// An attempt ready to be recorded (with the permit it holds, if the worker loop gave it one).
+type Recorded = (
+    ClaimedDelivery,
+    Outcome,
+    &'static str,
+    Option<OwnedSemaphorePermit>,
+);
+
+fn outcomes_of(batch: &[Recorded]) -> Vec<(ClaimedDelivery, Outcome)> {
+    batch
+        .iter()
+        .map(|(d, o, _, _)| (d.clone(), o.clone()))
+        .collect()
+}
+
+/// Metrics for a recorded batch; dropping it releases the permits.
+fn count(batch: Vec<Recorded>) {
+    for (d, outcome, channel, _permit) in batch {
+        match outcome {
+            Outcome::Delivered { .. } => {
+                counter!("switchboard_delivered_total", "channel" => channel).increment(1);
+                histogram!("switchboard_delivery_latency_seconds")
+                    .record((now_ms() - d.created_at).max(0) as f64 / 1000.0);
+            }
+            Outcome::RetryAt { .. } => {
+                counter!("switchboard_delivery_retries_total", "channel" => channel).increment(1);
+            }
+            Outcome::Dead { .. } => {
+                counter!("switchboard_dead_letters_total", "channel" => channel).increment(1);
+            }
+        }
+    }
+}
+
 /// When to try again after a failed attempt.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -42,7 +79,9 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// Delay before the attempt after `attempts` failed ones: `base · 2^(attempts-1)` capped at
     /// `max`, with "equal jitter" (half fixed, half random) so retries of many deliveries spread
-    /// out; a provider's retry-after wins when it is longer.
+    /// out. A provider's retry-after replaces it, capped at `max` too: a provider asking for a
+    /// year must not park a conversation's replies for a year (the attempt still counts, so the
+    /// delivery ends as a visible dead letter if the provider keeps refusing).
     pub fn delay(&self, attempts: u32, retry_after: Option<Duration>) -> Duration {
         let exp = self
             .base
@@ -51,7 +90,7 @@ impl RetryPolicy {
         let half = exp / 2;
         let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
         let backoff = half + Duration::from_millis(jitter);
-        retry_after.unwrap_or(backoff)
+        retry_after.map_or(backoff, |wait| wait.min(self.max))
     }
 }
 
@@ -194,10 +233,12 @@ impl Outbox {
                 continue; // there may be more due right now
             }
             // Nothing (more) due: sleep until the next due time, a wake-up, or the poll interval.
+            // (At least a few milliseconds: a due row that could not be claimed — locked by
+            // another process — must not turn this loop into a spin.)
             let sleep_for = if claimed == 0 && free > 0 {
                 match self.store.next_delivery_due().await {
                     Ok(Some(due)) => Duration::from_millis(
-                        (due - now_ms()).clamp(0, poll.as_millis() as i64) as u64,
+                        (due - now_ms()).clamp(MIN_IDLE_MS, poll.as_millis() as i64) as u64,
                     ),
                     _ => poll,
                 }
@@ -230,44 +271,34 @@ impl Outbox {
                 .into_iter()
                 .map(|(d, o, c, permit)| (d, o, c, Some(permit)))
                 .collect();
-            if let Err(e) = self.record(batch).await {
-                // The leases run out and those deliveries are attempted again.
-                warn!(error = %format!("{e:#}"), "recording delivery outcomes failed");
-            }
+            self.record_with_retries(batch).await;
             self.wake.notify_one();
         }
     }
 
-    async fn record(
-        &self,
-        batch: Vec<(
-            ClaimedDelivery,
-            Outcome,
-            &'static str,
-            Option<OwnedSemaphorePermit>,
-        )>,
-    ) -> anyhow::Result<()> {
-        let outcomes: Vec<(ClaimedDelivery, Outcome)> = batch
-            .iter()
-            .map(|(d, o, _, _)| (d.clone(), o.clone()))
-            .collect();
-        self.store.record_outcomes(&outcomes).await?;
-        for (d, outcome, channel, _permit) in batch {
-            match outcome {
-                Outcome::Delivered { .. } => {
-                    counter!("switchboard_delivered_total", "channel" => channel).increment(1);
-                    histogram!("switchboard_delivery_latency_seconds")
-                        .record((now_ms() - d.created_at).max(0) as f64 / 1000.0);
+    /// Records a batch, retrying a failed write a few times: a lost "delivered" would mean a
+    /// second send once the lease runs out. If it still fails, the leases do run out and those
+    /// deliveries are attempted again (with their idempotency keys).
+    async fn record_with_retries(&self, batch: Vec<Recorded>) {
+        let mut pause = Duration::from_millis(50);
+        for attempt in 1..=5 {
+            match self.store.record_outcomes(&outcomes_of(&batch)).await {
+                Ok(()) => {
+                    count(batch);
+                    return;
                 }
-                Outcome::RetryAt { .. } => {
-                    counter!("switchboard_delivery_retries_total", "channel" => channel)
-                        .increment(1);
-                }
-                Outcome::Dead { .. } => {
-                    counter!("switchboard_dead_letters_total", "channel" => channel).increment(1);
+                Err(e) => {
+                    warn!(error = %e, attempt, "recording delivery outcomes failed");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
                 }
             }
         }
+    }
+
+    async fn record(&self, batch: Vec<Recorded>) -> anyhow::Result<()> {
+        self.store.record_outcomes(&outcomes_of(&batch)).await?;
+        count(batch);
         Ok(())
     }
 
@@ -328,7 +359,8 @@ impl Outbox {
         if d.attempts < i64::from(self.policy.max_attempts) {
             warn!(attempts = d.attempts, ?delay, %error, "delivery failed; will retry");
             Outcome::RetryAt {
-                next_attempt_at: now_ms() + delay.as_millis() as i64,
+                next_attempt_at: now_ms()
+                    .saturating_add(delay.as_millis().min(i64::MAX as u128) as i64),
                 error,
             }
         } else {
@@ -376,8 +408,13 @@ mod tests {
             max_attempts: 10,
         };
         assert_eq!(
-            p.delay(1, Some(Duration::from_secs(30))),
-            Duration::from_secs(30)
+            p.delay(1, Some(Duration::from_millis(1500))),
+            Duration::from_millis(1500)
+        );
+        // …but never beyond the cap, however long the provider asks for.
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(3_000_000_000))),
+            Duration::from_secs(2)
         );
     }
 }

@@ -8,8 +8,9 @@
 //! Ordering: `kick(conversation)` makes sure exactly one task drains that conversation, taking its
 //! unanswered messages by `seq`, one at a time. A kick that arrives while the task runs sets a
 //! "run again" flag instead of starting a second task, so no wake-up is lost and no two turns of
-//! one conversation ever overlap. Different conversations run concurrently, bounded by a
-//! semaphore so a burst cannot exhaust the database pool.
+//! one conversation ever overlap. Different conversations run concurrently; their reads are
+//! bounded by a semaphore so a burst cannot exhaust the database pool, and their completions are
+//! group-committed.
 //!
 //! What it must never do: answer a turn twice. `Store::complete_turn` marks the turn processed in
 //! the same transaction that stores the reply and its outbox row, and refuses a turn that is
@@ -25,10 +26,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
 
-use crate::answer::{Responder, Turn};
+use crate::answer::{Answer, Responder, Turn};
 use crate::store::batch::Batcher;
 use crate::store::messages::{PendingTurn, ReplyDraft};
 use crate::store::{Store, now_ms};
+
+/// Failed attempts at a turn before the responder's failure is answered with [`APOLOGY`].
+const GIVE_UP_AFTER_FAILURES: u32 = 3;
+
+/// What the bot says when it could not produce an answer at all.
+pub const APOLOGY: &str = "Sorry, I couldn't answer that just now. Your message has been saved; \
+please try again in a little while.";
 
 /// Most turns completed in one transaction.
 const MAX_BATCH: usize = 256;
@@ -47,7 +55,10 @@ struct Inner {
     responder: Arc<dyn Responder>,
     /// Conversations with a running drain task → whether another pass was requested meanwhile.
     active: Mutex<HashMap<String, bool>>,
-    turns_in_flight: Semaphore,
+    /// Bounds concurrent reads of pending turns to the read pool's size. Held only for the read:
+    /// a turn waiting for its batch to commit holds no connection, and must not hold back others
+    /// (their turns are what makes batches large).
+    reads: Semaphore,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     outbox_wake: Arc<Notify>,
@@ -61,7 +72,7 @@ impl Router {
         store: Store,
         responder: Arc<dyn Responder>,
         outbox_wake: Arc<Notify>,
-        max_concurrent_turns: usize,
+        max_concurrent_reads: usize,
         enabled: bool,
     ) -> Router {
         Router {
@@ -77,7 +88,7 @@ impl Router {
                 store,
                 responder,
                 active: Mutex::new(HashMap::new()),
-                turns_in_flight: Semaphore::new(max_concurrent_turns),
+                reads: Semaphore::new(max_concurrent_reads),
                 tracker: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
                 outbox_wake,
@@ -119,7 +130,7 @@ impl Router {
     /// Processes the oldest pending turn of a conversation, if any (`true` if there was one).
     /// The same step the drain tasks run; public so tests can drive the router by hand.
     pub async fn process_next(&self, conversation_id: &str) -> anyhow::Result<bool> {
-        self.inner.process_next(conversation_id).await
+        self.inner.process_next(conversation_id, false).await
     }
 
     /// Waits for an inbound message to be processed, up to `timeout`. Returns whether it was.
@@ -163,7 +174,8 @@ impl Inner {
                     lock(&self.active).remove(&conversation_id);
                     return;
                 }
-                match self.process_next(&conversation_id).await {
+                let give_up = failures >= GIVE_UP_AFTER_FAILURES;
+                match self.process_next(&conversation_id, give_up).await {
                     Ok(true) => failures = 0,
                     Ok(false) => break,
                     Err(e) => {
@@ -190,14 +202,19 @@ impl Inner {
         }
     }
 
-    async fn process_next(&self, conversation_id: &str) -> anyhow::Result<bool> {
-        let _permit = self.turns_in_flight.acquire().await?;
-        let Some(turn) = self.store.next_pending_turn(conversation_id).await? else {
+    /// `give_up`: the turn has failed repeatedly; if the responder fails again, answer with an
+    /// apology instead of trying forever (the conversation's later messages wait behind it).
+    async fn process_next(&self, conversation_id: &str, give_up: bool) -> anyhow::Result<bool> {
+        let next = {
+            let _permit = self.reads.acquire().await?;
+            self.store.next_pending_turn(conversation_id).await?
+        };
+        let Some(turn) = next else {
             return Ok(false);
         };
         // A conversation handed to a human gets no bot reply; the turn is still recorded as seen.
         let reply = if turn.conversation_status == "bot" {
-            let answer = self
+            let answered = self
                 .responder
                 .respond(&Turn {
                     tenant_id: turn.tenant_id.clone(),
@@ -205,9 +222,23 @@ impl Inner {
                     message_id: turn.message_id.clone(),
                     text: turn.text.clone(),
                 })
-                .await?;
+                .await;
+            let answer = match answered {
+                Ok(answer) => answer,
+                Err(e) if give_up => {
+                    warn!(error = %format!("{e:#}"), "no answer after repeated failures; apologising");
+                    counter!("switchboard_processed_total", "outcome" => "apology").increment(1);
+                    Answer {
+                        text: APOLOGY.to_owned(),
+                        citations: Vec::new(),
+                    }
+                }
+                Err(e) => return Err(e),
+            };
             Some(ReplyDraft {
-                text: answer.text,
+                // NUL is not storable text on PostgreSQL; a responder must not be able to wedge
+                // a conversation with it.
+                text: answer.text.replace('\0', ""),
                 citations_json: serde_json::to_string(&answer.citations)?,
             })
         } else {

@@ -58,9 +58,8 @@ impl Application {
             &config.outbox,
             wake.clone(),
         );
-        // Each turn in progress reads with one connection at a time: stay within the pool.
-        let max_turns = (config.database_max_connections as usize).max(2);
-        let router = Router::new(store.clone(), responder, wake, max_turns, config.workers);
+        let max_reads = (config.database_max_connections as usize).max(2);
+        let router = Router::new(store.clone(), responder, wake, max_reads, config.workers);
         let state = AppState {
             ingest: Ingest::new(store.clone(), router.clone()),
             store,
@@ -113,17 +112,18 @@ impl Application {
         };
         let router = state.router.clone();
         let store = state.store.clone();
-        axum::serve(listener, app(state))
+        // Whatever the server's outcome, the workers are stopped in order before returning.
+        let served = axum::serve(listener, app(state))
             .with_graceful_shutdown(shutdown)
             .await
-            .context("HTTP server")?;
+            .context("HTTP server");
         router.shutdown().await;
         workers.cancel();
         if let Some(task) = outbox_task {
             let _ = task.await;
         }
         store.close().await;
-        Ok(())
+        served
     }
 }
 

@@ -14,6 +14,9 @@ use switchboard::answer::{Answer, Responder, Turn};
 use switchboard::core::{Role, TenantSlug};
 
 const WAIT: Duration = Duration::from_secs(20);
+/// Longer than the outbox lease of the test configuration (1 s): a resend after a lost outcome
+/// would have happened by then.
+const LONGER_THAN_A_LEASE: Duration = Duration::from_millis(1_300);
 
 both_backends!(
     story_tenant_key_message_reply_listed_in_order,
@@ -26,7 +29,51 @@ both_backends!(
     bad_requests_get_clear_json_errors_and_store_nothing,
     a_closed_conversation_is_not_reopened_by_new_messages,
     a_wait_that_runs_out_answers_202_and_the_reply_still_comes,
+    a_responder_that_keeps_failing_gets_an_apology_and_the_conversation_goes_on,
 );
+
+/// Fails on any message containing "boom", answers the rest.
+struct FlakyResponder;
+
+#[async_trait]
+impl Responder for FlakyResponder {
+    async fn respond(&self, turn: &Turn) -> anyhow::Result<Answer> {
+        anyhow::ensure!(!turn.text.contains("boom"), "model exploded");
+        Ok(Answer {
+            text: format!("re: {}", turn.text),
+            citations: Vec::new(),
+        })
+    }
+}
+
+async fn a_responder_that_keeps_failing_gets_an_apology_and_the_conversation_goes_on(
+    backend: Backend,
+) {
+    let Some(app) = TestApp::spawn_with(backend, |_| {}, Some(Arc::new(FlakyResponder))).await
+    else {
+        return;
+    };
+    let first = app.send("kim", "boom", json!({})).await;
+    app.send("kim", "still there?", json!({})).await;
+    let conversation = first["conversation_id"].as_str().expect("id").to_owned();
+    let messages = eventually("both answered", WAIT, || async {
+        let m = app.messages(&conversation).await;
+        (m.len() == 4).then_some(m)
+    })
+    .await;
+    let texts: Vec<&str> = messages.iter().filter_map(|m| m["text"].as_str()).collect();
+    // The second message arrived (seq 2) while the first was being retried; the apology answers
+    // the first, before the second is answered.
+    assert_eq!(
+        texts,
+        [
+            "boom",
+            "still there?",
+            switchboard::router::APOLOGY,
+            "re: still there?"
+        ]
+    );
+}
 
 /// A responder slower than the caller's patience.
 struct SlowResponder(Duration);
@@ -250,7 +297,7 @@ async fn concurrent_redelivery_is_stored_and_answered_once(backend: Backend) {
     .await;
     let messages = app.messages(&conversation).await;
     assert_eq!(messages.len(), 6, "3 inbound + 3 replies: {messages:?}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(LONGER_THAN_A_LEASE).await;
     assert_eq!(receiver.seen().len(), 3, "no reply was sent twice");
 }
 
@@ -333,6 +380,12 @@ async fn conversations_are_processed_in_send_order_and_concurrently(backend: Bac
     })
     .await;
 
+    tokio::time::sleep(LONGER_THAN_A_LEASE).await;
+    assert_eq!(
+        receiver.seen().len(),
+        200,
+        "every reply delivered exactly once"
+    );
     let log = responder.log.lock().expect("lock").clone();
     assert_eq!(log.len(), 200, "every message answered exactly once");
     for (c, conversation) in &conversations {
@@ -392,7 +445,7 @@ async fn unanswered_messages_resume_after_restart(backend: Backend) {
         (!receiver.accepted().is_empty()).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(LONGER_THAN_A_LEASE).await;
     assert_eq!(receiver.seen().len(), 1, "delivered exactly once");
     let messages = app.messages(&conversation).await;
     assert_eq!(messages.len(), 2);
@@ -440,7 +493,7 @@ async fn delivery_retries_then_succeeds_once(backend: Backend) {
     let d = &delivered[0];
     assert_eq!(d["message_id"], reply_id.as_str());
     assert_eq!(d["attempts"], 4);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(LONGER_THAN_A_LEASE).await;
     assert_eq!(receiver.accepted().len(), 1);
 }
 
@@ -515,7 +568,8 @@ async fn delivery_that_always_fails_becomes_a_visible_dead_letter(backend: Backe
 
 /// A 429 with Retry-After: 1 → the next attempt waits at least that long.
 async fn provider_retry_after_is_honoured(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend).await else {
+    let Some(app) = TestApp::spawn_with(backend, |c| c.outbox.max_delay_ms = 5_000, None).await
+    else {
         return;
     };
     let receiver = CallbackReceiver::start(Mode::RetryAfterOnce(1)).await;
@@ -600,6 +654,14 @@ async fn bad_requests_get_clear_json_errors_and_store_nothing(backend: Backend) 
         send(app.http.post(&url).bearer_auth(&app.admin_key).json(&big)).await,
     );
     check(404, "not_found")(send(app.http.get(format!("{}/v1/nothing", app.base))).await);
+
+    let (status, body) = app
+        .get(&app.admin_key, "/v1/conversations?limit=lots")
+        .await;
+    assert_eq!(
+        (status.as_u16(), &body["error"]["code"]),
+        (400, &json!("invalid_query"))
+    );
 
     // Nothing of the refused requests was stored.
     let (_, list) = app.get(&app.admin_key, "/v1/conversations").await;

@@ -123,6 +123,7 @@ impl Gateway {
             .env("SWITCHBOARD_OUTBOX_MAX_DELAY_MS", "300")
             .env("SWITCHBOARD_OUTBOX_MAX_ATTEMPTS", "1000")
             .env("SWITCHBOARD_OUTBOX_LEASE_MS", "1500")
+            .env("SWITCHBOARD_OUTBOX_SEND_TIMEOUT_MS", "1000")
             .env("SWITCHBOARD_OUTBOX_POLL_MS", "50")
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
@@ -204,7 +205,8 @@ async fn killed_after_ack_the_reply_is_delivered_exactly_once_after_restart(back
         || async { (!receiver.accepted().is_empty()).then_some(()) },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Longer than the lease: a resend after a lost outcome would have happened by now.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
     let seen = receiver.seen();
     assert_eq!(receiver.accepted().len(), 1, "delivered exactly once");
     assert!(

@@ -126,7 +126,9 @@ CREATE TABLE delivery (
     created_at           BIGINT NOT NULL,
     updated_at           BIGINT NOT NULL
 );
-CREATE INDEX delivery_due ON delivery (status, next_attempt_at);
+-- In the claim's ORDER BY order: the claim walks it and stops after LIMIT eligible rows,
+-- whatever the backlog.
+CREATE INDEX delivery_due ON delivery (status, next_attempt_at, seq);
 CREATE INDEX delivery_by_conversation ON delivery (conversation_id, seq) WHERE status = 'pending';
 
 -- Append-only audit log: who did what to which object.

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -106,9 +106,10 @@ pub struct DeliveriesQuery {
 pub async fn list_deliveries(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<DeliveriesQuery>,
+    q: Result<Query<DeliveriesQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let principal = caller.require(&[Role::Admin])?;
+    let Query(q) = q?;
     let status = q.status.unwrap_or_else(|| "dead".into());
     if !matches!(status.as_str(), "pending" | "delivered" | "dead") {
         return Err(ApiError::bad_request(

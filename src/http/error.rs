@@ -2,7 +2,7 @@
 //! `{"error":{"code":"…","message":"…"}}` (SPEC §3). Internal causes are logged, never returned.
 
 use axum::Json;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -85,5 +85,12 @@ impl From<BytesRejection> for ApiError {
         } else {
             ApiError::bad_request("unreadable_body", r.body_text())
         }
+    }
+}
+
+/// A query string that does not parse: 400 with the JSON body, not axum's plain text.
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::bad_request("invalid_query", r.body_text())
     }
 }

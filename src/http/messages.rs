@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -73,9 +73,10 @@ pub struct ConversationQuery {
 pub async fn list_conversations(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<ConversationQuery>,
+    q: Result<Query<ConversationQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let principal = caller.require(&[Role::Admin, Role::Moderator])?;
+    let Query(q) = q?;
     if let Some(status) = &q.status
         && !matches!(status.as_str(), "bot" | "human" | "closed")
     {
@@ -107,9 +108,10 @@ pub async fn conversation_messages(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(q): Query<MessagesQuery>,
+    q: Result<Query<MessagesQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let principal = caller.require(&[Role::Admin, Role::Moderator])?;
+    let Query(q) = q?;
     let messages = state
         .store
         .conversation_messages(

@@ -90,20 +90,31 @@ where
     let n = items.len();
     match all(items.clone()).await {
         Ok(outputs) => outputs.into_iter().map(Ok).collect(),
-        Err(e) if n <= 1 => vec![Err(e)],
+        Err(e) if n <= 1 && !is_conflict(&e) => vec![Err(e)],
         Err(e) => {
             tracing::warn!(error = %e, items = n, "batch failed; writing its items one by one");
             let mut results = Vec::with_capacity(n);
             for item in items {
-                results.push(
-                    all(vec![item])
-                        .await
-                        .and_then(|mut v| v.pop().ok_or(sqlx::Error::RowNotFound)),
-                );
+                let mut tries = 0;
+                let result = loop {
+                    tries += 1;
+                    match all(vec![item.clone()]).await {
+                        // A deadlock victim or serialization failure is worth another go.
+                        Err(e) if tries < 3 && is_conflict(&e) => continue,
+                        other => break other,
+                    }
+                };
+                results.push(result.and_then(|mut v| v.pop().ok_or(sqlx::Error::RowNotFound)));
             }
             results
         }
     }
+}
+
+/// PostgreSQL's "deadlock detected" (40P01) and "serialization failure" (40001): the
+/// transaction was chosen as a victim and can simply run again.
+pub fn is_conflict(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
 }
 
 #[cfg(test)]

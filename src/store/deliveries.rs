@@ -26,6 +26,9 @@ pub struct ClaimedDelivery {
     /// The contact's id at the provider.
     pub recipient: String,
     pub body: String,
+    /// The lease this claim holds (`locked_until` as set by the claim). Outcomes are recorded
+    /// only while it is still ours, so a worker that outlived its lease cannot undo another's.
+    pub lease: i64,
 }
 
 /// What became of one attempt, to be recorded (in batches) by [`Store::record_outcomes`].
@@ -69,7 +72,7 @@ macro_rules! claim_sql {
             $lock,
             ")
              RETURNING id, tenant_id, channel_id, conversation_id, message_id, seq, attempts,
-                       created_at, recipient, body"
+                       created_at, recipient, body, locked_until"
         )
     };
 }
@@ -86,6 +89,7 @@ fn claimed_from_row(r: &AnyRow) -> Result<ClaimedDelivery, sqlx::Error> {
         created_at: r.try_get("created_at")?,
         recipient: r.try_get("recipient")?,
         body: r.try_get("body")?,
+        lease: r.try_get("locked_until")?,
     })
 }
 
@@ -116,12 +120,18 @@ impl Store {
         Ok(claimed)
     }
 
-    /// The earliest time a pending delivery becomes due (ms), if any is pending.
+    /// The earliest time a pending delivery becomes claimable (ms), if any is pending. Only the
+    /// first pending delivery of each conversation counts: a later one is not claimable before
+    /// it, whatever its own due time (counting it would wake the worker to claim nothing).
     pub async fn next_delivery_due(&self) -> Result<Option<i64>, sqlx::Error> {
         sqlx::query(
-            "SELECT MIN(CASE WHEN locked_until IS NOT NULL AND locked_until > next_attempt_at
-                             THEN locked_until ELSE next_attempt_at END) AS due
-             FROM delivery WHERE status = 'pending'",
+            "SELECT MIN(CASE WHEN d.locked_until IS NOT NULL AND d.locked_until > d.next_attempt_at
+                             THEN d.locked_until ELSE d.next_attempt_at END) AS due
+             FROM delivery d
+             WHERE d.status = 'pending'
+               AND NOT EXISTS (SELECT 1 FROM delivery e
+                               WHERE e.conversation_id = d.conversation_id
+                                 AND e.status = 'pending' AND e.seq < d.seq)",
         )
         .fetch_one(&self.pool)
         .await?
@@ -152,7 +162,7 @@ impl Store {
             let sql = format!(
                 "UPDATE delivery SET status = 'delivered', locked_until = NULL, last_error = NULL,
                         updated_at = $1
-                 WHERE id IN ({})",
+                 WHERE status = 'pending' AND id IN ({})",
                 super::placeholders(2, chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
@@ -181,20 +191,19 @@ impl Store {
                     sqlx::query(
                         "UPDATE delivery SET status = 'delivered', locked_until = NULL,
                                 last_error = NULL, provider_message_id = $1, updated_at = $2
-                         WHERE id = $3",
+                         WHERE id = $3 AND status = 'pending'",
                     )
                     .bind(provider_id)
                     .bind(now)
                     .bind(&d.id)
                     .execute(&mut *w.tx)
                     .await?;
-                    sqlx::query(
-                        "UPDATE message SET status = 'sent', provider_id = $1 WHERE id = $2",
-                    )
-                    .bind(provider_id)
-                    .bind(&d.message_id)
-                    .execute(&mut *w.tx)
-                    .await?;
+                    // The provider's id stays on the delivery: `message.provider_id` is the
+                    // inbound dedupe key, and outbound ids need not be unique per channel.
+                    sqlx::query("UPDATE message SET status = 'sent' WHERE id = $1")
+                        .bind(&d.message_id)
+                        .execute(&mut *w.tx)
+                        .await?;
                 }
                 Outcome::RetryAt {
                     next_attempt_at,
@@ -203,26 +212,30 @@ impl Store {
                     sqlx::query(
                         "UPDATE delivery SET next_attempt_at = $1, locked_until = NULL,
                                 last_error = $2, updated_at = $3
-                         WHERE id = $4 AND status = 'pending'",
+                         WHERE id = $4 AND status = 'pending' AND locked_until = $5",
                     )
                     .bind(next_attempt_at)
                     .bind(error)
                     .bind(now)
                     .bind(&d.id)
+                    .bind(d.lease)
                     .execute(&mut *w.tx)
                     .await?;
                 }
                 Outcome::Dead { error } => {
-                    sqlx::query(
+                    let marked = sqlx::query(
                         "UPDATE delivery SET status = 'dead', locked_until = NULL, last_error = $1,
                                 updated_at = $2
-                         WHERE id = $3",
+                         WHERE id = $3 AND status = 'pending'",
                     )
                     .bind(error)
                     .bind(now)
                     .bind(&d.id)
                     .execute(&mut *w.tx)
                     .await?;
+                    if marked.rows_affected() == 0 {
+                        continue; // delivered or requeued meanwhile: nothing to give up on
+                    }
                     sqlx::query("UPDATE message SET status = 'failed' WHERE id = $1")
                         .bind(&d.message_id)
                         .execute(&mut *w.tx)

@@ -140,7 +140,8 @@ pub fn test_config(db: &TestDb) -> Config {
     config.outbox.max_delay_ms = 200;
     config.outbox.poll_ms = 50;
     config.outbox.max_attempts = 5;
-    config.outbox.send_timeout_ms = 2_000;
+    config.outbox.send_timeout_ms = 500;
+    config.outbox.lease_ms = 1_000;
     config
 }
 

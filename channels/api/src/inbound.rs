@@ -51,6 +51,17 @@ impl ApiInbound {
 pub fn parse_inbound(body: &[u8]) -> Result<ApiInbound, InboundError> {
     let wire: WireRequest =
         serde_json::from_slice(body).map_err(|e| InboundError::Malformed(e.to_string()))?;
+    // NUL is valid JSON (`\u0000`) but not storable text on every backend (PostgreSQL refuses it).
+    let has_nul = |s: &str| s.contains('\0');
+    if has_nul(&wire.text)
+        || has_nul(&wire.contact.external_id)
+        || wire.contact.display_name.as_deref().is_some_and(has_nul)
+        || wire.idempotency_key.as_deref().is_some_and(has_nul)
+    {
+        return Err(InboundError::Malformed(
+            "text fields must not contain NUL (\\u0000) characters".into(),
+        ));
+    }
     let external_id = wire.contact.external_id.trim().to_owned();
     if external_id.is_empty() || external_id.len() > MAX_ID_BYTES {
         return Err(InboundError::Malformed(format!(
@@ -121,6 +132,8 @@ mod tests {
             br#"{"contact":{"external_id":"u"},"text":"   "}"#,
             br#"{"contact":{"external_id":"u"},"text":"hi","idempotency_key":""}"#,
             br#"{"contact":{"external_id":"u"},"text":42}"#,
+            br#"{"contact":{"external_id":"u"},"text":"a\u0000b"}"#,
+            br#"{"contact":{"external_id":"u\u0000"},"text":"hi"}"#,
         ] {
             assert!(
                 matches!(parse_inbound(body), Err(InboundError::Malformed(_))),
