@@ -111,6 +111,7 @@ async fn run(
         ..Config::default()
     };
     config.outbox.poll_ms = 100;
+    config.outbox.concurrency = env_or("BENCH_OUTBOX_CONCURRENCY", config.outbox.concurrency);
     config.database_max_connections = std::env::var("BENCH_DB_CONNECTIONS")
         .ok()
         .and_then(|v| v.parse().ok())

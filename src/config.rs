@@ -103,7 +103,7 @@ impl Default for OutboxConfig {
             max_delay_ms: 5 * 60 * 1_000,
             max_attempts: 10,
             lease_ms: 60_000,
-            concurrency: 32,
+            concurrency: 128,
             poll_ms: 1_000,
             send_timeout_ms: 15_000,
         }
