@@ -38,12 +38,11 @@ impl ApiInbound {
     /// The normalized message. Without a client idempotency key the caller supplies a fresh id,
     /// so every such request is a new message.
     pub fn into_message(self, fresh_id: impl FnOnce() -> String) -> InboundMessage {
-        InboundMessage {
-            provider_id: self.idempotency_key.unwrap_or_else(fresh_id),
-            contact: self.contact,
-            text: self.text,
-            attachments: Vec::new(),
-        }
+        InboundMessage::text(
+            self.idempotency_key.unwrap_or_else(fresh_id),
+            self.contact,
+            self.text,
+        )
     }
 }
 

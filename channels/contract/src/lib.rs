@@ -85,8 +85,83 @@ pub struct InboundMessage {
     /// same id; the core stores a message once per `(channel, provider_id)`.
     pub provider_id: String,
     pub contact: ContactRef,
+    /// What the person said, as text: the message body, a caption, a button's title, a location's
+    /// name… Empty when the message carries nothing textual (a photo without caption).
     pub text: String,
     pub attachments: Vec<Attachment>,
+    /// The provider's message type, normalized to snake_case (`text`, `image`, `reaction`,
+    /// `button_reply`, `unsupported`, …). Unknown types keep the provider's name.
+    #[serde(default = "text_kind")]
+    pub kind: String,
+    /// The provider id of the message this one answers or reacts to, if any.
+    #[serde(default)]
+    pub reply_to: Option<String>,
+    /// When the person sent it (Unix seconds), as the provider says.
+    #[serde(default)]
+    pub sent_at: Option<i64>,
+}
+
+fn text_kind() -> String {
+    "text".to_owned()
+}
+
+impl InboundMessage {
+    /// A plain text message.
+    pub fn text(
+        provider_id: impl Into<String>,
+        contact: ContactRef,
+        text: impl Into<String>,
+    ) -> Self {
+        InboundMessage {
+            provider_id: provider_id.into(),
+            contact,
+            text: text.into(),
+            attachments: Vec::new(),
+            kind: text_kind(),
+            reply_to: None,
+            sent_at: None,
+        }
+    }
+}
+
+/// How far an outbound message got, as the provider reports it later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    Sent,
+    Delivered,
+    Read,
+    /// Voice message listened to.
+    Played,
+    Failed,
+}
+
+/// A provider's report about a message we sent. Reports arrive in any order and may repeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusUpdate {
+    /// The provider's id of our message.
+    pub provider_message_id: String,
+    pub state: DeliveryState,
+    /// The recipient's id at the provider.
+    pub recipient: String,
+    /// Unix seconds.
+    pub at: Option<i64>,
+    /// Why it failed (`code: title`), for `Failed`.
+    pub error: Option<String>,
+}
+
+/// Everything a provider webhook can tell us, normalized.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum InboundEvent {
+    Message(InboundMessage),
+    Status(StatusUpdate),
+    /// Provider news that is neither a message nor a status (account, template or call updates):
+    /// recorded, not answered.
+    Notice {
+        topic: String,
+        detail: String,
+    },
 }
 
 /// One reply to send through a channel. `delivery_id` is stable across retries: adapters pass it to
