@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 use switchboard_channel::ChannelKind;
 use switchboard_channel_api::ApiChannelConfig;
+use switchboard_channel_whatsapp::WhatsappConfig;
 
 use super::AppState;
 use super::auth::Caller;
@@ -44,6 +45,10 @@ pub async fn connect_channel(
     match kind {
         ChannelKind::Api => {
             ApiChannelConfig::parse(&request.config)
+                .map_err(|e| ApiError::bad_request("invalid_channel_config", e))?;
+        }
+        ChannelKind::Whatsapp => {
+            WhatsappConfig::parse(&request.config)
                 .map_err(|e| ApiError::bad_request("invalid_channel_config", e))?;
         }
         other => {

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod channels;
 pub mod error;
 pub mod messages;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -50,6 +51,10 @@ pub fn app(state: AppState) -> HttpRouter {
         .route(
             "/v1/channels",
             post(channels::connect_channel).get(channels::list_channels),
+        )
+        .route(
+            "/webhooks/{kind}/{channel_id}",
+            get(webhooks::verify).post(webhooks::receive),
         )
         .route("/v1/deliveries", get(channels::list_deliveries))
         .route("/v1/deliveries/{id}/retry", post(channels::retry_delivery))

@@ -171,4 +171,34 @@ impl Store {
             created_at: now,
         })
     }
+
+    /// Records provider news that is not a message (account, template or call updates) in the
+    /// audit log, so it is visible; the detail is cut to 4 KiB.
+    pub async fn record_notice(
+        &self,
+        channel: &Channel,
+        topic: &str,
+        detail: &str,
+    ) -> Result<(), sqlx::Error> {
+        let mut detail = detail.to_owned();
+        if detail.len() > 4096 {
+            let mut cut = 4096;
+            while !detail.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            detail.truncate(cut);
+        }
+        let detail = serde_json::json!({ "topic": topic, "detail": detail }).to_string();
+        let mut w = self.begin_write().await?;
+        let kind = format!("{}.notice", channel.kind);
+        record_event(
+            &mut w.tx,
+            Some(&channel.tenant_id),
+            &kind,
+            Some(&channel.id),
+            &detail,
+        )
+        .await?;
+        w.commit().await
+    }
 }

@@ -8,6 +8,8 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use switchboard_channel::{DeliveryState, StatusUpdate};
+
 use super::{Backend, Store, now_ms, tenants::record_event};
 use crate::store::messages::rfc3339;
 
@@ -93,7 +95,68 @@ fn claimed_from_row(r: &AnyRow) -> Result<ClaimedDelivery, sqlx::Error> {
     })
 }
 
+/// Order of outbound message states: a report never moves a message backwards (reports arrive in
+/// any order: `read` can come before `delivered`). `failed` is final.
+fn state_rank(state: DeliveryState) -> i64 {
+    match state {
+        DeliveryState::Sent => 1,
+        DeliveryState::Delivered => 2,
+        DeliveryState::Read | DeliveryState::Played => 3,
+        DeliveryState::Failed => 4,
+    }
+}
+
+fn state_name(state: DeliveryState) -> &'static str {
+    match state {
+        DeliveryState::Sent => "sent",
+        DeliveryState::Delivered => "delivered",
+        DeliveryState::Read => "read",
+        DeliveryState::Played => "played",
+        DeliveryState::Failed => "failed",
+    }
+}
+
 impl Store {
+    /// Applies a provider's report about a message we sent on `channel_id`. Returns whether a
+    /// message changed (false for an unknown message or an out-of-date report).
+    pub async fn apply_status(
+        &self,
+        channel_id: &str,
+        status: &StatusUpdate,
+    ) -> Result<bool, sqlx::Error> {
+        let mut w = self.begin_write().await?;
+        let changed = sqlx::query(
+            "UPDATE message SET status = $1
+             WHERE id IN (SELECT message_id FROM delivery
+                          WHERE channel_id = $2 AND provider_message_id = $3)
+               AND (CASE status WHEN 'sent' THEN 1 WHEN 'delivered' THEN 2 WHEN 'read' THEN 3
+                                WHEN 'played' THEN 3 WHEN 'failed' THEN 4 ELSE 0 END) < $4",
+        )
+        .bind(state_name(status.state))
+        .bind(channel_id)
+        .bind(&status.provider_message_id)
+        .bind(state_rank(status.state))
+        .execute(&mut *w.tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if let Some(error) = &status.error {
+            // A failure the provider reports after accepting the message: kept with the delivery.
+            sqlx::query(
+                "UPDATE delivery SET last_error = $1, updated_at = $2
+                 WHERE channel_id = $3 AND provider_message_id = $4",
+            )
+            .bind(error)
+            .bind(now_ms())
+            .bind(channel_id)
+            .bind(&status.provider_message_id)
+            .execute(&mut *w.tx)
+            .await?;
+        }
+        w.commit().await?;
+        Ok(changed)
+    }
+
     /// Claims up to `limit` due deliveries for `lease_ms`.
     pub async fn claim_due_deliveries(
         &self,

@@ -1,0 +1,195 @@
+//! The WhatsApp webhook through the front door, driven by real Cloud API payloads
+//! (channels/whatsapp/tests/fixtures, attribution in SOURCES.md there).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Backend, TestApp};
+use serde_json::{Value, json};
+
+/// The app secret of the pywa signature vector, so its signed body verifies as it is.
+const APP_SECRET: &str = "1222e786b144d0e85b9f365372d93676";
+const VERIFY_TOKEN: &str = "meatyhamhock";
+
+both_backends!(
+    handshake_echoes_the_challenge_only_for_the_verify_token,
+    signed_messages_are_stored_once_and_answered,
+    a_bad_signature_or_body_stores_nothing,
+);
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/channels/whatsapp/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn sign(body: &[u8]) -> String {
+    switchboard_channel_api::outbound::sign(APP_SECRET, body)
+}
+
+/// Connects a WhatsApp channel; returns its webhook path.
+async fn connect(app: &TestApp) -> String {
+    let res = app
+        .http
+        .post(format!("{}/v1/channels", app.base))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({ "kind": "whatsapp", "config": {
+            "phone_number_id": "1122334455667", "access_token": "EAAtest",
+            "app_secret": APP_SECRET, "verify_token": VERIFY_TOKEN,
+            "graph_url": "http://127.0.0.1:9/v21.0" } }))
+        .send()
+        .await
+        .expect("connect");
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.expect("json");
+    let url = body["webhook_url"].as_str().expect("webhook url");
+    let id = body["channel_id"].as_str().expect("id");
+    assert!(url.ends_with(&format!("/webhooks/whatsapp/{id}")), "{url}");
+    format!("/webhooks/whatsapp/{id}")
+}
+
+async fn post(app: &TestApp, path: &str, body: Vec<u8>, signature: Option<String>) -> (u16, Value) {
+    let mut req = app
+        .http
+        .post(format!("{}{path}", app.base))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(sig) = signature {
+        req = req.header("x-hub-signature-256", sig);
+    }
+    let res = req.send().await.expect("post");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn handshake_echoes_the_challenge_only_for_the_verify_token(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let path = connect(&app).await;
+    let get = |query: String| {
+        let url = format!("{}{path}?{query}", app.base);
+        let http = app.http.clone();
+        async move {
+            let res = http.get(url).send().await.expect("get");
+            (res.status().as_u16(), res.text().await.unwrap_or_default())
+        }
+    };
+    let ok = get(format!(
+        "hub.mode=subscribe&hub.challenge=1158201444&hub.verify_token={VERIFY_TOKEN}"
+    ))
+    .await;
+    assert_eq!(ok, (200, "1158201444".to_owned()));
+    let wrong = get("hub.mode=subscribe&hub.challenge=1&hub.verify_token=WRONG".into()).await;
+    assert_eq!(wrong.0, 403);
+    let unsubscribe = get(format!(
+        "hub.mode=unsubscribe&hub.challenge=1&hub.verify_token={VERIFY_TOKEN}"
+    ))
+    .await;
+    assert_eq!(unsubscribe.0, 403);
+    let res = app
+        .http
+        .get(format!(
+            "{}/webhooks/whatsapp/no-such-channel?hub.mode=subscribe",
+            app.base
+        ))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(res.status(), 404);
+}
+
+async fn signed_messages_are_stored_once_and_answered(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let path = connect(&app).await;
+    // The exact bytes pywa signed, redelivered five times at once.
+    let body = fixture("meta_x_hub_signature_256.body.bin");
+    let vector: Value =
+        serde_json::from_slice(&fixture("meta_x_hub_signature_256.json")).expect("vector");
+    let header = vector["expected_header"]
+        .as_str()
+        .expect("header")
+        .to_owned();
+    assert_eq!(sign(&body), header);
+    let app = Arc::new(app);
+    let posts = (0..5).map(|_| {
+        let app = app.clone();
+        let (path, body, header) = (path.clone(), body.clone(), header.clone());
+        tokio::spawn(async move { post(&app, &path, body, Some(header)).await })
+    });
+    for result in futures::future::join_all(posts).await {
+        let (status, body) = result.expect("task");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["messages"], 1);
+    }
+    let (_, list) = app
+        .get(&app.admin_key, "/v1/conversations?channel=whatsapp")
+        .await;
+    let conversations = list["conversations"].as_array().expect("list");
+    assert_eq!(conversations.len(), 1, "{list}");
+    assert_eq!(conversations[0]["contact_external_id"], "972544401243");
+    let id = conversations[0]["id"].as_str().expect("id").to_owned();
+    let messages = common::eventually("answered", std::time::Duration::from_secs(20), || async {
+        let m = app.messages(&id).await;
+        (m.len() == 2).then_some(m)
+    })
+    .await;
+    assert_eq!(messages[0]["text"], "Hey there! I am using PyWa.");
+    assert_eq!(messages[1]["author"], "bot");
+
+    // A batch of other real payloads: media, a reaction, a status, a notice — one POST each.
+    for name in [
+        "message__image",
+        "message__reaction",
+        "message_status__read",
+        "account_update__account_deleted",
+    ] {
+        let body = fixture(&format!("pywa/{name}.json"));
+        let (status, result) = post(&app, &path, body.clone(), Some(sign(&body))).await;
+        assert_eq!(status, 200, "{name}: {result}");
+    }
+}
+
+async fn a_bad_signature_or_body_stores_nothing(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let path = connect(&app).await;
+    let body = fixture("pywa/message__text.json");
+    let (status, err) = post(&app, &path, body.clone(), Some("sha256=00ff".into())).await;
+    assert_eq!(
+        (status, &err["error"]["code"]),
+        (401, &json!("invalid_signature"))
+    );
+    let (status, _) = post(&app, &path, body.clone(), None).await;
+    assert_eq!(status, 401);
+    let mut tampered = body.clone();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 1;
+    assert_ne!(tampered, body);
+    let (status, _) = post(&app, &path, tampered, Some(sign(&body))).await;
+    assert_eq!(status, 401, "the signature covers the raw bytes");
+    let garbage = b"{\"object\":\"whatsapp_business_account\",\"entry\":".to_vec();
+    let (status, err) = post(&app, &path, garbage.clone(), Some(sign(&garbage))).await;
+    assert_eq!(
+        (status, &err["error"]["code"]),
+        (400, &json!("invalid_payload"))
+    );
+    let (status, _) = post(
+        &app,
+        "/webhooks/whatsapp/no-such-channel",
+        body.clone(),
+        Some(sign(&body)),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = post(&app, "/webhooks/fax/x", body.clone(), Some(sign(&body))).await;
+    assert_eq!(status, 404);
+    let (_, list) = app.get(&app.admin_key, "/v1/conversations").await;
+    assert_eq!(list["conversations"], json!([]), "nothing stored");
+}
