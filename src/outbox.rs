@@ -22,6 +22,7 @@ use metrics::{counter, histogram};
 use rand::Rng;
 use switchboard_channel::{ChannelKind, OutboundMessage, Receipt, SendError};
 use switchboard_channel_api::{ApiChannelConfig, ApiSender};
+use switchboard_channel_whatsapp::{WhatsappConfig, WhatsappSender};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -108,12 +109,14 @@ impl From<&OutboxConfig> for RetryPolicy {
 #[derive(Debug, Clone)]
 pub struct Channels {
     api: ApiSender,
+    whatsapp: WhatsappSender,
 }
 
 impl Channels {
     pub fn new(http: reqwest::Client) -> Channels {
         Channels {
-            api: ApiSender::new(http),
+            api: ApiSender::new(http.clone()),
+            whatsapp: WhatsappSender::new(http),
         }
     }
 
@@ -128,6 +131,11 @@ impl Channels {
                 let config = ApiChannelConfig::parse(config)
                     .map_err(|e| SendError::Permanent(format!("api channel config: {e}")))?;
                 self.api.send(&config, msg).await
+            }
+            ChannelKind::Whatsapp => {
+                let config = WhatsappConfig::parse(config)
+                    .map_err(|e| SendError::Permanent(format!("whatsapp channel config: {e}")))?;
+                self.whatsapp.send(&config, msg).await
             }
             other => Err(SendError::Permanent(format!(
                 "the {other} channel is not available in this build"

@@ -16,6 +16,7 @@ both_backends!(
     handshake_echoes_the_challenge_only_for_the_verify_token,
     signed_messages_are_stored_once_and_answered,
     a_bad_signature_or_body_stores_nothing,
+    replies_go_out_through_the_graph_api_and_statuses_only_move_forward,
 );
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -32,6 +33,10 @@ fn sign(body: &[u8]) -> String {
 
 /// Connects a WhatsApp channel; returns its webhook path.
 async fn connect(app: &TestApp) -> String {
+    connect_to(app, "http://127.0.0.1:9/v21.0").await
+}
+
+async fn connect_to(app: &TestApp, graph_url: &str) -> String {
     let res = app
         .http
         .post(format!("{}/v1/channels", app.base))
@@ -39,7 +44,7 @@ async fn connect(app: &TestApp) -> String {
         .json(&json!({ "kind": "whatsapp", "config": {
             "phone_number_id": "1122334455667", "access_token": "EAAtest",
             "app_secret": APP_SECRET, "verify_token": VERIFY_TOKEN,
-            "graph_url": "http://127.0.0.1:9/v21.0" } }))
+            "graph_url": graph_url } }))
         .send()
         .await
         .expect("connect");
@@ -192,4 +197,105 @@ async fn a_bad_signature_or_body_stores_nothing(backend: Backend) {
     assert_eq!(status, 404);
     let (_, list) = app.get(&app.admin_key, "/v1/conversations").await;
     assert_eq!(list["conversations"], json!([]), "nothing stored");
+}
+
+/// What the Graph API stand-in received: (authorization header, body).
+type Sent = Arc<std::sync::Mutex<Vec<(String, Value)>>>;
+
+/// A local stand-in for `POST /{version}/{phone_number_id}/messages`: records each send and
+/// answers like the Graph API, with `wamid.out-N` ids.
+async fn graph_stand_in() -> (String, Sent) {
+    use axum::extract::{Path, State};
+    use axum::http::HeaderMap;
+    async fn messages(
+        State(sent): State<Sent>,
+        Path((_version, phone)): Path<(String, String)>,
+        headers: HeaderMap,
+        axum::Json(body): axum::Json<Value>,
+    ) -> axum::Json<Value> {
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let mut sent = sent.lock().expect("lock");
+        sent.push((auth, body.clone()));
+        assert_eq!(phone, "1122334455667");
+        axum::Json(json!({
+            "messaging_product": "whatsapp",
+            "contacts": [{ "input": body["to"], "wa_id": body["to"] }],
+            "messages": [{ "id": format!("wamid.out-{}", sent.len()) }]
+        }))
+    }
+    let sent: Sent = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}/v21.0", listener.local_addr().expect("addr"));
+    let app = axum::Router::new()
+        .route("/{version}/{phone}/messages", axum::routing::post(messages))
+        .with_state(sent.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, sent)
+}
+
+async fn replies_go_out_through_the_graph_api_and_statuses_only_move_forward(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let (graph, sent) = graph_stand_in().await;
+    let path = connect_to(&app, &graph).await;
+    let body = fixture("pywa/message__text.json");
+    let (status, _) = post(&app, &path, body.clone(), Some(sign(&body))).await;
+    assert_eq!(status, 200);
+    common::eventually(
+        "reply sent to the Graph API",
+        std::time::Duration::from_secs(20),
+        || async { (!sent.lock().expect("lock").is_empty()).then_some(()) },
+    )
+    .await;
+    let (auth, reply) = sent.lock().expect("lock")[0].clone();
+    assert_eq!(auth, "Bearer EAAtest");
+    assert_eq!(reply["messaging_product"], "whatsapp");
+    assert_eq!(reply["to"], "972987654321");
+    assert_eq!(reply["type"], "text");
+    assert!(
+        reply["text"]["body"]
+            .as_str()
+            .is_some_and(|t| t.contains("no knowledge")),
+        "{reply}"
+    );
+
+    let (_, list) = app
+        .get(&app.admin_key, "/v1/conversations?channel=whatsapp")
+        .await;
+    let conversation = list["conversations"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let reply_status = || async {
+        let m = app.messages(&conversation).await;
+        m.get(1)
+            .and_then(|r| r["status"].as_str().map(str::to_owned))
+    };
+    common::eventually(
+        "reply marked sent",
+        std::time::Duration::from_secs(20),
+        || async { (reply_status().await.as_deref() == Some("sent")).then_some(()) },
+    )
+    .await;
+
+    // Meta reports `read`, then (late) `delivered`: the message stays `read`.
+    for state in ["read", "delivered"] {
+        let mut report: Value =
+            serde_json::from_slice(&fixture("pywa/message_status__read.json")).expect("json");
+        let s = &mut report["entry"][0]["changes"][0]["value"]["statuses"][0];
+        s["id"] = json!("wamid.out-1");
+        s["status"] = json!(state);
+        let body = serde_json::to_vec(&report).expect("json");
+        let (status, result) = post(&app, &path, body.clone(), Some(sign(&body))).await;
+        assert_eq!(status, 200, "{result}");
+        assert_eq!(result["statuses"], 1);
+    }
+    assert_eq!(reply_status().await.as_deref(), Some("read"));
 }

@@ -6,11 +6,15 @@
 //! [`InboundEvent`](switchboard_channel::InboundEvent)s. Every message type normalizes; an unknown
 //! one keeps its provider name and is never an error.
 //!
+//! [`outbound`] sends replies as text through the Graph API and classifies Meta's error codes.
+//!
 //! What it must never do: let Graph API types past the contract, or trust a body before its
 //! signature is checked.
 
 pub mod config;
 pub mod inbound;
+pub mod outbound;
 
 pub use config::WhatsappConfig;
 pub use inbound::{parse_webhook, verify_signature, verify_subscription};
+pub use outbound::WhatsappSender;

@@ -1,0 +1,132 @@
+//! Outbound: a reply as a WhatsApp text message through the Graph API
+//! (`POST {graph_url}/{phone_number_id}/messages`, bearer access token).
+//!
+//! Meta's error codes decide what the outbox does next: throughput limits (130429, 131056, 80007,
+//! 4) are retried after the provider's wait; a closed 24-hour window (131047) and other request
+//! errors are final and become a visible dead letter with Meta's reason.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchboard_channel::{OutboundMessage, Receipt, SendError};
+
+use crate::config::WhatsappConfig;
+
+/// Longest text WhatsApp accepts in one message.
+pub const MAX_TEXT_CHARS: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct WhatsappSender {
+    client: reqwest::Client,
+}
+
+impl WhatsappSender {
+    pub fn new(client: reqwest::Client) -> Self {
+        WhatsappSender { client }
+    }
+
+    pub async fn send(
+        &self,
+        config: &WhatsappConfig,
+        msg: &OutboundMessage,
+    ) -> Result<Receipt, SendError> {
+        let text: String = msg.text.chars().take(MAX_TEXT_CHARS).collect();
+        let body = json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": msg.to,
+            "type": "text",
+            "text": { "preview_url": false, "body": text },
+        });
+        let response = self
+            .client
+            .post(config.messages_url())
+            .bearer_auth(config.access_token.expose())
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| SendError::Transient(format!("Graph API request failed: {e}")))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        if (200..300).contains(&status) {
+            let id = answer["messages"][0]["id"].as_str().map(str::to_owned);
+            return Ok(Receipt {
+                provider_message_id: id,
+            });
+        }
+        Err(classify(status, &answer, retry_after))
+    }
+}
+
+/// Maps a Graph API error answer to what the outbox should do.
+pub fn classify(status: u16, answer: &Value, retry_after: Option<Duration>) -> SendError {
+    let error = &answer["error"];
+    let code = error["code"].as_i64();
+    let message = error["message"].as_str().unwrap_or("no message");
+    let reason = match code {
+        Some(code) => format!("Graph API {status}, error {code}: {message}"),
+        None => format!("Graph API {status}: {message}"),
+    };
+    match code {
+        // Throughput and pair-rate limits: wait, then try again.
+        Some(130429 | 131056 | 80007 | 4) => {
+            SendError::RetryAfter(retry_after.unwrap_or(Duration::from_secs(5)), reason)
+        }
+        // The customer-service window is closed: a free-form message cannot be sent.
+        Some(131047) => SendError::Permanent(format!(
+            "outside the 24-hour customer service window (a template is needed): {reason}"
+        )),
+        _ if status == 429 => {
+            SendError::RetryAfter(retry_after.unwrap_or(Duration::from_secs(5)), reason)
+        }
+        _ if status >= 500 => SendError::Transient(reason),
+        // Meta marks passing failures (e.g. 131000 "something went wrong") as transient.
+        _ if error["is_transient"].as_bool() == Some(true) => SendError::Transient(reason),
+        _ => SendError::Permanent(reason),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_error_codes_decide_retry_or_dead_letter() {
+        let err = |code: i64| json!({ "error": { "code": code, "message": "m" } });
+        assert!(matches!(
+            classify(400, &err(130429), None),
+            SendError::RetryAfter(..)
+        ));
+        assert!(matches!(
+            classify(400, &err(131056), Some(Duration::from_secs(9))),
+            SendError::RetryAfter(d, _) if d == Duration::from_secs(9)
+        ));
+        match classify(400, &err(131047), None) {
+            SendError::Permanent(reason) => assert!(reason.contains("24-hour"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            classify(500, &err(1), None),
+            SendError::Transient(_)
+        ));
+        assert!(matches!(
+            classify(400, &err(100), None),
+            SendError::Permanent(_)
+        ));
+        assert!(matches!(
+            classify(429, &Value::Null, None),
+            SendError::RetryAfter(..)
+        ));
+        let transient = json!({ "error": { "code": 131000, "is_transient": true } });
+        assert!(matches!(
+            classify(400, &transient, None),
+            SendError::Transient(_)
+        ));
+    }
+}
