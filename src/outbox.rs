@@ -321,6 +321,18 @@ impl Outbox {
                 return (self.retry_or_dead(d, delay, error), "unknown");
             }
         };
+        // Only channels with window rules pay for this look-up.
+        let contact_last_wrote_at = match channel.kind {
+            ChannelKind::Whatsapp => match self.store.last_inbound_at(&d.conversation_id).await {
+                Ok(at) => at,
+                Err(e) => {
+                    let delay = self.policy.delay(d.attempts as u32, None);
+                    let error = format!("loading the conversation: {e}");
+                    return (self.retry_or_dead(d, delay, error), channel.kind.as_str());
+                }
+            },
+            _ => None,
+        };
         let msg = OutboundMessage {
             delivery_id: d.id.clone(),
             conversation_id: d.conversation_id.clone(),
@@ -328,6 +340,7 @@ impl Outbox {
             seq: d.seq,
             to: d.recipient.clone(),
             text: d.body.clone(),
+            contact_last_wrote_at,
         };
         let timeout = Duration::from_millis(self.config.send_timeout_ms);
         let sent = match tokio::time::timeout(

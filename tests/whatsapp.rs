@@ -17,6 +17,7 @@ both_backends!(
     signed_messages_are_stored_once_and_answered,
     a_bad_signature_or_body_stores_nothing,
     replies_go_out_through_the_graph_api_and_statuses_only_move_forward,
+    outside_the_24_hour_window_a_template_or_a_visible_failure,
 );
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -37,6 +38,10 @@ async fn connect(app: &TestApp) -> String {
 }
 
 async fn connect_to(app: &TestApp, graph_url: &str) -> String {
+    connect_with(app, graph_url, json!({})).await
+}
+
+async fn connect_with(app: &TestApp, graph_url: &str, templates: Value) -> String {
     let res = app
         .http
         .post(format!("{}/v1/channels", app.base))
@@ -44,7 +49,7 @@ async fn connect_to(app: &TestApp, graph_url: &str) -> String {
         .json(&json!({ "kind": "whatsapp", "config": {
             "phone_number_id": "1122334455667", "access_token": "EAAtest",
             "app_secret": APP_SECRET, "verify_token": VERIFY_TOKEN,
-            "graph_url": graph_url } }))
+            "graph_url": graph_url, "templates": templates } }))
         .send()
         .await
         .expect("connect");
@@ -298,4 +303,66 @@ async fn replies_go_out_through_the_graph_api_and_statuses_only_move_forward(bac
         assert_eq!(result["statuses"], 1);
     }
     assert_eq!(reply_status().await.as_deref(), Some("read"));
+}
+
+async fn outside_the_24_hour_window_a_template_or_a_visible_failure(backend: Backend) {
+    // Store the messages without answering them yet, then age the conversations by 25 hours.
+    let Some(app) = TestApp::spawn_with(backend, |c| c.workers = false, None).await else {
+        return;
+    };
+    let (graph, sent) = graph_stand_in().await;
+    let with_template = connect_with(&app, &graph, json!({ "reengage": "hello_world" })).await;
+    let without = connect_to(&app, &graph).await;
+    let body = fixture("pywa/message__text.json");
+    for path in [&with_template, &without] {
+        let (status, _) = post(&app, path, body.clone(), Some(sign(&body))).await;
+        assert_eq!(status, 200);
+    }
+    let day_and_an_hour_ago = switchboard::store::now_ms() - 25 * 3600 * 1000;
+    sqlx::query("UPDATE conversation SET last_inbound_at = $1")
+        .bind(day_and_an_hour_ago)
+        .execute(app.store.pool())
+        .await
+        .expect("age");
+    let admin_key = app.admin_key.clone();
+    let db = app.stop().await;
+    let config = common::test_config(&db);
+    let mut app = TestApp::start(db, config, None).await;
+    app.admin_key = admin_key;
+
+    let dead = common::eventually(
+        "the dead letter",
+        std::time::Duration::from_secs(20),
+        || async {
+            let (_, body) = app.get(&app.admin_key, "/v1/deliveries?status=dead").await;
+            body["deliveries"]
+                .as_array()
+                .filter(|d| !d.is_empty())
+                .cloned()
+        },
+    )
+    .await;
+    assert_eq!(dead.len(), 1, "only the number without a template fails");
+    assert!(
+        dead[0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("24-hour")),
+        "{dead:?}"
+    );
+    common::eventually(
+        "the template send",
+        std::time::Duration::from_secs(20),
+        || async { (!sent.lock().expect("lock").is_empty()).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let sent = sent.lock().expect("lock").clone();
+    assert_eq!(
+        sent.len(),
+        1,
+        "no free-form text outside the window: {sent:?}"
+    );
+    assert_eq!(sent[0].1["type"], "template");
+    assert_eq!(sent[0].1["template"]["name"], "hello_world");
+    app.stop().await;
 }

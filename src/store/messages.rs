@@ -183,6 +183,17 @@ impl Store {
         .await
     }
 
+    /// When the contact last wrote in a conversation (Unix ms).
+    pub async fn last_inbound_at(&self, conversation_id: &str) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query("SELECT last_inbound_at FROM conversation WHERE id = $1")
+            .bind(conversation_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get::<Option<i64>, _>("last_inbound_at"))
+            .transpose()
+            .map(Option::flatten)
+    }
+
     /// Conversations with inbound messages not yet answered (the router's restart work list).
     pub async fn conversations_with_pending_turns(&self) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query(

@@ -176,6 +176,10 @@ pub struct OutboundMessage {
     /// The contact's id at the provider (where to send).
     pub to: String,
     pub text: String,
+    /// When the contact last wrote in this conversation (Unix ms), for channels whose rules
+    /// depend on it (WhatsApp's 24-hour customer-service window). `None` if never or unknown.
+    #[serde(skip)]
+    pub contact_last_wrote_at: Option<i64>,
 }
 
 /// What a provider said when it accepted a message.

@@ -24,6 +24,13 @@ pub struct WhatsappConfig {
     /// 24-hour customer-service window.
     #[serde(default)]
     pub templates: BTreeMap<String, String>,
+    /// Language code the templates were approved in.
+    #[serde(default = "default_template_language")]
+    pub template_language: String,
+}
+
+fn default_template_language() -> String {
+    "en_US".to_owned()
 }
 
 fn default_graph_url() -> String {

@@ -12,6 +12,34 @@ use switchboard_channel::{OutboundMessage, Receipt, SendError};
 
 use crate::config::WhatsappConfig;
 
+/// The key in the channel's `templates` naming the template sent outside the 24-hour window.
+pub const REENGAGE_TEMPLATE: &str = "reengage";
+
+/// WhatsApp's customer-service window: free-form messages only this long after the contact last
+/// wrote.
+pub const CUSTOMER_SERVICE_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    Open,
+    Closed,
+}
+
+/// Whether a free-form message may be sent at `now` (both Unix ms).
+pub fn window(contact_last_wrote_at: Option<i64>, now: i64) -> Window {
+    match contact_last_wrote_at {
+        Some(at) if now.saturating_sub(at) < CUSTOMER_SERVICE_WINDOW_MS => Window::Open,
+        _ => Window::Closed,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// Longest text WhatsApp accepts in one message.
 pub const MAX_TEXT_CHARS: usize = 4096;
 
@@ -30,14 +58,34 @@ impl WhatsappSender {
         config: &WhatsappConfig,
         msg: &OutboundMessage,
     ) -> Result<Receipt, SendError> {
-        let text: String = msg.text.chars().take(MAX_TEXT_CHARS).collect();
-        let body = json!({
-            "messaging_product": "whatsapp",
-            "recipient_type": "individual",
-            "to": msg.to,
-            "type": "text",
-            "text": { "preview_url": false, "body": text },
-        });
+        let body = match window(msg.contact_last_wrote_at, now_ms()) {
+            Window::Open => {
+                let text: String = msg.text.chars().take(MAX_TEXT_CHARS).collect();
+                json!({
+                    "messaging_product": "whatsapp",
+                    "recipient_type": "individual",
+                    "to": msg.to,
+                    "type": "text",
+                    "text": { "preview_url": false, "body": text },
+                })
+            }
+            // Outside the window only an approved template may be sent: the tenant's
+            // re-engagement template if it configured one, otherwise a visible failure.
+            Window::Closed => match config.templates.get(REENGAGE_TEMPLATE) {
+                Some(name) => json!({
+                    "messaging_product": "whatsapp",
+                    "recipient_type": "individual",
+                    "to": msg.to,
+                    "type": "template",
+                    "template": { "name": name, "language": { "code": config.template_language } },
+                }),
+                None => {
+                    return Err(SendError::Permanent(format!(
+                        "outside the 24-hour customer service window and no `{REENGAGE_TEMPLATE}` template is configured for this number"
+                    )));
+                }
+            },
+        };
         let response = self
             .client
             .post(config.messages_url())
@@ -95,6 +143,21 @@ pub fn classify(status: u16, answer: &Value, retry_after: Option<Duration>) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_window_is_open_for_24_hours_after_the_contact_wrote() {
+        let now = 1_700_000_000_000;
+        assert_eq!(window(Some(now - 1_000), now), Window::Open);
+        assert_eq!(
+            window(Some(now - CUSTOMER_SERVICE_WINDOW_MS + 1), now),
+            Window::Open
+        );
+        assert_eq!(
+            window(Some(now - CUSTOMER_SERVICE_WINDOW_MS), now),
+            Window::Closed
+        );
+        assert_eq!(window(None, now), Window::Closed);
+    }
 
     #[test]
     fn meta_error_codes_decide_retry_or_dead_letter() {
