@@ -506,14 +506,7 @@ async fn delivery_that_always_fails_becomes_a_visible_dead_letter(backend: Backe
     app.set_callback(&receiver.url).await;
     let sent = app.send("erin", "hello", json!({ "wait": true })).await;
     let conversation = sent["conversation_id"].as_str().expect("id").to_owned();
-    let dead = eventually("dead letter", WAIT, || async {
-        let (_, body) = app.get(&app.admin_key, "/v1/deliveries?status=dead").await;
-        body["deliveries"]
-            .as_array()
-            .filter(|d| !d.is_empty())
-            .cloned()
-    })
-    .await;
+    let dead = app.dead_letters().await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0]["attempts"], 3);
     assert!(
@@ -542,28 +535,18 @@ async fn delivery_that_always_fails_becomes_a_visible_dead_letter(backend: Backe
     // An operator fixes the endpoint and requeues the dead letter.
     receiver.set_mode(Mode::Accept);
     let id = dead[0]["id"].as_str().expect("id");
-    let res = app
-        .http
-        .post(format!("{}/v1/deliveries/{id}/retry", app.base))
-        .bearer_auth(&app.admin_key)
-        .send()
-        .await
-        .expect("retry");
-    assert_eq!(res.status(), 202);
+    assert_eq!(app.retry_delivery(id).await, 202);
     eventually("requeued delivery accepted", WAIT, || async {
         (!receiver.accepted().is_empty()).then_some(())
     })
     .await;
     let (_, none) = app.get(&app.admin_key, "/v1/deliveries?status=dead").await;
     assert_eq!(none["deliveries"], json!([]));
-    let again = app
-        .http
-        .post(format!("{}/v1/deliveries/{id}/retry", app.base))
-        .bearer_auth(&app.admin_key)
-        .send()
-        .await
-        .expect("retry");
-    assert_eq!(again.status(), 404, "only dead letters can be requeued");
+    assert_eq!(
+        app.retry_delivery(id).await,
+        404,
+        "only dead letters can be requeued"
+    );
 }
 
 /// A 429 with Retry-After: 1 → the next attempt waits at least that long.

@@ -330,18 +330,7 @@ async fn outside_the_24_hour_window_a_template_or_a_visible_failure(backend: Bac
     let mut app = TestApp::start(db, config, None).await;
     app.admin_key = admin_key;
 
-    let dead = common::eventually(
-        "the dead letter",
-        std::time::Duration::from_secs(20),
-        || async {
-            let (_, body) = app.get(&app.admin_key, "/v1/deliveries?status=dead").await;
-            body["deliveries"]
-                .as_array()
-                .filter(|d| !d.is_empty())
-                .cloned()
-        },
-    )
-    .await;
+    let dead = app.dead_letters().await;
     assert_eq!(dead.len(), 1, "only the number without a template fails");
     assert!(
         dead[0]["last_error"]

@@ -285,6 +285,32 @@ impl TestApp {
         body["messages"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Waits until there are dead letters, and returns them.
+    pub async fn dead_letters(&self) -> Vec<Value> {
+        eventually("a dead letter", Duration::from_secs(20), || async {
+            let (_, body) = self
+                .get(&self.admin_key, "/v1/deliveries?status=dead")
+                .await;
+            body["deliveries"]
+                .as_array()
+                .filter(|d| !d.is_empty())
+                .cloned()
+        })
+        .await
+    }
+
+    /// `POST /v1/deliveries/{id}/retry`; the status code.
+    pub async fn retry_delivery(&self, id: &str) -> u16 {
+        self.http
+            .post(format!("{}/v1/deliveries/{id}/retry", self.base))
+            .bearer_auth(&self.admin_key)
+            .send()
+            .await
+            .expect("retry")
+            .status()
+            .as_u16()
+    }
+
     /// Points the tenant's `api` channel at a callback URL.
     pub async fn set_callback(&self, url: &str) {
         let res = self

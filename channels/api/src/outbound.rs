@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use switchboard_channel::{OutboundMessage, Receipt, SendError};
+use switchboard_channel::{OutboundMessage, Receipt, SendError, parse_retry_after};
 
 use crate::config::ApiChannelConfig;
 
@@ -56,12 +56,12 @@ impl ApiSender {
         if status.is_success() {
             return Ok(Receipt::default());
         }
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = parse_retry_after(
+            response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+        );
         let reason = format!("callback answered {status}");
         Err(classify(status.as_u16(), retry_after, reason))
     }

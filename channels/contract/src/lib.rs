@@ -203,6 +203,12 @@ pub enum SendError {
     Permanent(String),
 }
 
+/// A `Retry-After` header in its delay-seconds form (the form providers use for rate limits).
+/// HTTP dates and garbage give `None`: the caller's own back-off applies.
+pub fn parse_retry_after(header: Option<&str>) -> Option<Duration> {
+    header?.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
 impl SendError {
     pub fn is_retryable(&self) -> bool {
         !matches!(self, SendError::Permanent(_))
@@ -262,6 +268,16 @@ mod tests {
             );
         }
         assert_eq!(ChannelKind::parse("fax"), None);
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_only() {
+        assert_eq!(parse_retry_after(Some(" 7 ")), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after(Some("Wed, 21 Oct 2015 07:28:00 GMT")),
+            None
+        );
+        assert_eq!(parse_retry_after(None), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchboard_channel::{OutboundMessage, Receipt, SendError};
+use switchboard_channel::{OutboundMessage, Receipt, SendError, parse_retry_after};
 
 use crate::config::WhatsappConfig;
 
@@ -95,12 +95,12 @@ impl WhatsappSender {
             .await
             .map_err(|e| SendError::Transient(format!("Graph API request failed: {e}")))?;
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = parse_retry_after(
+            response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+        );
         let answer: Value = response.json().await.unwrap_or(Value::Null);
         if (200..300).contains(&status) {
             let id = answer["messages"][0]["id"].as_str().map(str::to_owned);
