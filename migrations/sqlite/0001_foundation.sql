@@ -93,6 +93,11 @@ CREATE TABLE message (
     attachments      TEXT NOT NULL DEFAULT '[]',
     citations        TEXT NOT NULL DEFAULT '[]',
     provider_id      TEXT,
+    -- The provider's message type (text, image, reaction, button_reply, …), the provider id of
+    -- the message it answers or reacts to, and when the person sent it (Unix seconds).
+    kind             TEXT NOT NULL DEFAULT 'text',
+    reply_to_provider_id TEXT,
+    sent_at          BIGINT,
     reply_to         TEXT REFERENCES message(id),
     status           TEXT NOT NULL,
     processed_at     BIGINT,

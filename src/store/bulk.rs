@@ -127,7 +127,8 @@ impl Store {
         let mut out = Vec::with_capacity(items.len());
         let mut s = Statement::new(
             "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction, author,
-                                  text, attachments, provider_id, status, created_at) VALUES ",
+                                  text, attachments, provider_id, kind, reply_to_provider_id,
+                                  sent_at, status, created_at) VALUES ",
         );
         for (i, (item, conversation)) in items.iter().zip(conversations).enumerate() {
             let seq = next_seq
@@ -155,6 +156,12 @@ impl Store {
                 .bind(attachments)
                 .push(", ")
                 .bind(item.message.provider_id.clone())
+                .push(", ")
+                .bind(item.message.kind.clone())
+                .push(", ")
+                .bind(item.message.reply_to.clone())
+                .push(", ")
+                .bind(item.message.sent_at)
                 .push(", 'received', ")
                 .bind(now)
                 .push(")");

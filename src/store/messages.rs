@@ -54,6 +54,8 @@ pub struct MessageView {
     pub seq: i64,
     pub direction: String,
     pub author: String,
+    /// The provider's message type (`text`, `image`, `reaction`, …).
+    pub kind: String,
     pub text: String,
     pub status: String,
     pub created_at: String,
@@ -99,6 +101,7 @@ fn message_from_row(row: &AnyRow) -> Result<MessageView, sqlx::Error> {
         seq: row.try_get("seq")?,
         direction: row.try_get("direction")?,
         author: row.try_get("author")?,
+        kind: row.try_get("kind")?,
         text: row.try_get("text")?,
         status: row.try_get("status")?,
         created_at: rfc3339(row.try_get("created_at")?),
@@ -293,7 +296,7 @@ impl Store {
             return Ok(None);
         }
         let reply = sqlx::query(
-            "SELECT id, seq, direction, author, text, status, created_at, citations
+            "SELECT id, seq, direction, author, kind, text, status, created_at, citations
              FROM message WHERE reply_to = $1 AND tenant_id = $2 ORDER BY seq LIMIT 1",
         )
         .bind(inbound_id)
@@ -323,7 +326,7 @@ impl Store {
             return Ok(None);
         }
         sqlx::query(
-            "SELECT id, seq, direction, author, text, status, created_at, citations
+            "SELECT id, seq, direction, author, kind, text, status, created_at, citations
              FROM message WHERE conversation_id = $1 AND tenant_id = $2 AND seq > $3
              ORDER BY seq LIMIT $4",
         )
@@ -461,8 +464,9 @@ async fn store_inbound(
     let attachments = serde_json::to_string(&msg.attachments).unwrap_or_else(|_| "[]".into());
     let inserted = sqlx::query(
         "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction, author,
-                              text, attachments, provider_id, status, created_at)
-         VALUES ($1, $2, $3, $4, $5, 'inbound', 'contact', $6, $7, $8, 'received', $9)
+                              text, attachments, provider_id, kind, reply_to_provider_id, sent_at,
+                              status, created_at)
+         VALUES ($1, $2, $3, $4, $5, 'inbound', 'contact', $6, $7, $8, $9, $10, $11, 'received', $12)
          ON CONFLICT (channel_id, provider_id) DO NOTHING",
     )
     .bind(&message_id)
@@ -473,6 +477,9 @@ async fn store_inbound(
     .bind(&msg.text)
     .bind(attachments)
     .bind(&msg.provider_id)
+    .bind(&msg.kind)
+    .bind(msg.reply_to.as_deref())
+    .bind(msg.sent_at)
     .bind(now)
     .execute(&mut *w.tx)
     .await?;
