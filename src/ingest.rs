@@ -40,8 +40,19 @@ impl Ingest {
     pub async fn accept(
         &self,
         channel: &Channel,
-        msg: InboundMessage,
+        mut msg: InboundMessage,
     ) -> Result<Ingested, sqlx::Error> {
+        // NUL is valid in JSON but not storable on every backend: never let it fail a webhook.
+        strip_nul(&mut msg.text);
+        if let Some(name) = msg.contact.display_name.as_mut() {
+            strip_nul(name);
+        }
+        for a in &mut msg.attachments {
+            strip_nul(&mut a.reference);
+            if let Some(c) = a.caption.as_mut() {
+                strip_nul(c);
+            }
+        }
         let ingested = self
             .batcher
             .submit(IngestItem {
@@ -61,5 +72,11 @@ impl Ingest {
         // Also on a duplicate: if the first copy was never answered (a crash), this gets it going.
         self.router.kick(&ingested.conversation_id);
         Ok(ingested)
+    }
+}
+
+fn strip_nul(s: &mut String) {
+    if s.contains('\0') {
+        *s = s.replace('\0', "");
     }
 }

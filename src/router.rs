@@ -213,7 +213,12 @@ impl Inner {
             return Ok(false);
         };
         // A conversation handed to a human gets no bot reply; the turn is still recorded as seen.
-        let reply = if turn.conversation_status == "bot" {
+        // Reactions, deletions, edits and provider notices are recorded, not answered.
+        let answerable = !matches!(
+            turn.kind.as_str(),
+            "reaction" | "reaction_removed" | "revoke" | "edit" | "system"
+        );
+        let reply = if turn.conversation_status == "bot" && answerable {
             let answered = self
                 .responder
                 .respond(&Turn {

@@ -28,6 +28,20 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
+/// A fixture as if just sent: its messages carry the current time (and, given one, a new id).
+fn fresh(name: &str, id: Option<&str>) -> Vec<u8> {
+    let mut payload: Value =
+        serde_json::from_slice(&fixture(&format!("pywa/{name}.json"))).expect("json");
+    let now = (switchboard::store::now_ms() / 1000).to_string();
+    if let Some(m) = payload["entry"][0]["changes"][0]["value"]["messages"].get_mut(0) {
+        m["timestamp"] = json!(now);
+        if let Some(id) = id {
+            m["id"] = json!(id);
+        }
+    }
+    serde_json::to_vec(&payload).expect("json")
+}
+
 fn sign(body: &[u8]) -> String {
     switchboard_channel_api::outbound::sign(APP_SECRET, body)
 }
@@ -42,12 +56,16 @@ async fn connect_to(app: &TestApp, graph_url: &str) -> String {
 }
 
 async fn connect_with(app: &TestApp, graph_url: &str, templates: Value) -> String {
+    connect_number(app, graph_url, templates, "1122334455667").await
+}
+
+async fn connect_number(app: &TestApp, graph_url: &str, templates: Value, phone: &str) -> String {
     let res = app
         .http
         .post(format!("{}/v1/channels", app.base))
         .bearer_auth(&app.admin_key)
         .json(&json!({ "kind": "whatsapp", "config": {
-            "phone_number_id": "1122334455667", "access_token": "EAAtest",
+            "phone_number_id": phone, "access_token": "EAAtest",
             "app_secret": APP_SECRET, "verify_token": VERIFY_TOKEN,
             "graph_url": graph_url, "templates": templates } }))
         .send()
@@ -116,7 +134,14 @@ async fn signed_messages_are_stored_once_and_answered(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
     };
-    let path = connect(&app).await;
+    // The number the pywa-signed payload is addressed to.
+    let path = connect_number(
+        &app,
+        "http://127.0.0.1:9/v21.0",
+        json!({}),
+        "277321005464405",
+    )
+    .await;
     // The exact bytes pywa signed, redelivered five times at once.
     let body = fixture("meta_x_hub_signature_256.body.bin");
     let vector: Value =
@@ -153,6 +178,7 @@ async fn signed_messages_are_stored_once_and_answered(backend: Backend) {
     assert_eq!(messages[1]["author"], "bot");
 
     // A batch of other real payloads: media, a reaction, a status, a notice — one POST each.
+    let other_number = connect(&app).await;
     for name in [
         "message__image",
         "message__reaction",
@@ -161,13 +187,8 @@ async fn signed_messages_are_stored_once_and_answered(backend: Backend) {
     ] {
         // pywa's payloads share the id `wamid.xyzxyz`; as one sender's distinct messages they
         // need their own ids (with the same id, the second would rightly be a redelivery).
-        let mut payload: Value =
-            serde_json::from_slice(&fixture(&format!("pywa/{name}.json"))).expect("json");
-        if let Some(m) = payload["entry"][0]["changes"][0]["value"]["messages"].get_mut(0) {
-            m["id"] = json!(format!("wamid.{name}"));
-        }
-        let body = serde_json::to_vec(&payload).expect("json");
-        let (status, result) = post(&app, &path, body.clone(), Some(sign(&body))).await;
+        let body = fresh(name, Some(&format!("wamid.{name}")));
+        let (status, result) = post(&app, &other_number, body.clone(), Some(sign(&body))).await;
         assert_eq!(status, 200, "{name}: {result}");
     }
     // The image and the reaction are stored with their kind, the reaction pointing at its target.
@@ -278,7 +299,7 @@ async fn replies_go_out_through_the_graph_api_and_statuses_only_move_forward(bac
     };
     let (graph, sent) = graph_stand_in().await;
     let path = connect_to(&app, &graph).await;
-    let body = fixture("pywa/message__text.json");
+    let body = fresh("message__text", None);
     let (status, _) = post(&app, &path, body.clone(), Some(sign(&body))).await;
     assert_eq!(status, 200);
     common::eventually(
@@ -331,6 +352,46 @@ async fn replies_go_out_through_the_graph_api_and_statuses_only_move_forward(bac
         assert_eq!(result["statuses"], 1);
     }
     assert_eq!(reply_status().await.as_deref(), Some("read"));
+
+    // Meta fails it afterwards: the reply is `failed` and a dead letter with Meta's reason.
+    let mut report: Value =
+        serde_json::from_slice(&fixture("pywa/message_status__failed.json")).expect("json");
+    report["entry"][0]["changes"][0]["value"]["statuses"][0]["id"] = json!("wamid.out-1");
+    let body = serde_json::to_vec(&report).expect("json");
+    let (status, _) = post(&app, &path, body.clone(), Some(sign(&body))).await;
+    assert_eq!(status, 200);
+    assert_eq!(reply_status().await.as_deref(), Some("failed"));
+    let dead = app.dead_letters().await;
+    assert!(
+        dead[0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("130472")),
+        "{dead:?}"
+    );
+
+    // One status this adapter does not know does not sink the rest of the POST.
+    let mut mixed: Value =
+        serde_json::from_slice(&fresh("message__text", Some("wamid.next"))).expect("json");
+    mixed["entry"][0]["changes"][0]["value"]["statuses"] = json!([{ "id": "wamid.out-1", "status": "deleted", "timestamp": "1", "recipient_id": "1" }]);
+    let body = serde_json::to_vec(&mixed).expect("json");
+    let (status, result) = post(&app, &path, body.clone(), Some(sign(&body))).await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(
+        (result["messages"].clone(), result["notices"].clone()),
+        (json!(1), json!(1))
+    );
+
+    // A payload for another number of the same Meta app is not this channel's.
+    let mut elsewhere: Value =
+        serde_json::from_slice(&fresh("message__text", Some("wamid.elsewhere"))).expect("json");
+    elsewhere["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] = json!("999");
+    let body = serde_json::to_vec(&elsewhere).expect("json");
+    let (status, result) = post(&app, &path, body.clone(), Some(sign(&body))).await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(
+        (result["messages"].clone(), result["notices"].clone()),
+        (json!(0), json!(1))
+    );
 }
 
 async fn outside_the_24_hour_window_a_template_or_a_visible_failure(backend: Backend) {
@@ -341,7 +402,7 @@ async fn outside_the_24_hour_window_a_template_or_a_visible_failure(backend: Bac
     let (graph, sent) = graph_stand_in().await;
     let with_template = connect_with(&app, &graph, json!({ "reengage": "hello_world" })).await;
     let without = connect_to(&app, &graph).await;
-    let body = fixture("pywa/message__text.json");
+    let body = fresh("message__text", None);
     for path in [&with_template, &without] {
         let (status, _) = post(&app, path, body.clone(), Some(sign(&body))).await;
         assert_eq!(status, 200);

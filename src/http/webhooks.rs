@@ -15,7 +15,8 @@ use serde::Deserialize;
 use serde_json::json;
 use switchboard_channel::{ChannelKind, InboundError, InboundEvent};
 use switchboard_channel_whatsapp::{
-    WhatsappConfig, inbound::SIGNATURE_HEADER, parse_webhook, verify_signature, verify_subscription,
+    WhatsappConfig, inbound::SIGNATURE_HEADER, parse_webhook_for, verify_signature,
+    verify_subscription,
 };
 
 use super::AppState;
@@ -97,7 +98,7 @@ pub async fn receive(
             let config = whatsapp_config(&channel)?;
             let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
             verify_signature(&config.app_secret, signature, &body).map_err(refused)?;
-            parse_webhook(&body).map_err(refused)?
+            parse_webhook_for(&body, Some(&config.phone_number_id)).map_err(refused)?
         }
         _ => return Err(ApiError::not_found("channel")),
     };

@@ -140,18 +140,37 @@ impl Store {
         .await?
         .rows_affected()
             > 0;
-        if let Some(error) = &status.error {
-            // A failure the provider reports after accepting the message: kept with the delivery.
-            sqlx::query(
-                "UPDATE delivery SET last_error = $1, updated_at = $2
-                 WHERE channel_id = $3 AND provider_message_id = $4",
+        if status.state == DeliveryState::Failed {
+            // The provider accepted the message and failed it later: a dead letter like any
+            // other, with the provider's reason.
+            let error = status
+                .error
+                .clone()
+                .unwrap_or_else(|| "the provider reported the message failed".into());
+            let dead = sqlx::query(
+                "UPDATE delivery SET status = 'dead', last_error = $1, updated_at = $2
+                 WHERE channel_id = $3 AND provider_message_id = $4 AND status <> 'dead'
+                 RETURNING id, tenant_id",
             )
-            .bind(error)
+            .bind(&error)
             .bind(now_ms())
             .bind(channel_id)
             .bind(&status.provider_message_id)
-            .execute(&mut *w.tx)
+            .fetch_optional(&mut *w.tx)
             .await?;
+            if let Some(row) = dead {
+                let (id, tenant): (String, String) =
+                    (row.try_get("id")?, row.try_get("tenant_id")?);
+                let detail = serde_json::json!({ "error": error, "reported": true }).to_string();
+                record_event(
+                    &mut w.tx,
+                    Some(&tenant),
+                    "delivery.dead",
+                    Some(&id),
+                    &detail,
+                )
+                .await?;
+            }
         }
         w.commit().await?;
         Ok(changed)
@@ -234,7 +253,7 @@ impl Store {
             }
             q.execute(&mut *w.tx).await?;
             let sql = format!(
-                "UPDATE message SET status = 'sent' WHERE id IN ({})",
+                "UPDATE message SET status = 'sent' WHERE status = 'queued' AND id IN ({})",
                 super::placeholders(1, chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -263,10 +282,12 @@ impl Store {
                     .await?;
                     // The provider's id stays on the delivery: `message.provider_id` is the
                     // inbound dedupe key, and outbound ids need not be unique per channel.
-                    sqlx::query("UPDATE message SET status = 'sent' WHERE id = $1")
-                        .bind(&d.message_id)
-                        .execute(&mut *w.tx)
-                        .await?;
+                    sqlx::query(
+                        "UPDATE message SET status = 'sent' WHERE id = $1 AND status = 'queued'",
+                    )
+                    .bind(&d.message_id)
+                    .execute(&mut *w.tx)
+                    .await?;
                 }
                 Outcome::RetryAt {
                     next_attempt_at,

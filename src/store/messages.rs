@@ -38,6 +38,8 @@ pub struct PendingTurn {
     pub created_at: i64,
     /// The contact's id on the conversation's channel: where a reply goes.
     pub recipient: String,
+    /// The message's kind (`text`, `reaction`, …).
+    pub kind: String,
 }
 
 /// A reply to store with the turn that produced it.
@@ -136,8 +138,9 @@ impl Store {
     pub async fn ingest_batch(&self, items: Vec<IngestItem>) -> Vec<Result<Ingested, sqlx::Error>> {
         super::batch::all_or_each(items, |items: Vec<IngestItem>| async move {
             let now = now_ms();
-            if items.len() > 1 {
-                // Every conversation known already: try the multi-row fast path.
+            if items.len() > 1 && items.iter().all(|i| i.message.sent_at.is_none()) {
+                // Every conversation known already: try the multi-row fast path. (Messages with
+                // a provider send time take the per-item path, which keeps that time.)
                 let known: Option<Vec<String>> = items
                     .iter()
                     .map(|item| self.open_conversations.get(&conversation_key(item)))
@@ -217,7 +220,7 @@ impl Store {
     ) -> Result<Option<PendingTurn>, sqlx::Error> {
         sqlx::query(
             "SELECT m.id, m.tenant_id, m.conversation_id, m.channel_id, m.seq, m.text, m.created_at,
-                    c.status, ci.external_id
+                    m.kind, c.status, ci.external_id
              FROM message m
              JOIN conversation c ON c.id = m.conversation_id
              JOIN contact_identity ci ON ci.contact_id = c.contact_id AND ci.channel_id = c.channel_id
@@ -238,6 +241,7 @@ impl Store {
                 text: r.try_get("text")?,
                 created_at: r.try_get("created_at")?,
                 recipient: r.try_get("external_id")?,
+                kind: r.try_get("kind")?,
             })
         })
         .transpose()
@@ -448,11 +452,17 @@ async fn store_inbound(
         message: msg,
     } = item;
     // Takes the conversation's row lock (Postgres) and the next sequence number.
+    // The contact "last wrote" when the provider says they sent it (a redelivery days later
+    // must not reopen WhatsApp's 24-hour window), and never earlier than before.
+    let wrote_at = msg.sent_at.map_or(now, |s| s.saturating_mul(1000).min(now));
     let Some(bumped) = sqlx::query(
-        "UPDATE conversation SET last_seq = last_seq + 1, last_inbound_at = $1, updated_at = $1
-         WHERE id = $2 AND status <> 'closed' RETURNING last_seq",
+        "UPDATE conversation SET last_seq = last_seq + 1, updated_at = $1,
+                last_inbound_at = CASE WHEN last_inbound_at IS NULL OR last_inbound_at < $2
+                                       THEN $2 ELSE last_inbound_at END
+         WHERE id = $3 AND status <> 'closed' RETURNING last_seq",
     )
     .bind(now)
+    .bind(wrote_at)
     .bind(conversation_id)
     .fetch_optional(&mut *w.tx)
     .await?

@@ -57,6 +57,17 @@ pub fn verify_subscription(
 
 /// Parses a webhook POST body (already verified) into normalized events, in payload order.
 pub fn parse_webhook(body: &[u8]) -> Result<Vec<InboundEvent>, InboundError> {
+    parse_webhook_for(body, None)
+}
+
+/// Like [`parse_webhook`], for one number: changes addressed to another `phone_number_id` (two
+/// numbers of one Meta app share its secret) become notices, never messages of this channel.
+/// One item this adapter cannot read becomes a notice too: the rest of the POST is still stored,
+/// and Meta does not retry a payload that can never succeed.
+pub fn parse_webhook_for(
+    body: &[u8],
+    phone_number_id: Option<&str>,
+) -> Result<Vec<InboundEvent>, InboundError> {
     let payload: Value =
         serde_json::from_slice(body).map_err(|e| InboundError::Malformed(e.to_string()))?;
     if payload["object"] != "whatsapp_business_account" {
@@ -79,15 +90,46 @@ pub fn parse_webhook(body: &[u8]) -> Result<Vec<InboundEvent>, InboundError> {
                 });
                 continue;
             }
+            let addressed_to = value["metadata"]["phone_number_id"].as_str();
+            if let (Some(ours), Some(theirs)) = (phone_number_id, addressed_to)
+                && ours != theirs
+            {
+                events.push(InboundEvent::Notice {
+                    topic: "other_number".to_owned(),
+                    detail: format!("change for phone_number_id {theirs} ignored"),
+                });
+                continue;
+            }
             for message in value["messages"].as_array().into_iter().flatten() {
-                events.push(InboundEvent::Message(normalize_message(message, value)?));
+                events.push(match normalize_message(message, value) {
+                    Ok(m) => InboundEvent::Message(m),
+                    Err(e) => unreadable("message", message, &e),
+                });
             }
             for status in value["statuses"].as_array().into_iter().flatten() {
-                events.push(InboundEvent::Status(normalize_status(status)?));
+                events.push(match normalize_status(status) {
+                    Ok(s) => InboundEvent::Status(s),
+                    Err(e) => unreadable("status", status, &e),
+                });
+            }
+            if value["messages"].is_null() && value["statuses"].is_null() {
+                // e.g. a change carrying only `errors`: kept visible.
+                events.push(InboundEvent::Notice {
+                    topic: "messages".to_owned(),
+                    detail: value.to_string(),
+                });
             }
         }
     }
     Ok(events)
+}
+
+/// An item this adapter cannot read, kept as a notice with the reason.
+fn unreadable(what: &str, item: &Value, error: &InboundError) -> InboundEvent {
+    InboundEvent::Notice {
+        topic: format!("unreadable_{what}"),
+        detail: format!("{error}: {item}"),
+    }
 }
 
 fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
@@ -108,7 +150,10 @@ fn timestamp(v: &Value) -> Option<i64> {
 
 fn normalize_message(m: &Value, value: &Value) -> Result<InboundMessage, InboundError> {
     let id = required(m, "id", "message")?;
-    let from = required(m, "from", "message")?;
+    // Newer payloads may identify the user by `from_user_id` only.
+    let from = str_of(m, "from")
+        .or_else(|| str_of(m, "from_user_id"))
+        .ok_or_else(|| InboundError::Malformed("message without from".into()))?;
     let display_name = value["contacts"]
         .as_array()
         .into_iter()

@@ -16,5 +16,5 @@ pub mod inbound;
 pub mod outbound;
 
 pub use config::WhatsappConfig;
-pub use inbound::{parse_webhook, verify_signature, verify_subscription};
+pub use inbound::{parse_webhook, parse_webhook_for, verify_signature, verify_subscription};
 pub use outbound::WhatsappSender;

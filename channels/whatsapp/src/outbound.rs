@@ -58,39 +58,56 @@ impl WhatsappSender {
         config: &WhatsappConfig,
         msg: &OutboundMessage,
     ) -> Result<Receipt, SendError> {
-        let body = match window(msg.contact_last_wrote_at, now_ms()) {
-            Window::Open => {
-                let text: String = msg.text.chars().take(MAX_TEXT_CHARS).collect();
-                json!({
-                    "messaging_product": "whatsapp",
-                    "recipient_type": "individual",
-                    "to": msg.to,
-                    "type": "text",
-                    "text": { "preview_url": false, "body": text },
-                })
-            }
+        let template = config.templates.get(REENGAGE_TEMPLATE);
+        if window(msg.contact_last_wrote_at, now_ms()) == Window::Closed {
             // Outside the window only an approved template may be sent: the tenant's
-            // re-engagement template if it configured one, otherwise a visible failure.
-            Window::Closed => match config.templates.get(REENGAGE_TEMPLATE) {
-                Some(name) => json!({
-                    "messaging_product": "whatsapp",
-                    "recipient_type": "individual",
-                    "to": msg.to,
-                    "type": "template",
-                    "template": { "name": name, "language": { "code": config.template_language } },
-                }),
-                None => {
-                    return Err(SendError::Permanent(format!(
-                        "outside the 24-hour customer service window and no `{REENGAGE_TEMPLATE}` template is configured for this number"
-                    )));
+            // re-engagement template (the reply stays in the conversation for when the contact
+            // writes back), or a visible failure.
+            return match template {
+                Some(name) => {
+                    self.post(config, &template_body(config, &msg.to, name))
+                        .await
                 }
-            },
-        };
+                None => Err(SendError::Permanent(format!(
+                    "outside the 24-hour customer service window and no `{REENGAGE_TEMPLATE}` template is configured for this number"
+                ))),
+            };
+        }
+        // Longer replies go out as several messages, in order.
+        let chars: Vec<char> = msg.text.chars().collect();
+        let mut receipt = Receipt::default();
+        for chunk in chars.chunks(MAX_TEXT_CHARS) {
+            let text: String = chunk.iter().collect();
+            let body = json!({
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "to": msg.to,
+                "type": "text",
+                "text": { "preview_url": false, "body": text },
+            });
+            receipt = match self.post(config, &body).await {
+                // Meta says the window closed after all (clocks differ): the template, if any.
+                Err(SendError::Permanent(reason)) if reason.contains("error 131047") => {
+                    match template {
+                        Some(name) => {
+                            self.post(config, &template_body(config, &msg.to, name))
+                                .await?
+                        }
+                        None => return Err(SendError::Permanent(reason)),
+                    }
+                }
+                other => other?,
+            };
+        }
+        Ok(receipt)
+    }
+
+    async fn post(&self, config: &WhatsappConfig, body: &Value) -> Result<Receipt, SendError> {
         let response = self
             .client
             .post(config.messages_url())
             .bearer_auth(config.access_token.expose())
-            .json(&body)
+            .json(body)
             .send()
             .await
             .map_err(|e| SendError::Transient(format!("Graph API request failed: {e}")))?;
@@ -112,6 +129,16 @@ impl WhatsappSender {
     }
 }
 
+fn template_body(config: &WhatsappConfig, to: &str, name: &str) -> Value {
+    json!({
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": to,
+        "type": "template",
+        "template": { "name": name, "language": { "code": config.template_language } },
+    })
+}
+
 /// Maps a Graph API error answer to what the outbox should do.
 pub fn classify(status: u16, answer: &Value, retry_after: Option<Duration>) -> SendError {
     let error = &answer["error"];
@@ -123,16 +150,19 @@ pub fn classify(status: u16, answer: &Value, retry_after: Option<Duration>) -> S
     };
     match code {
         // Throughput and pair-rate limits: wait, then try again.
-        Some(130429 | 131056 | 80007 | 4) => {
-            SendError::RetryAfter(retry_after.unwrap_or(Duration::from_secs(5)), reason)
-        }
+        // Without a Retry-After the outbox's exponential back-off applies.
+        Some(130429 | 131056 | 80007 | 4) => match retry_after {
+            Some(wait) => SendError::RetryAfter(wait, reason),
+            None => SendError::Transient(reason),
+        },
         // The customer-service window is closed: a free-form message cannot be sent.
         Some(131047) => SendError::Permanent(format!(
             "outside the 24-hour customer service window (a template is needed): {reason}"
         )),
-        _ if status == 429 => {
-            SendError::RetryAfter(retry_after.unwrap_or(Duration::from_secs(5)), reason)
-        }
+        _ if status == 429 => match retry_after {
+            Some(wait) => SendError::RetryAfter(wait, reason),
+            None => SendError::Transient(reason),
+        },
         _ if status >= 500 => SendError::Transient(reason),
         // Meta marks passing failures (e.g. 131000 "something went wrong") as transient.
         _ if error["is_transient"].as_bool() == Some(true) => SendError::Transient(reason),
