@@ -192,9 +192,10 @@ mod tests {
     #[test]
     fn meta_error_codes_decide_retry_or_dead_letter() {
         let err = |code: i64| json!({ "error": { "code": code, "message": "m" } });
+        // Without Retry-After the outbox's own exponential back-off applies.
         assert!(matches!(
             classify(400, &err(130429), None),
-            SendError::RetryAfter(..)
+            SendError::Transient(_)
         ));
         assert!(matches!(
             classify(400, &err(131056), Some(Duration::from_secs(9))),
@@ -214,6 +215,10 @@ mod tests {
         ));
         assert!(matches!(
             classify(429, &Value::Null, None),
+            SendError::Transient(_)
+        ));
+        assert!(matches!(
+            classify(429, &Value::Null, Some(Duration::from_secs(3))),
             SendError::RetryAfter(..)
         ));
         let transient = json!({ "error": { "code": 131000, "is_transient": true } });
