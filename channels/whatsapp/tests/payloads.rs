@@ -250,12 +250,38 @@ fn several_entries_and_changes_in_one_post_all_come_out_in_order() {
 }
 
 #[test]
+fn one_unreadable_item_becomes_a_notice_and_the_rest_still_counts() {
+    let body = br#"{"object":"whatsapp_business_account","entry":[{"changes":[{"field":"messages","value":{
+        "metadata":{"phone_number_id":"1"},
+        "messages":[{"type":"text"},{"id":"wamid.ok","from":"1","type":"text","text":{"body":"hi"}}],
+        "statuses":[{"id":"wamid.x","status":"deleted"}]}}]}]}"#;
+    let events = parse_webhook(body).expect("parses");
+    let topics: Vec<String> = events
+        .iter()
+        .map(|e| match e {
+            InboundEvent::Message(m) => format!("message:{}", m.text),
+            InboundEvent::Status(s) => format!("status:{:?}", s.state),
+            InboundEvent::Notice { topic, .. } => topic.clone(),
+        })
+        .collect();
+    assert_eq!(
+        topics,
+        ["unreadable_message", "message:hi", "unreadable_status"]
+    );
+    // Addressed to another number of the same app: nothing of it is this channel's.
+    let elsewhere =
+        switchboard_channel_whatsapp::parse_webhook_for(body, Some("2")).expect("parses");
+    assert!(
+        matches!(elsewhere.as_slice(), [InboundEvent::Notice { topic, .. }] if topic == "other_number")
+    );
+}
+
+#[test]
 fn malformed_payloads_are_refused_with_a_reason() {
     for body in [
         &b"not json"[..],
         br#"{"object":"page","entry":[]}"#,
         br#"{"object":"whatsapp_business_account"}"#,
-        br#"{"object":"whatsapp_business_account","entry":[{"changes":[{"field":"messages","value":{"messages":[{"type":"text"}]}}]}]}"#,
     ] {
         assert!(
             matches!(parse_webhook(body), Err(InboundError::Malformed(_))),
