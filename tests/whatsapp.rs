@@ -18,6 +18,7 @@ both_backends!(
     a_bad_signature_or_body_stores_nothing,
     replies_go_out_through_the_graph_api_and_statuses_only_move_forward,
     outside_the_24_hour_window_a_template_or_a_visible_failure,
+    a_status_that_beats_the_send_answer_is_applied_when_the_id_arrives,
 );
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -442,5 +443,50 @@ async fn outside_the_24_hour_window_a_template_or_a_visible_failure(backend: Bac
     );
     assert_eq!(sent[0].1["type"], "template");
     assert_eq!(sent[0].1["template"]["name"], "hello_world");
+    app.stop().await;
+}
+
+async fn a_status_that_beats_the_send_answer_is_applied_when_the_id_arrives(backend: Backend) {
+    // Stored, not yet answered: Meta's `read` for our (future) message arrives first.
+    let Some(app) = TestApp::spawn_with(backend, |c| c.workers = false, None).await else {
+        return;
+    };
+    let (graph, sent) = graph_stand_in().await;
+    let path = connect_to(&app, &graph).await;
+    let body = fresh("message__text", None);
+    let (status, _) = post(&app, &path, body.clone(), Some(sign(&body))).await;
+    assert_eq!(status, 200);
+    let mut report: Value =
+        serde_json::from_slice(&fixture("pywa/message_status__read.json")).expect("json");
+    report["entry"][0]["changes"][0]["value"]["statuses"][0]["id"] = json!("wamid.out-1");
+    let early = serde_json::to_vec(&report).expect("json");
+    let (status, result) = post(&app, &path, early.clone(), Some(sign(&early))).await;
+    assert_eq!((status, result["statuses"].clone()), (200, json!(1)));
+
+    let admin_key = app.admin_key.clone();
+    let db = app.stop().await;
+    let config = common::test_config(&db);
+    let mut app = TestApp::start(db, config, None).await;
+    app.admin_key = admin_key;
+    common::eventually("reply sent", std::time::Duration::from_secs(20), || async {
+        (!sent.lock().expect("lock").is_empty()).then_some(())
+    })
+    .await;
+    let (_, list) = app
+        .get(&app.admin_key, "/v1/conversations?channel=whatsapp")
+        .await;
+    let conversation = list["conversations"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    common::eventually(
+        "the held report applied",
+        std::time::Duration::from_secs(20),
+        || async {
+            let m = app.messages(&conversation).await;
+            (m.get(1).and_then(|r| r["status"].as_str()) == Some("read")).then_some(())
+        },
+    )
+    .await;
     app.stop().await;
 }

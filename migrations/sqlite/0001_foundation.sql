@@ -136,6 +136,18 @@ CREATE TABLE delivery (
 CREATE INDEX delivery_due ON delivery (status, next_attempt_at, seq);
 CREATE INDEX delivery_by_conversation ON delivery (conversation_id, seq) WHERE status = 'pending';
 
+-- Provider status reports that arrived before we had recorded the provider's id for our message
+-- (the send's answer and the status webhook race). Applied and deleted when the id is recorded;
+-- reports for ids never recorded are dropped after a week.
+CREATE TABLE early_status (
+    channel_id           TEXT NOT NULL REFERENCES channel(id),
+    provider_message_id  TEXT NOT NULL,
+    state                TEXT NOT NULL,
+    error                TEXT,
+    created_at           BIGINT NOT NULL,
+    PRIMARY KEY (channel_id, provider_message_id, state)
+);
+
 -- Append-only audit log: who did what to which object.
 CREATE TABLE event (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,

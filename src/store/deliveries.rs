@@ -10,7 +10,7 @@ use sqlx::any::AnyRow;
 
 use switchboard_channel::{DeliveryState, StatusUpdate};
 
-use super::{Backend, Store, now_ms, tenants::record_event};
+use super::{Backend, Store, WriteTx, now_ms, tenants::record_event};
 use crate::store::messages::rfc3339;
 
 /// A delivery claimed for sending, with everything the channel needs.
@@ -106,6 +106,107 @@ fn state_rank(state: DeliveryState) -> i64 {
     }
 }
 
+/// How long a status report for an id we have not recorded is kept.
+const EARLY_STATUS_KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
+
+fn parse_state(name: &str) -> Option<DeliveryState> {
+    [
+        DeliveryState::Sent,
+        DeliveryState::Delivered,
+        DeliveryState::Read,
+        DeliveryState::Played,
+        DeliveryState::Failed,
+    ]
+    .into_iter()
+    .find(|s| state_name(*s) == name)
+}
+
+/// Applies a report to the message with that provider id, inside the caller's transaction.
+async fn apply_status_in(
+    w: &mut WriteTx,
+    channel_id: &str,
+    status: &StatusUpdate,
+) -> Result<bool, sqlx::Error> {
+    let changed = sqlx::query(
+        "UPDATE message SET status = $1
+         WHERE id IN (SELECT message_id FROM delivery
+                      WHERE channel_id = $2 AND provider_message_id = $3)
+           AND (CASE status WHEN 'sent' THEN 1 WHEN 'delivered' THEN 2 WHEN 'read' THEN 3
+                            WHEN 'played' THEN 3 WHEN 'failed' THEN 4 ELSE 0 END) < $4",
+    )
+    .bind(state_name(status.state))
+    .bind(channel_id)
+    .bind(&status.provider_message_id)
+    .bind(state_rank(status.state))
+    .execute(&mut *w.tx)
+    .await?
+    .rows_affected()
+        > 0;
+    if status.state == DeliveryState::Failed {
+        // The provider accepted the message and failed it later: a dead letter like any other,
+        // with the provider's reason.
+        let error = status
+            .error
+            .clone()
+            .unwrap_or_else(|| "the provider reported the message failed".into());
+        let dead = sqlx::query(
+            "UPDATE delivery SET status = 'dead', last_error = $1, updated_at = $2
+             WHERE channel_id = $3 AND provider_message_id = $4 AND status <> 'dead'
+             RETURNING id, tenant_id",
+        )
+        .bind(&error)
+        .bind(now_ms())
+        .bind(channel_id)
+        .bind(&status.provider_message_id)
+        .fetch_optional(&mut *w.tx)
+        .await?;
+        if let Some(row) = dead {
+            let (id, tenant): (String, String) = (row.try_get("id")?, row.try_get("tenant_id")?);
+            let detail = serde_json::json!({ "error": error, "reported": true }).to_string();
+            record_event(
+                &mut w.tx,
+                Some(&tenant),
+                "delivery.dead",
+                Some(&id),
+                &detail,
+            )
+            .await?;
+        }
+    }
+    Ok(changed)
+}
+
+/// Reports that arrived before `provider_message_id` was recorded: applied now, then forgotten.
+async fn apply_early_statuses(
+    w: &mut WriteTx,
+    channel_id: &str,
+    provider_message_id: &str,
+) -> Result<(), sqlx::Error> {
+    let held = sqlx::query(
+        "DELETE FROM early_status WHERE channel_id = $1 AND provider_message_id = $2
+         RETURNING state, error",
+    )
+    .bind(channel_id)
+    .bind(provider_message_id)
+    .fetch_all(&mut *w.tx)
+    .await?;
+    for row in held {
+        let state: String = row.try_get("state")?;
+        let Some(state) = parse_state(&state) else {
+            continue;
+        };
+        let status = StatusUpdate {
+            provider_message_id: provider_message_id.to_owned(),
+            state,
+            recipient: String::new(),
+            at: None,
+            error: row.try_get("error")?,
+        };
+        apply_status_in(w, channel_id, &status).await?;
+    }
+    Ok(())
+}
+
 fn state_name(state: DeliveryState) -> &'static str {
     match state {
         DeliveryState::Sent => "sent",
@@ -118,60 +219,45 @@ fn state_name(state: DeliveryState) -> &'static str {
 
 impl Store {
     /// Applies a provider's report about a message we sent on `channel_id`. Returns whether a
-    /// message changed (false for an unknown message or an out-of-date report).
+    /// message changed (false for an out-of-date report, or one held until we know the id).
     pub async fn apply_status(
         &self,
         channel_id: &str,
         status: &StatusUpdate,
     ) -> Result<bool, sqlx::Error> {
         let mut w = self.begin_write().await?;
-        let changed = sqlx::query(
-            "UPDATE message SET status = $1
-             WHERE id IN (SELECT message_id FROM delivery
-                          WHERE channel_id = $2 AND provider_message_id = $3)
-               AND (CASE status WHEN 'sent' THEN 1 WHEN 'delivered' THEN 2 WHEN 'read' THEN 3
-                                WHEN 'played' THEN 3 WHEN 'failed' THEN 4 ELSE 0 END) < $4",
+        let known = sqlx::query(
+            "SELECT 1 AS one FROM delivery WHERE channel_id = $1 AND provider_message_id = $2",
         )
-        .bind(state_name(status.state))
         .bind(channel_id)
         .bind(&status.provider_message_id)
-        .bind(state_rank(status.state))
-        .execute(&mut *w.tx)
+        .fetch_optional(&mut *w.tx)
         .await?
-        .rows_affected()
-            > 0;
-        if status.state == DeliveryState::Failed {
-            // The provider accepted the message and failed it later: a dead letter like any
-            // other, with the provider's reason.
-            let error = status
-                .error
-                .clone()
-                .unwrap_or_else(|| "the provider reported the message failed".into());
-            let dead = sqlx::query(
-                "UPDATE delivery SET status = 'dead', last_error = $1, updated_at = $2
-                 WHERE channel_id = $3 AND provider_message_id = $4 AND status <> 'dead'
-                 RETURNING id, tenant_id",
+        .is_some();
+        let changed = if known {
+            apply_status_in(&mut w, channel_id, status).await?
+        } else {
+            // Our send's answer has not been recorded yet (or this is not our message): hold
+            // the report; `record_outcomes` applies it when the id arrives.
+            let now = now_ms();
+            sqlx::query("DELETE FROM early_status WHERE created_at < $1")
+                .bind(now - EARLY_STATUS_KEEP_MS)
+                .execute(&mut *w.tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO early_status (channel_id, provider_message_id, state, error, created_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (channel_id, provider_message_id, state) DO NOTHING",
             )
-            .bind(&error)
-            .bind(now_ms())
             .bind(channel_id)
             .bind(&status.provider_message_id)
-            .fetch_optional(&mut *w.tx)
+            .bind(state_name(status.state))
+            .bind(status.error.as_deref())
+            .bind(now)
+            .execute(&mut *w.tx)
             .await?;
-            if let Some(row) = dead {
-                let (id, tenant): (String, String) =
-                    (row.try_get("id")?, row.try_get("tenant_id")?);
-                let detail = serde_json::json!({ "error": error, "reported": true }).to_string();
-                record_event(
-                    &mut w.tx,
-                    Some(&tenant),
-                    "delivery.dead",
-                    Some(&id),
-                    &detail,
-                )
-                .await?;
-            }
-        }
+            false
+        };
         w.commit().await?;
         Ok(changed)
     }
@@ -288,6 +374,7 @@ impl Store {
                     .bind(&d.message_id)
                     .execute(&mut *w.tx)
                     .await?;
+                    apply_early_statuses(&mut w, &d.channel_id, provider_id).await?;
                 }
                 Outcome::RetryAt {
                     next_attempt_at,
