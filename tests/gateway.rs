@@ -434,13 +434,7 @@ async fn unanswered_messages_resume_after_restart(backend: Backend) {
         1,
         "stored, not answered"
     );
-    let config_key = app.admin_key.clone();
-    let db = app.stop().await;
-
-    let mut config = common::test_config(&db);
-    config.workers = true;
-    let mut app = TestApp::start(db, config, None).await;
-    app.admin_key = config_key;
+    let app = app.restart().await;
     eventually("reply delivered after restart", WAIT, || async {
         (!receiver.accepted().is_empty()).then_some(())
     })

@@ -414,11 +414,7 @@ async fn outside_the_24_hour_window_a_template_or_a_visible_failure(backend: Bac
         .execute(app.store.pool())
         .await
         .expect("age");
-    let admin_key = app.admin_key.clone();
-    let db = app.stop().await;
-    let config = common::test_config(&db);
-    let mut app = TestApp::start(db, config, None).await;
-    app.admin_key = admin_key;
+    let app = app.restart().await;
 
     let dead = app.dead_letters().await;
     assert_eq!(dead.len(), 1, "only the number without a template fails");
@@ -463,11 +459,7 @@ async fn a_status_that_beats_the_send_answer_is_applied_when_the_id_arrives(back
     let (status, result) = post(&app, &path, early.clone(), Some(sign(&early))).await;
     assert_eq!((status, result["statuses"].clone()), (200, json!(1)));
 
-    let admin_key = app.admin_key.clone();
-    let db = app.stop().await;
-    let config = common::test_config(&db);
-    let mut app = TestApp::start(db, config, None).await;
-    app.admin_key = admin_key;
+    let app = app.restart().await;
     common::eventually("reply sent", std::time::Duration::from_secs(20), || async {
         (!sent.lock().expect("lock").is_empty()).then_some(())
     })

@@ -239,6 +239,23 @@ impl TestApp {
         )
     }
 
+    /// Stops gracefully and starts again on the same database with the test configuration
+    /// (workers on), keeping the tenant and its keys.
+    pub async fn restart(self) -> TestApp {
+        let (tenant_id, admin_key, widget_key) = (
+            self.tenant_id.clone(),
+            self.admin_key.clone(),
+            self.widget_key.clone(),
+        );
+        let db = self.stop().await;
+        let config = test_config(&db);
+        let mut app = TestApp::start(db, config, None).await;
+        app.tenant_id = tenant_id;
+        app.admin_key = admin_key;
+        app.widget_key = widget_key;
+        app
+    }
+
     pub async fn post_message(&self, key: &str, body: Value) -> reqwest::Response {
         self.http
             .post(format!("{}/v1/messages", self.base))
