@@ -162,6 +162,144 @@ pub enum InboundEvent {
         topic: String,
         detail: String,
     },
+    /// The contact can (no longer) be reached on this channel: they blocked the bot, left, or
+    /// came back. Sends to an unreachable contact fail visibly instead of being attempted.
+    Reachability {
+        external_id: String,
+        reachable: bool,
+        reason: String,
+    },
+}
+
+/// What an outbound message carries besides its text: buttons, a list menu, a media item or a
+/// template. Bot answers are text only; agents (`POST /v1/conversations/{id}/messages`) and
+/// proactive sends may use the rest. Each adapter renders what its provider supports and refuses
+/// what it cannot render with a [`SendError::Permanent`] naming the limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Content {
+    /// Quick-reply buttons (WhatsApp: at most 3 reply buttons; Telegram: an inline keyboard).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buttons: Vec<Button>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<ListMenu>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<Media>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<Template>,
+}
+
+/// A button: a reply button carrying `id` back when pressed, or a link button when `url` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Button {
+    pub id: String,
+    pub title: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// A menu of options behind one button (WhatsApp list message; Telegram renders one button per row).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListMenu {
+    /// The label of the button that opens the list.
+    pub button: String,
+    pub sections: Vec<ListSection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListSection {
+    pub title: String,
+    pub rows: Vec<ListRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListRow {
+    pub id: String,
+    pub title: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A media item by public URL or by a provider media id; the message text becomes its caption.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Media {
+    /// `image`, `audio`, `video`, `document` or `sticker`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+}
+
+/// A pre-approved message template (WhatsApp) with its body parameters, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Template {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<String>,
+}
+
+impl Content {
+    pub fn is_empty(&self) -> bool {
+        self.buttons.is_empty()
+            && self.list.is_none()
+            && self.media.is_none()
+            && self.template.is_none()
+    }
+
+    /// Channel-independent checks; the error says what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.buttons.len() > 10 {
+            return Err("at most 10 buttons".into());
+        }
+        for b in &self.buttons {
+            if b.id.trim().is_empty() || b.title.trim().is_empty() {
+                return Err("every button needs an id and a title".into());
+            }
+            if let Some(url) = &b.url
+                && !(url.starts_with("https://") || url.starts_with("http://"))
+            {
+                return Err(format!("button {:?}: url must be http(s)", b.id));
+            }
+        }
+        if let Some(list) = &self.list {
+            let rows: usize = list.sections.iter().map(|s| s.rows.len()).sum();
+            if list.button.trim().is_empty() || rows == 0 {
+                return Err("a list needs a button label and at least one row".into());
+            }
+            if list
+                .sections
+                .iter()
+                .flat_map(|s| &s.rows)
+                .any(|r| r.id.trim().is_empty() || r.title.trim().is_empty())
+            {
+                return Err("every list row needs an id and a title".into());
+            }
+        }
+        if let Some(media) = &self.media {
+            if !matches!(
+                media.kind.as_str(),
+                "image" | "audio" | "video" | "document" | "sticker"
+            ) {
+                return Err(format!("unknown media kind {:?}", media.kind));
+            }
+            if media.url.is_none() == media.id.is_none() {
+                return Err("media needs exactly one of url and id".into());
+            }
+        }
+        if let Some(t) = &self.template
+            && t.name.trim().is_empty()
+        {
+            return Err("a template needs a name".into());
+        }
+        if !self.buttons.is_empty() && self.list.is_some() {
+            return Err("buttons and a list cannot go in one message".into());
+        }
+        Ok(())
+    }
 }
 
 /// One reply to send through a channel. `delivery_id` is stable across retries: adapters pass it to
@@ -176,6 +314,9 @@ pub struct OutboundMessage {
     /// The contact's id at the provider (where to send).
     pub to: String,
     pub text: String,
+    /// Buttons, list, media or template, if any.
+    #[serde(default, skip_serializing_if = "Content::is_empty")]
+    pub content: Content,
     /// When the contact last wrote in this conversation (Unix ms), for channels whose rules
     /// depend on it (WhatsApp's 24-hour customer-service window). `None` if never or unknown.
     #[serde(skip)]

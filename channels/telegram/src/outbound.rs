@@ -1,0 +1,542 @@
+//! Outbound: replies and the calls around a conversation, through the Bot API with
+//! `teloxide-core`.
+//!
+//! - Text is sent with `parse_mode=HTML`: everything is escaped (`&`, `<`, `>`), then `**bold**`
+//!   and `` `code` `` become tags, so nothing a model or an agent writes can break the markup.
+//!   If Telegram still refuses the entities, the chunk goes again as plain text.
+//! - Longer than 4,096 characters (UTF-16 units, as Telegram counts) → several messages in order,
+//!   cut at a paragraph, line or word break where there is one.
+//! - Buttons become an inline keyboard on the last message; a list becomes one button per row.
+//! - The Bot API's answers decide what the outbox does: `retry_after` → wait that long; network
+//!   trouble and 5xx → back off and retry; a blocked bot, a missing chat or a bad request → a
+//!   dead letter with Telegram's reason. A group that became a supergroup is sent to its new id.
+//!
+//! Telegram has no idempotency key: a crash between Telegram's answer and our record of it means
+//! one repeat after the lease (documented in docs/ARCHITECTURE.md).
+
+use std::time::Duration;
+
+use serde_json::Value;
+use switchboard_channel::{Content, OutboundMessage, Receipt, SendError};
+use teloxide_core::Bot;
+use teloxide_core::errors::{ApiError, RequestError};
+use teloxide_core::payloads::{
+    SendAnimationSetters, SendAudioSetters, SendDocumentSetters, SendMessageSetters,
+    SendPhotoSetters, SendStickerSetters, SendVideoSetters, SendVoiceSetters, SetWebhookSetters,
+};
+use teloxide_core::prelude::Requester;
+use teloxide_core::types::{
+    AllowedUpdate, CallbackQueryId, ChatAction, ChatId, FileId, InlineKeyboardButton,
+    InlineKeyboardMarkup, InputFile, Message, ParseMode, ReplyMarkup,
+};
+
+use crate::config::TelegramConfig;
+
+/// Longest message text, in UTF-16 code units.
+pub const MAX_TEXT_UNITS: usize = 4096;
+/// Longest media caption, in UTF-16 code units.
+pub const MAX_CAPTION_UNITS: usize = 1024;
+/// Longest `callback_data`, in bytes.
+pub const MAX_CALLBACK_DATA: usize = 64;
+
+/// The updates we ask Telegram for (webhook and polling alike).
+pub const ALLOWED_UPDATES: [AllowedUpdate; 5] = [
+    AllowedUpdate::Message,
+    AllowedUpdate::EditedMessage,
+    AllowedUpdate::CallbackQuery,
+    AllowedUpdate::MyChatMember,
+    AllowedUpdate::MessageReaction,
+];
+
+#[derive(Debug, Clone)]
+pub struct TelegramSender {
+    /// A bot without a token, holding teloxide's HTTP client (teloxide brings its own reqwest);
+    /// every channel's bot shares that client.
+    proto: Bot,
+    /// Our HTTP client, for `getUpdates` (raw JSON through the same lenient parser as webhooks).
+    http: reqwest::Client,
+}
+
+fn bot(proto: &Bot, config: &TelegramConfig) -> Result<Bot, String> {
+    let url = reqwest::Url::parse(config.api_url.trim_end_matches('/'))
+        .map_err(|e| format!("api_url: {e}"))?;
+    Ok(Bot::with_client(config.bot_token.expose(), proto.client().clone()).set_api_url(url))
+}
+
+fn chat_id(to: &str) -> Result<ChatId, SendError> {
+    to.parse::<i64>()
+        .map(ChatId)
+        .map_err(|_| SendError::Permanent(format!("{to:?} is not a Telegram chat id")))
+}
+
+/// What the outbox should do about a Bot API error.
+pub fn classify(e: RequestError) -> SendError {
+    match e {
+        RequestError::RetryAfter(wait) => {
+            SendError::RetryAfter(wait.duration(), "Telegram: too many requests".into())
+        }
+        RequestError::MigrateToChatId(id) => {
+            SendError::Transient(format!("Telegram: the group moved to {id}"))
+        }
+        RequestError::Network(e) => SendError::Transient(format!("Bot API request failed: {e}")),
+        RequestError::InvalidJson { .. } => {
+            SendError::Transient("Bot API answered with something that is not its JSON".into())
+        }
+        RequestError::Io(e) => SendError::Transient(format!("Bot API I/O: {e}")),
+        // teloxide keeps the description, not the HTTP code: 4xx descriptions are Telegram's
+        // "Bad Request: …", "Forbidden: …", "Unauthorized", "Not Found"; anything else
+        // ("Internal Server Error", "Bad Gateway", …) may pass.
+        RequestError::Api(ApiError::Unknown(description)) => {
+            let final_ = [
+                "Bad Request",
+                "Forbidden",
+                "Unauthorized",
+                "Not Found",
+                "Conflict",
+            ]
+            .iter()
+            .any(|p| description.starts_with(p));
+            if final_ {
+                SendError::Permanent(format!("Telegram: {description}"))
+            } else {
+                SendError::Transient(format!("Telegram: {description}"))
+            }
+        }
+        RequestError::Api(e) => SendError::Permanent(format!("Telegram: {e}")),
+    }
+}
+
+/// Escapes text for `parse_mode=HTML`, then turns `` `code` `` and `**bold**` into tags.
+pub fn to_html(text: &str) -> String {
+    let escaped = text
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    // Code spans first: nothing inside them is markup. An unmatched backtick stays one.
+    let parts: Vec<&str> = escaped.split('`').collect();
+    let paired = (parts.len() - 1) / 2 * 2;
+    let mut out = String::with_capacity(escaped.len() + 16);
+    for (i, part) in parts.iter().enumerate() {
+        if i > paired {
+            out.push('`');
+        }
+        if i % 2 == 1 && i <= paired {
+            out.push_str("<code>");
+            out.push_str(part);
+            out.push_str("</code>");
+        } else {
+            out.push_str(&bold(part));
+        }
+    }
+    out
+}
+
+fn bold(text: &str) -> String {
+    let pieces: Vec<&str> = text.split("**").collect();
+    if pieces.len() < 3 {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    let pairs = (pieces.len() - 1) / 2;
+    for (i, piece) in pieces.iter().enumerate() {
+        if i > 0 {
+            let opening = i % 2 == 1;
+            if (i + 1) / 2 <= pairs {
+                out.push_str(if opening { "<b>" } else { "</b>" });
+            } else {
+                out.push_str("**");
+            }
+        }
+        out.push_str(piece);
+    }
+    out
+}
+
+fn utf16_len(s: &str) -> usize {
+    s.chars().map(char::len_utf16).sum()
+}
+
+/// Splits text into pieces of at most `max` UTF-16 units, preferring paragraph, line and word
+/// breaks in the last quarter of each piece.
+pub fn split_text(text: &str, max: usize) -> Vec<String> {
+    let mut pieces = Vec::new();
+    let mut rest = text.trim();
+    while utf16_len(rest) > max {
+        // The byte offset where `max` units end.
+        let mut units = 0;
+        let mut hard = rest.len();
+        for (i, c) in rest.char_indices() {
+            if units + c.len_utf16() > max {
+                hard = i;
+                break;
+            }
+            units += c.len_utf16();
+        }
+        let window = &rest[..hard];
+        let floor = hard * 3 / 4;
+        let cut = ["\n\n", "\n", " "]
+            .iter()
+            .find_map(|sep| window.rfind(sep).filter(|&at| at >= floor && at > 0))
+            .unwrap_or(hard);
+        pieces.push(rest[..cut].trim_end().to_owned());
+        rest = rest[cut..].trim_start();
+    }
+    if !rest.is_empty() || pieces.is_empty() {
+        pieces.push(rest.to_owned());
+    }
+    pieces
+}
+
+/// The inline keyboard for a message's buttons or list, if it has any.
+fn keyboard(content: &Content) -> Result<Option<InlineKeyboardMarkup>, SendError> {
+    let mut rows: Vec<Vec<InlineKeyboardButton>> = Vec::new();
+    let button = |id: &str,
+                  title: &str,
+                  url: Option<&str>|
+     -> Result<InlineKeyboardButton, SendError> {
+        match url {
+            Some(url) => {
+                let url = reqwest::Url::parse(url)
+                    .map_err(|e| SendError::Permanent(format!("button url {url:?}: {e}")))?;
+                Ok(InlineKeyboardButton::url(title, url))
+            }
+            None if id.len() > MAX_CALLBACK_DATA => Err(SendError::Permanent(format!(
+                "button id {id:?} is longer than Telegram's {MAX_CALLBACK_DATA} bytes of callback data"
+            ))),
+            None => Ok(InlineKeyboardButton::callback(title, id)),
+        }
+    };
+    // Up to three buttons side by side, then a new row.
+    for chunk in content.buttons.chunks(3) {
+        rows.push(
+            chunk
+                .iter()
+                .map(|b| button(&b.id, &b.title, b.url.as_deref()))
+                .collect::<Result<_, _>>()?,
+        );
+    }
+    if let Some(list) = &content.list {
+        for row in list.sections.iter().flat_map(|s| &s.rows) {
+            rows.push(vec![button(&row.id, &row.title, None)?]);
+        }
+    }
+    Ok((!rows.is_empty()).then(|| InlineKeyboardMarkup::new(rows)))
+}
+
+fn receipt(message: &Message) -> Receipt {
+    Receipt {
+        provider_message_id: Some(message.id.0.to_string()),
+    }
+}
+
+impl TelegramSender {
+    pub fn new(http: reqwest::Client) -> Result<Self, String> {
+        let client = teloxide_core::net::default_reqwest_settings()
+            .build()
+            .map_err(|e| format!("building the Bot API client: {e}"))?;
+        Ok(TelegramSender {
+            proto: Bot::with_client("0:unset", client),
+            http,
+        })
+    }
+
+    fn bot(&self, config: &TelegramConfig) -> Result<Bot, SendError> {
+        bot(&self.proto, config).map_err(SendError::Permanent)
+    }
+
+    /// Sends one reply (several messages if it is long). A group that migrated to a supergroup
+    /// is sent to its new id once.
+    pub async fn send(
+        &self,
+        config: &TelegramConfig,
+        msg: &OutboundMessage,
+    ) -> Result<Receipt, SendError> {
+        let bot = self.bot(config)?;
+        let chat = chat_id(&msg.to)?;
+        match self.send_to(&bot, chat, msg).await {
+            Err(RequestError::MigrateToChatId(new)) => {
+                self.send_to(&bot, new, msg).await.map_err(classify)
+            }
+            other => other.map_err(classify),
+        }
+    }
+
+    async fn send_to(
+        &self,
+        bot: &Bot,
+        chat: ChatId,
+        msg: &OutboundMessage,
+    ) -> Result<Receipt, RequestError> {
+        let content = &msg.content;
+        if content.template.is_some() {
+            return Err(RequestError::Api(ApiError::Unknown(
+                "Bad Request: message templates are a WhatsApp feature; Telegram has none".into(),
+            )));
+        }
+        let markup = keyboard(content)
+            .map_err(|e| RequestError::Api(ApiError::Unknown(format!("Bad Request: {e}"))))?;
+        let mut text = msg.text.trim().to_owned();
+        let mut last = None;
+        if let Some(media) = &content.media {
+            let caption_fits = utf16_len(&text) <= MAX_CAPTION_UNITS;
+            let caption = if caption_fits {
+                std::mem::take(&mut text)
+            } else {
+                String::new()
+            };
+            let markup_here = if text.is_empty() {
+                markup.clone()
+            } else {
+                None
+            };
+            last = Some(
+                self.send_media(bot, chat, media, &caption, markup_here)
+                    .await?,
+            );
+            if text.is_empty() {
+                return Ok(receipt(last.as_ref().expect("just set")));
+            }
+        }
+        if text.is_empty() {
+            return match last {
+                Some(m) => Ok(receipt(&m)),
+                None => Err(RequestError::Api(ApiError::Unknown(
+                    "Bad Request: message text is empty".into(),
+                ))),
+            };
+        }
+        let pieces = split_text(&text, MAX_TEXT_UNITS);
+        let count = pieces.len();
+        for (i, piece) in pieces.into_iter().enumerate() {
+            let markup = if i + 1 == count { markup.clone() } else { None };
+            let html = self.text(
+                bot,
+                chat,
+                to_html(&piece),
+                Some(ParseMode::Html),
+                markup.clone(),
+            );
+            let sent = match html.await {
+                // Our markup was refused after all: the same words, unformatted.
+                Err(RequestError::Api(ApiError::CantParseEntities(_))) => {
+                    self.text(bot, chat, piece, None, markup).await?
+                }
+                other => other?,
+            };
+            last = Some(sent);
+        }
+        Ok(last.as_ref().map(receipt).unwrap_or_default())
+    }
+
+    async fn text(
+        &self,
+        bot: &Bot,
+        chat: ChatId,
+        text: String,
+        mode: Option<ParseMode>,
+        markup: Option<InlineKeyboardMarkup>,
+    ) -> Result<Message, RequestError> {
+        let mut request = bot.send_message(chat, text);
+        if let Some(mode) = mode {
+            request = request.parse_mode(mode);
+        }
+        if let Some(markup) = markup {
+            request = request.reply_markup(ReplyMarkup::InlineKeyboard(markup));
+        }
+        request.await
+    }
+
+    async fn send_media(
+        &self,
+        bot: &Bot,
+        chat: ChatId,
+        media: &switchboard_channel::Media,
+        caption: &str,
+        markup: Option<InlineKeyboardMarkup>,
+    ) -> Result<Message, RequestError> {
+        let file = match (&media.url, &media.id) {
+            (Some(url), _) => InputFile::url(reqwest::Url::parse(url).map_err(|e| {
+                RequestError::Api(ApiError::Unknown(format!("Bad Request: media url: {e}")))
+            })?),
+            (None, Some(id)) => InputFile::file_id(FileId(id.clone())),
+            (None, None) => {
+                return Err(RequestError::Api(ApiError::Unknown(
+                    "Bad Request: media needs a url or an id".into(),
+                )));
+            }
+        };
+        let caption = to_html(caption);
+        let markup = markup.map(ReplyMarkup::InlineKeyboard);
+        macro_rules! with_caption {
+            ($request:expr) => {{
+                let mut r = $request;
+                if !caption.is_empty() {
+                    r = r.caption(caption).parse_mode(ParseMode::Html);
+                }
+                if let Some(markup) = markup {
+                    r = r.reply_markup(markup);
+                }
+                r.await
+            }};
+        }
+        match media.kind.as_str() {
+            "image" => with_caption!(bot.send_photo(chat, file)),
+            "video" => with_caption!(bot.send_video(chat, file)),
+            "audio" => with_caption!(bot.send_audio(chat, file)),
+            "voice" => with_caption!(bot.send_voice(chat, file)),
+            "animation" => with_caption!(bot.send_animation(chat, file)),
+            "sticker" => {
+                let mut r = bot.send_sticker(chat, file);
+                if let Some(markup) = markup {
+                    r = r.reply_markup(markup);
+                }
+                r.await
+            }
+            _ => with_caption!(bot.send_document(chat, file)),
+        }
+    }
+
+    /// "typing…" in the chat while the bot prepares an answer (it shows for up to 5 s).
+    pub async fn typing(&self, config: &TelegramConfig, to: &str) -> Result<(), SendError> {
+        let bot = self.bot(config)?;
+        bot.send_chat_action(chat_id(to)?, ChatAction::Typing)
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
+    /// Stops a pressed button's spinner.
+    pub async fn answer_callback(
+        &self,
+        config: &TelegramConfig,
+        callback_id: &str,
+    ) -> Result<(), SendError> {
+        let bot = self.bot(config)?;
+        bot.answer_callback_query(CallbackQueryId(callback_id.to_owned()))
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
+    /// The bot's @username (`getMe`); also proves the token works.
+    pub async fn username(&self, config: &TelegramConfig) -> Result<Option<String>, SendError> {
+        let bot = self.bot(config)?;
+        let me = bot.get_me().await.map_err(classify)?;
+        Ok(me.user.username.clone())
+    }
+
+    /// Registers `url` as the webhook with our secret token and the updates we handle.
+    pub async fn set_webhook(&self, config: &TelegramConfig, url: &str) -> Result<(), SendError> {
+        let bot = self.bot(config)?;
+        let url = reqwest::Url::parse(url)
+            .map_err(|e| SendError::Permanent(format!("webhook url {url:?}: {e}")))?;
+        let mut request = bot
+            .set_webhook(url)
+            .allowed_updates(ALLOWED_UPDATES.to_vec());
+        if let Some(secret) = &config.webhook_secret {
+            request = request.secret_token(secret.expose().to_owned());
+        }
+        request.await.map(|_| ()).map_err(classify)
+    }
+
+    /// Removes any webhook, so `getUpdates` may be used (Telegram refuses both at once).
+    pub async fn delete_webhook(&self, config: &TelegramConfig) -> Result<(), SendError> {
+        let bot = self.bot(config)?;
+        bot.delete_webhook().await.map(|_| ()).map_err(classify)
+    }
+
+    /// One long poll: the raw updates after `offset` (each goes through
+    /// [`crate::inbound::parse_update`], like a webhook's).
+    pub async fn get_updates(
+        &self,
+        config: &TelegramConfig,
+        offset: Option<i64>,
+        timeout: Duration,
+    ) -> Result<Vec<Value>, SendError> {
+        let mut body = serde_json::json!({
+            "timeout": timeout.as_secs(),
+            "allowed_updates": ["message", "edited_message", "callback_query", "my_chat_member", "message_reaction"],
+        });
+        if let Some(offset) = offset {
+            body["offset"] = offset.into();
+        }
+        let response = self
+            .http
+            .post(config.method_url("getUpdates"))
+            .json(&body)
+            .timeout(timeout + Duration::from_secs(10))
+            .send()
+            .await
+            // The error text would contain the URL, and the URL the token: keep only the kind.
+            .map_err(|e| SendError::Transient(format!("getUpdates failed: {}", e.without_url())))?;
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        if answer["ok"].as_bool() == Some(true) {
+            return Ok(answer["result"].as_array().cloned().unwrap_or_default());
+        }
+        let description = answer["description"].as_str().unwrap_or("no description");
+        if let Some(wait) = answer["parameters"]["retry_after"].as_u64() {
+            return Err(SendError::RetryAfter(
+                Duration::from_secs(wait),
+                description.to_owned(),
+            ));
+        }
+        Err(if (400..500).contains(&status) && status != 429 {
+            SendError::Permanent(format!("getUpdates: {status} {description}"))
+        } else {
+            SendError::Transient(format!("getUpdates: {status} {description}"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_is_escaped_and_only_our_markup_becomes_tags() {
+        assert_eq!(
+            to_html("<script>alert(1)</script> & **bold** `a<b`"),
+            "&lt;script&gt;alert(1)&lt;/script&gt; &amp; <b>bold</b> <code>a&lt;b</code>"
+        );
+        assert_eq!(to_html("2 ** 3 is 8"), "2 ** 3 is 8");
+        assert_eq!(to_html("**a** and **b"), "<b>a</b> and **b");
+    }
+
+    #[test]
+    fn long_text_splits_at_breaks_within_the_limit() {
+        let text = format!("{}\n\n{}", "a".repeat(3500), "b ".repeat(1000));
+        let pieces = split_text(&text, MAX_TEXT_UNITS);
+        assert_eq!(pieces.len(), 2);
+        assert_eq!(pieces[0], "a".repeat(3500));
+        assert!(pieces.iter().all(|p| utf16_len(p) <= MAX_TEXT_UNITS));
+        // No break anywhere: a hard cut, counted in UTF-16 units (emoji are two).
+        let emoji = "😀".repeat(3000);
+        let pieces = split_text(&emoji, MAX_TEXT_UNITS);
+        assert!(pieces.iter().all(|p| utf16_len(p) <= MAX_TEXT_UNITS));
+        assert_eq!(pieces.concat(), emoji);
+        assert_eq!(split_text("short", MAX_TEXT_UNITS), vec!["short"]);
+    }
+
+    #[test]
+    fn bot_api_errors_map_to_what_the_outbox_does() {
+        use teloxide_core::types::Seconds;
+        assert_eq!(
+            classify(RequestError::RetryAfter(Seconds::from_seconds(7))),
+            SendError::RetryAfter(Duration::from_secs(7), "Telegram: too many requests".into())
+        );
+        assert!(!classify(RequestError::Api(ApiError::BotBlocked)).is_retryable());
+        assert!(
+            !classify(RequestError::Api(ApiError::Unknown(
+                "Bad Request: nope".into()
+            )))
+            .is_retryable()
+        );
+        assert!(
+            classify(RequestError::Api(ApiError::Unknown(
+                "Internal Server Error".into()
+            )))
+            .is_retryable()
+        );
+    }
+}
