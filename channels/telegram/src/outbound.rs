@@ -141,7 +141,7 @@ fn bold(text: &str) -> String {
     for (i, piece) in pieces.iter().enumerate() {
         if i > 0 {
             let opening = i % 2 == 1;
-            if (i + 1) / 2 <= pairs {
+            if i.div_ceil(2) <= pairs {
                 out.push_str(if opening { "<b>" } else { "</b>" });
             } else {
                 out.push_str("**");
