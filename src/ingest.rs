@@ -6,7 +6,7 @@
 //! the answer: acknowledging fast is what keeps providers from redelivering.
 
 use metrics::counter;
-use switchboard_channel::InboundMessage;
+use switchboard_channel::{InboundEvent, InboundMessage};
 use tracing::instrument;
 
 use crate::router::Router;
@@ -21,6 +21,15 @@ pub struct Ingest {
     /// Group commit: concurrent requests share transactions (each is answered after its commit).
     batcher: Batcher<IngestItem, Ingested>,
     router: Router,
+    store: Store,
+}
+
+/// What one provider request carried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EventCounts {
+    pub messages: usize,
+    pub statuses: usize,
+    pub notices: usize,
 }
 
 /// Most messages stored in one transaction.
@@ -28,11 +37,56 @@ const MAX_BATCH: usize = 256;
 
 impl Ingest {
     pub fn new(store: Store, router: Router) -> Ingest {
-        let batcher = Batcher::spawn(store.write_parallelism(), MAX_BATCH, move |items| {
+        let batcher = Batcher::spawn(store.write_parallelism(), MAX_BATCH, {
             let store = store.clone();
-            async move { store.ingest_batch(items).await }
+            move |items| {
+                let store = store.clone();
+                async move { store.ingest_batch(items).await }
+            }
         });
-        Ingest { batcher, router }
+        Ingest {
+            batcher,
+            router,
+            store,
+        }
+    }
+
+    /// Stores everything one provider request (a webhook POST, a `getUpdates` batch) carried,
+    /// one event at a time in payload order, so two messages of one person keep their order.
+    /// Returns after all of it is durable: only then may the provider be acknowledged.
+    pub async fn apply(
+        &self,
+        channel: &Channel,
+        events: Vec<InboundEvent>,
+    ) -> Result<EventCounts, sqlx::Error> {
+        let mut counts = EventCounts::default();
+        for event in events {
+            match event {
+                InboundEvent::Message(message) => {
+                    self.accept(channel, message).await?;
+                    counts.messages += 1;
+                }
+                InboundEvent::Status(status) => {
+                    self.store.apply_status(&channel.id, &status).await?;
+                    counts.statuses += 1;
+                }
+                InboundEvent::Notice { topic, detail } => {
+                    self.store.record_notice(channel, &topic, &detail).await?;
+                    counts.notices += 1;
+                }
+                InboundEvent::Reachability {
+                    external_id,
+                    reachable,
+                    reason,
+                } => {
+                    self.store
+                        .set_reachability(channel, &external_id, reachable, &reason)
+                        .await?;
+                    counts.notices += 1;
+                }
+            }
+        }
+        Ok(counts)
     }
 
     /// Stores `msg` once (durably, before returning) and queues its conversation for the router.

@@ -18,6 +18,8 @@
 pub mod answer;
 /// The command line (`serve`, `migrate`, `tenant create`, `key create`).
 pub mod cli;
+/// Commands every channel understands (`/start`, `/help`, `/stop`, `/human`, `/link`, STOP).
+pub mod commands;
 /// Layered configuration: defaults, TOML file, environment.
 pub mod config;
 /// Tenants, API keys, roles: domain values parsed at the edge.
@@ -28,6 +30,10 @@ pub mod http;
 pub mod ingest;
 /// Durable delivery of replies through the channels.
 pub mod outbox;
+/// Provider send-rate limits (per chat, per bot, per number).
+pub mod pacer;
+/// Long polling for Telegram bots without a public URL.
+pub mod polling;
 /// Per-conversation, in-order processing of stored messages.
 pub mod router;
 /// Building and running the server (port 0 friendly) and its orderly shutdown.

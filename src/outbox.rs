@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use metrics::{counter, histogram};
 use rand::Rng;
-use switchboard_channel::{ChannelKind, OutboundMessage, Receipt, SendError};
+use switchboard_channel::{ChannelKind, Content, OutboundMessage, Receipt, SendError};
 use switchboard_channel_api::{ApiChannelConfig, ApiSender};
+use switchboard_channel_telegram::{TelegramConfig, TelegramSender};
 use switchboard_channel_whatsapp::{WhatsappConfig, WhatsappSender};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
 
 use crate::config::OutboxConfig;
+use crate::pacer::{Pacer, limits};
 use crate::store::deliveries::{ClaimedDelivery, Outcome};
 use crate::store::{Store, now_ms};
 
@@ -64,6 +66,9 @@ fn count(batch: Vec<Recorded>) {
             }
             Outcome::Dead { .. } => {
                 counter!("switchboard_dead_letters_total", "channel" => channel).increment(1);
+            }
+            Outcome::Defer { .. } => {
+                counter!("switchboard_delivery_paced_total", "channel" => channel).increment(1);
             }
         }
     }
@@ -110,14 +115,57 @@ impl From<&OutboxConfig> for RetryPolicy {
 pub struct Channels {
     api: ApiSender,
     whatsapp: WhatsappSender,
+    telegram: TelegramSender,
 }
 
 impl Channels {
-    pub fn new(http: reqwest::Client) -> Channels {
-        Channels {
+    pub fn new(http: reqwest::Client) -> anyhow::Result<Channels> {
+        Ok(Channels {
             api: ApiSender::new(http.clone()),
-            whatsapp: WhatsappSender::new(http),
+            whatsapp: WhatsappSender::new(http.clone()),
+            telegram: TelegramSender::new(http).map_err(anyhow::Error::msg)?,
+        })
+    }
+
+    pub fn telegram(&self) -> &TelegramSender {
+        &self.telegram
+    }
+
+    pub fn whatsapp(&self) -> &WhatsappSender {
+        &self.whatsapp
+    }
+
+    /// The signals around a turn: Telegram "typing…" (and a pressed button's callback
+    /// answered), WhatsApp read receipt with typing indicator. Best effort.
+    pub async fn acknowledge(
+        &self,
+        kind: ChannelKind,
+        config: &serde_json::Value,
+        to: &str,
+        provider_id: Option<&str>,
+        attachments_json: &str,
+    ) -> anyhow::Result<()> {
+        match kind {
+            ChannelKind::Telegram => {
+                let config = TelegramConfig::parse(config).map_err(anyhow::Error::msg)?;
+                let attachments: Vec<switchboard_channel::Attachment> =
+                    serde_json::from_str(attachments_json).unwrap_or_default();
+                if let Some(callback) = attachments.iter().find(|a| a.kind == "callback_query") {
+                    self.telegram
+                        .answer_callback(&config, &callback.reference)
+                        .await?;
+                }
+                self.telegram.typing(&config, to).await?;
+            }
+            ChannelKind::Whatsapp => {
+                let config = WhatsappConfig::parse(config).map_err(anyhow::Error::msg)?;
+                if let Some(id) = provider_id {
+                    self.whatsapp.mark_read(&config, id).await?;
+                }
+            }
+            _ => {}
         }
+        Ok(())
     }
 
     pub async fn send(
@@ -137,6 +185,11 @@ impl Channels {
                     .map_err(|e| SendError::Permanent(format!("whatsapp channel config: {e}")))?;
                 self.whatsapp.send(&config, msg).await
             }
+            ChannelKind::Telegram => {
+                let config = TelegramConfig::parse(config)
+                    .map_err(|e| SendError::Permanent(format!("telegram channel config: {e}")))?;
+                self.telegram.send(&config, msg).await
+            }
             other => Err(SendError::Permanent(format!(
                 "the {other} channel is not available in this build"
             ))),
@@ -152,7 +205,11 @@ pub struct Outbox {
     policy: RetryPolicy,
     config: OutboxConfig,
     wake: Arc<Notify>,
+    pacer: Arc<Pacer>,
 }
+
+/// Longest pacing wait slept inside an attempt; longer ones defer the delivery instead.
+const MAX_PACING_SLEEP: Duration = Duration::from_secs(2);
 
 /// An attempt's result, with the permit it held (released once the outcome is recorded, so the
 /// worker never has more deliveries claimed than it can send).
@@ -171,6 +228,7 @@ impl Outbox {
             policy: RetryPolicy::from(config),
             config: config.clone(),
             wake,
+            pacer: Arc::new(Pacer::default()),
         }
     }
 
@@ -333,6 +391,33 @@ impl Outbox {
             },
             _ => None,
         };
+        // A contact who blocked the bot gets nothing; the reason is visible on the dead letter.
+        if matches!(channel.kind, ChannelKind::Telegram | ChannelKind::Whatsapp) {
+            match self
+                .store
+                .unreachable_reason(&channel.id, &d.recipient)
+                .await
+            {
+                Ok(Some(reason)) => {
+                    let error = format!("contact unreachable: {reason}");
+                    return (Outcome::Dead { error }, channel.kind.as_str());
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let delay = self.policy.delay(d.attempts as u32, None);
+                    let error = format!("loading the contact: {e}");
+                    return (self.retry_or_dead(d, delay, error), channel.kind.as_str());
+                }
+            }
+        }
+        let content = match d.content.as_deref().map(serde_json::from_str::<Content>) {
+            None => Content::default(),
+            Some(Ok(content)) => content,
+            Some(Err(e)) => {
+                let error = format!("stored content is not readable: {e}");
+                return (Outcome::Dead { error }, channel.kind.as_str());
+            }
+        };
         let msg = OutboundMessage {
             delivery_id: d.id.clone(),
             conversation_id: d.conversation_id.clone(),
@@ -340,8 +425,27 @@ impl Outbox {
             seq: d.seq,
             to: d.recipient.clone(),
             text: d.body.clone(),
+            content,
             contact_last_wrote_at,
         };
+        // The provider's rate limits: a short wait is slept, a long one defers without spending
+        // an attempt (the pacer books nothing then).
+        let limits = limits(channel.kind, &channel.id, &d.recipient);
+        // The sleep must leave the send its whole timeout inside the lease.
+        let max_sleep = MAX_PACING_SLEEP.min(Duration::from_millis(
+            self.config
+                .lease_ms
+                .saturating_sub(self.config.send_timeout_ms)
+                / 2,
+        ));
+        match self.pacer.reserve(&limits, max_sleep) {
+            Some(wait) if wait.is_zero() => {}
+            Some(wait) => tokio::time::sleep(wait).await,
+            None => {
+                let next_attempt_at = now_ms() + max_sleep.as_millis().max(50) as i64;
+                return (Outcome::Defer { next_attempt_at }, channel.kind.as_str());
+            }
+        }
         let timeout = Duration::from_millis(self.config.send_timeout_ms);
         let sent = match tokio::time::timeout(
             timeout,

@@ -27,6 +27,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
 
 use crate::answer::{Answer, Responder, Turn};
+use crate::commands;
+use crate::outbox::Channels;
 use crate::store::batch::Batcher;
 use crate::store::messages::{PendingTurn, ReplyDraft};
 use crate::store::{Store, now_ms};
@@ -53,6 +55,8 @@ struct Inner {
     /// Group commit of completed turns across conversations.
     completions: Batcher<(PendingTurn, Option<ReplyDraft>), Option<String>>,
     responder: Arc<dyn Responder>,
+    /// For the signals around a turn: typing indicators, read receipts, button acknowledgements.
+    channels: Option<Channels>,
     /// Conversations with a running drain task → whether another pass was requested meanwhile.
     active: Mutex<HashMap<String, bool>>,
     /// Bounds concurrent reads of pending turns to the read pool's size. Held only for the read:
@@ -74,6 +78,7 @@ impl Router {
         outbox_wake: Arc<Notify>,
         max_concurrent_reads: usize,
         enabled: bool,
+        channels: Option<Channels>,
     ) -> Router {
         Router {
             inner: Arc::new(Inner {
@@ -87,6 +92,7 @@ impl Router {
                 },
                 store,
                 responder,
+                channels,
                 active: Mutex::new(HashMap::new()),
                 reads: Semaphore::new(max_concurrent_reads),
                 tracker: TaskTracker::new(),
@@ -212,13 +218,29 @@ impl Inner {
         let Some(turn) = next else {
             return Ok(false);
         };
-        // A conversation handed to a human gets no bot reply; the turn is still recorded as seen.
-        // Reactions, deletions, edits and provider notices are recorded, not answered.
+        // Commands are carried out whatever the conversation's status (opting out must always
+        // work). Otherwise: a conversation handed to a human gets no bot reply (the turn is still
+        // recorded as seen), and reactions, deletions, edits, notices and group chatter not
+        // addressed to the bot are recorded, not answered.
+        let command = if turn.conversation_status == "closed" {
+            None
+        } else {
+            commands::parse(&turn.kind, &turn.text)
+        };
         let answerable = !matches!(
             turn.kind.as_str(),
-            "reaction" | "reaction_removed" | "revoke" | "edit" | "system"
+            "reaction" | "reaction_removed" | "revoke" | "edit" | "system" | "unaddressed"
         );
-        let reply = if turn.conversation_status == "bot" && answerable {
+        let reply = if let Some(command) = command {
+            self.acknowledge(&turn);
+            let text = commands::run(&self.store, &turn, &command).await?;
+            counter!("switchboard_commands_total").increment(1);
+            Some(ReplyDraft {
+                text,
+                citations_json: "[]".to_owned(),
+            })
+        } else if turn.conversation_status == "bot" && answerable {
+            self.acknowledge(&turn);
             let answered = self
                 .responder
                 .respond(&Turn {
@@ -261,6 +283,42 @@ impl Inner {
             .record((now_ms() - turn.created_at).max(0) as f64 / 1000.0);
         self.waiters.wake(&turn.message_id);
         Ok(true)
+    }
+}
+
+impl Inner {
+    /// Tells the person the bot is on it — typing indicator, read receipt, a pressed button's
+    /// spinner stopped — without delaying the answer: best effort, in the background, bounded.
+    fn acknowledge(&self, turn: &PendingTurn) {
+        let Some(channels) = self.channels.clone() else {
+            return;
+        };
+        if !matches!(turn.channel_kind.as_str(), "telegram" | "whatsapp") {
+            return;
+        }
+        let store = self.store.clone();
+        let turn = turn.clone();
+        self.tracker.spawn(async move {
+            let work = async {
+                let channel = store.channel_by_id(&turn.channel_id).await?;
+                channels
+                    .acknowledge(
+                        channel.kind,
+                        &channel.config,
+                        &turn.recipient,
+                        turn.provider_id.as_deref(),
+                        &turn.attachments,
+                    )
+                    .await
+            };
+            match tokio::time::timeout(Duration::from_secs(5), work).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %format!("{e:#}"), "acknowledging a turn failed")
+                }
+                Err(_) => tracing::debug!("acknowledging a turn timed out"),
+            }
+        });
     }
 }
 

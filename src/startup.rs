@@ -52,15 +52,25 @@ impl Application {
             .build()
             .context("building the HTTP client")?;
         let wake = Arc::new(Notify::new());
+        let channels = Channels::new(http)?;
         let outbox = Outbox::new(
             store.clone(),
-            Channels::new(http),
+            channels.clone(),
             &config.outbox,
             wake.clone(),
         );
         let max_reads = (config.database_max_connections as usize).max(2);
-        let router = Router::new(store.clone(), responder, wake, max_reads, config.workers);
+        let router = Router::new(
+            store.clone(),
+            responder,
+            wake,
+            max_reads,
+            config.workers,
+            Some(channels.clone()),
+        );
         let state = AppState {
+            channels,
+            pollers: crate::polling::Pollers::default(),
             ingest: Ingest::new(store.clone(), router.clone()),
             store,
             router,
@@ -112,11 +122,21 @@ impl Application {
         };
         let router = state.router.clone();
         let store = state.store.clone();
+        let pollers = state.pollers.clone();
+        if state.config.workers {
+            let started = pollers
+                .start_all(&state.store, &state.ingest, &state.channels)
+                .await?;
+            if started > 0 {
+                tracing::info!(channels = started, "polling Telegram bots");
+            }
+        }
         // Whatever the server's outcome, the workers are stopped in order before returning.
         let served = axum::serve(listener, app(state))
             .with_graceful_shutdown(shutdown)
             .await
             .context("HTTP server");
+        pollers.shutdown().await;
         router.shutdown().await;
         workers.cancel();
         if let Some(task) = outbox_task {

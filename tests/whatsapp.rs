@@ -260,14 +260,24 @@ type Sent = Arc<std::sync::Mutex<Vec<(String, Value)>>>;
 /// A local stand-in for `POST /{version}/{phone_number_id}/messages`: records each send and
 /// answers like the Graph API, with `wamid.out-N` ids.
 async fn graph_stand_in() -> (String, Sent) {
+    let (base, sent, _) = graph_stand_in_with_reads().await;
+    (base, sent)
+}
+
+/// The same, also returning the read receipts (`"status":"read"` calls) it received.
+async fn graph_stand_in_with_reads() -> (String, Sent, Sent) {
     use axum::extract::{Path, State};
     use axum::http::HeaderMap;
     async fn messages(
-        State(sent): State<Sent>,
+        State((sent, reads)): State<(Sent, Sent)>,
         Path((_version, phone)): Path<(String, String)>,
         headers: HeaderMap,
         axum::Json(body): axum::Json<Value>,
     ) -> axum::Json<Value> {
+        if body["status"] == "read" {
+            reads.lock().expect("lock").push((String::new(), body));
+            return axum::Json(json!({ "success": true }));
+        }
         let auth = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -275,7 +285,10 @@ async fn graph_stand_in() -> (String, Sent) {
             .to_owned();
         let mut sent = sent.lock().expect("lock");
         sent.push((auth, body.clone()));
-        assert_eq!(phone, "1122334455667");
+        assert!(
+            phone == "1122334455667" || phone == "2233445566778",
+            "{phone}"
+        );
         axum::Json(json!({
             "messaging_product": "whatsapp",
             "contacts": [{ "input": body["to"], "wa_id": body["to"] }],
@@ -283,22 +296,23 @@ async fn graph_stand_in() -> (String, Sent) {
         }))
     }
     let sent: Sent = Arc::default();
+    let reads: Sent = Arc::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let base = format!("http://{}/v21.0", listener.local_addr().expect("addr"));
     let app = axum::Router::new()
         .route("/{version}/{phone}/messages", axum::routing::post(messages))
-        .with_state(sent.clone());
+        .with_state((sent.clone(), reads.clone()));
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (base, sent)
+    (base, sent, reads)
 }
 
 async fn replies_go_out_through_the_graph_api_and_statuses_only_move_forward(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
     };
-    let (graph, sent) = graph_stand_in().await;
+    let (graph, sent, reads) = graph_stand_in_with_reads().await;
     let path = connect_to(&app, &graph).await;
     let body = fresh("message__text", None);
     let (status, _) = post(&app, &path, body.clone(), Some(sign(&body))).await;
@@ -320,6 +334,25 @@ async fn replies_go_out_through_the_graph_api_and_statuses_only_move_forward(bac
             .is_some_and(|t| t.contains("no knowledge")),
         "{reply}"
     );
+    // The inbound message was marked read, with a typing indicator, while the bot answered.
+    let inbound_id = serde_json::from_slice::<Value>(&body).expect("json")["entry"][0]["changes"]
+        [0]["value"]["messages"][0]["id"]
+        .clone();
+    common::eventually(
+        "read receipt",
+        std::time::Duration::from_secs(10),
+        || async {
+            reads
+                .lock()
+                .expect("lock")
+                .iter()
+                .any(|(_, r)| {
+                    r["message_id"] == inbound_id && r["typing_indicator"]["type"] == "text"
+                })
+                .then_some(())
+        },
+    )
+    .await;
 
     let (_, list) = app
         .get(&app.admin_key, "/v1/conversations?channel=whatsapp")
@@ -401,10 +434,17 @@ async fn outside_the_24_hour_window_a_template_or_a_visible_failure(backend: Bac
         return;
     };
     let (graph, sent) = graph_stand_in().await;
+    // Two numbers: one with a re-engagement template, one without.
     let with_template = connect_with(&app, &graph, json!({ "reengage": "hello_world" })).await;
-    let without = connect_to(&app, &graph).await;
-    let body = fresh("message__text", None);
-    for path in [&with_template, &without] {
+    let without = connect_number(&app, &graph, json!({}), "2233445566778").await;
+    for (path, phone) in [
+        (&with_template, "1122334455667"),
+        (&without, "2233445566778"),
+    ] {
+        let mut payload: Value =
+            serde_json::from_slice(&fresh("message__text", None)).expect("json");
+        payload["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] = json!(phone);
+        let body = serde_json::to_vec(&payload).expect("json");
         let (status, _) = post(&app, path, body.clone(), Some(sign(&body))).await;
         assert_eq!(status, 200);
     }

@@ -8,8 +8,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::json;
-use switchboard_channel::ChannelKind;
+use switchboard_channel::{ChannelKind, SendError};
 use switchboard_channel_api::ApiChannelConfig;
+use switchboard_channel_telegram::{Mode, TelegramConfig};
 use switchboard_channel_whatsapp::WhatsappConfig;
 
 use super::AppState;
@@ -42,14 +43,53 @@ pub async fn connect_channel(
             format!("unknown channel kind {:?}", request.kind),
         )
     })?;
+    let existing = state.store.channels(&principal.tenant_id).await?;
+    let mut config = request.config;
+    let mut replaces = None;
+    let mut notes = serde_json::Map::new();
     match kind {
         ChannelKind::Api => {
-            ApiChannelConfig::parse(&request.config)
+            ApiChannelConfig::parse(&config)
                 .map_err(|e| ApiError::bad_request("invalid_channel_config", e))?;
         }
         ChannelKind::Whatsapp => {
-            WhatsappConfig::parse(&request.config)
+            let parsed = WhatsappConfig::parse(&config)
                 .map_err(|e| ApiError::bad_request("invalid_channel_config", e))?;
+            // The same number again: new settings for the existing channel.
+            replaces = existing
+                .iter()
+                .filter(|c| c.kind == kind)
+                .find(|c| {
+                    WhatsappConfig::parse(&c.config)
+                        .is_ok_and(|c| c.phone_number_id == parsed.phone_number_id)
+                })
+                .map(|c| c.id.clone());
+        }
+        ChannelKind::Telegram => {
+            let mut parsed = TelegramConfig::parse(&config)
+                .map_err(|e| ApiError::bad_request("invalid_channel_config", e))?;
+            // getMe proves the token and tells the bot's @username (groups address it by that).
+            match state.channels.telegram().username(&parsed).await {
+                Ok(name) => parsed.bot_username = name,
+                Err(SendError::Permanent(reason)) => {
+                    return Err(ApiError::bad_request(
+                        "invalid_channel_config",
+                        format!("Telegram refused the bot token: {reason}"),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "getMe failed; group mentions are recognised once it works");
+                    notes.insert("get_me_error".into(), e.to_string().into());
+                }
+            }
+            replaces = existing
+                .iter()
+                .filter(|c| c.kind == kind)
+                .find(|c| {
+                    TelegramConfig::parse(&c.config).is_ok_and(|c| c.bot_id() == parsed.bot_id())
+                })
+                .map(|c| c.id.clone());
+            config = serde_json::to_value(&parsed).map_err(ApiError::internal)?;
         }
         other => {
             return Err(ApiError::bad_request(
@@ -60,13 +100,47 @@ pub async fn connect_channel(
     }
     let channel = state
         .store
-        .upsert_channel(&principal.tenant_id, kind, &request.config)
+        .upsert_channel(&principal.tenant_id, kind, &config, replaces.as_deref())
         .await?;
     let webhook_url = webhook_url(&state, kind, &channel.id);
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "channel_id": channel.id, "kind": kind, "webhook_url": webhook_url })),
-    ))
+    if kind == ChannelKind::Telegram
+        && let Ok(parsed) = TelegramConfig::parse(&channel.config)
+    {
+        match parsed.mode {
+            // Register the webhook with Telegram when we know our public address.
+            Mode::Webhook => match (&state.config.public_url, &webhook_url) {
+                (Some(_), Some(url)) => {
+                    match state.channels.telegram().set_webhook(&parsed, url).await {
+                        Ok(()) => {
+                            notes.insert("webhook_registered".into(), true.into());
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "setWebhook failed");
+                            notes.insert("webhook_registered".into(), false.into());
+                            notes.insert("webhook_error".into(), e.to_string().into());
+                        }
+                    }
+                }
+                _ => {
+                    notes.insert("webhook_registered".into(), false.into());
+                    notes.insert(
+                        "webhook_error".into(),
+                        "SWITCHBOARD_PUBLIC_URL is not set: register webhook_url with setWebhook yourself, or use mode \"polling\"".into(),
+                    );
+                }
+            },
+            Mode::Polling => {}
+        }
+        // Starts, restarts (new settings) or stops this channel's poller.
+        state
+            .pollers
+            .ensure(&state.ingest, &state.channels, &channel);
+    }
+    let mut body = json!({ "channel_id": channel.id, "kind": kind, "webhook_url": webhook_url });
+    if let Some(object) = body.as_object_mut() {
+        object.extend(notes);
+    }
+    Ok((StatusCode::CREATED, Json(body)))
 }
 
 fn webhook_url(state: &AppState, kind: ChannelKind, channel_id: &str) -> Option<String> {

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod channels;
+pub mod contacts;
 pub mod error;
 pub mod messages;
 pub mod webhooks;
@@ -21,6 +22,8 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
 use crate::ingest::Ingest;
+use crate::outbox::Channels;
+use crate::polling::Pollers;
 use crate::router::Router;
 use crate::store::Store;
 use error::ApiError;
@@ -33,6 +36,9 @@ pub struct AppState {
     pub router: Router,
     pub config: Arc<Config>,
     pub metrics: PrometheusHandle,
+    /// Provider API clients, for calls outside the outbox (`getMe`, `setWebhook`).
+    pub channels: Channels,
+    pub pollers: Pollers,
 }
 
 /// The whole HTTP application.
@@ -46,8 +52,14 @@ pub fn app(state: AppState) -> HttpRouter {
         .route("/v1/conversations", get(messages::list_conversations))
         .route(
             "/v1/conversations/{id}/messages",
-            get(messages::conversation_messages),
+            get(messages::conversation_messages).post(contacts::post_agent_message),
         )
+        .route(
+            "/v1/conversations/{id}",
+            axum::routing::patch(contacts::update_conversation),
+        )
+        .route("/v1/contacts/{id}", get(contacts::get_contact))
+        .route("/v1/contacts/{id}/messages", get(contacts::contact_history))
         .route(
             "/v1/channels",
             post(channels::connect_channel).get(channels::list_channels),

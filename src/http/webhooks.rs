@@ -13,7 +13,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use switchboard_channel::{ChannelKind, InboundError, InboundEvent};
+use switchboard_channel::{ChannelKind, InboundError};
+use switchboard_channel_telegram::{BotIdentity, TelegramConfig};
 use switchboard_channel_whatsapp::{
     WhatsappConfig, inbound::SIGNATURE_HEADER, parse_webhook_for, verify_signature,
     verify_subscription,
@@ -100,27 +101,27 @@ pub async fn receive(
             verify_signature(&config.app_secret, signature, &body).map_err(refused)?;
             parse_webhook_for(&body, Some(&config.phone_number_id)).map_err(refused)?
         }
+        ChannelKind::Telegram => {
+            let config = TelegramConfig::parse(&channel.config)
+                .map_err(|e| ApiError::internal(format!("telegram channel {}: {e}", channel.id)))?;
+            // A polling channel takes no webhook.
+            let secret = config
+                .webhook_secret
+                .as_ref()
+                .filter(|_| config.mode == switchboard_channel_telegram::Mode::Webhook)
+                .ok_or_else(|| ApiError::not_found("channel"))?;
+            let token = headers
+                .get(switchboard_channel_telegram::inbound::SECRET_HEADER)
+                .and_then(|v| v.to_str().ok());
+            switchboard_channel_telegram::verify_secret(secret, token).map_err(refused)?;
+            let bot = BotIdentity {
+                id: config.bot_id(),
+                username: config.bot_username.as_deref(),
+            };
+            switchboard_channel_telegram::parse_webhook(&body, bot).map_err(refused)?
+        }
         _ => return Err(ApiError::not_found("channel")),
     };
-    let (mut messages, mut statuses, mut notices) = (0, 0, 0);
-    // One at a time, in payload order: two messages of one person keep their order.
-    for event in events {
-        match event {
-            InboundEvent::Message(message) => {
-                state.ingest.accept(&channel, message).await?;
-                messages += 1;
-            }
-            InboundEvent::Status(status) => {
-                state.store.apply_status(&channel.id, &status).await?;
-                statuses += 1;
-            }
-            InboundEvent::Notice { topic, detail } => {
-                state.store.record_notice(&channel, &topic, &detail).await?;
-                notices += 1;
-            }
-        }
-    }
-    Ok(Json(
-        json!({ "messages": messages, "statuses": statuses, "notices": notices }),
-    ))
+    let counts = state.ingest.apply(&channel, events).await?;
+    Ok(Json(json!(counts)))
 }

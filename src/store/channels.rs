@@ -96,6 +96,17 @@ impl Store {
             .transpose()
     }
 
+    /// Every channel of one kind, all tenants (to start their background work).
+    pub async fn channels_of_kind(&self, kind: ChannelKind) -> Result<Vec<Channel>, sqlx::Error> {
+        sqlx::query(select_channel!("WHERE kind = $1 ORDER BY created_at"))
+            .bind(kind.as_str())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(channel_from_row)
+            .collect()
+    }
+
     pub async fn channels(&self, tenant_id: &str) -> Result<Vec<Channel>, sqlx::Error> {
         sqlx::query(select_channel!(
             "WHERE tenant_id = $1 ORDER BY created_at, id"
@@ -110,16 +121,34 @@ impl Store {
 
     /// Connects a channel. For the single-instance kinds (`api`, `widget`) this replaces the
     /// existing configuration and keeps the channel's id, so conversations stay attached.
+    ///
+    /// `replaces`: an existing channel of the tenant that this one reconnects (the same bot or
+    /// number with new settings); it keeps its id, webhook URL and conversations.
     pub async fn upsert_channel(
         &self,
         tenant_id: &str,
         kind: ChannelKind,
         config: &serde_json::Value,
+        replaces: Option<&str>,
     ) -> Result<Channel, sqlx::Error> {
         let now = now_ms();
         let config_text = config.to_string();
         let mut w = self.begin_write().await?;
-        let existing = match kind {
+        let existing = match (kind, replaces) {
+            (_, Some(id)) => sqlx::query(
+                "UPDATE channel SET config = $1, updated_at = $2
+                 WHERE tenant_id = $3 AND kind = $4 AND id = $5 RETURNING id",
+            )
+            .bind(&config_text)
+            .bind(now)
+            .bind(tenant_id)
+            .bind(kind.as_str())
+            .bind(id)
+            .fetch_optional(&mut *w.tx)
+            .await?
+            .map(|r| r.try_get::<String, _>("id"))
+            .transpose()?,
+            _ => match kind {
             ChannelKind::Api | ChannelKind::Widget => sqlx::query(
                 "UPDATE channel SET config = $1, updated_at = $2 WHERE tenant_id = $3 AND kind = $4
                  RETURNING id",
@@ -133,6 +162,7 @@ impl Store {
             .map(|r| r.try_get::<String, _>("id"))
             .transpose()?,
             _ => None,
+            },
         };
         let id = match existing {
             Some(id) => id,

@@ -28,6 +28,8 @@ pub struct ClaimedDelivery {
     /// The contact's id at the provider.
     pub recipient: String,
     pub body: String,
+    /// Buttons, list, media or template (JSON of the contract's `Content`), if any.
+    pub content: Option<String>,
     /// The lease this claim holds (`locked_until` as set by the claim). Outcomes are recorded
     /// only while it is still ours, so a worker that outlived its lease cannot undo another's.
     pub lease: i64,
@@ -36,9 +38,20 @@ pub struct ClaimedDelivery {
 /// What became of one attempt, to be recorded (in batches) by [`Store::record_outcomes`].
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    Delivered { provider_message_id: Option<String> },
-    RetryAt { next_attempt_at: i64, error: String },
-    Dead { error: String },
+    Delivered {
+        provider_message_id: Option<String>,
+    },
+    RetryAt {
+        next_attempt_at: i64,
+        error: String,
+    },
+    /// Not attempted (a pacing limit): try at `next_attempt_at`; the claim's attempt is given back.
+    Defer {
+        next_attempt_at: i64,
+    },
+    Dead {
+        error: String,
+    },
 }
 
 /// A delivery as the API shows it (dead letters, mostly).
@@ -74,7 +87,7 @@ macro_rules! claim_sql {
             $lock,
             ")
              RETURNING id, tenant_id, channel_id, conversation_id, message_id, seq, attempts,
-                       created_at, recipient, body, locked_until"
+                       created_at, recipient, body, content, locked_until"
         )
     };
 }
@@ -91,6 +104,7 @@ fn claimed_from_row(r: &AnyRow) -> Result<ClaimedDelivery, sqlx::Error> {
         created_at: r.try_get("created_at")?,
         recipient: r.try_get("recipient")?,
         body: r.try_get("body")?,
+        content: r.try_get("content")?,
         lease: r.try_get("locked_until")?,
     })
 }
@@ -387,6 +401,19 @@ impl Store {
                     )
                     .bind(next_attempt_at)
                     .bind(error)
+                    .bind(now)
+                    .bind(&d.id)
+                    .bind(d.lease)
+                    .execute(&mut *w.tx)
+                    .await?;
+                }
+                Outcome::Defer { next_attempt_at } => {
+                    sqlx::query(
+                        "UPDATE delivery SET next_attempt_at = $1, locked_until = NULL,
+                                attempts = attempts - 1, updated_at = $2
+                         WHERE id = $3 AND status = 'pending' AND locked_until = $4",
+                    )
+                    .bind(next_attempt_at)
                     .bind(now)
                     .bind(&d.id)
                     .bind(d.lease)

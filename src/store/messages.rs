@@ -40,6 +40,12 @@ pub struct PendingTurn {
     pub recipient: String,
     /// The message's kind (`text`, `reaction`, …).
     pub kind: String,
+    /// The provider's id of the inbound message (WhatsApp's read receipts need it).
+    pub provider_id: Option<String>,
+    /// The inbound message's attachments (JSON), e.g. a Telegram callback query to answer.
+    pub attachments: String,
+    /// The channel's kind (`telegram`, `whatsapp`, …).
+    pub channel_kind: String,
 }
 
 /// A reply to store with the turn that produced it.
@@ -96,7 +102,7 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-fn message_from_row(row: &AnyRow) -> Result<MessageView, sqlx::Error> {
+pub(crate) fn message_from_row(row: &AnyRow) -> Result<MessageView, sqlx::Error> {
     let citations: String = row.try_get("citations")?;
     Ok(MessageView {
         id: row.try_get("id")?,
@@ -220,10 +226,12 @@ impl Store {
     ) -> Result<Option<PendingTurn>, sqlx::Error> {
         sqlx::query(
             "SELECT m.id, m.tenant_id, m.conversation_id, m.channel_id, m.seq, m.text, m.created_at,
-                    m.kind, c.status, ci.external_id
+                    m.kind, m.provider_id, m.attachments, c.status, ci.external_id,
+                    ch.kind AS channel_kind
              FROM message m
              JOIN conversation c ON c.id = m.conversation_id
              JOIN contact_identity ci ON ci.contact_id = c.contact_id AND ci.channel_id = c.channel_id
+             JOIN channel ch ON ch.id = m.channel_id
              WHERE m.conversation_id = $1 AND m.direction = 'inbound' AND m.processed_at IS NULL
              ORDER BY m.seq LIMIT 1",
         )
@@ -242,6 +250,9 @@ impl Store {
                 created_at: r.try_get("created_at")?,
                 recipient: r.try_get("external_id")?,
                 kind: r.try_get("kind")?,
+                provider_id: r.try_get("provider_id")?,
+                attachments: r.try_get("attachments")?,
+                channel_kind: r.try_get("channel_kind")?,
             })
         })
         .transpose()

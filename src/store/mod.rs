@@ -16,6 +16,7 @@ pub mod batch;
 mod bulk;
 pub mod cache;
 pub mod channels;
+pub mod contacts;
 pub mod deliveries;
 pub mod messages;
 pub mod tenants;

@@ -8,6 +8,8 @@
 //! a missing server a failure.
 #![allow(dead_code)]
 
+pub mod telegram;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -58,8 +58,13 @@ pub struct TelegramSender {
 }
 
 fn bot(proto: &Bot, config: &TelegramConfig) -> Result<Bot, String> {
-    let url = reqwest::Url::parse(config.api_url.trim_end_matches('/'))
+    let mut url = reqwest::Url::parse(config.api_url.trim_end_matches('/'))
         .map_err(|e| format!("api_url: {e}"))?;
+    // teloxide appends `bot<token>/<method>` as path segments: a bare host's empty segment
+    // would make that `//bot…`.
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments.pop_if_empty();
+    }
     Ok(Bot::with_client(config.bot_token.expose(), proto.client().clone()).set_api_url(url))
 }
 
@@ -79,8 +84,11 @@ pub fn classify(e: RequestError) -> SendError {
             SendError::Transient(format!("Telegram: the group moved to {id}"))
         }
         RequestError::Network(e) => SendError::Transient(format!("Bot API request failed: {e}")),
-        RequestError::InvalidJson { .. } => {
-            SendError::Transient("Bot API answered with something that is not its JSON".into())
+        RequestError::InvalidJson { source, raw } => {
+            let raw: String = raw.chars().take(200).collect();
+            SendError::Transient(format!(
+                "Bot API answered with something we cannot read ({source}): {raw}"
+            ))
         }
         RequestError::Io(e) => SendError::Transient(format!("Bot API I/O: {e}")),
         // teloxide keeps the description, not the HTTP code: 4xx descriptions are Telegram's

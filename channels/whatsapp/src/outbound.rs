@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchboard_channel::{OutboundMessage, Receipt, SendError, parse_retry_after};
+use switchboard_channel::{Content, OutboundMessage, Receipt, SendError, parse_retry_after};
 
 use crate::config::WhatsappConfig;
 
@@ -58,6 +58,12 @@ impl WhatsappSender {
         config: &WhatsappConfig,
         msg: &OutboundMessage,
     ) -> Result<Receipt, SendError> {
+        // A template the sender chose may go out whatever the window.
+        if let Some(t) = &msg.content.template {
+            let language = t.language.as_deref().unwrap_or(&config.template_language);
+            let body = template_with(&msg.to, &t.name, language, &t.parameters);
+            return self.post(config, &body).await;
+        }
         let template = config.templates.get(REENGAGE_TEMPLATE);
         if window(msg.contact_last_wrote_at, now_ms()) == Window::Closed {
             // Outside the window only an approved template may be sent: the tenant's
@@ -72,6 +78,9 @@ impl WhatsappSender {
                     "outside the 24-hour customer service window and no `{REENGAGE_TEMPLATE}` template is configured for this number"
                 ))),
             };
+        }
+        if let Some(body) = rich_body(&msg.to, &msg.text, &msg.content)? {
+            return self.post(config, &body).await;
         }
         // Longer replies go out as several messages, in order.
         let chars: Vec<char> = msg.text.chars().collect();
@@ -102,6 +111,22 @@ impl WhatsappSender {
         Ok(receipt)
     }
 
+    /// Marks an inbound message read (blue ticks) and shows a typing indicator while the bot
+    /// prepares its answer.
+    pub async fn mark_read(
+        &self,
+        config: &WhatsappConfig,
+        message_id: &str,
+    ) -> Result<(), SendError> {
+        let body = json!({
+            "messaging_product": "whatsapp",
+            "status": "read",
+            "message_id": message_id,
+            "typing_indicator": { "type": "text" },
+        });
+        self.post(config, &body).await.map(|_| ())
+    }
+
     async fn post(&self, config: &WhatsappConfig, body: &Value) -> Result<Receipt, SendError> {
         let response = self
             .client
@@ -127,6 +152,138 @@ impl WhatsappSender {
         }
         Err(classify(status, &answer, retry_after))
     }
+}
+
+/// Media, reply buttons or a list, as one Graph API message; `None` for plain text.
+pub fn rich_body(to: &str, text: &str, content: &Content) -> Result<Option<Value>, SendError> {
+    let limit = |what: &str, value: &str, max: usize| {
+        if value.chars().count() > max {
+            Err(SendError::Permanent(format!(
+                "WhatsApp allows at most {max} characters in {what}: {value:?}"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    let envelope = |kind: &str, payload: Value| {
+        let mut body = json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": to,
+            "type": kind,
+        });
+        body[kind] = payload;
+        body
+    };
+    if let Some(media) = &content.media {
+        if !content.buttons.is_empty() || content.list.is_some() {
+            return Err(SendError::Permanent(
+                "WhatsApp cannot combine media with buttons or a list in one message".into(),
+            ));
+        }
+        let mut payload = match (&media.url, &media.id) {
+            (Some(url), _) => json!({ "link": url }),
+            (None, Some(id)) => json!({ "id": id }),
+            (None, None) => {
+                return Err(SendError::Permanent("media needs a url or an id".into()));
+            }
+        };
+        let captioned = matches!(media.kind.as_str(), "image" | "video" | "document");
+        if captioned && !text.trim().is_empty() {
+            limit("a media caption", text, 1024)?;
+            payload["caption"] = text.into();
+        } else if !text.trim().is_empty() {
+            return Err(SendError::Permanent(format!(
+                "WhatsApp {} messages carry no caption",
+                media.kind
+            )));
+        }
+        if let Some(name) = &media.filename
+            && media.kind == "document"
+        {
+            payload["filename"] = name.as_str().into();
+        }
+        return Ok(Some(envelope(&media.kind, payload)));
+    }
+    if text.trim().is_empty() && (!content.buttons.is_empty() || content.list.is_some()) {
+        return Err(SendError::Permanent(
+            "WhatsApp interactive messages need a body text".into(),
+        ));
+    }
+    if !content.buttons.is_empty() {
+        if content.buttons.len() > 3 {
+            return Err(SendError::Permanent(
+                "WhatsApp allows at most 3 reply buttons (use a list for more)".into(),
+            ));
+        }
+        if content.buttons.iter().any(|b| b.url.is_some()) {
+            return Err(SendError::Permanent(
+                "WhatsApp reply buttons cannot be links".into(),
+            ));
+        }
+        limit("an interactive body", text, 1024)?;
+        let mut buttons = Vec::new();
+        for b in &content.buttons {
+            limit("a button title", &b.title, 20)?;
+            limit("a button id", &b.id, 256)?;
+            buttons.push(json!({ "type": "reply", "reply": { "id": b.id, "title": b.title } }));
+        }
+        return Ok(Some(envelope(
+            "interactive",
+            json!({ "type": "button", "body": { "text": text }, "action": { "buttons": buttons } }),
+        )));
+    }
+    if let Some(list) = &content.list {
+        let rows: usize = list.sections.iter().map(|s| s.rows.len()).sum();
+        if rows > 10 || list.sections.len() > 10 {
+            return Err(SendError::Permanent(
+                "WhatsApp lists hold at most 10 rows".into(),
+            ));
+        }
+        limit("an interactive body", text, 4096)?;
+        limit("a list button", &list.button, 20)?;
+        let mut sections = Vec::new();
+        for section in &list.sections {
+            limit("a section title", &section.title, 24)?;
+            let mut out_rows = Vec::new();
+            for row in &section.rows {
+                limit("a row title", &row.title, 24)?;
+                limit("a row id", &row.id, 200)?;
+                let mut r = json!({ "id": row.id, "title": row.title });
+                if let Some(d) = &row.description {
+                    limit("a row description", d, 72)?;
+                    r["description"] = d.as_str().into();
+                }
+                out_rows.push(r);
+            }
+            sections.push(json!({ "title": section.title, "rows": out_rows }));
+        }
+        return Ok(Some(envelope(
+            "interactive",
+            json!({ "type": "list", "body": { "text": text },
+                    "action": { "button": list.button, "sections": sections } }),
+        )));
+    }
+    Ok(None)
+}
+
+/// A template message with body parameters, in order.
+pub fn template_with(to: &str, name: &str, language: &str, parameters: &[String]) -> Value {
+    let mut template = json!({ "name": name, "language": { "code": language } });
+    if !parameters.is_empty() {
+        let params: Vec<Value> = parameters
+            .iter()
+            .map(|p| json!({ "type": "text", "text": p }))
+            .collect();
+        template["components"] = json!([{ "type": "body", "parameters": params }]);
+    }
+    json!({
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": to,
+        "type": "template",
+        "template": template,
+    })
 }
 
 fn template_body(config: &WhatsappConfig, to: &str, name: &str) -> Value {
@@ -173,6 +330,89 @@ pub fn classify(status: u16, answer: &Value, retry_after: Option<Duration>) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchboard_channel::{Button, ListMenu, ListRow, ListSection, Media};
+
+    #[test]
+    fn rich_content_becomes_graph_api_messages_within_metas_limits() {
+        let buttons = Content {
+            buttons: vec![
+                Button {
+                    id: "yes".into(),
+                    title: "Yes".into(),
+                    url: None,
+                },
+                Button {
+                    id: "no".into(),
+                    title: "No".into(),
+                    url: None,
+                },
+            ],
+            ..Content::default()
+        };
+        let body = rich_body("15551234567", "Ready?", &buttons)
+            .expect("ok")
+            .expect("rich");
+        assert_eq!(body["type"], "interactive");
+        assert_eq!(body["interactive"]["type"], "button");
+        assert_eq!(
+            body["interactive"]["action"]["buttons"][1]["reply"]["id"],
+            "no"
+        );
+        let mut four = buttons.clone();
+        for i in 0..2 {
+            four.buttons.push(Button {
+                id: format!("b{i}"),
+                title: "x".into(),
+                url: None,
+            });
+        }
+        assert!(
+            rich_body("1", "t", &four).is_err(),
+            "at most 3 reply buttons"
+        );
+        let list = Content {
+            list: Some(ListMenu {
+                button: "Plans".into(),
+                sections: vec![ListSection {
+                    title: "Weekly".into(),
+                    rows: vec![ListRow {
+                        id: "w1".into(),
+                        title: "5k plan".into(),
+                        description: None,
+                    }],
+                }],
+            }),
+            ..Content::default()
+        };
+        let body = rich_body("1", "Pick one", &list)
+            .expect("ok")
+            .expect("rich");
+        assert_eq!(
+            body["interactive"]["action"]["sections"][0]["rows"][0]["id"],
+            "w1"
+        );
+        let image = Content {
+            media: Some(Media {
+                kind: "image".into(),
+                url: Some("https://x/y.png".into()),
+                id: None,
+                filename: None,
+            }),
+            ..Content::default()
+        };
+        let body = rich_body("1", "Your chart", &image)
+            .expect("ok")
+            .expect("rich");
+        assert_eq!(body["image"]["link"], "https://x/y.png");
+        assert_eq!(body["image"]["caption"], "Your chart");
+        assert!(
+            rich_body("1", "plain", &Content::default())
+                .expect("ok")
+                .is_none()
+        );
+        let t = template_with("1", "checkin", "en_US", &["Ann".into(), "3".into()]);
+        assert_eq!(t["template"]["components"][0]["parameters"][1]["text"], "3");
+    }
 
     #[test]
     fn the_window_is_open_for_24_hours_after_the_contact_wrote() {

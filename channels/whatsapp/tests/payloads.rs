@@ -244,6 +244,7 @@ fn several_entries_and_changes_in_one_post_all_come_out_in_order() {
             InboundEvent::Message(m) => m.kind,
             InboundEvent::Status(s) => format!("{:?}", s.state),
             InboundEvent::Notice { topic, .. } => topic,
+            InboundEvent::Reachability { reason, .. } => reason,
         })
         .collect();
     assert_eq!(kinds, ["text", "image", "Read"]);
@@ -262,6 +263,7 @@ fn one_unreadable_item_becomes_a_notice_and_the_rest_still_counts() {
             InboundEvent::Message(m) => format!("message:{}", m.text),
             InboundEvent::Status(s) => format!("status:{:?}", s.state),
             InboundEvent::Notice { topic, .. } => topic.clone(),
+            InboundEvent::Reachability { reason, .. } => reason.clone(),
         })
         .collect();
     assert_eq!(

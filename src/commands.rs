@@ -1,0 +1,163 @@
+//! Commands every channel understands, typed as a message: `/start`, `/help`, `/stop`, `/human`,
+//! `/link`, and the SMS-style keywords STOP / STOPALL / UNSUBSCRIBE and START / UNSTOP.
+//!
+//! Where it sits: the router checks each turn with [`parse`] before asking the responder; a
+//! command is carried out here and its confirmation is the turn's reply (stored and delivered
+//! like any other). Commands work whatever the conversation's status: opting out must always be
+//! possible, and so must asking for a person.
+//!
+//! Effects are idempotent (opting out twice is opting out), so a turn that is re-run after a
+//! crash does no harm — except a link code, which is single-use: a re-run says the code is used.
+
+use crate::store::Store;
+use crate::store::contacts::{LINK_CODE_TTL_MS, LinkOutcome};
+use crate::store::messages::PendingTurn;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `/start` (with an optional deep-link payload), `START`, `UNSTOP`: welcome, and opt back in.
+    Start(Option<String>),
+    Help,
+    /// `/stop`, `STOP`, `STOPALL`, `UNSUBSCRIBE`: no proactive messages on any channel.
+    Stop,
+    /// `/human`, `/agent`: hand the conversation to a person.
+    Human,
+    /// `/link` gives a one-time code; `/link <code>` (or `link <code>`) on another channel joins
+    /// the two identities into one contact.
+    Link(Option<String>),
+}
+
+/// The command in a message, if it is one. Only `text` and `command` messages can be commands.
+pub fn parse(kind: &str, text: &str) -> Option<Command> {
+    if !matches!(kind, "text" | "command") {
+        return None;
+    }
+    let text = text.trim();
+    let (head, rest) = match text.split_once(char::is_whitespace) {
+        Some((h, r)) => (h, Some(r.trim()).filter(|r| !r.is_empty())),
+        None => (text, None),
+    };
+    let head = head.to_lowercase();
+    if let Some(name) = head.strip_prefix('/') {
+        return match name {
+            "start" => Some(match rest.and_then(link_payload) {
+                Some(code) => Command::Link(Some(code)),
+                None => Command::Start(rest.map(str::to_owned)),
+            }),
+            "help" => Some(Command::Help),
+            "stop" | "unsubscribe" => Some(Command::Stop),
+            "human" | "agent" => Some(Command::Human),
+            "link" => Some(Command::Link(rest.map(str::to_owned))),
+            _ => None,
+        };
+    }
+    // Keywords count only as the whole message ("stop" alone, not "don't stop me now").
+    let word = head.trim_end_matches(['.', '!']);
+    match (word, rest) {
+        ("stop" | "stopall" | "unsubscribe", None) => Some(Command::Stop),
+        ("start" | "unstop", None) => Some(Command::Start(None)),
+        ("link", Some(code)) if link_payload(code).is_some() => {
+            Some(Command::Link(Some(code.to_owned())))
+        }
+        _ => None,
+    }
+}
+
+/// A deep-link payload `link-123456` (or a bare six-digit code) → the code.
+fn link_payload(payload: &str) -> Option<String> {
+    let code = payload.strip_prefix("link-").unwrap_or(payload);
+    (code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit())).then(|| code.to_owned())
+}
+
+pub const HELP: &str = "I answer questions from what this coach has shared. You can also send:\n\
+/human - ask for a person to take over\n\
+/link - use this chat and another app (Telegram, WhatsApp, ...) as one account\n\
+/stop - no more reminders or check-ins (you can still write to me)\n\
+/start - start again";
+
+pub const WELCOME: &str = "Hi! Ask me anything. Send /help to see what else I can do.";
+
+/// Carries out a command for the turn's contact and returns the confirmation to send.
+pub async fn run(store: &Store, turn: &PendingTurn, command: &Command) -> anyhow::Result<String> {
+    Ok(match command {
+        Command::Start(_) => {
+            store.set_opt_out(&turn.conversation_id, false).await?;
+            WELCOME.to_owned()
+        }
+        Command::Help => HELP.to_owned(),
+        Command::Stop => {
+            store.set_opt_out(&turn.conversation_id, true).await?;
+            "You're unsubscribed: no more reminders or check-ins from us, on any channel. You can \
+             still write to me any time; send /start to subscribe again."
+                .to_owned()
+        }
+        Command::Human => {
+            store
+                .set_conversation_status(&turn.tenant_id, &turn.conversation_id, "human", "contact")
+                .await?;
+            "I've asked a person to take over. They will answer here; until then I'll stay quiet."
+                .to_owned()
+        }
+        Command::Link(None) => {
+            let code = store
+                .create_link_code(&turn.tenant_id, &turn.conversation_id)
+                .await?;
+            format!(
+                "Your link code is {code}. Within {} minutes, send \"/link {code}\" from your other \
+                 app (Telegram, WhatsApp, ...) and both will share one history.",
+                LINK_CODE_TTL_MS / 60_000
+            )
+        }
+        Command::Link(Some(code)) => {
+            let code = link_payload(code).unwrap_or_else(|| code.clone());
+            match store
+                .redeem_link_code(&turn.tenant_id, &turn.conversation_id, &code)
+                .await?
+            {
+                LinkOutcome::Linked { .. } => {
+                    "Linked: this chat and your other app now share one history.".to_owned()
+                }
+                LinkOutcome::AlreadyLinked => {
+                    "This chat is already linked to that account.".to_owned()
+                }
+                LinkOutcome::Invalid => {
+                    "That code isn't valid: codes work once and only for a few \
+                    minutes. Send /link in your other app for a new one."
+                        .to_owned()
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_and_keywords() {
+        assert_eq!(parse("command", "/start"), Some(Command::Start(None)));
+        assert_eq!(parse("command", "/START"), Some(Command::Start(None)));
+        assert_eq!(
+            parse("command", "/start link-123456"),
+            Some(Command::Link(Some("123456".into())))
+        );
+        assert_eq!(
+            parse("text", "/link 123456"),
+            Some(Command::Link(Some("123456".into())))
+        );
+        assert_eq!(
+            parse("text", "link 654321"),
+            Some(Command::Link(Some("654321".into())))
+        );
+        assert_eq!(parse("text", "/link"), Some(Command::Link(None)));
+        assert_eq!(parse("text", "STOP"), Some(Command::Stop));
+        assert_eq!(parse("text", " Unsubscribe. "), Some(Command::Stop));
+        assert_eq!(parse("text", "/human"), Some(Command::Human));
+        assert_eq!(parse("text", "don't stop"), None);
+        assert_eq!(parse("text", "stop it please"), None);
+        assert_eq!(parse("text", "link me to the docs"), None);
+        assert_eq!(parse("image", "STOP"), None, "a caption is not a command");
+        assert_eq!(parse("command", "/unknown"), None);
+    }
+}

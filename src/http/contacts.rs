@@ -1,0 +1,232 @@
+//! People's side of conversations: agents writing into a conversation (hand-off), conversation
+//! status, and a contact's identities and history across channels.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::json;
+use switchboard_channel::{ChannelKind, Content};
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::ApiError;
+use crate::core::Role;
+use crate::store::contacts::AgentMessageError;
+
+/// Longest agent message accepted (channels split long text themselves).
+const MAX_AGENT_TEXT: usize = 16_384;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentMessage {
+    #[serde(default)]
+    text: String,
+    #[serde(default)]
+    content: Content,
+}
+
+/// `POST /v1/conversations/{id}/messages`: an agent's message, delivered through the
+/// conversation's channel by the outbox (buttons, list, media or template in `content`).
+pub async fn post_agent_message(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(conversation_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let principal = caller.require(&[Role::Admin, Role::Moderator])?;
+    let request: AgentMessage = serde_json::from_slice(&body?)
+        .map_err(|e| ApiError::bad_request("invalid_message", e.to_string()))?;
+    let text = request.text.replace('\0', "");
+    if text.trim().is_empty() && request.content.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_message",
+            "a message needs text or content",
+        ));
+    }
+    if text.len() > MAX_AGENT_TEXT {
+        return Err(ApiError::bad_request(
+            "invalid_message",
+            format!("text is longer than {MAX_AGENT_TEXT} bytes"),
+        ));
+    }
+    request
+        .content
+        .validate()
+        .map_err(|e| ApiError::bad_request("invalid_content", e))?;
+    // What the conversation's channel cannot render is refused now, not as a dead letter later.
+    if let Some(kind) = state
+        .store
+        .conversation_channel_kind(&principal.tenant_id, &conversation_id)
+        .await?
+    {
+        check_renderable(kind, &text, &request.content)
+            .map_err(|e| ApiError::bad_request("invalid_content", e))?;
+    }
+    let content = (!request.content.is_empty())
+        .then(|| serde_json::to_string(&request.content))
+        .transpose()
+        .map_err(ApiError::internal)?;
+    let message = state
+        .store
+        .post_agent_message(
+            &principal.tenant_id,
+            &conversation_id,
+            &text,
+            content.as_deref(),
+        )
+        .await
+        .map_err(|e| match e {
+            AgentMessageError::NotFound => ApiError::not_found("conversation"),
+            AgentMessageError::Closed => ApiError::new(
+                StatusCode::CONFLICT,
+                "conversation_closed",
+                "the conversation is closed",
+            ),
+            AgentMessageError::Store(e) => e.into(),
+        })?;
+    state.router.wake_outbox();
+    Ok((StatusCode::CREATED, Json(json!({ "message": message }))))
+}
+
+fn check_renderable(kind: ChannelKind, text: &str, content: &Content) -> Result<(), String> {
+    match kind {
+        ChannelKind::Whatsapp => {
+            if content.template.is_none() {
+                switchboard_channel_whatsapp::outbound::rich_body("0", text, content)
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        ChannelKind::Telegram => {
+            if content.template.is_some() {
+                return Err("templates are a WhatsApp feature; Telegram has none".into());
+            }
+            let too_long = content
+                .buttons
+                .iter()
+                .filter(|b| b.url.is_none())
+                .map(|b| b.id.as_str())
+                .chain(
+                    content
+                        .list
+                        .iter()
+                        .flat_map(|l| &l.sections)
+                        .flat_map(|s| &s.rows)
+                        .map(|r| r.id.as_str()),
+                )
+                .find(|id| id.len() > switchboard_channel_telegram::outbound::MAX_CALLBACK_DATA);
+            match too_long {
+                Some(id) => Err(format!(
+                    "button id {id:?} is longer than Telegram's 64 bytes of callback data"
+                )),
+                None => Ok(()),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConversationUpdate {
+    status: String,
+}
+
+/// `PATCH /v1/conversations/{id}` `{"status":"bot"|"human"|"closed"}`: hand a conversation to a
+/// person, give it back to the bot, or close it.
+pub async fn update_conversation(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(conversation_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let principal = caller.require(&[Role::Admin, Role::Moderator])?;
+    let request: ConversationUpdate = serde_json::from_slice(&body?)
+        .map_err(|e| ApiError::bad_request("invalid_conversation", e.to_string()))?;
+    if !matches!(request.status.as_str(), "bot" | "human" | "closed") {
+        return Err(ApiError::bad_request(
+            "invalid_conversation",
+            "status must be bot, human or closed",
+        ));
+    }
+    let changed = state
+        .store
+        .set_conversation_status(
+            &principal.tenant_id,
+            &conversation_id,
+            &request.status,
+            &principal.key_id,
+        )
+        .await?;
+    if !changed {
+        return match state
+            .store
+            .conversation_channel_kind(&principal.tenant_id, &conversation_id)
+            .await?
+        {
+            None => Err(ApiError::not_found("conversation")),
+            Some(_) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conversation_closed",
+                "a closed conversation stays closed; the contact's next message opens a new one",
+            )),
+        };
+    }
+    Ok(Json(
+        json!({ "conversation_id": conversation_id, "status": request.status }),
+    ))
+}
+
+/// `GET /v1/contacts/{id}`: the contact, its identities on every channel, opt-out.
+pub async fn get_contact(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(contact_id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let principal = caller.require(&[Role::Admin, Role::Moderator])?;
+    match state
+        .store
+        .contact(&principal.tenant_id, &contact_id)
+        .await?
+    {
+        Some(contact) => Ok(Json(json!({ "contact": contact }))),
+        None => Err(ApiError::not_found("contact")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    limit: Option<i64>,
+}
+
+/// `GET /v1/contacts/{id}/messages`: one history across the contact's channels, oldest first.
+pub async fn contact_history(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(contact_id): Path<String>,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let principal = caller.require(&[Role::Admin, Role::Moderator])?;
+    let Query(q) = q?;
+    if state
+        .store
+        .contact(&principal.tenant_id, &contact_id)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found("contact"));
+    }
+    let messages = state
+        .store
+        .contact_history(
+            &principal.tenant_id,
+            &contact_id,
+            q.limit.unwrap_or(500).clamp(1, 5000),
+        )
+        .await?;
+    Ok(Json(json!({ "messages": messages })))
+}

@@ -1,0 +1,476 @@
+//! Contacts across channels: reachability, opt-out, hand-off, linking identities, and messages
+//! written by people (agents) rather than the bot.
+
+use rand::Rng;
+use sqlx::Row;
+
+use super::channels::Channel;
+use super::messages::{MessageView, message_from_row};
+use super::tenants::record_event;
+use super::{Store, new_id, now_ms};
+
+/// How long a link code can be redeemed.
+pub const LINK_CODE_TTL_MS: i64 = 15 * 60 * 1000;
+
+/// What redeeming a link code did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkOutcome {
+    /// This identity now belongs to the code's contact (with its history).
+    Linked { contact_id: String },
+    /// The code belongs to this very contact.
+    AlreadyLinked,
+    /// No such code, or it expired or was used.
+    Invalid,
+}
+
+/// One way a contact is known on one channel.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IdentityView {
+    pub channel_id: String,
+    pub kind: String,
+    pub external_id: String,
+    pub unreachable_reason: Option<String>,
+}
+
+/// A contact with its identities.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ContactView {
+    pub id: String,
+    pub display_name: Option<String>,
+    pub opted_out: bool,
+    pub identities: Vec<IdentityView>,
+}
+
+/// A message in a contact's history across channels.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HistoryItem {
+    pub conversation_id: String,
+    pub channel: String,
+    #[serde(flatten)]
+    pub message: MessageView,
+}
+
+/// Why an agent's message could not be queued.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentMessageError {
+    #[error("conversation not found")]
+    NotFound,
+    #[error("the conversation is closed")]
+    Closed,
+    #[error(transparent)]
+    Store(#[from] sqlx::Error),
+}
+
+impl Store {
+    /// Marks a contact's identity on a channel (un)reachable, e.g. after they blocked the bot.
+    pub async fn set_reachability(
+        &self,
+        channel: &Channel,
+        external_id: &str,
+        reachable: bool,
+        reason: &str,
+    ) -> Result<(), sqlx::Error> {
+        let now = now_ms();
+        let mut w = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE contact_identity SET unreachable_at = $1, unreachable_reason = $2
+             WHERE channel_id = $3 AND external_id = $4",
+        )
+        .bind((!reachable).then_some(now))
+        .bind((!reachable).then_some(reason))
+        .bind(&channel.id)
+        .bind(external_id)
+        .execute(&mut *w.tx)
+        .await?;
+        let detail =
+            serde_json::json!({ "external_id": external_id, "reachable": reachable, "reason": reason })
+                .to_string();
+        let kind = format!("{}.reachability", channel.kind);
+        record_event(
+            &mut w.tx,
+            Some(&channel.tenant_id),
+            &kind,
+            Some(&channel.id),
+            &detail,
+        )
+        .await?;
+        w.commit().await
+    }
+
+    /// Why the contact cannot be written to on this channel, if they cannot.
+    pub async fn unreachable_reason(
+        &self,
+        channel_id: &str,
+        external_id: &str,
+    ) -> Result<Option<String>, sqlx::Error> {
+        Ok(sqlx::query(
+            "SELECT unreachable_reason FROM contact_identity
+             WHERE channel_id = $1 AND external_id = $2 AND unreachable_at IS NOT NULL",
+        )
+        .bind(channel_id)
+        .bind(external_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| r.try_get::<Option<String>, _>("unreachable_reason"))
+        .transpose()?
+        .flatten())
+    }
+
+    /// Opts the conversation's contact out of (or back into) proactive messages, on every channel.
+    pub async fn set_opt_out(
+        &self,
+        conversation_id: &str,
+        opted_out: bool,
+    ) -> Result<(), sqlx::Error> {
+        let now = now_ms();
+        let mut w = self.begin_write().await?;
+        let row = sqlx::query(
+            "UPDATE contact SET opted_out_at = $1
+             WHERE id = (SELECT contact_id FROM conversation WHERE id = $2)
+             RETURNING id, tenant_id",
+        )
+        .bind(opted_out.then_some(now))
+        .bind(conversation_id)
+        .fetch_optional(&mut *w.tx)
+        .await?;
+        if let Some(row) = row {
+            let tenant: String = row.try_get("tenant_id")?;
+            let contact: String = row.try_get("id")?;
+            let kind = if opted_out {
+                "contact.opt_out"
+            } else {
+                "contact.opt_in"
+            };
+            record_event(&mut w.tx, Some(&tenant), kind, Some(&contact), "{}").await?;
+        }
+        w.commit().await
+    }
+
+    /// Sets a conversation's status (`bot`, `human`, `closed`). `false` if it is not the
+    /// tenant's (or a closed one would be reopened: a closed conversation stays closed).
+    pub async fn set_conversation_status(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+        status: &str,
+        actor: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let now = now_ms();
+        let mut w = self.begin_write().await?;
+        let changed = sqlx::query(
+            "UPDATE conversation SET status = $1, updated_at = $2
+             WHERE id = $3 AND tenant_id = $4 AND (status <> 'closed' OR $1 = 'closed')",
+        )
+        .bind(status)
+        .bind(now)
+        .bind(conversation_id)
+        .bind(tenant_id)
+        .execute(&mut *w.tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if changed {
+            let detail = serde_json::json!({ "status": status, "by": actor }).to_string();
+            record_event(
+                &mut w.tx,
+                Some(tenant_id),
+                "conversation.status",
+                Some(conversation_id),
+                &detail,
+            )
+            .await?;
+        }
+        w.commit().await?;
+        Ok(changed)
+    }
+
+    /// A fresh one-time code for the conversation's contact to link another channel with.
+    pub async fn create_link_code(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+    ) -> Result<String, sqlx::Error> {
+        let now = now_ms();
+        for _ in 0..5 {
+            let code = format!("{:06}", rand::rng().random_range(0..1_000_000u32));
+            let mut w = self.begin_write().await?;
+            sqlx::query("DELETE FROM link_code WHERE expires_at <= $1")
+                .bind(now)
+                .execute(&mut *w.tx)
+                .await?;
+            let inserted = sqlx::query(
+                "INSERT INTO link_code (tenant_id, code, contact_id, expires_at)
+                 SELECT $1, $2, contact_id, $3 FROM conversation WHERE id = $4 AND tenant_id = $1
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(tenant_id)
+            .bind(&code)
+            .bind(now + LINK_CODE_TTL_MS)
+            .bind(conversation_id)
+            .execute(&mut *w.tx)
+            .await?;
+            w.commit().await?;
+            if inserted.rows_affected() == 1 {
+                return Ok(code);
+            }
+        }
+        Err(sqlx::Error::Protocol(
+            "no free link code after 5 tries".into(),
+        ))
+    }
+
+    /// Redeems a link code from another identity: that identity's contact is merged into the
+    /// code's contact — identities and conversations move over, so the history is one. The
+    /// stricter opt-out wins.
+    pub async fn redeem_link_code(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+        code: &str,
+    ) -> Result<LinkOutcome, sqlx::Error> {
+        let now = now_ms();
+        let mut w = self.begin_write().await?;
+        let Some(row) = sqlx::query(
+            "DELETE FROM link_code WHERE tenant_id = $1 AND code = $2 AND expires_at > $3
+             RETURNING contact_id",
+        )
+        .bind(tenant_id)
+        .bind(code)
+        .bind(now)
+        .fetch_optional(&mut *w.tx)
+        .await?
+        else {
+            return Ok(LinkOutcome::Invalid);
+        };
+        let target: String = row.try_get("contact_id")?;
+        let source: String =
+            sqlx::query("SELECT contact_id FROM conversation WHERE id = $1 AND tenant_id = $2")
+                .bind(conversation_id)
+                .bind(tenant_id)
+                .fetch_one(&mut *w.tx)
+                .await?
+                .try_get("contact_id")?;
+        if source == target {
+            w.commit().await?;
+            return Ok(LinkOutcome::AlreadyLinked);
+        }
+        for sql in [
+            "UPDATE contact_identity SET contact_id = $1 WHERE contact_id = $2",
+            "UPDATE conversation SET contact_id = $1 WHERE contact_id = $2",
+            "UPDATE link_code SET contact_id = $1 WHERE contact_id = $2",
+        ] {
+            sqlx::query(sql)
+                .bind(&target)
+                .bind(&source)
+                .execute(&mut *w.tx)
+                .await?;
+        }
+        sqlx::query(
+            "UPDATE contact SET opted_out_at = COALESCE(opted_out_at,
+                 (SELECT opted_out_at FROM contact WHERE id = $2))
+             WHERE id = $1",
+        )
+        .bind(&target)
+        .bind(&source)
+        .execute(&mut *w.tx)
+        .await?;
+        sqlx::query("DELETE FROM contact WHERE id = $1")
+            .bind(&source)
+            .execute(&mut *w.tx)
+            .await?;
+        let detail = serde_json::json!({ "merged": source }).to_string();
+        record_event(
+            &mut w.tx,
+            Some(tenant_id),
+            "contact.linked",
+            Some(&target),
+            &detail,
+        )
+        .await?;
+        w.commit().await?;
+        Ok(LinkOutcome::Linked { contact_id: target })
+    }
+
+    /// The kind of a tenant's conversation's channel; `None` if no such conversation.
+    pub async fn conversation_channel_kind(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+    ) -> Result<Option<switchboard_channel::ChannelKind>, sqlx::Error> {
+        Ok(sqlx::query(
+            "SELECT ch.kind FROM conversation c JOIN channel ch ON ch.id = c.channel_id
+             WHERE c.id = $1 AND c.tenant_id = $2",
+        )
+        .bind(conversation_id)
+        .bind(tenant_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| r.try_get::<String, _>("kind"))
+        .transpose()?
+        .and_then(|k| switchboard_channel::ChannelKind::parse(&k)))
+    }
+
+    /// A tenant's contact with its identities; `None` if not the tenant's.
+    pub async fn contact(
+        &self,
+        tenant_id: &str,
+        contact_id: &str,
+    ) -> Result<Option<ContactView>, sqlx::Error> {
+        let Some(row) = sqlx::query(
+            "SELECT id, display_name, opted_out_at FROM contact WHERE id = $1 AND tenant_id = $2",
+        )
+        .bind(contact_id)
+        .bind(tenant_id)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let identities = sqlx::query(
+            "SELECT ci.channel_id, ch.kind, ci.external_id, ci.unreachable_reason
+             FROM contact_identity ci JOIN channel ch ON ch.id = ci.channel_id
+             WHERE ci.contact_id = $1 ORDER BY ci.created_at, ci.id",
+        )
+        .bind(contact_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(IdentityView {
+                channel_id: r.try_get("channel_id")?,
+                kind: r.try_get("kind")?,
+                external_id: r.try_get("external_id")?,
+                unreachable_reason: r.try_get("unreachable_reason")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok(Some(ContactView {
+            id: row.try_get("id")?,
+            display_name: row.try_get("display_name")?,
+            opted_out: row.try_get::<Option<i64>, _>("opted_out_at")?.is_some(),
+            identities,
+        }))
+    }
+
+    /// A contact's messages on every channel, oldest first (one history).
+    pub async fn contact_history(
+        &self,
+        tenant_id: &str,
+        contact_id: &str,
+        limit: i64,
+    ) -> Result<Vec<HistoryItem>, sqlx::Error> {
+        sqlx::query(
+            "SELECT m.id, m.seq, m.direction, m.author, m.kind, m.text, m.status, m.created_at,
+                    m.citations, m.conversation_id, ch.kind AS channel
+             FROM message m
+             JOIN conversation c ON c.id = m.conversation_id
+             JOIN channel ch ON ch.id = m.channel_id
+             WHERE c.contact_id = $1 AND c.tenant_id = $2
+             ORDER BY m.created_at, m.conversation_id, m.seq LIMIT $3",
+        )
+        .bind(contact_id)
+        .bind(tenant_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(HistoryItem {
+                conversation_id: r.try_get("conversation_id")?,
+                channel: r.try_get("channel")?,
+                message: message_from_row(r)?,
+            })
+        })
+        .collect()
+    }
+
+    /// Queues a message written by a person (an agent or moderator) in a conversation: stored
+    /// and put in the outbox in one transaction, like a bot reply. `content` is the contract's
+    /// `Content` as JSON.
+    pub async fn post_agent_message(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+        text: &str,
+        content: Option<&str>,
+    ) -> Result<MessageView, AgentMessageError> {
+        let now = now_ms();
+        let mut w = self.begin_write().await?;
+        let Some(row) = sqlx::query(
+            "UPDATE conversation SET last_seq = last_seq + 1, updated_at = $1
+             WHERE id = $2 AND tenant_id = $3 AND status <> 'closed'
+             RETURNING last_seq, channel_id, contact_id",
+        )
+        .bind(now)
+        .bind(conversation_id)
+        .bind(tenant_id)
+        .fetch_optional(&mut *w.tx)
+        .await?
+        else {
+            let exists =
+                sqlx::query("SELECT id FROM conversation WHERE id = $1 AND tenant_id = $2")
+                    .bind(conversation_id)
+                    .bind(tenant_id)
+                    .fetch_optional(&mut *w.tx)
+                    .await?;
+            return Err(if exists.is_some() {
+                AgentMessageError::Closed
+            } else {
+                AgentMessageError::NotFound
+            });
+        };
+        let seq: i64 = row.try_get("last_seq")?;
+        let channel_id: String = row.try_get("channel_id")?;
+        let contact_id: String = row.try_get("contact_id")?;
+        let recipient: String = sqlx::query(
+            "SELECT external_id FROM contact_identity WHERE contact_id = $1 AND channel_id = $2",
+        )
+        .bind(&contact_id)
+        .bind(&channel_id)
+        .fetch_one(&mut *w.tx)
+        .await?
+        .try_get("external_id")?;
+        let id = new_id();
+        sqlx::query(
+            "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction, author,
+                                  text, status, created_at)
+             VALUES ($1, $2, $3, $4, $5, 'outbound', 'agent', $6, 'queued', $7)",
+        )
+        .bind(&id)
+        .bind(tenant_id)
+        .bind(conversation_id)
+        .bind(&channel_id)
+        .bind(seq)
+        .bind(text)
+        .bind(now)
+        .execute(&mut *w.tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id, message_id, seq,
+                                   recipient, body, content, next_attempt_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $10)",
+        )
+        .bind(new_id())
+        .bind(tenant_id)
+        .bind(&channel_id)
+        .bind(conversation_id)
+        .bind(&id)
+        .bind(seq)
+        .bind(&recipient)
+        .bind(text)
+        .bind(content)
+        .bind(now)
+        .execute(&mut *w.tx)
+        .await?;
+        let view = sqlx::query(
+            "SELECT id, seq, direction, author, kind, text, status, created_at, citations
+             FROM message WHERE id = $1",
+        )
+        .bind(&id)
+        .fetch_one(&mut *w.tx)
+        .await
+        .and_then(|r| message_from_row(&r))?;
+        w.commit().await?;
+        Ok(view)
+    }
+}

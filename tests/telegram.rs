@@ -1,0 +1,580 @@
+//! The Telegram channel through the front door: webhook and long polling against a local Bot API
+//! stand-in (tests/common/telegram.rs), driven by real Update payloads
+//! (channels/telegram/tests/fixtures, attribution in SOURCES.md there).
+
+mod common;
+
+use std::time::Duration;
+
+use common::telegram::{BOT_USERNAME, BotApi, TOKEN};
+use common::{Backend, TestApp};
+use serde_json::{Value, json};
+
+const SECRET: &str = "s3cret_token-1";
+
+both_backends!(
+    webhook_updates_are_verified_stored_once_and_answered,
+    bot_api_errors_retry_wait_or_dead_letter_with_the_reason,
+    polling_stores_before_moving_the_offset,
+    groups_are_answered_only_when_addressed,
+    commands_hand_off_and_agent_buttons,
+    a_contact_links_telegram_and_whatsapp_into_one_history,
+);
+
+fn fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/channels/telegram/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_slice(&raw).expect("fixture JSON")
+}
+
+fn text_update(update_id: i64, chat_id: i64, text: &str) -> Value {
+    json!({ "update_id": update_id, "message": {
+        "message_id": update_id, "date": 1_700_000_000,
+        "chat": { "id": chat_id, "type": "private", "first_name": "Ann" },
+        "from": { "id": chat_id, "is_bot": false, "first_name": "Ann" },
+        "text": text } })
+}
+
+/// Connects a Telegram channel on the stand-in; returns (channel id, webhook path, response).
+async fn connect(app: &TestApp, api: &BotApi, mode: &str) -> (String, String, Value) {
+    let res = app
+        .http
+        .post(format!("{}/v1/channels", app.base))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({ "kind": "telegram", "config": {
+            "bot_token": TOKEN, "webhook_secret": SECRET, "mode": mode, "api_url": api.base } }))
+        .send()
+        .await
+        .expect("connect");
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.expect("json");
+    let id = body["channel_id"].as_str().expect("id").to_owned();
+    (id.clone(), format!("/webhooks/telegram/{id}"), body)
+}
+
+async fn post(app: &TestApp, path: &str, body: &Value, secret: Option<&str>) -> (u16, Value) {
+    let mut req = app
+        .http
+        .post(format!("{}{path}", app.base))
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(body).expect("json"));
+    if let Some(secret) = secret {
+        req = req.header("X-Telegram-Bot-Api-Secret-Token", secret);
+    }
+    let res = req.send().await.expect("post");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn conversations(app: &TestApp) -> Vec<Value> {
+    let (_, list) = app
+        .get(&app.admin_key, "/v1/conversations?channel=telegram")
+        .await;
+    list["conversations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn wait_texts(api: &BotApi, n: usize, what: &str) -> Vec<(String, String)> {
+    common::eventually(what, Duration::from_secs(20), || async {
+        let texts = api.texts();
+        (texts.len() >= n).then_some(texts)
+    })
+    .await
+}
+
+async fn webhook_updates_are_verified_stored_once_and_answered(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let api = BotApi::start().await;
+    let (_, path, connected) = connect(&app, &api, "webhook").await;
+    assert_eq!(
+        api.calls("getMe").len(),
+        1,
+        "the token is checked on connect"
+    );
+    // No public URL configured: nothing registered, and the answer says so.
+    assert_eq!(connected["webhook_registered"], false);
+
+    // Telegram's own guide example (no chat.type, no is_bot): `/start` from chat 1111111.
+    let update = fixture("official_docs/update__message_with_text.json");
+    for secret in [None, Some("wrong"), Some("s3cret_token-")] {
+        let (status, body) = post(&app, &path, &update, secret).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_signature");
+    }
+    assert!(conversations(&app).await.is_empty(), "nothing stored");
+    let (status, body) = post(&app, &path, &json!({ "message": {} }), Some(SECRET)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_payload"))
+    );
+
+    // Five concurrent redeliveries of the update: one message, one reply.
+    let sends = (0..5).map(|_| post(&app, &path, &update, Some(SECRET)));
+    for (status, body) in futures::future::join_all(sends).await {
+        assert_eq!(status, 200, "{body}");
+    }
+    let texts = wait_texts(&api, 1, "the /start reply").await;
+    assert_eq!(texts[0].0, "1111111");
+    assert_eq!(texts[0].1, switchboard::commands::WELCOME);
+    let send = &api.calls("sendMessage")[0];
+    assert_eq!(send.body["parse_mode"], "HTML");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(api.texts().len(), 1, "answered once");
+    let conversation = conversations(&app).await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let messages = app.messages(&conversation).await;
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert_eq!(messages[0]["kind"], "command");
+
+    // A question: the bot shows it is typing, answers with escaped HTML.
+    let (status, _) = post(
+        &app,
+        &path,
+        &text_update(20, 1111111, "is 2 < 3 & 4 > 1?"),
+        Some(SECRET),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let texts = wait_texts(&api, 2, "the answer").await;
+    assert!(texts[1].1.contains("no knowledge"), "{texts:?}");
+    common::eventually("typing action", Duration::from_secs(10), || async {
+        api.calls("sendChatAction")
+            .iter()
+            .any(|c| c.body["action"] == "typing")
+            .then_some(())
+    })
+    .await;
+}
+
+async fn bot_api_errors_retry_wait_or_dead_letter_with_the_reason(backend: Backend) {
+    // Retry-after is capped at the longest back-off: room for Telegram's 1 s here.
+    let tweak = |c: &mut switchboard::config::Config| c.outbox.max_delay_ms = 3_000;
+    let Some(app) = TestApp::spawn_with(backend, tweak, None).await else {
+        return;
+    };
+    let api = BotApi::start().await;
+    let (_, path, _) = connect(&app, &api, "webhook").await;
+    // Rate-limited once (teloxide's own retry_after fixture), then a 502: retried, sent once.
+    let retry_after = fixture("teloxide/request__retry_after.json");
+    let mut wait_one = retry_after.clone();
+    wait_one["parameters"]["retry_after"] = json!(1);
+    wait_one["error_code"] = json!(429);
+    api.fail_next("sendMessage", 1, 429, wait_one);
+    api.fail_next(
+        "sendMessage",
+        1,
+        502,
+        json!({ "ok": false, "error_code": 502, "description": "Bad Gateway" }),
+    );
+    let (status, _) = post(&app, &path, &text_update(1, 42, "hello"), Some(SECRET)).await;
+    assert_eq!(status, 200);
+    let started = std::time::Instant::now();
+    let texts = wait_texts(&api, 3, "delivery after 429 and 502").await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "retry_after (1 s) honoured"
+    );
+    assert_eq!(texts.len(), 3, "two refused attempts and one delivery");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(api.texts().len(), 3, "no extra sends");
+
+    // A very long answer is split at Telegram's 4,096 characters. (An agent writes it.)
+    let conversation = conversations(&app).await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let long = format!("{}\n\n{}", "a".repeat(4000), "b".repeat(300));
+    let res = app
+        .http
+        .post(format!(
+            "{}/v1/conversations/{conversation}/messages",
+            app.base
+        ))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({ "text": long }))
+        .send()
+        .await
+        .expect("agent message");
+    assert_eq!(res.status(), 201);
+    let texts = wait_texts(&api, 5, "both halves").await;
+    assert_eq!(texts[3].1, "a".repeat(4000));
+    assert_eq!(texts[4].1, "b".repeat(300));
+
+    // The person blocks the bot: Telegram says so on the next send → a dead letter with the
+    // reason, no retries.
+    api.fail_next(
+        "sendMessage",
+        1,
+        403,
+        json!({ "ok": false, "error_code": 403, "description": "Forbidden: bot was blocked by the user" }),
+    );
+    let (status, _) = post(
+        &app,
+        &path,
+        &text_update(2, 42, "still there?"),
+        Some(SECRET),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let dead = common::eventually("dead letter", Duration::from_secs(20), || async {
+        let dead = app.dead_letters().await;
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    assert!(
+        dead[0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("blocked")),
+        "{dead:?}"
+    );
+    assert_eq!(dead[0]["attempts"], 1, "a block is not retried");
+
+    // Telegram's my_chat_member update (teloxide's fixture, re-addressed to this bot and chat):
+    // the contact is unreachable, so the next reply is not even attempted.
+    let mut blocked = fixture("teloxide/update__issue_523.json");
+    blocked["update_id"] = json!(3);
+    blocked["my_chat_member"]["chat"]["id"] = json!(42);
+    blocked["my_chat_member"]["new_chat_member"]["user"]["id"] = json!(123456);
+    let (status, body) = post(&app, &path, &blocked, Some(SECRET)).await;
+    assert_eq!((status, body["notices"].clone()), (200, json!(1)));
+    let before = api.texts().len();
+    let (status, _) = post(
+        &app,
+        &path,
+        &text_update(4, 42, "hello again"),
+        Some(SECRET),
+    )
+    .await;
+    assert_eq!(status, 200);
+    common::eventually("second dead letter", Duration::from_secs(20), || async {
+        let dead = app.dead_letters().await;
+        dead.iter()
+            .any(|d| {
+                d["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("unreachable"))
+            })
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        api.texts().len(),
+        before,
+        "nothing sent to a blocked contact"
+    );
+}
+
+async fn polling_stores_before_moving_the_offset(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let api = BotApi::start().await;
+    for (i, text) in ["one", "two", "three"].iter().enumerate() {
+        api.push_update(text_update(500 + i as i64, 77, text));
+    }
+    let (_, path, _) = connect(&app, &api, "polling").await;
+    let texts = wait_texts(&api, 3, "three polled messages answered").await;
+    assert!(texts.iter().all(|(chat, _)| chat == "77"));
+    assert!(
+        !api.calls("deleteWebhook").is_empty(),
+        "webhook removed before polling"
+    );
+    // The offset moved past the last stored update, and the same updates served again (as
+    // Telegram does until acknowledged) were not stored twice.
+    common::eventually("offset acknowledged", Duration::from_secs(10), || async {
+        api.calls("getUpdates")
+            .iter()
+            .any(|c| c.body["offset"] == 503)
+            .then_some(())
+    })
+    .await;
+    let conversation = conversations(&app).await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let inbound: Vec<Value> = app
+        .messages(&conversation)
+        .await
+        .into_iter()
+        .filter(|m| m["direction"] == "inbound")
+        .collect();
+    let said: Vec<&str> = inbound.iter().filter_map(|m| m["text"].as_str()).collect();
+    assert_eq!(said, ["one", "two", "three"], "in order, once each");
+    // A polling channel takes no webhook.
+    let (status, _) = post(&app, &path, &text_update(9, 77, "x"), Some(SECRET)).await;
+    assert_eq!(status, 404);
+}
+
+async fn groups_are_answered_only_when_addressed(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let api = BotApi::start().await;
+    let (_, path, _) = connect(&app, &api, "webhook").await;
+    let group = |id: i64, text: &str| {
+        json!({ "update_id": id, "message": { "message_id": id, "date": 1_700_000_000,
+            "chat": { "id": -1001, "type": "supergroup", "title": "Runners" },
+            "from": { "id": 5, "is_bot": false, "first_name": "Ann" }, "text": text } })
+    };
+    for (id, text) in [
+        (1, "nice run today"),
+        (2, "/help@OtherBot"),
+        (3, &format!("@{BOT_USERNAME} how far should I run?") as &str),
+        (4, &format!("/help@{BOT_USERNAME}")),
+    ] {
+        let (status, _) = post(&app, &path, &group(id, text), Some(SECRET)).await;
+        assert_eq!(status, 200);
+    }
+    let texts = wait_texts(&api, 2, "two answers").await;
+    assert!(texts.iter().all(|(chat, _)| chat == "-1001"));
+    assert!(texts[1].1.starts_with("I answer questions"), "{texts:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        api.texts().len(),
+        2,
+        "chatter and other bots' commands are not answered"
+    );
+    let conversation = conversations(&app).await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let messages = app.messages(&conversation).await;
+    assert_eq!(
+        messages.len(),
+        6,
+        "all four stored, two answered: {messages:?}"
+    );
+}
+
+async fn commands_hand_off_and_agent_buttons(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let api = BotApi::start().await;
+    let (_, path, _) = connect(&app, &api, "webhook").await;
+    let (status, _) = post(&app, &path, &text_update(1, 55, "/stop"), Some(SECRET)).await;
+    assert_eq!(status, 200);
+    let texts = wait_texts(&api, 1, "opt-out confirmation").await;
+    assert!(texts[0].1.contains("unsubscribed"), "{texts:?}");
+    let listed = conversations(&app).await;
+    let conversation = listed[0]["id"].as_str().expect("id").to_owned();
+    let contact = listed[0]["contact_id"]
+        .as_str()
+        .expect("contact")
+        .to_owned();
+    let (_, view) = app
+        .get(&app.admin_key, &format!("/v1/contacts/{contact}"))
+        .await;
+    assert_eq!(view["contact"]["opted_out"], true, "{view}");
+
+    let (status, _) = post(&app, &path, &text_update(2, 55, "/human"), Some(SECRET)).await;
+    assert_eq!(status, 200);
+    wait_texts(&api, 2, "hand-off confirmation").await;
+    let (_, listed) = app
+        .get(&app.admin_key, "/v1/conversations?status=human")
+        .await;
+    assert_eq!(listed["conversations"][0]["id"], conversation.as_str());
+    // While a person has it, the bot stays quiet…
+    let (status, _) = post(&app, &path, &text_update(3, 55, "anyone?"), Some(SECRET)).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(api.texts().len(), 2);
+    // …and the agent answers with buttons: an inline keyboard.
+    let res = app
+        .http
+        .post(format!(
+            "{}/v1/conversations/{conversation}/messages",
+            app.base
+        ))
+        .bearer_auth(&app.admin_key)
+        .json(
+            &json!({ "text": "Which plan? <b>not markup</b>", "content": { "buttons": [
+            { "id": "plan_5k", "title": "5k" }, { "id": "plan_10k", "title": "10k" },
+            { "id": "docs", "title": "Docs", "url": "https://example.com/plans" } ] } }),
+        )
+        .send()
+        .await
+        .expect("agent message");
+    assert_eq!(res.status(), 201);
+    let texts = wait_texts(&api, 3, "agent message").await;
+    assert_eq!(texts[2].1, "Which plan? &lt;b&gt;not markup&lt;/b&gt;");
+    let sent = api.calls("sendMessage")[2].body.clone();
+    let keyboard = &sent["reply_markup"]["inline_keyboard"][0];
+    assert_eq!(keyboard[0]["callback_data"], "plan_5k");
+    assert_eq!(keyboard[2]["url"], "https://example.com/plans");
+    // A template cannot go to Telegram: refused at once, not a dead letter later.
+    let res = app
+        .http
+        .post(format!(
+            "{}/v1/conversations/{conversation}/messages",
+            app.base
+        ))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({ "text": "x", "content": { "template": { "name": "hello" } } }))
+        .send()
+        .await
+        .expect("agent message");
+    assert_eq!(res.status(), 400);
+
+    // Back to the bot; the person presses a button (Telegram's guide callback, re-addressed).
+    let res = app
+        .http
+        .patch(format!("{}/v1/conversations/{conversation}", app.base))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({ "status": "bot" }))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(res.status(), 200);
+    let mut press = fixture("official_docs/update__callback_query.json");
+    press["update_id"] = json!(4);
+    press["callback_query"]["from"]["id"] = json!(55);
+    press["callback_query"]["data"] = json!("plan_5k");
+    let (status, _) = post(&app, &path, &press, Some(SECRET)).await;
+    assert_eq!(status, 200);
+    wait_texts(&api, 4, "answer to the button").await;
+    common::eventually("callback answered", Duration::from_secs(10), || async {
+        api.calls("answerCallbackQuery")
+            .iter()
+            .any(|c| c.body["callback_query_id"] == "4382bfdwdsb323b2d9")
+            .then_some(())
+    })
+    .await;
+    let messages = app.messages(&conversation).await;
+    assert!(
+        messages
+            .iter()
+            .any(|m| m["kind"] == "button_reply" && m["text"] == "plan_5k"),
+        "{messages:?}"
+    );
+}
+
+async fn a_contact_links_telegram_and_whatsapp_into_one_history(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let api = BotApi::start().await;
+    let (_, path, _) = connect(&app, &api, "webhook").await;
+    let (status, _) = post(&app, &path, &text_update(1, 88, "/link"), Some(SECRET)).await;
+    assert_eq!(status, 200);
+    let texts = wait_texts(&api, 1, "link code").await;
+    let code: String = texts[0]
+        .1
+        .split_whitespace()
+        .find(|w| w.len() == 7 && w.ends_with('.') && w[..6].bytes().all(|b| b.is_ascii_digit()))
+        .map(|w| w[..6].to_owned())
+        .unwrap_or_else(|| panic!("no code in {:?}", texts[0].1));
+
+    // The same person on WhatsApp (pywa's text message fixture) sends the code.
+    let res = app
+        .http
+        .post(format!("{}/v1/channels", app.base))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({ "kind": "whatsapp", "config": {
+            "phone_number_id": "1122334455667", "access_token": "t", "app_secret": "sec",
+            "verify_token": "v", "graph_url": "http://127.0.0.1:9/v21.0" } }))
+        .send()
+        .await
+        .expect("connect");
+    let wa: Value = res.json().await.expect("json");
+    let wa_path = format!(
+        "/webhooks/whatsapp/{}",
+        wa["channel_id"].as_str().expect("id")
+    );
+    let raw = std::fs::read(format!(
+        "{}/channels/whatsapp/tests/fixtures/pywa/message__text.json",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("fixture");
+    let mut payload: Value = serde_json::from_slice(&raw).expect("json");
+    let m = &mut payload["entry"][0]["changes"][0]["value"]["messages"][0];
+    m["text"]["body"] = json!(format!("link {code}"));
+    m["timestamp"] = json!((switchboard::store::now_ms() / 1000).to_string());
+    let body = serde_json::to_vec(&payload).expect("json");
+    let res = app
+        .http
+        .post(format!("{}{wa_path}", app.base))
+        .header(
+            "X-Hub-Signature-256",
+            switchboard_channel_api::outbound::sign("sec", &body),
+        )
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), 200);
+
+    // One contact, two identities, one history (the link reply is in it).
+    let contact = common::eventually("linked", Duration::from_secs(20), || async {
+        let (_, list) = app.get(&app.admin_key, "/v1/conversations").await;
+        let list = list["conversations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let contacts: std::collections::HashSet<String> = list
+            .iter()
+            .filter_map(|c| c["contact_id"].as_str().map(str::to_owned))
+            .collect();
+        (list.len() == 2 && contacts.len() == 1).then(|| contacts.into_iter().next())?
+    })
+    .await;
+    let (_, view) = app
+        .get(&app.admin_key, &format!("/v1/contacts/{contact}"))
+        .await;
+    let mut kinds: Vec<&str> = view["contact"]["identities"]
+        .as_array()
+        .expect("identities")
+        .iter()
+        .filter_map(|i| i["kind"].as_str())
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["telegram", "whatsapp"], "{view}");
+    let history = common::eventually(
+        "history with the link reply",
+        Duration::from_secs(20),
+        || async {
+            let (_, h) = app
+                .get(&app.admin_key, &format!("/v1/contacts/{contact}/messages"))
+                .await;
+            let h = h["messages"].as_array().cloned().unwrap_or_default();
+            (h.len() >= 4).then_some(h)
+        },
+    )
+    .await;
+    let channels: Vec<&str> = history
+        .iter()
+        .filter_map(|m| m["channel"].as_str())
+        .collect();
+    assert_eq!(channels[..2], ["telegram", "telegram"], "{history:?}");
+    assert!(
+        channels[2..].iter().all(|c| *c == "whatsapp"),
+        "{history:?}"
+    );
+    assert!(
+        history[3]["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Linked")),
+        "{history:?}"
+    );
+    // A code works once.
+    let (status, _) = post(
+        &app,
+        &path,
+        &text_update(2, 99, &format!("/link {code}")),
+        Some(SECRET),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let texts = wait_texts(&api, 2, "second use refused").await;
+    assert!(texts[1].1.contains("isn't valid"), "{texts:?}");
+}
