@@ -8,6 +8,7 @@
 //! a missing server a failure.
 #![allow(dead_code)]
 
+pub mod graph;
 pub mod telegram;
 
 use std::collections::HashMap;

@@ -1,0 +1,292 @@
+//! The channel compliance suite: every adapter passes the same four checks, through the front
+//! door, on both backends. (SMS and email join when they exist.)
+//!
+//! 1. A request with a bad signature (or API key) is refused with 401 and stores nothing.
+//! 2. Five concurrent redeliveries of one message give one stored message and one reply.
+//! 3. Malformed input is a 400 with a JSON error, and stores nothing.
+//! 4. Per-chat order: messages of one chat are answered in the order they were sent.
+//!
+//! Adapters: `api` (POST /v1/messages, replies to a signed callback), `whatsapp` (pywa's text
+//! webhook fixture re-addressed, Graph API stand-in), `telegram` (Update JSON, Bot API stand-in).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::graph::{Sent, graph_stand_in};
+use common::telegram::{BotApi, TOKEN};
+use common::{Backend, CallbackReceiver, Mode, TestApp};
+use serde_json::{Value, json};
+use switchboard::answer::{Answer, Responder, Turn};
+
+both_backends!(
+    a_bad_signature_stores_nothing,
+    five_concurrent_redeliveries_give_one_reply,
+    malformed_input_is_a_400,
+    per_chat_order_holds,
+);
+
+const ADAPTERS: [&str; 3] = ["api", "whatsapp", "telegram"];
+const APP_SECRET: &str = "compliance-app-secret";
+const TG_SECRET: &str = "compliance_secret";
+
+/// Answers with what it was told, so order is visible in the replies.
+struct Echo;
+
+#[async_trait]
+impl Responder for Echo {
+    async fn respond(&self, turn: &Turn) -> anyhow::Result<Answer> {
+        Ok(Answer {
+            text: format!("echo: {}", turn.text),
+            citations: Vec::new(),
+        })
+    }
+}
+
+/// One adapter on one running gateway, with its provider stand-in.
+struct Harness {
+    kind: &'static str,
+    app: TestApp,
+    path: String,
+    callback: Option<CallbackReceiver>,
+    graph: Option<Sent>,
+    bot_api: Option<BotApi>,
+}
+
+impl Harness {
+    async fn start(backend: Backend, kind: &'static str) -> Option<Harness> {
+        let app = TestApp::spawn_with(backend, |_| {}, Some(Arc::new(Echo))).await?;
+        let mut h = Harness {
+            kind,
+            path: String::new(),
+            callback: None,
+            graph: None,
+            bot_api: None,
+            app,
+        };
+        match kind {
+            "api" => {
+                let receiver = CallbackReceiver::start(Mode::Accept).await;
+                h.app.set_callback(&receiver.url).await;
+                h.path = "/v1/messages".into();
+                h.callback = Some(receiver);
+            }
+            "whatsapp" => {
+                let (base, sent) = graph_stand_in().await;
+                let body = h
+                    .connect(json!({ "kind": "whatsapp", "config": {
+                        "phone_number_id": "1122334455667", "access_token": "t",
+                        "app_secret": APP_SECRET, "verify_token": "v", "graph_url": base } }))
+                    .await;
+                h.path = format!("/webhooks/whatsapp/{}", body["channel_id"].as_str()?);
+                h.graph = Some(sent);
+            }
+            _ => {
+                let api = BotApi::start().await;
+                let body = h
+                    .connect(json!({ "kind": "telegram", "config": {
+                        "bot_token": TOKEN, "webhook_secret": TG_SECRET, "api_url": api.base } }))
+                    .await;
+                h.path = format!("/webhooks/telegram/{}", body["channel_id"].as_str()?);
+                h.bot_api = Some(api);
+            }
+        }
+        Some(h)
+    }
+
+    async fn connect(&self, request: Value) -> Value {
+        let res = self
+            .app
+            .http
+            .post(format!("{}/v1/channels", self.app.base))
+            .bearer_auth(&self.app.admin_key)
+            .json(&request)
+            .send()
+            .await
+            .expect("connect");
+        assert_eq!(res.status(), 201);
+        res.json().await.expect("json")
+    }
+
+    /// The provider's payload for one text message from `chat` with provider id `n`.
+    fn message(&self, chat: &str, n: i64, text: &str) -> Vec<u8> {
+        let value = match self.kind {
+            "api" => json!({ "contact": { "external_id": chat }, "text": text,
+                             "idempotency_key": format!("m-{n}") }),
+            "whatsapp" => {
+                let raw = std::fs::read(format!(
+                    "{}/channels/whatsapp/tests/fixtures/pywa/message__text.json",
+                    env!("CARGO_MANIFEST_DIR")
+                ))
+                .expect("fixture");
+                let mut payload: Value = serde_json::from_slice(&raw).expect("json");
+                let value = &mut payload["entry"][0]["changes"][0]["value"];
+                value["contacts"][0]["wa_id"] = json!(chat);
+                let m = &mut value["messages"][0];
+                m["from"] = json!(chat);
+                m["id"] = json!(format!("wamid.compliance-{n}"));
+                m["text"]["body"] = json!(text);
+                m["timestamp"] = json!((switchboard::store::now_ms() / 1000).to_string());
+                payload
+            }
+            _ => json!({ "update_id": n, "message": { "message_id": n, "date": 1_700_000_000,
+                "chat": { "id": chat.parse::<i64>().expect("numeric chat"), "type": "private" },
+                "from": { "id": 1, "is_bot": false, "first_name": "A" }, "text": text } }),
+        };
+        serde_json::to_vec(&value).expect("json")
+    }
+
+    /// POSTs a body, authenticated (`good`) or with a wrong signature/key.
+    async fn post(&self, body: Vec<u8>, good: bool) -> (u16, Value) {
+        let mut req = self
+            .app
+            .http
+            .post(format!("{}{}", self.app.base, self.path))
+            .header("content-type", "application/json");
+        req = match (self.kind, good) {
+            ("api", true) => req.bearer_auth(&self.app.admin_key),
+            ("api", false) => req.bearer_auth("sb_not-a-key"),
+            ("whatsapp", true) => req.header(
+                "X-Hub-Signature-256",
+                switchboard_channel_api::outbound::sign(APP_SECRET, &body),
+            ),
+            ("whatsapp", false) => req.header(
+                "X-Hub-Signature-256",
+                switchboard_channel_api::outbound::sign("wrong", &body),
+            ),
+            (_, true) => req.header("X-Telegram-Bot-Api-Secret-Token", TG_SECRET),
+            (_, false) => req.header("X-Telegram-Bot-Api-Secret-Token", "wrong"),
+        };
+        let res = req.body(body).send().await.expect("post");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// (recipient, text) of every reply the provider received, in arrival order.
+    fn replies(&self) -> Vec<(String, String)> {
+        if let Some(r) = &self.callback {
+            return r
+                .accepted()
+                .iter()
+                .map(|r| {
+                    (
+                        r.body["to"].as_str().unwrap_or_default().to_owned(),
+                        r.body["text"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect();
+        }
+        if let Some(sent) = &self.graph {
+            return sent
+                .lock()
+                .expect("lock")
+                .iter()
+                .map(|(_, b)| {
+                    (
+                        b["to"].as_str().unwrap_or_default().to_owned(),
+                        b["text"]["body"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect();
+        }
+        self.bot_api.as_ref().map(BotApi::texts).unwrap_or_default()
+    }
+
+    async fn stored_messages(&self) -> i64 {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM message")
+            .fetch_one(self.app.store.pool())
+            .await
+            .expect("count")
+    }
+}
+
+async fn a_bad_signature_stores_nothing(backend: Backend) {
+    for kind in ADAPTERS {
+        let Some(h) = Harness::start(backend, kind).await else {
+            return;
+        };
+        let (status, body) = h.post(h.message("4242", 1, "hello"), false).await;
+        assert_eq!(status, 401, "{kind}: {body}");
+        assert!(body["error"]["code"].is_string(), "{kind}: {body}");
+        assert_eq!(h.stored_messages().await, 0, "{kind}: nothing stored");
+    }
+}
+
+async fn five_concurrent_redeliveries_give_one_reply(backend: Backend) {
+    for kind in ADAPTERS {
+        let Some(h) = Harness::start(backend, kind).await else {
+            return;
+        };
+        let body = h.message("4242", 7, "only once");
+        let posts = (0..5).map(|_| h.post(body.clone(), true));
+        for (status, answer) in futures::future::join_all(posts).await {
+            assert_eq!(status, 200, "{kind}: {answer}");
+        }
+        common::eventually(
+            &format!("{kind}: the reply"),
+            Duration::from_secs(20),
+            || async { (!h.replies().is_empty()).then_some(()) },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(h.replies().len(), 1, "{kind}: one reply");
+        assert_eq!(
+            h.stored_messages().await,
+            2,
+            "{kind}: one message, one reply"
+        );
+    }
+}
+
+async fn malformed_input_is_a_400(backend: Backend) {
+    for kind in ADAPTERS {
+        let Some(h) = Harness::start(backend, kind).await else {
+            return;
+        };
+        let wrong_shape = match kind {
+            "api" => json!({ "text": "no contact" }),
+            "whatsapp" => json!({ "object": "whatsapp_business_account", "entry": "nope" }),
+            _ => json!({ "message": { "text": "no update_id" } }),
+        };
+        for body in [
+            b"{not json".to_vec(),
+            serde_json::to_vec(&wrong_shape).expect("json"),
+        ] {
+            let (status, answer) = h.post(body, true).await;
+            assert_eq!(status, 400, "{kind}: {answer}");
+            assert!(answer["error"]["code"].is_string(), "{kind}: {answer}");
+        }
+        assert_eq!(h.stored_messages().await, 0, "{kind}: nothing stored");
+    }
+}
+
+async fn per_chat_order_holds(backend: Backend) {
+    for kind in ADAPTERS {
+        let Some(h) = Harness::start(backend, kind).await else {
+            return;
+        };
+        let words = ["one", "two", "three", "four", "five"];
+        for (i, word) in words.iter().enumerate() {
+            let (status, answer) = h.post(h.message("4242", 100 + i as i64, word), true).await;
+            assert_eq!(status, 200, "{kind}: {answer}");
+        }
+        let replies = common::eventually(
+            &format!("{kind}: five replies"),
+            Duration::from_secs(30),
+            || async {
+                let r = h.replies();
+                (r.len() >= 5).then_some(r)
+            },
+        )
+        .await;
+        let texts: Vec<&str> = replies.iter().map(|(_, t)| t.as_str()).collect();
+        let expected: Vec<String> = words.iter().map(|w| format!("echo: {w}")).collect();
+        assert_eq!(texts, expected, "{kind}: replies in the order sent");
+        assert!(
+            replies.iter().all(|(to, _)| to == "4242"),
+            "{kind}: {replies:?}"
+        );
+    }
+}
