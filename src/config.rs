@@ -65,6 +65,9 @@ pub struct OutboxConfig {
     pub poll_ms: u64,
     /// Timeout of one provider call.
     pub send_timeout_ms: u64,
+    /// Keep providers' published send rates (Telegram per chat/group/bot, WhatsApp per number).
+    /// Off only against stand-ins without limits (benchmarks).
+    pub pacing: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -106,6 +109,7 @@ impl Default for OutboxConfig {
             concurrency: 128,
             poll_ms: 1_000,
             send_timeout_ms: 15_000,
+            pacing: true,
         }
     }
 }
@@ -176,6 +180,15 @@ impl Config {
                 "SWITCHBOARD_OUTBOX_CONCURRENCY" => o.concurrency = num(name, value)?,
                 "SWITCHBOARD_OUTBOX_POLL_MS" => o.poll_ms = num(name, value)?,
                 "SWITCHBOARD_OUTBOX_SEND_TIMEOUT_MS" => o.send_timeout_ms = num(name, value)?,
+                "SWITCHBOARD_OUTBOX_PACING" => {
+                    o.pacing = match value.as_str() {
+                        "true" | "1" | "on" => true,
+                        "false" | "0" | "off" => false,
+                        other => bail!(
+                            "SWITCHBOARD_OUTBOX_PACING: expected true or false, got {other:?}"
+                        ),
+                    }
+                }
                 _ => unreachable!("every name in ENV_VARS has an arm"),
             }
         }
@@ -249,6 +262,7 @@ pub const ENV_VARS: &[&str] = &[
     "SWITCHBOARD_OUTBOX_CONCURRENCY",
     "SWITCHBOARD_OUTBOX_POLL_MS",
     "SWITCHBOARD_OUTBOX_SEND_TIMEOUT_MS",
+    "SWITCHBOARD_OUTBOX_PACING",
 ];
 
 #[cfg(test)]
