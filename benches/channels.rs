@@ -218,7 +218,8 @@ fn update(provider: Provider, n: usize, chat: usize) -> (Vec<u8>, Vec<(&'static 
             let body = json!({ "object": "whatsapp_business_account", "entry": [{ "id": "1",
                 "changes": [{ "field": "messages", "value": { "messaging_product": "whatsapp",
                     "metadata": { "display_phone_number": "15550000000", "phone_number_id": PHONE_ID },
-                    "contacts": [{ "profile": { "name": "A" }, "wa_id": wa_id }],
+                    "contacts": [{ "profile": { "name": "A" }, "wa_id": wa_id,
+                        "user_id": format!("US.{wa_id}") }],
                     "messages": [{ "from": wa_id, "id": format!("wamid.bench{n}"), "timestamp": now,
                         "type": "text", "text": { "body": format!("m{n}") } }] } }] }] });
             let body = serde_json::to_vec(&body).unwrap_or_default();

@@ -132,9 +132,11 @@ pub async fn connect_channel(
             Mode::Polling => {}
         }
         // Starts, restarts (new settings) or stops this channel's poller.
-        state
-            .pollers
-            .ensure(&state.ingest, &state.channels, &channel);
+        if state.config.workers {
+            state
+                .pollers
+                .ensure(&state.ingest, &state.channels, &channel);
+        }
     }
     let mut body = json!({ "channel_id": channel.id, "kind": kind, "webhook_url": webhook_url });
     if let Some(object) = body.as_object_mut() {
