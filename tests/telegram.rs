@@ -19,6 +19,7 @@ both_backends!(
     groups_are_answered_only_when_addressed,
     commands_hand_off_and_agent_buttons,
     a_contact_links_telegram_and_whatsapp_into_one_history,
+    a_photo_is_a_reference_fetched_through_get_file,
 );
 
 fn fixture(name: &str) -> Value {
@@ -577,4 +578,64 @@ async fn a_contact_links_telegram_and_whatsapp_into_one_history(backend: Backend
     assert_eq!(status, 200);
     let texts = wait_texts(&api, 2, "second use refused").await;
     assert!(texts[1].1.contains("isn't valid"), "{texts:?}");
+}
+
+async fn a_photo_is_a_reference_fetched_through_get_file(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let api = BotApi::start().await;
+    let (_, path, _) = connect(&app, &api, "webhook").await;
+    let photo = fixture("illemius_telegram_types_2017/message_with_photo.json");
+    let (status, _) = post(&app, &path, &photo, Some(SECRET)).await;
+    assert_eq!(status, 200);
+    let conversation = conversations(&app).await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let message = app.messages(&conversation).await[0].clone();
+    assert_eq!(message["kind"], "image");
+    let file_id = message["attachments"][0]["reference"]
+        .as_str()
+        .expect("a file id reference")
+        .to_owned();
+    let id = message["id"].as_str().expect("id");
+    let res = app
+        .http
+        .get(format!("{}/v1/messages/{id}/attachments/0", app.base))
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .expect("fetch");
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.bytes().await.expect("bytes").as_ref(),
+        common::telegram::FILE_BYTES
+    );
+    assert_eq!(api.calls("getFile")[0].body["file_id"], file_id.as_str());
+    // No second attachment; another tenant's key sees nothing.
+    let res = app
+        .http
+        .get(format!("{}/v1/messages/{id}/attachments/1", app.base))
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .expect("fetch");
+    assert_eq!(res.status(), 404);
+    let other = app
+        .store
+        .create_tenant(
+            &switchboard::core::TenantSlug::parse("other").expect("slug"),
+            "Other",
+        )
+        .await
+        .expect("tenant");
+    let res = app
+        .http
+        .get(format!("{}/v1/messages/{id}/attachments/0", app.base))
+        .bearer_auth(&other.admin_key)
+        .send()
+        .await
+        .expect("fetch");
+    assert_eq!(res.status(), 404);
 }

@@ -20,6 +20,7 @@ both_backends!(
     replies_go_out_through_the_graph_api_and_statuses_only_move_forward,
     outside_the_24_hour_window_a_template_or_a_visible_failure,
     a_status_that_beats_the_send_answer_is_applied_when_the_id_arrives,
+    media_is_a_reference_fetched_from_the_graph_api,
 );
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -468,4 +469,41 @@ async fn a_status_that_beats_the_send_answer_is_applied_when_the_id_arrives(back
     )
     .await;
     app.stop().await;
+}
+
+async fn media_is_a_reference_fetched_from_the_graph_api(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let (graph, _sent) = graph_stand_in().await;
+    let path = connect_to(&app, &graph).await;
+    let body = fresh("message__image", None);
+    let (status, _) = post(&app, &path, body.clone(), Some(sign(&body))).await;
+    assert_eq!(status, 200);
+    let (_, list) = app
+        .get(&app.admin_key, "/v1/conversations?channel=whatsapp")
+        .await;
+    let conversation = list["conversations"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let message = app.messages(&conversation).await[0].clone();
+    assert_eq!(message["attachments"][0]["reference"], "65463453");
+    let id = message["id"].as_str().expect("id");
+    let res = app
+        .http
+        .get(format!("{}/v1/messages/{id}/attachments/0", app.base))
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .expect("fetch");
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["content-type"].to_str().ok(),
+        Some("image/jpeg")
+    );
+    assert_eq!(
+        res.bytes().await.expect("bytes").as_ref(),
+        common::graph::MEDIA_BYTES
+    );
 }

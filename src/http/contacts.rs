@@ -130,6 +130,62 @@ fn check_renderable(kind: ChannelKind, text: &str, content: &Content) -> Result<
     }
 }
 
+/// `GET /v1/messages/{id}/attachments/{index}`: the file behind an attachment reference,
+/// fetched from the provider on demand (Telegram `getFile`, WhatsApp media URL). Nothing is
+/// cached: providers' files are the source of truth, and Telegram's links expire.
+pub async fn attachment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((message_id, index)): Path<(String, usize)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let principal = caller.require(&[Role::Admin, Role::Moderator])?;
+    let (channel_id, attachments) = state
+        .store
+        .message_attachments(&principal.tenant_id, &message_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("message"))?;
+    let attachments: Vec<switchboard_channel::Attachment> =
+        serde_json::from_str(&attachments).map_err(ApiError::internal)?;
+    let item = attachments
+        .get(index)
+        .filter(|a| !matches!(a.kind.as_str(), "location" | "contact" | "callback_query"))
+        .ok_or_else(|| ApiError::not_found("attachment"))?;
+    let channel = state.store.channel_by_id(&channel_id).await?;
+    let fetched = match channel.kind {
+        ChannelKind::Telegram => {
+            let config = switchboard_channel_telegram::TelegramConfig::parse(&channel.config)
+                .map_err(ApiError::internal)?;
+            state
+                .channels
+                .telegram()
+                .download(&config, &item.reference)
+                .await
+        }
+        ChannelKind::Whatsapp => {
+            let config = switchboard_channel_whatsapp::WhatsappConfig::parse(&channel.config)
+                .map_err(ApiError::internal)?;
+            state
+                .channels
+                .whatsapp()
+                .download(&config, &item.reference)
+                .await
+        }
+        _ => return Err(ApiError::not_found("attachment")),
+    };
+    let bytes = fetched.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "provider_unavailable",
+            format!("fetching the file from {} failed: {e}", channel.kind),
+        )
+    })?;
+    let mime = item
+        .mime_type
+        .clone()
+        .unwrap_or_else(|| "application/octet-stream".to_owned());
+    Ok(([(axum::http::header::CONTENT_TYPE, mime)], bytes))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConversationUpdate {

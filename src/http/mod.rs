@@ -58,6 +58,10 @@ pub fn app(state: AppState) -> HttpRouter {
             "/v1/conversations/{id}",
             axum::routing::patch(contacts::update_conversation),
         )
+        .route(
+            "/v1/messages/{id}/attachments/{index}",
+            get(contacts::attachment),
+        )
         .route("/v1/contacts/{id}", get(contacts::get_contact))
         .route("/v1/contacts/{id}/messages", get(contacts::contact_history))
         .route(

@@ -291,6 +291,21 @@ impl Store {
         Ok(LinkOutcome::Linked { contact_id: target })
     }
 
+    /// A tenant's message's channel id and attachments (JSON); `None` if not the tenant's.
+    pub async fn message_attachments(
+        &self,
+        tenant_id: &str,
+        message_id: &str,
+    ) -> Result<Option<(String, String)>, sqlx::Error> {
+        sqlx::query("SELECT channel_id, attachments FROM message WHERE id = $1 AND tenant_id = $2")
+            .bind(message_id)
+            .bind(tenant_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| Ok((r.try_get("channel_id")?, r.try_get("attachments")?)))
+            .transpose()
+    }
+
     /// The kind of a tenant's conversation's channel; `None` if no such conversation.
     pub async fn conversation_channel_kind(
         &self,
@@ -361,7 +376,7 @@ impl Store {
     ) -> Result<Vec<HistoryItem>, sqlx::Error> {
         sqlx::query(
             "SELECT m.id, m.seq, m.direction, m.author, m.kind, m.text, m.status, m.created_at,
-                    m.citations, m.conversation_id, ch.kind AS channel
+                    m.citations, m.attachments, m.conversation_id, ch.kind AS channel
              FROM message m
              JOIN conversation c ON c.id = m.conversation_id
              JOIN channel ch ON ch.id = m.channel_id
@@ -463,7 +478,7 @@ impl Store {
         .execute(&mut *w.tx)
         .await?;
         let view = sqlx::query(
-            "SELECT id, seq, direction, author, kind, text, status, created_at, citations
+            "SELECT id, seq, direction, author, kind, text, status, created_at, citations, attachments
              FROM message WHERE id = $1",
         )
         .bind(&id)

@@ -68,6 +68,14 @@ pub struct MessageView {
     pub status: String,
     pub created_at: String,
     pub citations: serde_json::Value,
+    /// File and media references (`kind`, `reference`, `mime_type`, `caption`); the file itself
+    /// is at `GET /v1/messages/{id}/attachments/{index}`.
+    #[serde(skip_serializing_if = "is_empty_array")]
+    pub attachments: serde_json::Value,
+}
+
+fn is_empty_array(v: &serde_json::Value) -> bool {
+    v.as_array().is_some_and(Vec::is_empty)
 }
 
 /// A conversation, as the API lists it.
@@ -114,6 +122,11 @@ pub(crate) fn message_from_row(row: &AnyRow) -> Result<MessageView, sqlx::Error>
         status: row.try_get("status")?,
         created_at: rfc3339(row.try_get("created_at")?),
         citations: serde_json::from_str(&citations).unwrap_or(serde_json::Value::Array(vec![])),
+        attachments: row
+            .try_get::<String, _>("attachments")
+            .ok()
+            .and_then(|a| serde_json::from_str(&a).ok())
+            .unwrap_or(serde_json::Value::Array(vec![])),
     })
 }
 
@@ -311,7 +324,7 @@ impl Store {
             return Ok(None);
         }
         let reply = sqlx::query(
-            "SELECT id, seq, direction, author, kind, text, status, created_at, citations
+            "SELECT id, seq, direction, author, kind, text, status, created_at, citations, attachments
              FROM message WHERE reply_to = $1 AND tenant_id = $2 ORDER BY seq LIMIT 1",
         )
         .bind(inbound_id)
@@ -341,7 +354,7 @@ impl Store {
             return Ok(None);
         }
         sqlx::query(
-            "SELECT id, seq, direction, author, kind, text, status, created_at, citations
+            "SELECT id, seq, direction, author, kind, text, status, created_at, citations, attachments
              FROM message WHERE conversation_id = $1 AND tenant_id = $2 AND seq > $3
              ORDER BY seq LIMIT $4",
         )

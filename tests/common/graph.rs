@@ -5,6 +5,9 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+/// What every media download returns.
+pub const MEDIA_BYTES: &[u8] = b"\xff\xd8 whatsapp media";
+
 /// What the Graph API stand-in received: (authorization header, body).
 pub type Sent = Arc<std::sync::Mutex<Vec<(String, Value)>>>;
 
@@ -52,9 +55,32 @@ pub async fn graph_stand_in_with_reads() -> (String, Sent, Sent) {
         .await
         .expect("bind");
     let base = format!("http://{}/v21.0", listener.local_addr().expect("addr"));
-    let app = axum::Router::new()
-        .route("/{version}/{phone}/messages", axum::routing::post(messages))
-        .with_state((sent.clone(), reads.clone()));
+    let media_base = base.clone();
+    let app =
+        axum::Router::new()
+            .route("/{version}/{phone}/messages", axum::routing::post(messages))
+            // Media: `GET /{version}/{media_id}` gives a URL, which serves the bytes (bearer only).
+            .route(
+                "/{version}/{media_id}",
+                axum::routing::get(
+                    move |axum::extract::Path((_v, id)): axum::extract::Path<(String, String)>| {
+                        let url = format!("{media_base}/media/{id}");
+                        async move {
+                            axum::Json(json!({ "url": url, "mime_type": "image/jpeg", "id": id }))
+                        }
+                    },
+                ),
+            )
+            .route(
+                "/{version}/media/{media_id}",
+                axum::routing::get(|headers: axum::http::HeaderMap| async move {
+                    if headers.get("authorization").is_none() {
+                        return (axum::http::StatusCode::UNAUTHORIZED, Vec::new());
+                    }
+                    (axum::http::StatusCode::OK, MEDIA_BYTES.to_vec())
+                }),
+            )
+            .with_state((sent.clone(), reads.clone()));
     tokio::spawn(async move { axum::serve(listener, app).await });
     (base, sent, reads)
 }

@@ -14,6 +14,16 @@ use serde_json::{Value, json};
 
 pub const TOKEN: &str = "123456:TEST-token";
 pub const BOT_USERNAME: &str = "CoachBot";
+/// What every file download returns.
+pub const FILE_BYTES: &[u8] = b"\xff\xd8\xff\xe0 not really a jpeg";
+
+/// `GET /file/bot<token>/<path>`: the file behind a `getFile` path.
+async fn file(Path((bot, _path)): Path<(String, String)>) -> impl IntoResponse {
+    if bot.strip_prefix("bot") != Some(TOKEN) {
+        return (StatusCode::NOT_FOUND, Vec::new());
+    }
+    (StatusCode::OK, FILE_BYTES.to_vec())
+}
 
 /// One recorded call.
 #[derive(Debug, Clone)]
@@ -50,6 +60,7 @@ impl BotApi {
         api.inner.lock().expect("lock").next_message_id = 1000;
         let app = axum::Router::new()
             .route("/{bot}/{method}", axum::routing::post(handle))
+            .route("/file/{bot}/{*path}", axum::routing::get(file))
             .with_state(api.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
         api.base = api.base.clone();
@@ -172,6 +183,10 @@ async fn handle(
             };
             ok(message_result(id, &body["chat_id"], body.get("text")))
         }
+        "getFile" => ok(json!({
+            "file_id": body["file_id"], "file_unique_id": "u1", "file_size": FILE_BYTES.len(),
+            "file_path": format!("photos/{}.jpg", body["file_id"].as_str().unwrap_or("x")),
+        })),
         "getUpdates" => {
             // A long poll: answer as soon as there is something after `offset`, or after a
             // short while (the real one waits up to `timeout` seconds).

@@ -404,6 +404,44 @@ impl TelegramSender {
         }
     }
 
+    /// Fetches a file the person sent (a photo, voice note, document…) by its `file_id`:
+    /// `getFile`, then the download (bots may fetch up to 20 MB). The token is in the download
+    /// URL: errors never carry it.
+    pub async fn download(
+        &self,
+        config: &TelegramConfig,
+        file_id: &str,
+    ) -> Result<Vec<u8>, SendError> {
+        let bot = self.bot(config)?;
+        let file = bot
+            .get_file(FileId(file_id.to_owned()))
+            .await
+            .map_err(classify)?;
+        let url = format!(
+            "{}/file/bot{}/{}",
+            config.api_url.trim_end_matches('/'),
+            config.bot_token.expose(),
+            file.path
+        );
+        let response = self.http.get(url).send().await.map_err(|e| {
+            SendError::Transient(format!("file download failed: {}", e.without_url()))
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            let message = format!("file download answered {status}");
+            return Err(if status.is_server_error() {
+                SendError::Transient(message)
+            } else {
+                SendError::Permanent(message)
+            });
+        }
+        response
+            .bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| SendError::Transient(format!("file download failed: {}", e.without_url())))
+    }
+
     /// "typing…" in the chat while the bot prepares an answer (it shows for up to 5 s).
     pub async fn typing(&self, config: &TelegramConfig, to: &str) -> Result<(), SendError> {
         let bot = self.bot(config)?;

@@ -111,6 +111,52 @@ impl WhatsappSender {
         Ok(receipt)
     }
 
+    /// Fetches a media item the person sent, by its media id: the Graph API gives a short-lived
+    /// URL (`GET {graph_url}/{media_id}`), which is then downloaded with the same token.
+    pub async fn download(
+        &self,
+        config: &WhatsappConfig,
+        media_id: &str,
+    ) -> Result<Vec<u8>, SendError> {
+        let meta_url = format!("{}/{media_id}", config.graph_url.trim_end_matches('/'));
+        let response = self
+            .client
+            .get(meta_url)
+            .bearer_auth(config.access_token.expose())
+            .send()
+            .await
+            .map_err(|e| SendError::Transient(format!("Graph API request failed: {e}")))?;
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        if !(200..300).contains(&status) {
+            return Err(classify(status, &answer, None));
+        }
+        let url = answer["url"]
+            .as_str()
+            .ok_or_else(|| SendError::Permanent("the Graph API gave no media url".into()))?;
+        let response = self
+            .client
+            .get(url)
+            .bearer_auth(config.access_token.expose())
+            .send()
+            .await
+            .map_err(|e| SendError::Transient(format!("media download failed: {e}")))?;
+        let status = response.status();
+        if !status.is_success() {
+            let message = format!("media download answered {status}");
+            return Err(if status.is_server_error() {
+                SendError::Transient(message)
+            } else {
+                SendError::Permanent(message)
+            });
+        }
+        response
+            .bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| SendError::Transient(format!("media download failed: {e}")))
+    }
+
     /// Marks an inbound message read (blue ticks) and shows a typing indicator while the bot
     /// prepares its answer.
     pub async fn mark_read(
