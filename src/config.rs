@@ -35,6 +35,8 @@ pub struct Config {
     pub embed_model: Option<String>,
     /// Public base URL, used to tell providers where our webhooks are.
     pub public_url: Option<String>,
+    /// Key sealing channel credentials at rest (64 hex digits); unset → `$DATA_DIR/secret.key`.
+    pub secret_key: Option<Secret>,
     /// `text` (default) or `json` log lines.
     pub log_format: LogFormat,
     /// Largest accepted request body, in bytes (larger → 413).
@@ -90,6 +92,7 @@ impl Default for Config {
             chat_model: "llama3.2:3b".into(),
             embed_model: None,
             public_url: None,
+            secret_key: None,
             log_format: LogFormat::Text,
             max_body_bytes: 1024 * 1024,
             wait_timeout_ms: 30_000,
@@ -162,6 +165,7 @@ impl Config {
                 "SWITCHBOARD_CHAT_MODEL" => self.chat_model = value,
                 "SWITCHBOARD_EMBED_MODEL" => self.embed_model = Some(value),
                 "SWITCHBOARD_PUBLIC_URL" => self.public_url = Some(value),
+                "SWITCHBOARD_SECRET_KEY" => self.secret_key = Some(Secret::new(value)),
                 "SWITCHBOARD_LOG_FORMAT" => {
                     self.log_format = match value.as_str() {
                         "json" => LogFormat::Json,
@@ -252,6 +256,7 @@ pub const ENV_VARS: &[&str] = &[
     "SWITCHBOARD_CHAT_MODEL",
     "SWITCHBOARD_EMBED_MODEL",
     "SWITCHBOARD_PUBLIC_URL",
+    "SWITCHBOARD_SECRET_KEY",
     "SWITCHBOARD_LOG_FORMAT",
     "SWITCHBOARD_MAX_BODY_BYTES",
     "SWITCHBOARD_WAIT_TIMEOUT_MS",

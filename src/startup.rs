@@ -41,7 +41,14 @@ impl Application {
         config: Config,
         responder: Arc<dyn Responder>,
     ) -> anyhow::Result<Application> {
-        let store = Store::connect(&config.database_url(), config.database_max_connections).await?;
+        let (sealer, key_source) = crate::store::sealing::Sealer::load(
+            config.secret_key.as_ref().map(|k| k.expose()),
+            &config.data_dir,
+        )?;
+        tracing::info!(key = %key_source, "channel credentials are encrypted at rest");
+        let store = Store::connect(&config.database_url(), config.database_max_connections)
+            .await?
+            .with_sealer(sealer);
         store.migrate().await?;
         let listener = TcpListener::bind(config.listen_addr()?)
             .await

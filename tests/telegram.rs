@@ -101,6 +101,15 @@ async fn webhook_updates_are_verified_stored_once_and_answered(backend: Backend)
     );
     // No public URL configured: nothing registered, and the answer says so.
     assert_eq!(connected["webhook_registered"], false);
+    // Credentials are sealed at rest: neither the token nor the secret is in the database.
+    let stored: String = sqlx::query_scalar("SELECT config FROM channel WHERE kind = 'telegram'")
+        .fetch_one(app.store.pool())
+        .await
+        .expect("config");
+    assert!(
+        !stored.contains("TEST-token") && !stored.contains(SECRET) && stored.contains("enc:v1:"),
+        "{stored}"
+    );
 
     // Telegram's own guide example (no chat.type, no is_bot): `/start` from chat 1111111.
     let update = fixture("official_docs/update__message_with_text.json");

@@ -26,16 +26,27 @@ impl std::fmt::Debug for Channel {
     }
 }
 
-fn channel_from_row(row: &AnyRow) -> Result<Channel, sqlx::Error> {
+fn channel_from_row(
+    row: &AnyRow,
+    sealer: Option<&super::sealing::Sealer>,
+) -> Result<Channel, sqlx::Error> {
     let kind: String = row.try_get("kind")?;
     let config: String = row.try_get("config")?;
+    let id: String = row.try_get("id")?;
+    let mut config: serde_json::Value =
+        serde_json::from_str(&config).map_err(|e| sqlx::Error::Decode(e.into()))?;
+    if let Some(sealer) = sealer {
+        sealer
+            .open_config(&id, &mut config)
+            .map_err(|e| sqlx::Error::Decode(e.into()))?;
+    }
     Ok(Channel {
-        id: row.try_get("id")?,
+        id,
         tenant_id: row.try_get("tenant_id")?,
         kind: ChannelKind::parse(&kind).ok_or_else(|| {
             sqlx::Error::Decode(format!("unknown channel kind {kind:?} in database").into())
         })?,
-        config: serde_json::from_str(&config).map_err(|e| sqlx::Error::Decode(e.into()))?,
+        config,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -61,7 +72,7 @@ impl Store {
             .bind(tenant_id)
             .fetch_one(&self.pool)
             .await?;
-        let channel = channel_from_row(&row)?;
+        let channel = channel_from_row(&row, self.sealer.as_deref())?;
         self.channels.insert(cache_key, channel.clone());
         Ok(channel)
     }
@@ -75,7 +86,7 @@ impl Store {
             .bind(channel_id)
             .fetch_one(&self.pool)
             .await?;
-        let channel = channel_from_row(&row)?;
+        let channel = channel_from_row(&row, self.sealer.as_deref())?;
         self.channels.insert(channel_id.to_owned(), channel.clone());
         Ok(channel)
     }
@@ -92,7 +103,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?
             .as_ref()
-            .map(channel_from_row)
+            .map(|r| channel_from_row(r, self.sealer.as_deref()))
             .transpose()
     }
 
@@ -103,7 +114,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(channel_from_row)
+            .map(|r| channel_from_row(r, self.sealer.as_deref()))
             .collect()
     }
 
@@ -115,7 +126,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(channel_from_row)
+        .map(|r| channel_from_row(r, self.sealer.as_deref()))
         .collect()
     }
 
@@ -132,56 +143,58 @@ impl Store {
         replaces: Option<&str>,
     ) -> Result<Channel, sqlx::Error> {
         let now = now_ms();
-        let config_text = config.to_string();
         let mut w = self.begin_write().await?;
-        let existing = match (kind, replaces) {
-            (_, Some(id)) => sqlx::query(
-                "UPDATE channel SET config = $1, updated_at = $2
-                 WHERE tenant_id = $3 AND kind = $4 AND id = $5 RETURNING id",
-            )
-            .bind(&config_text)
-            .bind(now)
-            .bind(tenant_id)
-            .bind(kind.as_str())
-            .bind(id)
-            .fetch_optional(&mut *w.tx)
-            .await?
-            .map(|r| r.try_get::<String, _>("id"))
-            .transpose()?,
-            _ => match kind {
-            ChannelKind::Api | ChannelKind::Widget => sqlx::query(
-                "UPDATE channel SET config = $1, updated_at = $2 WHERE tenant_id = $3 AND kind = $4
-                 RETURNING id",
-            )
-            .bind(&config_text)
-            .bind(now)
-            .bind(tenant_id)
-            .bind(kind.as_str())
-            .fetch_optional(&mut *w.tx)
-            .await?
-            .map(|r| r.try_get::<String, _>("id"))
-            .transpose()?,
+        // The id first: sealed credentials are bound to it.
+        let existing: Option<String> = match (kind, replaces) {
+            (_, Some(id)) => {
+                sqlx::query("SELECT id FROM channel WHERE tenant_id = $1 AND kind = $2 AND id = $3")
+                    .bind(tenant_id)
+                    .bind(kind.as_str())
+                    .bind(id)
+                    .fetch_optional(&mut *w.tx)
+                    .await?
+                    .map(|r| r.try_get("id"))
+                    .transpose()?
+            }
+            (ChannelKind::Api | ChannelKind::Widget, None) => {
+                sqlx::query("SELECT id FROM channel WHERE tenant_id = $1 AND kind = $2")
+                    .bind(tenant_id)
+                    .bind(kind.as_str())
+                    .fetch_optional(&mut *w.tx)
+                    .await?
+                    .map(|r| r.try_get("id"))
+                    .transpose()?
+            }
             _ => None,
-            },
         };
-        let id = match existing {
-            Some(id) => id,
-            None => {
-                let id = new_id();
-                sqlx::query(
-                    "INSERT INTO channel (id, tenant_id, kind, config, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $5)",
-                )
-                .bind(&id)
-                .bind(tenant_id)
-                .bind(kind.as_str())
+        let id = existing.clone().unwrap_or_else(new_id);
+        let stored = match &self.sealer {
+            Some(sealer) => sealer
+                .seal_config(&id, config)
+                .map_err(|e| sqlx::Error::Encode(e.into()))?,
+            None => config.clone(),
+        };
+        let config_text = stored.to_string();
+        if existing.is_some() {
+            sqlx::query("UPDATE channel SET config = $1, updated_at = $2 WHERE id = $3")
                 .bind(&config_text)
                 .bind(now)
+                .bind(&id)
                 .execute(&mut *w.tx)
                 .await?;
-                id
-            }
-        };
+        } else {
+            sqlx::query(
+                "INSERT INTO channel (id, tenant_id, kind, config, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $5)",
+            )
+            .bind(&id)
+            .bind(tenant_id)
+            .bind(kind.as_str())
+            .bind(&config_text)
+            .bind(now)
+            .execute(&mut *w.tx)
+            .await?;
+        }
         record_event(
             &mut w.tx,
             Some(tenant_id),

@@ -19,6 +19,7 @@ pub mod channels;
 pub mod contacts;
 pub mod deliveries;
 pub mod messages;
+pub mod sealing;
 pub mod tenants;
 
 use std::str::FromStr;
@@ -75,6 +76,9 @@ pub struct Store {
     /// `<channel id> <external id>` → the contact's open conversation on that channel. A stale
     /// entry (the conversation was closed) is caught by the ingest's guarded update.
     open_conversations: Arc<cache::TtlCache<String>>,
+    /// Seals channel credentials at rest (see [`sealing`]); `None`: stored as given (tools and
+    /// tests that write no channels).
+    sealer: Option<Arc<sealing::Sealer>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -161,7 +165,14 @@ impl Store {
             keys: Arc::new(cache::TtlCache::new(KEY_CACHE_TTL)),
             channels: Arc::new(cache::TtlCache::new(CHANNEL_CACHE_TTL)),
             open_conversations: Arc::new(cache::TtlCache::new(CONVERSATION_CACHE_TTL)),
+            sealer: None,
         })
+    }
+
+    /// Seals channel credentials with `sealer` from now on.
+    pub fn with_sealer(mut self, sealer: sealing::Sealer) -> Store {
+        self.sealer = Some(Arc::new(sealer));
+        self
     }
 
     /// Applies pending migrations of this backend.
