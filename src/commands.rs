@@ -63,6 +63,11 @@ pub fn parse(kind: &str, text: &str) -> Option<Command> {
     }
 }
 
+/// Whether the turn's chat is a group (Telegram group and channel ids are negative).
+fn is_group(turn: &PendingTurn) -> bool {
+    turn.channel_kind == "telegram" && turn.recipient.starts_with('-')
+}
+
 /// A deep-link payload `link-123456` (or a bare six-digit code) → the code.
 fn link_payload(payload: &str) -> Option<String> {
     let code = payload.strip_prefix("link-").unwrap_or(payload);
@@ -98,6 +103,11 @@ pub async fn run(store: &Store, turn: &PendingTurn, command: &Command) -> anyhow
             "I've asked a person to take over. They will answer here; until then I'll stay quiet."
                 .to_owned()
         }
+        // In a group the "contact" is the whole chat: a code shown there is everyone's, and
+        // joining a group to a person would mix their histories.
+        Command::Link(_) if is_group(turn) => {
+            "Linking works in a private chat with me, not in a group.".to_owned()
+        }
         Command::Link(None) => {
             let code = store
                 .create_link_code(&turn.tenant_id, &turn.conversation_id)
@@ -125,6 +135,12 @@ pub async fn run(store: &Store, turn: &PendingTurn, command: &Command) -> anyhow
                     minutes. Send /link in your other app for a new one."
                         .to_owned()
                 }
+                LinkOutcome::Conflict => "That account already has a chat on this app, so I \
+                    can't join the two. Send /link from the other app instead."
+                    .to_owned(),
+                LinkOutcome::TooManyAttempts => "Too many wrong codes: please wait an hour, \
+                    then send /link in your other app for a fresh code."
+                    .to_owned(),
             }
         }
     })

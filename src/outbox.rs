@@ -426,6 +426,8 @@ impl Outbox {
             to: d.recipient.clone(),
             text: d.body.clone(),
             content,
+            parts_sent: u32::try_from(d.parts_sent).unwrap_or(0),
+            progress: Default::default(),
             contact_last_wrote_at,
         };
         // The provider's rate limits: a short wait is slept, a long one defers without spending
@@ -467,12 +469,37 @@ impl Outbox {
                 provider_message_id: receipt.provider_message_id,
             },
             Err(e) if e.is_retryable() => {
-                let retry_after = match &e {
+                let (reported, cause) = match &e {
+                    SendError::Partial { parts_sent, error } => (*parts_sent, error.as_ref()),
+                    other => (0, other),
+                };
+                // How far the message got, whether the adapter said so or we stopped waiting.
+                let parts_sent =
+                    Some(i64::from(reported.max(msg.progress.get()))).filter(|&p| p > d.parts_sent);
+                let retry_after = match cause {
                     SendError::RetryAfter(wait, _) => Some(*wait),
                     _ => None,
                 };
+                // The provider's flood wait holds every send under the same limits, not just
+                // this one.
+                if let Some(wait) = retry_after
+                    && self.config.pacing
+                {
+                    self.pacer.hold(&limits, wait);
+                }
                 let delay = self.policy.delay(d.attempts as u32, retry_after);
-                self.retry_or_dead(d, delay, e.to_string())
+                match self.retry_or_dead(d, delay, e.to_string()) {
+                    Outcome::RetryAt {
+                        next_attempt_at,
+                        error,
+                        ..
+                    } => Outcome::RetryAt {
+                        next_attempt_at,
+                        error,
+                        parts_sent,
+                    },
+                    dead => dead,
+                }
             }
             Err(e) => {
                 warn!(attempts = d.attempts, error = %e, "delivery refused for good; dead letter");
@@ -491,6 +518,7 @@ impl Outbox {
                 next_attempt_at: now_ms()
                     .saturating_add(delay.as_millis().min(i64::MAX as u128) as i64),
                 error,
+                parts_sent: None,
             }
         } else {
             warn!(attempts = d.attempts, %error, "delivery failed too often; dead letter");

@@ -108,6 +108,21 @@ impl Pacer {
     }
 }
 
+impl Pacer {
+    /// The provider asked us to wait (a flood-control `retry_after`): nothing under these limits
+    /// starts before `wait` has passed.
+    pub fn hold(&self, limits: &[(String, Rate)], wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, rate) in limits {
+            // A send is allowed once `tat - tolerance <= now`: put `tat` that far past `until`.
+            let tat = until + rate.tolerance();
+            let cell = cells.entry(key.clone()).or_insert(tat);
+            *cell = (*cell).max(tat);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +174,22 @@ mod tests {
             pacer.reserve(&group, max).is_some(),
             "the refusal booked nothing"
         );
+    }
+
+    #[test]
+    fn a_flood_wait_holds_every_send_under_the_same_limits() {
+        let pacer = Pacer::default();
+        pacer.hold(&chat(), Duration::from_secs(5));
+        let wait = pacer
+            .reserve(&chat(), Duration::from_secs(60))
+            .expect("booked");
+        assert!(wait > Duration::from_millis(4900), "{wait:?}");
+        // The bot-wide cell is held too: another chat of the same bot waits as well.
+        let other = limits(ChannelKind::Telegram, "bot", "43");
+        let wait = pacer
+            .reserve(&other, Duration::from_secs(60))
+            .expect("booked");
+        assert!(wait > Duration::from_millis(4900), "{wait:?}");
     }
 
     #[test]

@@ -233,7 +233,15 @@ impl Inner {
         );
         let reply = if let Some(command) = command {
             self.acknowledge(&turn);
-            let text = commands::run(&self.store, &turn, &command).await?;
+            // A command that keeps failing must not hold the conversation either.
+            let text = match commands::run(&self.store, &turn, &command).await {
+                Ok(text) => text,
+                Err(e) if give_up => {
+                    warn!(error = %format!("{e:#}"), "command failed repeatedly; apologising");
+                    APOLOGY.to_owned()
+                }
+                Err(e) => return Err(e),
+            };
             counter!("switchboard_commands_total").increment(1);
             Some(ReplyDraft {
                 text,

@@ -218,6 +218,42 @@ async fn bot_api_errors_retry_wait_or_dead_letter_with_the_reason(backend: Backe
     let texts = wait_texts(&api, 5, "both halves").await;
     assert_eq!(texts[3].1, "a".repeat(4000));
     assert_eq!(texts[4].1, "b".repeat(300));
+    // The same, but Telegram fails the second half once: the retry resumes after the first half
+    // instead of sending it again.
+    api.pass_next("sendMessage", 1);
+    api.fail_next(
+        "sendMessage",
+        1,
+        502,
+        json!({ "ok": false, "error_code": 502, "description": "Bad Gateway" }),
+    );
+    let long = format!("{}\n\n{}", "c".repeat(4000), "d".repeat(300));
+    let res = app
+        .http
+        .post(format!(
+            "{}/v1/conversations/{conversation}/messages",
+            app.base
+        ))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({ "text": long }))
+        .send()
+        .await
+        .expect("agent message");
+    assert_eq!(res.status(), 201);
+    let texts = wait_texts(&api, 8, "the halves, one retried").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let texts = if api.texts().len() > texts.len() {
+        api.texts()
+    } else {
+        texts
+    };
+    let count = |t: &str| texts.iter().filter(|(_, x)| x == t).count();
+    assert_eq!(
+        count(&"c".repeat(4000)),
+        1,
+        "the accepted half is not sent again"
+    );
+    assert_eq!(count(&"d".repeat(300)), 2, "the refused half is sent again");
 
     // The person blocks the bot: Telegram says so on the next send → a dead letter with the
     // reason, no retries.
@@ -587,6 +623,30 @@ async fn a_contact_links_telegram_and_whatsapp_into_one_history(backend: Backend
     assert_eq!(status, 200);
     let texts = wait_texts(&api, 2, "second use refused").await;
     assert!(texts[1].1.contains("isn't valid"), "{texts:?}");
+    // Guessing is bounded: after five wrong codes from one chat, the next is not even checked.
+    for (n, guess) in ["111111", "222222", "333333", "444444", "555555"]
+        .iter()
+        .enumerate()
+    {
+        let (status, _) = post(
+            &app,
+            &path,
+            &text_update(3 + n as i64, 99, &format!("/link {guess}")),
+            Some(SECRET),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let texts = wait_texts(&api, 7, "six refusals").await;
+    assert!(texts[6].1.starts_with("Too many wrong codes"), "{texts:?}");
+    // No linking from a group: the code would be everyone's.
+    let group = json!({ "update_id": 20, "message": { "message_id": 20, "date": 1_700_000_000,
+        "chat": { "id": -100_500, "type": "group", "title": "Runners" },
+        "from": { "id": 7, "is_bot": false, "first_name": "B" }, "text": "/link" } });
+    let (status, _) = post(&app, &path, &group, Some(SECRET)).await;
+    assert_eq!(status, 200);
+    let texts = wait_texts(&api, 8, "group refusal").await;
+    assert!(texts[7].1.contains("private chat"), "{texts:?}");
 }
 
 async fn a_photo_is_a_reference_fetched_through_get_file(backend: Backend) {

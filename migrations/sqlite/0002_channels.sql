@@ -10,6 +10,10 @@ ALTER TABLE contact_identity ADD COLUMN unreachable_reason TEXT;
 -- `Content`), NULL for plain text.
 ALTER TABLE delivery ADD COLUMN content TEXT;
 
+-- A message the provider takes as several messages (a long text split, media then text): how many
+-- parts it has accepted, so a retry resumes after them instead of sending them twice.
+ALTER TABLE delivery ADD COLUMN parts_sent BIGINT NOT NULL DEFAULT 0;
+
 -- One-time codes that link a contact's identities on several channels into one contact (one
 -- history). A code is used once, by another identity of the same tenant, before it expires.
 CREATE TABLE link_code (

@@ -129,7 +129,13 @@ pub async fn connect_channel(
                     );
                 }
             },
-            Mode::Polling => {}
+            // Telegram refuses getUpdates while a webhook is set: remove it now (the poller
+            // does too, but it may run on another process).
+            Mode::Polling => {
+                if let Err(e) = state.channels.telegram().delete_webhook(&parsed).await {
+                    tracing::warn!(error = %e, "deleteWebhook failed; the poller retries it");
+                }
+            }
         }
         // Starts, restarts (new settings) or stops this channel's poller.
         if state.config.workers {

@@ -21,7 +21,16 @@ pub enum LinkOutcome {
     AlreadyLinked,
     /// No such code, or it expired or was used.
     Invalid,
+    /// Both contacts already have an identity on one channel: joining them would leave the
+    /// merged contact with two chats on that channel.
+    Conflict,
+    /// Too many wrong codes lately (from this contact, or in this tenant): refused unchecked.
+    TooManyAttempts,
 }
+
+/// Wrong link codes allowed per contact per hour, and per tenant per hour.
+const MAX_FAILED_LINKS_PER_CONTACT: i64 = 5;
+const MAX_FAILED_LINKS_PER_TENANT: i64 = 100;
 
 /// One way a contact is known on one channel.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -230,6 +239,33 @@ impl Store {
     ) -> Result<LinkOutcome, sqlx::Error> {
         let now = now_ms();
         let mut w = self.begin_write().await?;
+        let source: String =
+            sqlx::query("SELECT contact_id FROM conversation WHERE id = $1 AND tenant_id = $2")
+                .bind(conversation_id)
+                .bind(tenant_id)
+                .fetch_one(&mut *w.tx)
+                .await?
+                .try_get("contact_id")?;
+        // Guessing codes is bounded: per contact and per tenant, wrong codes in the last hour.
+        let hour_ago = now - 60 * 60 * 1000;
+        let failures = |subject: Option<String>| {
+            sqlx::query(
+                "SELECT COUNT(*) AS n FROM event
+                 WHERE tenant_id = $1 AND kind = 'contact.link_failed' AND created_at > $2
+                   AND ($3 IS NULL OR subject = $3)",
+            )
+            .bind(tenant_id)
+            .bind(hour_ago)
+            .bind(subject)
+        };
+        let by_contact: i64 = failures(Some(source.clone()))
+            .fetch_one(&mut *w.tx)
+            .await?
+            .try_get("n")?;
+        let by_tenant: i64 = failures(None).fetch_one(&mut *w.tx).await?.try_get("n")?;
+        if by_contact >= MAX_FAILED_LINKS_PER_CONTACT || by_tenant >= MAX_FAILED_LINKS_PER_TENANT {
+            return Ok(LinkOutcome::TooManyAttempts);
+        }
         let Some(row) = sqlx::query(
             "DELETE FROM link_code WHERE tenant_id = $1 AND code = $2 AND expires_at > $3
              RETURNING contact_id",
@@ -240,6 +276,15 @@ impl Store {
         .fetch_optional(&mut *w.tx)
         .await?
         else {
+            record_event(
+                &mut w.tx,
+                Some(tenant_id),
+                "contact.link_failed",
+                Some(&source),
+                "{}",
+            )
+            .await?;
+            w.commit().await?;
             return Ok(LinkOutcome::Invalid);
         };
         let target: String = row.try_get("contact_id")?;

@@ -30,6 +30,8 @@ pub struct ClaimedDelivery {
     pub body: String,
     /// Buttons, list, media or template (JSON of the contract's `Content`), if any.
     pub content: Option<String>,
+    /// Parts of a split message the provider accepted in earlier attempts.
+    pub parts_sent: i64,
     /// The lease this claim holds (`locked_until` as set by the claim). Outcomes are recorded
     /// only while it is still ours, so a worker that outlived its lease cannot undo another's.
     pub lease: i64,
@@ -44,6 +46,8 @@ pub enum Outcome {
     RetryAt {
         next_attempt_at: i64,
         error: String,
+        /// Parts of a split message accepted so far, if the attempt got that far.
+        parts_sent: Option<i64>,
     },
     /// Not attempted (a pacing limit): try at `next_attempt_at`; the claim's attempt is given back.
     Defer {
@@ -87,7 +91,7 @@ macro_rules! claim_sql {
             $lock,
             ")
              RETURNING id, tenant_id, channel_id, conversation_id, message_id, seq, attempts,
-                       created_at, recipient, body, content, locked_until"
+                       created_at, recipient, body, content, parts_sent, locked_until"
         )
     };
 }
@@ -105,6 +109,7 @@ fn claimed_from_row(r: &AnyRow) -> Result<ClaimedDelivery, sqlx::Error> {
         recipient: r.try_get("recipient")?,
         body: r.try_get("body")?,
         content: r.try_get("content")?,
+        parts_sent: r.try_get("parts_sent")?,
         lease: r.try_get("locked_until")?,
     })
 }
@@ -393,10 +398,11 @@ impl Store {
                 Outcome::RetryAt {
                     next_attempt_at,
                     error,
+                    parts_sent,
                 } => {
                     sqlx::query(
                         "UPDATE delivery SET next_attempt_at = $1, locked_until = NULL,
-                                last_error = $2, updated_at = $3
+                                last_error = $2, updated_at = $3, parts_sent = $6
                          WHERE id = $4 AND status = 'pending' AND locked_until = $5",
                     )
                     .bind(next_attempt_at)
@@ -404,6 +410,7 @@ impl Store {
                     .bind(now)
                     .bind(&d.id)
                     .bind(d.lease)
+                    .bind(parts_sent.unwrap_or(d.parts_sent).max(d.parts_sent))
                     .execute(&mut *w.tx)
                     .await?;
                 }

@@ -37,7 +37,8 @@ pub struct Call {
 struct Inner {
     calls: Vec<Call>,
     /// Method → answers to give instead of success, in order: (HTTP status, envelope).
-    failures: HashMap<String, VecDeque<(u16, Value)>>,
+    /// (`None`: let that call through; for failing a later call of a sequence).
+    failures: HashMap<String, VecDeque<Option<(u16, Value)>>>,
     updates: Vec<Value>,
     next_message_id: i64,
 }
@@ -96,7 +97,16 @@ impl BotApi {
         let mut inner = self.inner.lock().expect("lock");
         let queue = inner.failures.entry(method.to_owned()).or_default();
         for _ in 0..n {
-            queue.push_back((status, envelope.clone()));
+            queue.push_back(Some((status, envelope.clone())));
+        }
+    }
+
+    /// The next `n` calls of `method` succeed (queued before later `fail_next`s).
+    pub fn pass_next(&self, method: &str, n: usize) {
+        let mut inner = self.inner.lock().expect("lock");
+        let queue = inner.failures.entry(method.to_owned()).or_default();
+        for _ in 0..n {
+            queue.push_back(None);
         }
     }
 
@@ -150,7 +160,7 @@ async fn handle(
             token,
             body: body.clone(),
         });
-        if let Some((status, envelope)) = inner
+        if let Some(Some((status, envelope))) = inner
             .failures
             .get_mut(&method)
             .and_then(VecDeque::pop_front)

@@ -317,11 +317,43 @@ pub struct OutboundMessage {
     /// Buttons, list, media or template, if any.
     #[serde(default, skip_serializing_if = "Content::is_empty")]
     pub content: Content,
+    /// Parts of this message the provider already accepted in earlier attempts (see
+    /// [`SendError::Partial`]): adapters that split a message skip them.
+    #[serde(skip)]
+    pub parts_sent: u32,
+    /// Parts accepted so far, counted by the adapter as they are accepted: if the caller gives
+    /// up on the send (a timeout), it still knows how far the message got.
+    #[serde(skip)]
+    pub progress: Progress,
     /// When the contact last wrote in this conversation (Unix ms), for channels whose rules
     /// depend on it (WhatsApp's 24-hour customer-service window). `None` if never or unknown.
     #[serde(skip)]
     pub contact_last_wrote_at: Option<i64>,
 }
+
+/// A shared count of the parts of a message a provider accepted (see
+/// [`OutboundMessage::progress`]). Equal to any other: it is bookkeeping, not content.
+#[derive(Debug, Clone, Default)]
+pub struct Progress(std::sync::Arc<std::sync::atomic::AtomicU32>);
+
+impl Progress {
+    /// Records that the first `parts` parts are accepted (never moves backwards).
+    pub fn accepted(&self, parts: u32) {
+        self.0.fetch_max(parts, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn get(&self) -> u32 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl PartialEq for Progress {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Progress {}
 
 /// What a provider said when it accepted a message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -342,6 +374,15 @@ pub enum SendError {
     /// The provider will never accept this message as it is: do not retry.
     #[error("permanent: {0}")]
     Permanent(String),
+    /// A message sent as several provider messages (a long text split, media then text) failed
+    /// after its first `parts_sent` parts were accepted: a retry must resume after them, not
+    /// send them again. (`parts_sent` counts from the start of the message, earlier attempts
+    /// included.)
+    #[error("{error} (after {parts_sent} part(s) were sent)")]
+    Partial {
+        parts_sent: u32,
+        error: Box<SendError>,
+    },
 }
 
 /// A `Retry-After` header in its delay-seconds form (the form providers use for rate limits).
@@ -352,7 +393,11 @@ pub fn parse_retry_after(header: Option<&str>) -> Option<Duration> {
 
 impl SendError {
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, SendError::Permanent(_))
+        match self {
+            SendError::Permanent(_) => false,
+            SendError::Partial { error, .. } => error.is_retryable(),
+            _ => true,
+        }
     }
 }
 

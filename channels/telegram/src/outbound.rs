@@ -74,6 +74,28 @@ fn chat_id(to: &str) -> Result<ChatId, SendError> {
         .map_err(|_| SendError::Permanent(format!("{to:?} is not a Telegram chat id")))
 }
 
+/// Removes the bot token from an error's text: a proxy or self-hosted Bot API in front of
+/// `api_url` may echo the request path (`/bot<token>/…`) in its error page.
+pub fn scrub(error: SendError, config: &TelegramConfig) -> SendError {
+    let token = config.bot_token.expose();
+    let clean = |s: String| {
+        if token.is_empty() {
+            s
+        } else {
+            s.replace(token, "[bot token]")
+        }
+    };
+    match error {
+        SendError::RetryAfter(wait, m) => SendError::RetryAfter(wait, clean(m)),
+        SendError::Transient(m) => SendError::Transient(clean(m)),
+        SendError::Permanent(m) => SendError::Permanent(clean(m)),
+        SendError::Partial { parts_sent, error } => SendError::Partial {
+            parts_sent,
+            error: Box::new(scrub(*error, config)),
+        },
+    }
+}
+
 /// What the outbox should do about a Bot API error.
 pub fn classify(e: RequestError) -> SendError {
     match e {
@@ -252,86 +274,110 @@ impl TelegramSender {
         bot(&self.proto, config).map_err(SendError::Permanent)
     }
 
-    /// Sends one reply (several messages if it is long). A group that migrated to a supergroup
-    /// is sent to its new id once.
+    /// Sends one reply (several messages if it is long, or media then text), resuming after
+    /// the parts an earlier attempt got accepted. A group that migrated to a supergroup is sent
+    /// to its new id.
     pub async fn send(
         &self,
         config: &TelegramConfig,
         msg: &OutboundMessage,
     ) -> Result<Receipt, SendError> {
         let bot = self.bot(config)?;
-        let chat = chat_id(&msg.to)?;
-        match self.send_to(&bot, chat, msg).await {
-            Err(RequestError::MigrateToChatId(new)) => {
-                self.send_to(&bot, new, msg).await.map_err(classify)
+        let mut chat = chat_id(&msg.to)?;
+        let mut from = msg.parts_sent as usize;
+        let mut migrated = false;
+        loop {
+            match self.send_parts(&bot, chat, msg, from).await {
+                Ok(receipt) => return Ok(receipt),
+                Err((at, RequestError::MigrateToChatId(new))) if !migrated => {
+                    chat = new;
+                    from = at;
+                    migrated = true;
+                }
+                Err((at, e)) => {
+                    let error = scrub(classify(e), config);
+                    return Err(if at > msg.parts_sent as usize {
+                        SendError::Partial {
+                            parts_sent: at as u32,
+                            error: Box::new(error),
+                        }
+                    } else {
+                        error
+                    });
+                }
             }
-            other => other.map_err(classify),
         }
     }
 
-    async fn send_to(
+    /// Sends the parts of a message from index `from` on; on failure, the index of the part
+    /// that failed (= parts accepted so far) with the error.
+    async fn send_parts(
         &self,
         bot: &Bot,
         chat: ChatId,
         msg: &OutboundMessage,
-    ) -> Result<Receipt, RequestError> {
+        from: usize,
+    ) -> Result<Receipt, (usize, RequestError)> {
+        let refuse = |m: String| (from, RequestError::Api(ApiError::Unknown(m)));
         let content = &msg.content;
         if content.template.is_some() {
-            return Err(RequestError::Api(ApiError::Unknown(
+            return Err(refuse(
                 "Bad Request: message templates are a WhatsApp feature; Telegram has none".into(),
-            )));
+            ));
         }
-        let markup = keyboard(content)
-            .map_err(|e| RequestError::Api(ApiError::Unknown(format!("Bad Request: {e}"))))?;
+        let markup = keyboard(content).map_err(|e| refuse(format!("Bad Request: {e}")))?;
         let mut text = msg.text.trim().to_owned();
+        // The parts, in order: the media (with the text as caption if it fits), then the text
+        // in pieces of at most 4,096 units; the keyboard goes on the last part.
+        let mut media_caption = None;
+        if content.media.is_some() && utf16_len(&text) <= MAX_CAPTION_UNITS {
+            media_caption = Some(std::mem::take(&mut text));
+        }
+        let pieces = if text.is_empty() {
+            Vec::new()
+        } else {
+            split_text(&text, MAX_TEXT_UNITS)
+        };
+        let media_parts = usize::from(content.media.is_some());
+        let total = media_parts + pieces.len();
+        if total == 0 {
+            return Err(refuse("Bad Request: message text is empty".into()));
+        }
         let mut last = None;
-        if let Some(media) = &content.media {
-            let caption_fits = utf16_len(&text) <= MAX_CAPTION_UNITS;
-            let caption = if caption_fits {
-                std::mem::take(&mut text)
-            } else {
-                String::new()
-            };
-            let markup_here = if text.is_empty() {
+        for index in from..total {
+            let markup = if index + 1 == total {
                 markup.clone()
             } else {
                 None
             };
-            last = Some(
-                self.send_media(bot, chat, media, &caption, markup_here)
-                    .await?,
-            );
-            if text.is_empty() {
-                return Ok(receipt(last.as_ref().expect("just set")));
-            }
-        }
-        if text.is_empty() {
-            return match last {
-                Some(m) => Ok(receipt(&m)),
-                None => Err(RequestError::Api(ApiError::Unknown(
-                    "Bad Request: message text is empty".into(),
-                ))),
-            };
-        }
-        let pieces = split_text(&text, MAX_TEXT_UNITS);
-        let count = pieces.len();
-        for (i, piece) in pieces.into_iter().enumerate() {
-            let markup = if i + 1 == count { markup.clone() } else { None };
-            let html = self.text(
-                bot,
-                chat,
-                to_html(&piece),
-                Some(ParseMode::Html),
-                markup.clone(),
-            );
-            let sent = match html.await {
-                // Our markup was refused after all: the same words, unformatted.
-                Err(RequestError::Api(ApiError::CantParseEntities(_))) => {
-                    self.text(bot, chat, piece, None, markup).await?
+            let sent = if index < media_parts {
+                let media = content
+                    .media
+                    .as_ref()
+                    .ok_or_else(|| refuse("no media".into()))?;
+                let caption = media_caption.clone().unwrap_or_default();
+                self.send_media(bot, chat, media, &caption, markup).await
+            } else {
+                let piece = &pieces[index - media_parts];
+                let html = self
+                    .text(
+                        bot,
+                        chat,
+                        to_html(piece),
+                        Some(ParseMode::Html),
+                        markup.clone(),
+                    )
+                    .await;
+                match html {
+                    // Our markup was refused after all: the same words, unformatted.
+                    Err(RequestError::Api(ApiError::CantParseEntities(_))) => {
+                        self.text(bot, chat, piece.clone(), None, markup).await
+                    }
+                    other => other,
                 }
-                other => other?,
             };
-            last = Some(sent);
+            last = Some(sent.map_err(|e| (index, e))?);
+            msg.progress.accepted(index as u32 + 1);
         }
         Ok(last.as_ref().map(receipt).unwrap_or_default())
     }
@@ -416,7 +462,7 @@ impl TelegramSender {
         let file = bot
             .get_file(FileId(file_id.to_owned()))
             .await
-            .map_err(classify)?;
+            .map_err(|e| scrub(classify(e), config))?;
         let url = format!(
             "{}/file/bot{}/{}",
             config.api_url.trim_end_matches('/'),
@@ -448,7 +494,7 @@ impl TelegramSender {
         bot.send_chat_action(chat_id(to)?, ChatAction::Typing)
             .await
             .map(|_| ())
-            .map_err(classify)
+            .map_err(|e| scrub(classify(e), config))
     }
 
     /// Stops a pressed button's spinner.
@@ -461,13 +507,13 @@ impl TelegramSender {
         bot.answer_callback_query(CallbackQueryId(callback_id.to_owned()))
             .await
             .map(|_| ())
-            .map_err(classify)
+            .map_err(|e| scrub(classify(e), config))
     }
 
     /// The bot's @username (`getMe`); also proves the token works.
     pub async fn username(&self, config: &TelegramConfig) -> Result<Option<String>, SendError> {
         let bot = self.bot(config)?;
-        let me = bot.get_me().await.map_err(classify)?;
+        let me = bot.get_me().await.map_err(|e| scrub(classify(e), config))?;
         Ok(me.user.username.clone())
     }
 
@@ -482,13 +528,19 @@ impl TelegramSender {
         if let Some(secret) = &config.webhook_secret {
             request = request.secret_token(secret.expose().to_owned());
         }
-        request.await.map(|_| ()).map_err(classify)
+        request
+            .await
+            .map(|_| ())
+            .map_err(|e| scrub(classify(e), config))
     }
 
     /// Removes any webhook, so `getUpdates` may be used (Telegram refuses both at once).
     pub async fn delete_webhook(&self, config: &TelegramConfig) -> Result<(), SendError> {
         let bot = self.bot(config)?;
-        bot.delete_webhook().await.map(|_| ()).map_err(classify)
+        bot.delete_webhook()
+            .await
+            .map(|_| ())
+            .map_err(|e| scrub(classify(e), config))
     }
 
     /// One long poll: the raw updates after `offset` (each goes through

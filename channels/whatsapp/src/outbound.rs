@@ -82,10 +82,12 @@ impl WhatsappSender {
         if let Some(body) = rich_body(&msg.to, &msg.text, &msg.content)? {
             return self.post(config, &body).await;
         }
-        // Longer replies go out as several messages, in order.
+        // Longer replies go out as several messages, in order, resuming after the parts an
+        // earlier attempt got accepted.
         let chars: Vec<char> = msg.text.chars().collect();
         let mut receipt = Receipt::default();
-        for chunk in chars.chunks(MAX_TEXT_CHARS) {
+        let skip = msg.parts_sent as usize;
+        for (index, chunk) in chars.chunks(MAX_TEXT_CHARS).enumerate().skip(skip) {
             let text: String = chunk.iter().collect();
             let body = json!({
                 "messaging_product": "whatsapp",
@@ -94,18 +96,31 @@ impl WhatsappSender {
                 "type": "text",
                 "text": { "preview_url": false, "body": text },
             });
-            receipt = match self.post(config, &body).await {
+            let sent = match self.post(config, &body).await {
                 // Meta says the window closed after all (clocks differ): the template, if any.
                 Err(SendError::Permanent(reason)) if reason.contains("error 131047") => {
                     match template {
                         Some(name) => {
                             self.post(config, &template_body(config, &msg.to, name))
-                                .await?
+                                .await
                         }
-                        None => return Err(SendError::Permanent(reason)),
+                        None => Err(SendError::Permanent(reason)),
                     }
                 }
-                other => other?,
+                other => other,
+            };
+            receipt = match sent {
+                Ok(r) => {
+                    msg.progress.accepted(index as u32 + 1);
+                    r
+                }
+                Err(error) if index > skip => {
+                    return Err(SendError::Partial {
+                        parts_sent: index as u32,
+                        error: Box::new(error),
+                    });
+                }
+                Err(error) => return Err(error),
             };
         }
         Ok(receipt)
