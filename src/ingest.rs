@@ -78,9 +78,10 @@ impl Ingest {
                     external_id,
                     reachable,
                     reason,
+                    at,
                 } => {
                     self.store
-                        .set_reachability(channel, &external_id, reachable, &reason)
+                        .set_reachability(channel, &external_id, reachable, &reason, at)
                         .await?;
                     counts.notices += 1;
                 }

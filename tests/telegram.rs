@@ -317,6 +317,26 @@ async fn bot_api_errors_retry_wait_or_dead_letter_with_the_reason(backend: Backe
         before,
         "nothing sent to a blocked contact"
     );
+
+    // An older "member" report arriving late does not undo the block; a newer one does.
+    let unreachable = || async {
+        sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT unreachable_at FROM contact_identity WHERE external_id = '42'",
+        )
+        .fetch_one(app.store.pool())
+        .await
+        .expect("identity")
+        .is_some()
+    };
+    for (update_id, date, still_blocked) in [(5, 1_644_600_000, true), (6, 1_644_700_000, false)] {
+        let mut back = blocked.clone();
+        back["update_id"] = json!(update_id);
+        back["my_chat_member"]["date"] = json!(date);
+        back["my_chat_member"]["new_chat_member"]["status"] = json!("member");
+        let (status, _) = post(&app, &path, &back, Some(SECRET)).await;
+        assert_eq!(status, 200);
+        assert_eq!(unreachable().await, still_blocked, "update {update_id}");
+    }
 }
 
 async fn polling_stores_before_moving_the_offset(backend: Backend) {

@@ -5,6 +5,8 @@
 -- sends fail visibly with this reason instead of being attempted. Cleared when they come back.
 ALTER TABLE contact_identity ADD COLUMN unreachable_at BIGINT;
 ALTER TABLE contact_identity ADD COLUMN unreachable_reason TEXT;
+-- When the last reachability change happened (the provider's time): a late, older report is ignored.
+ALTER TABLE contact_identity ADD COLUMN reachability_at BIGINT;
 
 -- Buttons, list, media or template of an outbound message (JSON, see the channel contract's
 -- `Content`), NULL for plain text.

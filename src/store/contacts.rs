@@ -78,17 +78,23 @@ impl Store {
         external_id: &str,
         reachable: bool,
         reason: &str,
+        at: Option<i64>,
     ) -> Result<(), sqlx::Error> {
         let now = now_ms();
+        // The provider's time of the change (ms), or ours when it gives none.
+        let at = at.map_or(now, |s| s.saturating_mul(1000));
         let mut w = self.begin_write().await?;
         sqlx::query(
-            "UPDATE contact_identity SET unreachable_at = $1, unreachable_reason = $2
-             WHERE channel_id = $3 AND external_id = $4",
+            "UPDATE contact_identity SET unreachable_at = $1, unreachable_reason = $2,
+                    reachability_at = $5
+             WHERE channel_id = $3 AND external_id = $4
+               AND (reachability_at IS NULL OR reachability_at <= $5)",
         )
         .bind((!reachable).then_some(now))
         .bind((!reachable).then_some(reason))
         .bind(&channel.id)
         .bind(external_id)
+        .bind(at)
         .execute(&mut *w.tx)
         .await?;
         let detail =

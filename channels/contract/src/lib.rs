@@ -168,6 +168,10 @@ pub enum InboundEvent {
         external_id: String,
         reachable: bool,
         reason: String,
+        /// When the change happened (Unix seconds), as the provider says: an older report that
+        /// arrives late (redeliveries run in parallel) must not undo a newer one.
+        #[serde(default)]
+        at: Option<i64>,
     },
 }
 

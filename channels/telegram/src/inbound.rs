@@ -532,6 +532,7 @@ fn membership_event(update: &Value, bot: BotIdentity<'_>) -> Option<InboundEvent
         external_id,
         reachable,
         reason: reason.to_owned(),
+        at: update.get("date").and_then(Value::as_i64),
     })
 }
 
