@@ -15,7 +15,7 @@ const SECRET: &str = "s3cret_token-1";
 both_backends!(
     webhook_updates_are_verified_stored_once_and_answered,
     bot_api_errors_retry_wait_or_dead_letter_with_the_reason,
-    polling_stores_before_moving_the_offset,
+    polling_acknowledges_and_answers_each_update_once,
     groups_are_answered_only_when_addressed,
     commands_hand_off_and_agent_buttons,
     a_contact_links_telegram_and_whatsapp_into_one_history,
@@ -339,7 +339,7 @@ async fn bot_api_errors_retry_wait_or_dead_letter_with_the_reason(backend: Backe
     }
 }
 
-async fn polling_stores_before_moving_the_offset(backend: Backend) {
+async fn polling_acknowledges_and_answers_each_update_once(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
     };
@@ -347,6 +347,9 @@ async fn polling_stores_before_moving_the_offset(backend: Backend) {
     for (i, text) in ["one", "two", "three"].iter().enumerate() {
         api.push_update(text_update(500 + i as i64, 77, text));
     }
+    // Telegram serves the same updates again on the next calls (as after a crash before the
+    // offset was confirmed): stored and answered once all the same.
+    api.replay_next(3);
     let (_, path, _) = connect(&app, &api, "polling").await;
     let texts = wait_texts(&api, 3, "three polled messages answered").await;
     assert!(texts.iter().all(|(chat, _)| chat == "77"));
@@ -375,6 +378,18 @@ async fn polling_stores_before_moving_the_offset(backend: Backend) {
         .collect();
     let said: Vec<&str> = inbound.iter().filter_map(|m| m["text"].as_str()).collect();
     assert_eq!(said, ["one", "two", "three"], "in order, once each");
+    common::eventually("the replays served", Duration::from_secs(10), || async {
+        (api.calls("getUpdates").len() >= 5).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(api.texts().len(), 3, "each answered once");
+    let inbound: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM message WHERE direction = 'inbound'")
+            .fetch_one(app.store.pool())
+            .await
+            .expect("count");
+    assert_eq!(inbound, 3, "each stored once");
     // A polling channel takes no webhook.
     let (status, _) = post(&app, &path, &text_update(9, 77, "x"), Some(SECRET)).await;
     assert_eq!(status, 404);

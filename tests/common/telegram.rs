@@ -40,6 +40,9 @@ struct Inner {
     /// (`None`: let that call through; for failing a later call of a sequence).
     failures: HashMap<String, VecDeque<Option<(u16, Value)>>>,
     updates: Vec<Value>,
+    /// `getUpdates` calls that ignore the offset and serve everything again (as Telegram does
+    /// after a bot restarts before confirming).
+    replays: usize,
     next_message_id: i64,
 }
 
@@ -108,6 +111,11 @@ impl BotApi {
         for _ in 0..n {
             queue.push_back(None);
         }
+    }
+
+    /// The next `n` `getUpdates` calls serve every queued update again, whatever the offset.
+    pub fn replay_next(&self, n: usize) {
+        self.inner.lock().expect("lock").replays += n;
     }
 
     /// Queues an update for `getUpdates`.
@@ -202,6 +210,14 @@ async fn handle(
             // short while (the real one waits up to `timeout` seconds).
             let deadline =
                 tokio::time::Instant::now() + Duration::from_millis(timeout.min(1) * 300);
+            let replay = {
+                let mut inner = api.inner.lock().expect("lock");
+                let replay = inner.replays > 0 && !inner.updates.is_empty();
+                if replay {
+                    inner.replays -= 1;
+                }
+                replay
+            };
             loop {
                 let pending: Vec<Value> = api
                     .inner
@@ -209,7 +225,9 @@ async fn handle(
                     .expect("lock")
                     .updates
                     .iter()
-                    .filter(|u| offset.is_none_or(|o| u["update_id"].as_i64().unwrap_or(0) >= o))
+                    .filter(|u| {
+                        replay || offset.is_none_or(|o| u["update_id"].as_i64().unwrap_or(0) >= o)
+                    })
                     .cloned()
                     .collect();
                 if !pending.is_empty() || tokio::time::Instant::now() >= deadline {
