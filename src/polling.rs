@@ -59,22 +59,73 @@ impl Pollers {
         self.tracker.spawn(task.run().instrument(span));
     }
 
-    /// Starts every polling channel in the database (at start-up).
+    /// At start-up, for every Telegram channel: start its poller (polling mode), or register
+    /// its webhook again when `public_url` is set (it may have changed since the channel was
+    /// connected); and learn the bot's @username if connecting could not. Returns how many
+    /// pollers were started. Provider calls run in the background and only log failures.
     pub async fn start_all(
         &self,
         store: &Store,
         ingest: &Ingest,
         channels: &Channels,
+        public_url: Option<&str>,
     ) -> anyhow::Result<usize> {
         let mut started = 0;
         for channel in store
             .channels_of_kind(switchboard_channel::ChannelKind::Telegram)
             .await?
         {
-            if TelegramConfig::parse(&channel.config).is_ok_and(|c| c.mode == Mode::Polling) {
+            let Ok(config) = TelegramConfig::parse(&channel.config) else {
+                warn!(channel = %channel.id, "unreadable Telegram channel config; skipped");
+                continue;
+            };
+            if config.mode == Mode::Polling {
                 self.ensure(ingest, channels, &channel);
                 started += 1;
             }
+            let (store, channels, public_url) = (
+                store.clone(),
+                channels.clone(),
+                public_url.map(str::to_owned),
+            );
+            self.tracker.spawn(async move {
+                let telegram = channels.telegram();
+                if config.mode == Mode::Webhook
+                    && let Some(base) = public_url
+                {
+                    let url = format!(
+                        "{}/webhooks/telegram/{}",
+                        base.trim_end_matches('/'),
+                        channel.id
+                    );
+                    match telegram.set_webhook(&config, &url).await {
+                        Ok(()) => info!(channel = %channel.id, "Telegram webhook registered"),
+                        Err(e) => warn!(channel = %channel.id, error = %e, "setWebhook failed"),
+                    }
+                }
+                if config.bot_username.is_none()
+                    && let Ok(Some(name)) = telegram.username(&config).await
+                {
+                    let mut updated = config.clone();
+                    updated.bot_username = Some(name);
+                    let saved = match serde_json::to_value(&updated) {
+                        Ok(value) => store
+                            .upsert_channel(
+                                &channel.tenant_id,
+                                channel.kind,
+                                &value,
+                                Some(&channel.id),
+                            )
+                            .await
+                            .map(|_| ())
+                            .map_err(anyhow::Error::from),
+                        Err(e) => Err(e.into()),
+                    };
+                    if let Err(e) = saved {
+                        warn!(channel = %channel.id, error = %e, "saving the bot's username failed");
+                    }
+                }
+            });
         }
         Ok(started)
     }

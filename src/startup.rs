@@ -132,7 +132,12 @@ impl Application {
         let pollers = state.pollers.clone();
         if state.config.workers {
             let started = pollers
-                .start_all(&state.store, &state.ingest, &state.channels)
+                .start_all(
+                    &state.store,
+                    &state.ingest,
+                    &state.channels,
+                    state.config.public_url.as_deref(),
+                )
                 .await?;
             if started > 0 {
                 tracing::info!(channels = started, "polling Telegram bots");

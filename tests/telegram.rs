@@ -20,6 +20,7 @@ both_backends!(
     commands_hand_off_and_agent_buttons,
     a_contact_links_telegram_and_whatsapp_into_one_history,
     a_photo_is_a_reference_fetched_through_get_file,
+    with_a_public_url_the_webhook_is_registered_with_the_secret,
 );
 
 fn fixture(name: &str) -> Value {
@@ -742,4 +743,46 @@ async fn a_photo_is_a_reference_fetched_through_get_file(backend: Backend) {
         .await
         .expect("fetch");
     assert_eq!(res.status(), 404);
+}
+
+async fn with_a_public_url_the_webhook_is_registered_with_the_secret(backend: Backend) {
+    let tweak = |c: &mut switchboard::config::Config| {
+        c.public_url = Some("https://bots.example.com/".into())
+    };
+    let Some(app) = TestApp::spawn_with(backend, tweak, None).await else {
+        return;
+    };
+    let api = BotApi::start().await;
+    let (id, _, connected) = connect(&app, &api, "webhook").await;
+    assert_eq!(connected["webhook_registered"], true, "{connected}");
+    let url = format!("https://bots.example.com/webhooks/telegram/{id}");
+    assert_eq!(connected["webhook_url"], url.as_str());
+    let set = api.calls("setWebhook");
+    assert_eq!(set.len(), 1);
+    assert_eq!(set[0].body["url"], url.as_str());
+    assert_eq!(set[0].body["secret_token"], SECRET);
+    let allowed = set[0].body["allowed_updates"].to_string();
+    for kind in ["message", "callback_query", "my_chat_member"] {
+        assert!(allowed.contains(kind), "{allowed}");
+    }
+    // Telegram refusing it is reported, not hidden.
+    api.fail_next(
+        "setWebhook",
+        1,
+        400,
+        json!({ "ok": false, "error_code": 400, "description": "Bad Request: bad webhook: HTTPS url must be provided for webhook" }),
+    );
+    let (_, _, again) = connect(&app, &api, "webhook").await;
+    assert_eq!(
+        again["channel_id"],
+        id.as_str(),
+        "the same bot keeps its channel"
+    );
+    assert_eq!(again["webhook_registered"], false);
+    assert!(
+        again["webhook_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("HTTPS url")),
+        "{again}"
+    );
 }

@@ -124,6 +124,32 @@ impl BotApi {
     }
 }
 
+/// The text fields of a multipart/form-data body as a JSON object (values that are JSON, like
+/// `allowed_updates`, parsed).
+fn multipart_fields(body: &[u8], boundary: &str) -> Value {
+    let text = String::from_utf8_lossy(body);
+    let mut fields = serde_json::Map::new();
+    for part in text.split(&format!("--{boundary}")) {
+        let Some((head, value)) = part.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let Some(name) = head
+            .split("name=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+        else {
+            continue;
+        };
+        let value = value.trim_end_matches("\r\n");
+        let parsed = serde_json::from_str::<Value>(value)
+            .ok()
+            .filter(|v| v.is_array() || v.is_object())
+            .unwrap_or_else(|| Value::String(value.to_owned()));
+        fields.insert(name.to_owned(), parsed);
+    }
+    Value::Object(fields)
+}
+
 fn message_result(id: i64, chat_id: &Value, text: Option<&Value>) -> Value {
     let mut m = json!({
         "message_id": id,
@@ -140,9 +166,19 @@ fn message_result(id: i64, chat_id: &Value, text: Option<&Value>) -> Value {
 async fn handle(
     State(api): State<BotApi>,
     Path((bot, method)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> impl IntoResponse {
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body: Value = match content_type.split_once("boundary=") {
+        // Methods that may carry files (setWebhook, sendPhoto, …) come as multipart.
+        Some((_, boundary)) => multipart_fields(&body, boundary.trim_matches('"')),
+        None => serde_json::from_slice(&body).unwrap_or(Value::Null),
+    };
     // Bot API method names are case-insensitive (teloxide sends `SendMessage`): record the
     // documented spelling, `sendMessage`.
     let method = {
