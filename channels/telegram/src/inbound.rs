@@ -11,7 +11,10 @@
 //! stored and answered. What we cannot read as a message becomes a notice — stored, surfaced,
 //! never a 500 (Telegram would redeliver it forever).
 //!
-//! Dedupe: an update's `update_id` is its provider id, so a redelivered update is stored once.
+//! Dedupe: a message's provider id is its update's `update_id` with the chat and message ids
+//! (`<update_id>:<chat>:<message>`; callbacks `<update_id>:cb:<query id>`): a redelivered update is
+//! stored once, and an update id Telegram re-draws at random after a week without updates cannot
+//! make a new message look like an old one.
 //!
 //! Groups: the contact is the chat, so replies go where the conversation is. A group message is
 //! answered only when it addresses this bot: a command (`/cmd` or `/cmd@thisbot`), an
@@ -454,7 +457,7 @@ fn message_event(
         )
     };
     Some(InboundEvent::Message(InboundMessage {
-        provider_id: update_id.to_string(),
+        provider_id: format!("{update_id}:{}:{message_id}", chat_id),
         contact: ContactRef {
             external_id: chat_id,
             display_name: name,
@@ -483,7 +486,7 @@ fn callback_event(update_id: i64, query: &Value) -> Option<InboundEvent> {
         .unwrap_or_default()
         .to_owned();
     Some(InboundEvent::Message(InboundMessage {
-        provider_id: update_id.to_string(),
+        provider_id: format!("{update_id}:cb:{callback_id}"),
         contact: ContactRef {
             external_id,
             display_name: display_name(from),
@@ -556,7 +559,13 @@ fn reaction_event(update_id: i64, update: &Value) -> Option<InboundEvent> {
         "reaction"
     };
     Some(InboundEvent::Message(InboundMessage {
-        provider_id: update_id.to_string(),
+        provider_id: format!(
+            "{update_id}:{external_id}:{}",
+            update
+                .get("message_id")
+                .and_then(Value::as_i64)
+                .unwrap_or_default()
+        ),
         contact: ContactRef {
             external_id,
             display_name: update.get("user").and_then(display_name),
@@ -644,6 +653,27 @@ mod tests {
             (m.kind.as_str(), m.reply_to.as_deref()),
             ("text", Some("9"))
         );
+    }
+
+    #[test]
+    fn a_redrawn_update_id_does_not_make_a_new_message_a_duplicate() {
+        let a = message(
+            json!({ "update_id": 5, "message": { "message_id": 1, "date": 1,
+            "chat": { "id": 10, "type": "private" }, "text": "old" } }),
+        );
+        let again = message(
+            json!({ "update_id": 5, "message": { "message_id": 1, "date": 1,
+            "chat": { "id": 10, "type": "private" }, "text": "old" } }),
+        );
+        let b = message(
+            json!({ "update_id": 5, "message": { "message_id": 77, "date": 9,
+            "chat": { "id": 11, "type": "private" }, "text": "new" } }),
+        );
+        assert_eq!(
+            a.provider_id, again.provider_id,
+            "a redelivery is the same message"
+        );
+        assert_ne!(a.provider_id, b.provider_id);
     }
 
     #[test]
