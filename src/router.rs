@@ -248,7 +248,8 @@ impl Inner {
                 citations_json: "[]".to_owned(),
             })
         } else if turn.conversation_status == "bot" && answerable {
-            self.acknowledge(&turn);
+            // Held until the answer is ready: Telegram's "typing…" lasts 5 s, so it is renewed.
+            let _typing = self.acknowledge(&turn);
             let answered = self
                 .responder
                 .respond(&Turn {
@@ -297,15 +298,18 @@ impl Inner {
 impl Inner {
     /// Tells the person the bot is on it — typing indicator, read receipt, a pressed button's
     /// spinner stopped — without delaying the answer: best effort, in the background, bounded.
-    fn acknowledge(&self, turn: &PendingTurn) {
-        let Some(channels) = self.channels.clone() else {
-            return;
-        };
+    ///
+    /// Returns a guard to hold while the answer is prepared: on Telegram the typing action is
+    /// renewed every 4 s (it shows for 5 s) until the guard drops, for at most a minute.
+    fn acknowledge(&self, turn: &PendingTurn) -> Option<tokio_util::sync::DropGuard> {
+        let channels = self.channels.clone()?;
         if !matches!(turn.channel_kind.as_str(), "telegram" | "whatsapp") {
-            return;
+            return None;
         }
         let store = self.store.clone();
         let turn = turn.clone();
+        let done = CancellationToken::new();
+        let answered = done.clone();
         self.tracker.spawn(async move {
             let work = async {
                 let channel = store.channel_by_id(&turn.channel_id).await?;
@@ -326,7 +330,29 @@ impl Inner {
                 }
                 Err(_) => tracing::debug!("acknowledging a turn timed out"),
             }
+            if turn.channel_kind != "telegram" {
+                return;
+            }
+            for _ in 0..15 {
+                tokio::select! {
+                    _ = answered.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(4)) => {}
+                }
+                let renew = async {
+                    let channel = store.channel_by_id(&turn.channel_id).await?;
+                    channels
+                        .acknowledge(channel.kind, &channel.config, &turn.recipient, None, "[]")
+                        .await
+                };
+                if tokio::time::timeout(Duration::from_secs(4), renew)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
         });
+        Some(done.drop_guard())
     }
 }
 

@@ -21,7 +21,25 @@ both_backends!(
     a_contact_links_telegram_and_whatsapp_into_one_history,
     a_photo_is_a_reference_fetched_through_get_file,
     with_a_public_url_the_webhook_is_registered_with_the_secret,
+    a_slow_answer_keeps_the_typing_indicator_alive,
 );
+
+/// Answers after a pause, like a model generating.
+struct Slow;
+
+#[async_trait::async_trait]
+impl switchboard::answer::Responder for Slow {
+    async fn respond(
+        &self,
+        turn: &switchboard::answer::Turn,
+    ) -> anyhow::Result<switchboard::answer::Answer> {
+        tokio::time::sleep(Duration::from_millis(4_600)).await;
+        Ok(switchboard::answer::Answer {
+            text: format!("slowly: {}", turn.text),
+            citations: Vec::new(),
+        })
+    }
+}
 
 fn fixture(name: &str) -> Value {
     let path = format!(
@@ -785,4 +803,30 @@ async fn with_a_public_url_the_webhook_is_registered_with_the_secret(backend: Ba
             .is_some_and(|e| e.contains("HTTPS url")),
         "{again}"
     );
+}
+
+async fn a_slow_answer_keeps_the_typing_indicator_alive(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |_| {}, Some(std::sync::Arc::new(Slow))).await
+    else {
+        return;
+    };
+    let api = BotApi::start().await;
+    let (_, path, _) = connect(&app, &api, "webhook").await;
+    let (status, _) = post(
+        &app,
+        &path,
+        &text_update(1, 31, "plan my week"),
+        Some(SECRET),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let texts = wait_texts(&api, 1, "the slow answer").await;
+    assert_eq!(texts[0].1, "slowly: plan my week");
+    // Telegram shows "typing…" for 5 s: renewed while the answer took 4.6 s.
+    let typing = api
+        .calls("sendChatAction")
+        .iter()
+        .filter(|c| c.body["action"] == "typing")
+        .count();
+    assert!(typing >= 2, "typing sent {typing} times");
 }
