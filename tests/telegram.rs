@@ -22,6 +22,7 @@ both_backends!(
     a_photo_is_a_reference_fetched_through_get_file,
     with_a_public_url_the_webhook_is_registered_with_the_secret,
     a_slow_answer_keeps_the_typing_indicator_alive,
+    sends_to_one_chat_are_paced,
 );
 
 /// Answers after a pause, like a model generating.
@@ -829,4 +830,58 @@ async fn a_slow_answer_keeps_the_typing_indicator_alive(backend: Backend) {
         .filter(|c| c.body["action"] == "typing")
         .count();
     assert!(typing >= 2, "typing sent {typing} times");
+}
+
+async fn sends_to_one_chat_are_paced(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let api = BotApi::start().await;
+    let (_, path, _) = connect(&app, &api, "webhook").await;
+    let (status, _) = post(&app, &path, &text_update(1, 64, "hi"), Some(SECRET)).await;
+    assert_eq!(status, 200);
+    wait_texts(&api, 1, "the first answer").await;
+    let conversation = conversations(&app).await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // Six agent messages at once to one chat: a burst of three, then about one a second.
+    for n in 0..6 {
+        let res = app
+            .http
+            .post(format!(
+                "{}/v1/conversations/{conversation}/messages",
+                app.base
+            ))
+            .bearer_auth(&app.admin_key)
+            .json(&json!({ "text": format!("note {n}") }))
+            .send()
+            .await
+            .expect("agent message");
+        assert_eq!(res.status(), 201);
+    }
+    common::eventually("six notes", Duration::from_secs(30), || async {
+        (api.texts().len() >= 7).then_some(())
+    })
+    .await;
+    let at: Vec<std::time::Instant> = api
+        .calls("sendMessage")
+        .iter()
+        .filter(|c| {
+            c.body["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("note "))
+        })
+        .map(|c| c.at)
+        .collect();
+    assert_eq!(at.len(), 6);
+    let texts: Vec<String> = api.texts().into_iter().skip(1).map(|(_, t)| t).collect();
+    let expected: Vec<String> = (0..6).map(|n| format!("note {n}")).collect();
+    assert_eq!(texts, expected, "in order");
+    // Whatever the machine's speed, the sixth cannot leave before the chat's rate allows.
+    let spread = at[5] - at[0];
+    assert!(
+        spread >= Duration::from_millis(2_500),
+        "six sends within {spread:?}"
+    );
 }

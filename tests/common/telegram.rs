@@ -31,6 +31,7 @@ pub struct Call {
     pub method: String,
     pub token: String,
     pub body: Value,
+    pub at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -203,6 +204,7 @@ async fn handle(
             method: method.clone(),
             token,
             body: body.clone(),
+            at: std::time::Instant::now(),
         });
         if let Some(Some((status, envelope))) = inner
             .failures
