@@ -22,6 +22,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod support;
+use support::{env_or, ms, percentile};
+
 use async_trait::async_trait;
 use axum::extract::{Path, State};
 use serde_json::{Value, json};
@@ -120,13 +123,6 @@ fn print_row(provider: Provider, who: &str, f: &Figures, ratio: Option<f64>) {
         ms(f.ack_p99),
         ratio.map(|r| format!("{r:.2}x")).unwrap_or_default()
     );
-}
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -479,16 +475,4 @@ async fn peer_run(
     let figures = load(provider, &url, arrivals, messages, clients, chats).await;
     let _ = child.kill().await;
     figures
-}
-
-fn percentile(v: &mut [Duration], p: f64) -> Duration {
-    if v.is_empty() {
-        return Duration::ZERO;
-    }
-    v.sort_unstable();
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }

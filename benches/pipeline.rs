@@ -12,6 +12,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod support;
+use support::{env_or, ms, percentile};
+
 use axum::extract::State;
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor, Row};
@@ -73,13 +76,6 @@ async fn main() -> anyhow::Result<()> {
         _ => println!("postgres  skipped: set SWITCHBOARD_BENCH_POSTGRES_URL"),
     }
     Ok(())
-}
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 async fn fresh_postgres(admin: &str) -> anyhow::Result<String> {
@@ -315,16 +311,4 @@ async fn start_receiver(arrivals: Arrivals) -> anyhow::Result<String> {
         .with_state(arrivals);
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(url)
-}
-
-fn percentile(v: &mut [Duration], p: f64) -> Duration {
-    if v.is_empty() {
-        return Duration::ZERO;
-    }
-    v.sort_unstable();
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }

@@ -157,10 +157,7 @@ async fn webhook_updates_are_verified_stored_once_and_answered(backend: Backend)
     assert_eq!(send.body["parse_mode"], "HTML");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(api.texts().len(), 1, "answered once");
-    let conversation = conversations(&app).await[0]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let conversation = app.first_conversation("telegram").await;
     let messages = app.messages(&conversation).await;
     assert_eq!(messages.len(), 2, "{messages:?}");
     assert_eq!(messages[0]["kind"], "command");
@@ -218,23 +215,13 @@ async fn bot_api_errors_retry_wait_or_dead_letter_with_the_reason(backend: Backe
     assert_eq!(api.texts().len(), 3, "no extra sends");
 
     // A very long answer is split at Telegram's 4,096 characters. (An agent writes it.)
-    let conversation = conversations(&app).await[0]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let conversation = app.first_conversation("telegram").await;
     let long = format!("{}\n\n{}", "a".repeat(4000), "b".repeat(300));
-    let res = app
-        .http
-        .post(format!(
-            "{}/v1/conversations/{conversation}/messages",
-            app.base
-        ))
-        .bearer_auth(&app.admin_key)
-        .json(&json!({ "text": long }))
-        .send()
-        .await
-        .expect("agent message");
-    assert_eq!(res.status(), 201);
+    assert_eq!(
+        app.agent_message(&conversation, json!({ "text": long }))
+            .await,
+        201
+    );
     let texts = wait_texts(&api, 5, "both halves").await;
     assert_eq!(texts[3].1, "a".repeat(4000));
     assert_eq!(texts[4].1, "b".repeat(300));
@@ -248,18 +235,11 @@ async fn bot_api_errors_retry_wait_or_dead_letter_with_the_reason(backend: Backe
         json!({ "ok": false, "error_code": 502, "description": "Bad Gateway" }),
     );
     let long = format!("{}\n\n{}", "c".repeat(4000), "d".repeat(300));
-    let res = app
-        .http
-        .post(format!(
-            "{}/v1/conversations/{conversation}/messages",
-            app.base
-        ))
-        .bearer_auth(&app.admin_key)
-        .json(&json!({ "text": long }))
-        .send()
-        .await
-        .expect("agent message");
-    assert_eq!(res.status(), 201);
+    assert_eq!(
+        app.agent_message(&conversation, json!({ "text": long }))
+            .await,
+        201
+    );
     let texts = wait_texts(&api, 8, "the halves, one retried").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let texts = if api.texts().len() > texts.len() {
@@ -386,10 +366,7 @@ async fn polling_acknowledges_and_answers_each_update_once(backend: Backend) {
             .then_some(())
     })
     .await;
-    let conversation = conversations(&app).await[0]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let conversation = app.first_conversation("telegram").await;
     let inbound: Vec<Value> = app
         .messages(&conversation)
         .await
@@ -444,10 +421,7 @@ async fn groups_are_answered_only_when_addressed(backend: Backend) {
         2,
         "chatter and other bots' commands are not answered"
     );
-    let conversation = conversations(&app).await[0]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let conversation = app.first_conversation("telegram").await;
     let messages = app.messages(&conversation).await;
     assert_eq!(
         messages.len(),
@@ -490,22 +464,16 @@ async fn commands_hand_off_and_agent_buttons(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(api.texts().len(), 2);
     // …and the agent answers with buttons: an inline keyboard.
-    let res = app
-        .http
-        .post(format!(
-            "{}/v1/conversations/{conversation}/messages",
-            app.base
-        ))
-        .bearer_auth(&app.admin_key)
-        .json(
-            &json!({ "text": "Which plan? <b>not markup</b>", "content": { "buttons": [
+    assert_eq!(
+        app.agent_message(
+            &conversation,
+            json!({ "text": "Which plan? <b>not markup</b>", "content": { "buttons": [
             { "id": "plan_5k", "title": "5k" }, { "id": "plan_10k", "title": "10k" },
-            { "id": "docs", "title": "Docs", "url": "https://example.com/plans" } ] } }),
+            { "id": "docs", "title": "Docs", "url": "https://example.com/plans" } ] } })
         )
-        .send()
-        .await
-        .expect("agent message");
-    assert_eq!(res.status(), 201);
+        .await,
+        201
+    );
     let texts = wait_texts(&api, 3, "agent message").await;
     assert_eq!(texts[2].1, "Which plan? &lt;b&gt;not markup&lt;/b&gt;");
     let sent = api.calls("sendMessage")[2].body.clone();
@@ -513,18 +481,14 @@ async fn commands_hand_off_and_agent_buttons(backend: Backend) {
     assert_eq!(keyboard[0]["callback_data"], "plan_5k");
     assert_eq!(keyboard[2]["url"], "https://example.com/plans");
     // A template cannot go to Telegram: refused at once, not a dead letter later.
-    let res = app
-        .http
-        .post(format!(
-            "{}/v1/conversations/{conversation}/messages",
-            app.base
-        ))
-        .bearer_auth(&app.admin_key)
-        .json(&json!({ "text": "x", "content": { "template": { "name": "hello" } } }))
-        .send()
-        .await
-        .expect("agent message");
-    assert_eq!(res.status(), 400);
+    assert_eq!(
+        app.agent_message(
+            &conversation,
+            json!({ "text": "x", "content": { "template": { "name": "hello" } } })
+        )
+        .await,
+        400
+    );
 
     // Back to the bot; the person presses a button (Telegram's guide callback, re-addressed).
     let res = app
@@ -713,10 +677,7 @@ async fn a_photo_is_a_reference_fetched_through_get_file(backend: Backend) {
     let photo = fixture("illemius_telegram_types_2017/message_with_photo.json");
     let (status, _) = post(&app, &path, &photo, Some(SECRET)).await;
     assert_eq!(status, 200);
-    let conversation = conversations(&app).await[0]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let conversation = app.first_conversation("telegram").await;
     let message = app.messages(&conversation).await[0].clone();
     assert_eq!(message["kind"], "image");
     let file_id = message["attachments"][0]["reference"]
@@ -724,28 +685,12 @@ async fn a_photo_is_a_reference_fetched_through_get_file(backend: Backend) {
         .expect("a file id reference")
         .to_owned();
     let id = message["id"].as_str().expect("id");
-    let res = app
-        .http
-        .get(format!("{}/v1/messages/{id}/attachments/0", app.base))
-        .bearer_auth(&app.admin_key)
-        .send()
-        .await
-        .expect("fetch");
-    assert_eq!(res.status(), 200);
-    assert_eq!(
-        res.bytes().await.expect("bytes").as_ref(),
-        common::telegram::FILE_BYTES
-    );
+    let (status, _, bytes) = app.attachment(&app.admin_key, id, 0).await;
+    assert_eq!(status, 200);
+    assert_eq!(bytes, common::telegram::FILE_BYTES);
     assert_eq!(api.calls("getFile")[0].body["file_id"], file_id.as_str());
     // No second attachment; another tenant's key sees nothing.
-    let res = app
-        .http
-        .get(format!("{}/v1/messages/{id}/attachments/1", app.base))
-        .bearer_auth(&app.admin_key)
-        .send()
-        .await
-        .expect("fetch");
-    assert_eq!(res.status(), 404);
+    assert_eq!(app.attachment(&app.admin_key, id, 1).await.0, 404);
     let other = app
         .store
         .create_tenant(
@@ -754,14 +699,7 @@ async fn a_photo_is_a_reference_fetched_through_get_file(backend: Backend) {
         )
         .await
         .expect("tenant");
-    let res = app
-        .http
-        .get(format!("{}/v1/messages/{id}/attachments/0", app.base))
-        .bearer_auth(&other.admin_key)
-        .send()
-        .await
-        .expect("fetch");
-    assert_eq!(res.status(), 404);
+    assert_eq!(app.attachment(&other.admin_key, id, 0).await.0, 404);
 }
 
 async fn with_a_public_url_the_webhook_is_registered_with_the_secret(backend: Backend) {
@@ -841,24 +779,14 @@ async fn sends_to_one_chat_are_paced(backend: Backend) {
     let (status, _) = post(&app, &path, &text_update(1, 64, "hi"), Some(SECRET)).await;
     assert_eq!(status, 200);
     wait_texts(&api, 1, "the first answer").await;
-    let conversation = conversations(&app).await[0]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let conversation = app.first_conversation("telegram").await;
     // Six agent messages at once to one chat: a burst of three, then about one a second.
     for n in 0..6 {
-        let res = app
-            .http
-            .post(format!(
-                "{}/v1/conversations/{conversation}/messages",
-                app.base
-            ))
-            .bearer_auth(&app.admin_key)
-            .json(&json!({ "text": format!("note {n}") }))
-            .send()
-            .await
-            .expect("agent message");
-        assert_eq!(res.status(), 201);
+        assert_eq!(
+            app.agent_message(&conversation, json!({ "text": format!("note {n}") }))
+                .await,
+            201
+        );
     }
     common::eventually("six notes", Duration::from_secs(30), || async {
         (api.texts().len() >= 7).then_some(())

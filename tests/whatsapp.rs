@@ -302,13 +302,7 @@ async fn replies_go_out_through_the_graph_api_and_statuses_only_move_forward(bac
     )
     .await;
 
-    let (_, list) = app
-        .get(&app.admin_key, "/v1/conversations?channel=whatsapp")
-        .await;
-    let conversation = list["conversations"][0]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let conversation = app.first_conversation("whatsapp").await;
     let reply_status = || async {
         let m = app.messages(&conversation).await;
         m.get(1)
@@ -452,13 +446,7 @@ async fn a_status_that_beats_the_send_answer_is_applied_when_the_id_arrives(back
         (!sent.lock().expect("lock").is_empty()).then_some(())
     })
     .await;
-    let (_, list) = app
-        .get(&app.admin_key, "/v1/conversations?channel=whatsapp")
-        .await;
-    let conversation = list["conversations"][0]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let conversation = app.first_conversation("whatsapp").await;
     common::eventually(
         "the held report applied",
         std::time::Duration::from_secs(20),
@@ -480,30 +468,12 @@ async fn media_is_a_reference_fetched_from_the_graph_api(backend: Backend) {
     let body = fresh("message__image", None);
     let (status, _) = post(&app, &path, body.clone(), Some(sign(&body))).await;
     assert_eq!(status, 200);
-    let (_, list) = app
-        .get(&app.admin_key, "/v1/conversations?channel=whatsapp")
-        .await;
-    let conversation = list["conversations"][0]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let conversation = app.first_conversation("whatsapp").await;
     let message = app.messages(&conversation).await[0].clone();
     assert_eq!(message["attachments"][0]["reference"], "65463453");
     let id = message["id"].as_str().expect("id");
-    let res = app
-        .http
-        .get(format!("{}/v1/messages/{id}/attachments/0", app.base))
-        .bearer_auth(&app.admin_key)
-        .send()
-        .await
-        .expect("fetch");
-    assert_eq!(res.status(), 200);
-    assert_eq!(
-        res.headers()["content-type"].to_str().ok(),
-        Some("image/jpeg")
-    );
-    assert_eq!(
-        res.bytes().await.expect("bytes").as_ref(),
-        common::graph::MEDIA_BYTES
-    );
+    let (status, content_type, bytes) = app.attachment(&app.admin_key, id, 0).await;
+    assert_eq!(status, 200);
+    assert_eq!(content_type.as_deref(), Some("image/jpeg"));
+    assert_eq!(bytes, common::graph::MEDIA_BYTES);
 }

@@ -15,7 +15,7 @@ use switchboard_channel_whatsapp::WhatsappConfig;
 
 use super::AppState;
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{ApiError, json_body};
 use crate::core::Role;
 
 #[derive(Debug, Deserialize)]
@@ -35,8 +35,7 @@ pub async fn connect_channel(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let principal = caller.require(&[Role::Admin])?;
-    let request: ConnectRequest = serde_json::from_slice(&body?)
-        .map_err(|e| ApiError::bad_request("invalid_channel", e.to_string()))?;
+    let request: ConnectRequest = json_body(body, "invalid_channel")?;
     let kind = ChannelKind::parse(&request.kind).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_channel",

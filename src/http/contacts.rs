@@ -13,7 +13,7 @@ use switchboard_channel::{ChannelKind, Content};
 
 use super::AppState;
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{ApiError, json_body};
 use crate::core::Role;
 use crate::store::contacts::AgentMessageError;
 
@@ -38,8 +38,7 @@ pub async fn post_agent_message(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let principal = caller.require(&[Role::Admin, Role::Moderator])?;
-    let request: AgentMessage = serde_json::from_slice(&body?)
-        .map_err(|e| ApiError::bad_request("invalid_message", e.to_string()))?;
+    let request: AgentMessage = json_body(body, "invalid_message")?;
     let text = request.text.replace('\0', "");
     if text.trim().is_empty() && request.content.is_empty() {
         return Err(ApiError::bad_request(
@@ -201,8 +200,7 @@ pub async fn update_conversation(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let principal = caller.require(&[Role::Admin, Role::Moderator])?;
-    let request: ConversationUpdate = serde_json::from_slice(&body?)
-        .map_err(|e| ApiError::bad_request("invalid_conversation", e.to_string()))?;
+    let request: ConversationUpdate = json_body(body, "invalid_conversation")?;
     if !matches!(request.status.as_str(), "bot" | "human" | "closed") {
         return Err(ApiError::bad_request(
             "invalid_conversation",

@@ -94,3 +94,11 @@ impl From<QueryRejection> for ApiError {
         ApiError::bad_request("invalid_query", r.body_text())
     }
 }
+
+/// A JSON request body, or a 400 with `code` saying why it is not one.
+pub fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<axum::body::Bytes, BytesRejection>,
+    code: &'static str,
+) -> Result<T, ApiError> {
+    serde_json::from_slice(&body?).map_err(|e| ApiError::bad_request(code, e.to_string()))
+}

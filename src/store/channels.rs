@@ -233,15 +233,25 @@ impl Store {
         }
         let detail = serde_json::json!({ "topic": topic, "detail": detail }).to_string();
         let mut w = self.begin_write().await?;
-        let kind = format!("{}.notice", channel.kind);
-        record_event(
-            &mut w.tx,
-            Some(&channel.tenant_id),
-            &kind,
-            Some(&channel.id),
-            &detail,
-        )
-        .await?;
+        record_channel_event(&mut w, channel, "notice", &detail).await?;
         w.commit().await
     }
+}
+
+/// Audit-log entry `<kind>.<what>` about a channel, in the caller's transaction.
+pub(super) async fn record_channel_event(
+    w: &mut super::WriteTx,
+    channel: &Channel,
+    what: &str,
+    detail: &str,
+) -> Result<(), sqlx::Error> {
+    let kind = format!("{}.{what}", channel.kind);
+    record_event(
+        &mut w.tx,
+        Some(&channel.tenant_id),
+        &kind,
+        Some(&channel.id),
+        detail,
+    )
+    .await
 }

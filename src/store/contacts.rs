@@ -100,15 +100,7 @@ impl Store {
         let detail =
             serde_json::json!({ "external_id": external_id, "reachable": reachable, "reason": reason })
                 .to_string();
-        let kind = format!("{}.reachability", channel.kind);
-        record_event(
-            &mut w.tx,
-            Some(&channel.tenant_id),
-            &kind,
-            Some(&channel.id),
-            &detail,
-        )
-        .await?;
+        super::channels::record_channel_event(&mut w, channel, "reachability", &detail).await?;
         w.commit().await
     }
 

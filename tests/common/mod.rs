@@ -331,6 +331,66 @@ impl TestApp {
             .as_u16()
     }
 
+    /// The most recently active conversation on a channel kind.
+    pub async fn first_conversation(&self, channel: &str) -> String {
+        let (_, list) = self
+            .get(
+                &self.admin_key,
+                &format!("/v1/conversations?channel={channel}"),
+            )
+            .await;
+        list["conversations"][0]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {channel} conversation: {list}"))
+            .to_owned()
+    }
+
+    /// `POST /v1/conversations/{id}/messages` as admin (an agent's message); the status.
+    pub async fn agent_message(&self, conversation_id: &str, body: Value) -> u16 {
+        self.http
+            .post(format!(
+                "{}/v1/conversations/{conversation_id}/messages",
+                self.base
+            ))
+            .bearer_auth(&self.admin_key)
+            .json(&body)
+            .send()
+            .await
+            .expect("agent message")
+            .status()
+            .as_u16()
+    }
+
+    /// `GET /v1/messages/{id}/attachments/{index}` with `key`: (status, content type, bytes).
+    pub async fn attachment(
+        &self,
+        key: &str,
+        message_id: &str,
+        index: usize,
+    ) -> (u16, Option<String>, Vec<u8>) {
+        let res = self
+            .http
+            .get(format!(
+                "{}/v1/messages/{message_id}/attachments/{index}",
+                self.base
+            ))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("fetch");
+        let status = res.status().as_u16();
+        let content_type = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        (
+            status,
+            content_type,
+            res.bytes().await.expect("bytes").to_vec(),
+        )
+    }
+
     /// Points the tenant's `api` channel at a callback URL.
     pub async fn set_callback(&self, url: &str) {
         let res = self

@@ -396,6 +396,17 @@ pub fn parse_retry_after(header: Option<&str>) -> Option<Duration> {
 }
 
 impl SendError {
+    /// A provider or file server answered an HTTP error status: 5xx, 408 and 429 may pass,
+    /// other statuses will not.
+    pub fn from_status(status: u16, what: &str) -> SendError {
+        let message = format!("{what} answered HTTP {status}");
+        if status >= 500 || status == 408 || status == 429 {
+            SendError::Transient(message)
+        } else {
+            SendError::Permanent(message)
+        }
+    }
+
     pub fn is_retryable(&self) -> bool {
         match self {
             SendError::Permanent(_) => false,

@@ -472,14 +472,11 @@ impl TelegramSender {
         let response = self.http.get(url).send().await.map_err(|e| {
             SendError::Transient(format!("file download failed: {}", e.without_url()))
         })?;
-        let status = response.status();
-        if !status.is_success() {
-            let message = format!("file download answered {status}");
-            return Err(if status.is_server_error() {
-                SendError::Transient(message)
-            } else {
-                SendError::Permanent(message)
-            });
+        if !response.status().is_success() {
+            return Err(SendError::from_status(
+                response.status().as_u16(),
+                "the file download",
+            ));
         }
         response
             .bytes()

@@ -156,14 +156,11 @@ impl WhatsappSender {
             .send()
             .await
             .map_err(|e| SendError::Transient(format!("media download failed: {e}")))?;
-        let status = response.status();
-        if !status.is_success() {
-            let message = format!("media download answered {status}");
-            return Err(if status.is_server_error() {
-                SendError::Transient(message)
-            } else {
-                SendError::Permanent(message)
-            });
+        if !response.status().is_success() {
+            return Err(SendError::from_status(
+                response.status().as_u16(),
+                "the media download",
+            ));
         }
         response
             .bytes()
