@@ -46,6 +46,35 @@ pub struct Config {
     /// Run the router and delivery workers. Off only for tools and tests that drive steps by hand.
     pub workers: bool,
     pub outbox: OutboxConfig,
+    pub widget: WidgetConfig,
+}
+
+/// Limits of the web widget's WebSocket (per gateway process).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WidgetConfig {
+    /// Largest frame (and message) a visitor may send, in bytes; larger closes with 1009.
+    pub max_frame_bytes: usize,
+    /// Open widget sockets per client IP.
+    pub max_sockets_per_ip: usize,
+    /// New widget sockets per client IP: this many at once, then one per second.
+    pub connect_burst_per_ip: u32,
+    /// Visitor messages: this many at once, then one per second per visitor.
+    pub send_burst: u32,
+    /// Interval of WebSocket pings; a socket silent for 2.4 intervals is closed.
+    pub heartbeat_ms: u64,
+}
+
+impl Default for WidgetConfig {
+    fn default() -> Self {
+        WidgetConfig {
+            max_frame_bytes: 16 * 1024,
+            max_sockets_per_ip: 256,
+            connect_burst_per_ip: 30,
+            send_burst: 10,
+            heartbeat_ms: 25_000,
+        }
+    }
 }
 
 /// Retry policy and concurrency of the delivery worker.
@@ -98,6 +127,7 @@ impl Default for Config {
             wait_timeout_ms: 30_000,
             workers: true,
             outbox: OutboxConfig::default(),
+            widget: WidgetConfig::default(),
         }
     }
 }
@@ -193,6 +223,17 @@ impl Config {
                         ),
                     }
                 }
+                "SWITCHBOARD_WIDGET_MAX_FRAME_BYTES" => {
+                    self.widget.max_frame_bytes = num(name, value)?
+                }
+                "SWITCHBOARD_WIDGET_MAX_SOCKETS_PER_IP" => {
+                    self.widget.max_sockets_per_ip = num(name, value)?
+                }
+                "SWITCHBOARD_WIDGET_CONNECT_BURST_PER_IP" => {
+                    self.widget.connect_burst_per_ip = num(name, value)?
+                }
+                "SWITCHBOARD_WIDGET_SEND_BURST" => self.widget.send_burst = num(name, value)?,
+                "SWITCHBOARD_WIDGET_HEARTBEAT_MS" => self.widget.heartbeat_ms = num(name, value)?,
                 _ => unreachable!("every name in ENV_VARS has an arm"),
             }
         }
@@ -215,6 +256,11 @@ impl Config {
                 "outbox.lease_ms ({}) must be longer than outbox.send_timeout_ms ({}): a send still running when its lease ends may be sent again",
                 self.outbox.lease_ms,
                 self.outbox.send_timeout_ms
+            );
+        }
+        if self.widget.max_frame_bytes < 1024 || self.widget.heartbeat_ms < 100 {
+            bail!(
+                "widget.max_frame_bytes must be at least 1024 and widget.heartbeat_ms at least 100"
             );
         }
         if self.database_max_connections == 0 {
@@ -268,6 +314,11 @@ pub const ENV_VARS: &[&str] = &[
     "SWITCHBOARD_OUTBOX_POLL_MS",
     "SWITCHBOARD_OUTBOX_SEND_TIMEOUT_MS",
     "SWITCHBOARD_OUTBOX_PACING",
+    "SWITCHBOARD_WIDGET_MAX_FRAME_BYTES",
+    "SWITCHBOARD_WIDGET_MAX_SOCKETS_PER_IP",
+    "SWITCHBOARD_WIDGET_CONNECT_BURST_PER_IP",
+    "SWITCHBOARD_WIDGET_SEND_BURST",
+    "SWITCHBOARD_WIDGET_HEARTBEAT_MS",
 ];
 
 #[cfg(test)]

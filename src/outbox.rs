@@ -24,6 +24,7 @@ use switchboard_channel::{ChannelKind, Content, OutboundMessage, Receipt, SendEr
 use switchboard_channel_api::{ApiChannelConfig, ApiSender};
 use switchboard_channel_telegram::{TelegramConfig, TelegramSender};
 use switchboard_channel_whatsapp::{WhatsappConfig, WhatsappSender};
+use switchboard_channel_widget::{Hub, WidgetSender};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -116,6 +117,7 @@ pub struct Channels {
     api: ApiSender,
     whatsapp: WhatsappSender,
     telegram: TelegramSender,
+    widget: WidgetSender,
 }
 
 impl Channels {
@@ -124,7 +126,13 @@ impl Channels {
             api: ApiSender::new(http.clone()),
             whatsapp: WhatsappSender::new(http.clone()),
             telegram: TelegramSender::new(http).map_err(anyhow::Error::msg)?,
+            widget: WidgetSender::new(Hub::default()),
         })
+    }
+
+    /// The web widget's sender, and through it the hub of open widget sockets.
+    pub fn widget(&self) -> &WidgetSender {
+        &self.widget
     }
 
     pub fn telegram(&self) -> &TelegramSender {
@@ -190,6 +198,7 @@ impl Channels {
                     .map_err(|e| SendError::Permanent(format!("telegram channel config: {e}")))?;
                 self.telegram.send(&config, msg).await
             }
+            ChannelKind::Widget => self.widget.send(msg),
             other => Err(SendError::Permanent(format!(
                 "the {other} channel is not available in this build"
             ))),

@@ -222,6 +222,8 @@ impl Inner {
         // work). Otherwise: a conversation handed to a human gets no bot reply (the turn is still
         // recorded as seen), and reactions, deletions, edits, notices and group chatter not
         // addressed to the bot are recorded, not answered.
+        // The web widget shows the answer while it is written, and "typing…" until it is stored.
+        let mut preview: Option<WidgetPreview> = None;
         let command = if turn.conversation_status == "closed" {
             None
         } else {
@@ -250,15 +252,17 @@ impl Inner {
         } else if turn.conversation_status == "bot" && answerable {
             // Held until the answer is ready: Telegram's "typing…" lasts 5 s, so it is renewed.
             let _typing = self.acknowledge(&turn);
-            let answered = self
-                .responder
-                .respond(&Turn {
-                    tenant_id: turn.tenant_id.clone(),
-                    conversation_id: turn.conversation_id.clone(),
-                    message_id: turn.message_id.clone(),
-                    text: turn.text.clone(),
-                })
-                .await;
+            preview = self.widget_preview(&turn);
+            let question = Turn {
+                tenant_id: turn.tenant_id.clone(),
+                conversation_id: turn.conversation_id.clone(),
+                message_id: turn.message_id.clone(),
+                text: turn.text.clone(),
+            };
+            let answered = match &preview {
+                Some(preview) => self.responder.respond_streaming(&question, preview).await,
+                None => self.responder.respond(&question).await,
+            };
             let answer = match answered {
                 Ok(answer) => answer,
                 Err(e) if give_up => {
@@ -281,6 +285,9 @@ impl Inner {
             None
         };
         let reply_id = self.completions.submit((turn.clone(), reply)).await?;
+        if let Some(preview) = preview.as_mut() {
+            preview.stored = true;
+        }
         let outcome = if reply_id.is_some() {
             self.outbox_wake.notify_one();
             "replied"
@@ -295,7 +302,49 @@ impl Inner {
     }
 }
 
+/// The preview of a widget answer while the turn runs. Dropped when the turn ends: the preview
+/// is forgotten if the answer was stored (its message replaces it), withdrawn otherwise (the
+/// turn failed and will run again); "typing…" stops either way.
+struct WidgetPreview {
+    hub: switchboard_channel_widget::Hub,
+    visitor: String,
+    stream_id: String,
+    stored: bool,
+}
+
+impl crate::answer::Deltas for WidgetPreview {
+    fn delta(&self, text: &str) {
+        self.hub.stream_delta(&self.visitor, &self.stream_id, text);
+    }
+}
+
+impl Drop for WidgetPreview {
+    fn drop(&mut self) {
+        if self.stored {
+            self.hub.stream_end(&self.visitor, &self.stream_id);
+        } else {
+            self.hub.stream_reset(&self.visitor, &self.stream_id);
+        }
+        self.hub.typing(&self.visitor, false);
+    }
+}
+
 impl Inner {
+    /// For a widget turn the bot will answer: "typing…" on, and a preview to stream into.
+    fn widget_preview(&self, turn: &PendingTurn) -> Option<WidgetPreview> {
+        if turn.channel_kind != "widget" {
+            return None;
+        }
+        let hub = self.channels.as_ref()?.widget().hub().clone();
+        hub.typing(&turn.recipient, true);
+        Some(WidgetPreview {
+            hub,
+            visitor: turn.recipient.clone(),
+            stream_id: turn.message_id.clone(),
+            stored: false,
+        })
+    }
+
     /// Tells the person the bot is on it — typing indicator, read receipt, a pressed button's
     /// spinner stopped — without delaying the answer: best effort, in the background, bounded.
     ///

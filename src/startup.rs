@@ -46,6 +46,8 @@ impl Application {
             &config.data_dir,
         )?;
         tracing::info!(key = %key_source, "channel credentials are encrypted at rest");
+        let visitor_tokens =
+            switchboard_channel_widget::VisitorTokenKey::derive(sealer.derived_key());
         let store = Store::connect(&config.database_url(), config.database_max_connections)
             .await?
             .with_sealer(sealer);
@@ -78,6 +80,7 @@ impl Application {
         let state = AppState {
             channels,
             pollers: crate::polling::Pollers::default(),
+            widget: Arc::new(crate::http::widget::WidgetRuntime::new(visitor_tokens)),
             ingest: Ingest::new(store.clone(), router.clone()),
             store,
             router,
@@ -143,11 +146,25 @@ impl Application {
                 tracing::info!(channels = started, "polling Telegram bots");
             }
         }
+        // Widget sockets outlive their HTTP request: they are told to close (1001) as soon as
+        // the shutdown begins, so that the server's graceful wait is not held by them.
+        let widget = state.widget.clone();
+        let shutdown = {
+            let widget = widget.clone();
+            async move {
+                shutdown.await;
+                widget.shutdown.cancel();
+            }
+        };
         // Whatever the server's outcome, the workers are stopped in order before returning.
-        let served = axum::serve(listener, app(state))
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("HTTP server");
+        let served = axum::serve(
+            listener,
+            app(state).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("HTTP server");
+        widget.shutdown(Duration::from_secs(3)).await;
         pollers.shutdown().await;
         router.shutdown().await;
         workers.cancel();

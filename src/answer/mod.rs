@@ -34,11 +34,32 @@ pub struct Answer {
     pub citations: Vec<Citation>,
 }
 
+/// Where a streaming responder sends the answer's text as it is written (the web widget shows it
+/// as a preview). Only a preview: what is stored and delivered is the [`Answer`] returned.
+pub trait Deltas: Send + Sync {
+    fn delta(&self, text: &str);
+}
+
+/// For channels that show no preview.
+pub struct NoDeltas;
+
+impl Deltas for NoDeltas {
+    fn delta(&self, _text: &str) {}
+}
+
 /// Produces the bot's answer to one turn. An error means "no answer could be produced now": the
 /// router records it and leaves the turn to be retried.
 #[async_trait]
 pub trait Responder: Send + Sync + 'static {
     async fn respond(&self, turn: &Turn) -> anyhow::Result<Answer>;
+
+    /// Like [`Responder::respond`], also sending the text to `deltas` as it is written. The
+    /// default writes no preview. The deltas must add up to the returned text (a preview that
+    /// differs is replaced by the stored answer when it arrives, but looks wrong meanwhile).
+    async fn respond_streaming(&self, turn: &Turn, deltas: &dyn Deltas) -> anyhow::Result<Answer> {
+        let _ = deltas;
+        self.respond(turn).await
+    }
 }
 
 /// The built-in responder while no knowledge is configured: says so instead of inventing.

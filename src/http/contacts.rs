@@ -125,6 +125,9 @@ fn check_renderable(kind: ChannelKind, text: &str, content: &Content) -> Result<
                 None => Ok(()),
             }
         }
+        ChannelKind::Widget if !content.is_empty() => {
+            Err("the web widget shows text only (no buttons, lists, media or templates)".into())
+        }
         _ => Ok(()),
     }
 }

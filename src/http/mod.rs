@@ -7,6 +7,7 @@ pub mod contacts;
 pub mod error;
 pub mod messages;
 pub mod webhooks;
+pub mod widget;
 
 use std::sync::Arc;
 
@@ -39,6 +40,8 @@ pub struct AppState {
     /// Provider API clients, for calls outside the outbox (`getMe`, `setWebhook`).
     pub channels: Channels,
     pub pollers: Pollers,
+    /// The web widget's sockets: visitor tokens, limits, shutdown.
+    pub widget: Arc<widget::WidgetRuntime>,
 }
 
 /// The whole HTTP application.
@@ -72,6 +75,13 @@ pub fn app(state: AppState) -> HttpRouter {
             "/webhooks/{kind}/{channel_id}",
             get(webhooks::verify).post(webhooks::receive),
         )
+        .route("/v1/widget/ws", get(widget::socket))
+        .route(
+            "/v1/widget/settings",
+            get(widget::get_settings).put(widget::put_settings),
+        )
+        .route("/widget.js", get(widget::script))
+        .route("/demo", get(widget::demo))
         .route("/v1/deliveries", get(channels::list_deliveries))
         .route("/v1/deliveries/{id}/retry", post(channels::retry_delivery))
         .fallback(|| async { ApiError::not_found("route") })

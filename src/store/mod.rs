@@ -21,6 +21,7 @@ pub mod deliveries;
 pub mod messages;
 pub mod sealing;
 pub mod tenants;
+pub mod widget;
 
 use std::str::FromStr;
 use std::sync::Arc;

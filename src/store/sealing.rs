@@ -34,6 +34,8 @@ const PREFIX: &str = "enc:v1:";
 pub struct Sealer {
     key: LessSafeKey,
     rng: SystemRandom,
+    /// A second key derived from the same secret, for other purposes (widget visitor tokens).
+    derived: [u8; 32],
 }
 
 impl std::fmt::Debug for Sealer {
@@ -44,12 +46,26 @@ impl std::fmt::Debug for Sealer {
 
 impl Sealer {
     pub fn new(key: &[u8; 32]) -> anyhow::Result<Sealer> {
+        let key_bytes = key.as_slice();
         let key = UnboundKey::new(&CHACHA20_POLY1305, key)
             .map_err(|_| anyhow::anyhow!("the secret key is not a valid ChaCha20 key"))?;
+        let derived = ring::digest::digest(
+            &ring::digest::SHA256,
+            &[b"switchboard derived key v1:".as_slice(), key_bytes].concat(),
+        );
+        let mut derived_key = [0u8; 32];
+        derived_key.copy_from_slice(derived.as_ref());
         Ok(Sealer {
             key: LessSafeKey::new(key),
             rng: SystemRandom::new(),
+            derived: derived_key,
         })
+    }
+
+    /// A key derived from the secret key (never the sealing key itself), for signing things
+    /// that are not credentials, such as widget visitor tokens.
+    pub fn derived_key(&self) -> &[u8; 32] {
+        &self.derived
     }
 
     /// The key from `SWITCHBOARD_SECRET_KEY` (hex), or from (or into) `<data_dir>/secret.key`.

@@ -44,7 +44,7 @@ pub enum TenantError {
 }
 
 /// A fresh API key: `sb_` (or `sbw_` for public widget keys) and 40 random alphanumerics (~238 bits).
-fn generate_key(role: Role) -> String {
+pub(crate) fn generate_key(role: Role) -> String {
     let body: String = rand::rng()
         .sample_iter(&Alphanumeric)
         .take(40)
@@ -187,16 +187,18 @@ impl Store {
     }
 }
 
-async fn insert_key(
+pub(crate) async fn insert_key(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     tenant_id: &str,
     key: &str,
     role: Role,
     now: i64,
 ) -> Result<(), sqlx::Error> {
+    // Widget keys are public (embedded in pages): their clear text is kept to show again.
+    let public = (role == Role::Widget).then_some(key);
     sqlx::query(
-        "INSERT INTO api_key (id, tenant_id, role, key_hash, prefix, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO api_key (id, tenant_id, role, key_hash, prefix, created_at, public_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(new_id())
     .bind(tenant_id)
@@ -204,6 +206,7 @@ async fn insert_key(
     .bind(hash_key(key))
     .bind(key.chars().take(8).collect::<String>())
     .bind(now)
+    .bind(public)
     .execute(&mut **tx)
     .await?;
     Ok(())
