@@ -162,6 +162,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     eprintln!("listening on http://{addr}");
+    if app.store().tenant_by_slug("demo").await?.is_some() {
+        eprintln!("demo:    http://{addr}/demo (the web widget of tenant `demo`)");
+    }
     app.run_until_stopped(shutdown_signal()).await
 }
 

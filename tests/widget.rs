@@ -679,6 +679,56 @@ async fn agent_messages_reach_the_visitor_and_acks_mark_them_delivered(backend: 
     app.stop().await;
 }
 
+async fn a_socket_follows_the_visitor_into_a_new_conversation(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |_| {}, streaming(1)).await else {
+        return;
+    };
+    let mut visitor = Client::connect(&app, None).await;
+    visitor.send("n-1", "first").await;
+    visitor
+        .until(|f| f["type"] == "message" && f["author"] == "bot")
+        .await;
+    let first = visitor.conversation_id.clone().expect("a conversation");
+    let closed = app
+        .http
+        .patch(format!("{}/v1/conversations/{first}", app.base))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({"status": "closed"}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(closed.status(), 200);
+    // The next message opens a new conversation; the open socket shows it from seq 1.
+    visitor.send("n-2", "second").await;
+    let reply = visitor
+        .until(|f| {
+            f["type"] == "message" && f["author"] == "bot" && f["conversation_id"] != first.as_str()
+        })
+        .await;
+    assert_eq!(reply["seq"], 2);
+    let seqs: Vec<(String, i64)> = visitor
+        .messages
+        .iter()
+        .map(|m| {
+            (
+                m["conversation_id"].as_str().unwrap_or("") == first,
+                m["seq"].as_i64().unwrap_or(0),
+            )
+        })
+        .map(|(old, seq)| (if old { "old" } else { "new" }.to_owned(), seq))
+        .collect();
+    assert_eq!(
+        seqs,
+        [
+            ("old".to_owned(), 1),
+            ("old".to_owned(), 2),
+            ("new".to_owned(), 1),
+            ("new".to_owned(), 2)
+        ]
+    );
+    app.stop().await;
+}
+
 async fn the_demo_page_and_script_are_served(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
@@ -750,5 +800,6 @@ both_backends!(
     two_tabs_of_one_visitor_see_the_same_conversation,
     sends_beyond_the_rate_are_refused_not_stored,
     agent_messages_reach_the_visitor_and_acks_mark_them_delivered,
+    a_socket_follows_the_visitor_into_a_new_conversation,
     the_demo_page_and_script_are_served,
 );

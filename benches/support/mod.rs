@@ -1,4 +1,5 @@
 //! Small helpers shared by the benches (not a bench target itself).
+#![allow(dead_code)] // each bench uses a subset
 
 use std::time::Duration;
 

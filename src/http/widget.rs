@@ -22,7 +22,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use metrics::counter;
+use metrics::{counter, gauge};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use switchboard_channel_widget::hub::HubEvent;
@@ -219,6 +219,7 @@ pub async fn socket(
         visitor: String::new(),
         conversation: None,
         sent_seq: 0,
+        acked_seq: 0,
         heard: Instant::now(),
     };
     Ok(upgrade
@@ -271,6 +272,8 @@ struct Session {
     /// The conversation this socket shows, and the last seq it sent of it.
     conversation: Option<String>,
     sent_seq: i64,
+    /// The highest seq the client acknowledged on this socket (in `conversation`).
+    acked_seq: i64,
     /// When the client was last heard from (any frame).
     heard: Instant,
 }
@@ -281,7 +284,9 @@ type Ended = Result<(), Close>;
 impl Session {
     async fn run(mut self, mut socket: WebSocket) {
         counter!("switchboard_widget_sessions_total").increment(1);
+        gauge!("switchboard_widget_sockets").increment(1.0);
         let close = self.serve(&mut socket).await.err();
+        gauge!("switchboard_widget_sockets").decrement(1.0);
         if let Some(Close(code, reason)) = close {
             if code != 1000 {
                 tracing::debug!(code, reason, visitor = %self.visitor, "closing widget socket");
@@ -465,13 +470,17 @@ impl Session {
                 Err(Close::PROTOCOL)
             }
             ClientFrame::Ack { seq } => {
+                // Only acknowledgements that move forward are written (at most one write per
+                // message sent), so a client repeating acks cannot load the database.
                 if let Some(conversation) = &self.conversation
-                    && seq > 0
+                    && seq > self.acked_seq
                     && seq <= self.sent_seq
-                    && let Err(e) = self.state.store.widget_ack(conversation, seq).await
                 {
-                    // Statuses are bookkeeping: a failed one must not cost the visitor the socket.
-                    tracing::warn!(error = %e, "recording a widget acknowledgement failed");
+                    self.acked_seq = seq;
+                    if let Err(e) = self.state.store.widget_ack(conversation, seq).await {
+                        // Statuses are bookkeeping: a failed one must not cost the socket.
+                        tracing::warn!(error = %e, "recording a widget acknowledgement failed");
+                    }
                 }
                 Ok(())
             }
@@ -624,6 +633,7 @@ impl Session {
             Some((id, _)) if self.conversation.as_deref() != Some(id.as_str()) => {
                 self.conversation = Some(id);
                 self.sent_seq = 0;
+                self.acked_seq = 0;
                 Ok(true)
             }
             _ => Ok(false),
