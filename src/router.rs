@@ -286,7 +286,8 @@ impl Inner {
         };
         let reply_id = self.completions.submit((turn.clone(), reply)).await?;
         if let Some(preview) = preview.as_mut() {
-            preview.stored = true;
+            // No reply stored (the conversation was closed meanwhile): the preview is withdrawn.
+            preview.stored = reply_id.is_some();
         }
         let outcome = if reply_id.is_some() {
             self.outbox_wake.notify_one();

@@ -729,6 +729,62 @@ async fn a_socket_follows_the_visitor_into_a_new_conversation(backend: Backend) 
     app.stop().await;
 }
 
+async fn closing_the_conversation_mid_answer_withdraws_the_preview(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |_| {}, streaming(150)).await else {
+        return;
+    };
+    let mut visitor = Client::connect(&app, None).await;
+    visitor.send("x-1", "never mind").await;
+    let sent = visitor.until(is("sent")).await;
+    visitor.until(is("stream")).await;
+    let conversation = sent["conversation_id"]
+        .as_str()
+        .expect("conversation")
+        .to_owned();
+    let closed = app
+        .http
+        .patch(format!("{}/v1/conversations/{conversation}", app.base))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({"status": "closed"}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(closed.status(), 200);
+    // The answer finishes after the close: not stored, not sent, and its preview withdrawn.
+    let reset = visitor.until(is("stream_reset")).await;
+    assert_eq!(reset["stream_id"], sent["message_id"]);
+    visitor
+        .ws
+        .send(Message::text(r#"{"type":"ping"}"#))
+        .await
+        .expect("ping");
+    visitor.until(is("pong")).await;
+    assert!(visitor.bot_replies().is_empty());
+    let stored = app.messages(&conversation).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0]["status"], "processed");
+    app.stop().await;
+}
+
+async fn a_client_flooding_frames_is_closed(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let mut visitor = Client::connect(&app, None).await;
+    for _ in 0..100 {
+        if visitor
+            .ws
+            .send(Message::text(r#"{"type":"ping"}"#))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(visitor.closed().await, 4429);
+    app.stop().await;
+}
+
 async fn the_demo_page_and_script_are_served(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
@@ -801,5 +857,7 @@ both_backends!(
     sends_beyond_the_rate_are_refused_not_stored,
     agent_messages_reach_the_visitor_and_acks_mark_them_delivered,
     a_socket_follows_the_visitor_into_a_new_conversation,
+    closing_the_conversation_mid_answer_withdraws_the_preview,
+    a_client_flooding_frames_is_closed,
     the_demo_page_and_script_are_served,
 );

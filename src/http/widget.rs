@@ -139,29 +139,8 @@ pub async fn socket(
             "connect with ?key=<widget key> (a tenant's sbw_… key)",
         )
     };
-    let key = params
-        .key
-        .filter(|k| !k.is_empty())
-        .ok_or_else(invalid_key)?;
-    let principal = state
-        .store
-        .authenticate(&key)
-        .await?
-        .filter(|p| p.role == Role::Widget)
-        .ok_or_else(invalid_key)?;
-    let settings = state.store.widget_settings(&principal.tenant_id).await?;
-    let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
-    if !settings.allows_origin(origin, &own_origins(&state, &headers)) {
-        counter!("switchboard_widget_refused_total", "reason" => "origin").increment(1);
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "origin_not_allowed",
-            format!(
-                "pages at {} may not open this tenant's widget; add the origin to allowed_origins in the widget settings",
-                origin.unwrap_or("(no Origin header)")
-            ),
-        ));
-    }
+    // The per-address limits come first: a flood of connections costs no database read.
+    let ip = ip.map(address_key);
     let runtime = state.widget.clone();
     let limits = &state.config.widget;
     let slot = match ip {
@@ -201,6 +180,29 @@ pub async fn socket(
             ip: None,
         },
     };
+    let key = params
+        .key
+        .filter(|k| !k.is_empty())
+        .ok_or_else(invalid_key)?;
+    let principal = state
+        .store
+        .authenticate(&key)
+        .await?
+        .filter(|p| p.role == Role::Widget)
+        .ok_or_else(invalid_key)?;
+    let settings = state.store.widget_settings(&principal.tenant_id).await?;
+    let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
+    if !settings.allows_origin(origin, &own_origins(&state, &headers)) {
+        counter!("switchboard_widget_refused_total", "reason" => "origin").increment(1);
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            format!(
+                "pages at {} may not open this tenant's widget; add the origin to allowed_origins in the widget settings",
+                origin.unwrap_or("(no Origin header)")
+            ),
+        ));
+    }
     let upgrade = upgrade.map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -214,7 +216,9 @@ pub async fn socket(
         state: state.clone(),
         tenant_id: principal.tenant_id,
         theme: settings.theme(),
+        ip,
         _slot: slot,
+        frames: tokio::time::Instant::now(),
         channel: None,
         visitor: String::new(),
         conversation: None,
@@ -234,17 +238,33 @@ pub async fn socket(
         }))
 }
 
-/// The gateway's own origins: its `Host` (either scheme) and its public URL.
+/// The gateway's own origin, always allowed (its `/demo` page): `SWITCHBOARD_PUBLIC_URL` when
+/// set; otherwise, as on a developer's machine, the `Host` the browser used (either scheme). With
+/// a public URL the `Host` header is not trusted, so a rebinding DNS name cannot pose as us.
 fn own_origins(state: &AppState, headers: &HeaderMap) -> Vec<String> {
+    if let Some(public) = &state.config.public_url {
+        return vec![public.trim_end_matches('/').to_owned()];
+    }
     let mut own = Vec::new();
     if let Some(host) = headers.get(HOST).and_then(|h| h.to_str().ok()) {
         own.push(format!("http://{host}"));
         own.push(format!("https://{host}"));
     }
-    if let Some(public) = &state.config.public_url {
-        own.push(public.trim_end_matches('/').to_owned());
-    }
     own
+}
+
+/// The key the per-address limits count under: the address, or for IPv6 its /64 (one host
+/// usually has a whole /64 to pick addresses from).
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+        IpAddr::V4(_) => ip,
+    }
 }
 
 /// Why a session ended, as a close frame.
@@ -259,6 +279,7 @@ impl Close {
     const TOKEN: Close = Close(4401, "invalid visitor token; reconnect without it");
     const SILENT: Close = Close(4408, "timed out");
     const SLOW: Close = Close(4409, "too slow to read; reconnect to resume");
+    const FLOOD: Close = Close(4429, "too many frames");
 }
 
 /// One visitor socket.
@@ -266,7 +287,11 @@ struct Session {
     state: AppState,
     tenant_id: String,
     theme: serde_json::Value,
+    /// The client's address key (for the per-address send limit).
+    ip: Option<IpAddr>,
     _slot: IpSlot,
+    /// GCRA state of the per-socket frame budget.
+    frames: tokio::time::Instant,
     channel: Option<Channel>,
     visitor: String,
     /// The conversation this socket shows, and the last seq it sent of it.
@@ -309,14 +334,19 @@ impl Session {
             _ = runtime.shutdown.cancelled() => return Err(Close::SHUTDOWN),
         };
         let ClientFrame::Hello {
+            v,
             token,
             conversation_id,
             last_seq,
-            ..
         } = hello
         else {
             return Err(Close::PROTOCOL);
         };
+        if v.is_some_and(|v| v != 1) {
+            let frame = ServerFrame::error("bad_frame", "this gateway speaks protocol v1", None);
+            send(socket, &frame).await?;
+            return Err(Close::PROTOCOL);
+        }
         let now = now_ms();
         self.visitor = match token {
             Some(token) => match runtime.tokens.verify(&token, &self.tenant_id, now) {
@@ -375,7 +405,7 @@ impl Session {
         if snapshot.typing {
             send(socket, &ServerFrame::Typing { on: true }).await?;
         }
-        if let Some((stream_id, text)) = snapshot.stream {
+        for (stream_id, text) in snapshot.streams {
             let frame = ServerFrame::Stream {
                 stream_id: stream_id.to_string(),
                 offset: 0,
@@ -395,6 +425,7 @@ impl Session {
                     Some(Err(e)) => return Err(read_error(&e)),
                     Some(Ok(message)) => {
                         self.heard = Instant::now();
+                        self.spend_frame()?;
                         self.on_message(socket, message).await?;
                     }
                 },
@@ -406,7 +437,12 @@ impl Session {
                     if self.heard.elapsed() > silence {
                         return Err(Close::SILENT);
                     }
-                    socket.send(Message::Ping(Default::default())).await.map_err(|_| Close::INTERNAL)?;
+                    let ping = socket.send(Message::Ping(Default::default()));
+                    match tokio::time::timeout(SEND_TIMEOUT, ping).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return Err(Close(1000, "")),
+                        Err(_) => return Err(Close::SLOW),
+                    }
                 }
                 _ = runtime.shutdown.cancelled() => return Err(Close::SHUTDOWN),
             }
@@ -446,6 +482,21 @@ impl Session {
                 Some(Ok(_)) => continue, // ping / pong
             }
         }
+    }
+
+    /// Frames a socket may send: 20 a second, bursts of 40. Beyond that the client is broken or
+    /// hostile, and the socket is closed (4429).
+    fn spend_frame(&mut self) -> Ended {
+        const INTERVAL: Duration = Duration::from_millis(50);
+        const TOLERANCE: Duration = Duration::from_secs(2);
+        let now = tokio::time::Instant::now();
+        let tat = self.frames.max(now);
+        if tat > now + TOLERANCE {
+            counter!("switchboard_widget_refused_total", "reason" => "flood").increment(1);
+            return Err(Close::FLOOD);
+        }
+        self.frames = tat + INTERVAL;
+        Ok(())
     }
 
     async fn on_message(&mut self, socket: &mut WebSocket, message: Message) -> Ended {
@@ -495,12 +546,21 @@ impl Session {
             per: Duration::from_secs(1),
             burst: config.send_burst.max(1),
         };
-        let key = format!("visitor/{}", self.visitor);
+        let mut keys = vec![(format!("visitor/{}", self.visitor), rate)];
+        if let Some(ip) = self.ip {
+            // New visitors cost nothing: the address has a (larger) budget of its own.
+            let per_ip = Rate {
+                count: 5,
+                per: Duration::from_secs(1),
+                burst: config.send_burst.max(1) * 3,
+            };
+            keys.push((format!("send/{ip}"), per_ip));
+        }
         if self
             .state
             .widget
             .limits
-            .reserve(&[(key, rate)], Duration::ZERO)
+            .reserve(&keys, Duration::ZERO)
             .is_none()
         {
             counter!("switchboard_widget_refused_total", "reason" => "rate_limited").increment(1);
@@ -525,10 +585,9 @@ impl Session {
                     seq: stored.seq,
                     duplicate: stored.duplicate,
                 };
-                send(socket, &frame).await?;
                 // Every tab of the visitor (this one too) reads the new message from the store.
                 self.state.channels.widget().hub().messages(&self.visitor);
-                Ok(())
+                send(socket, &frame).await
             }
             Err(e) => {
                 tracing::error!(error = %e, "storing a widget message failed");
@@ -641,11 +700,21 @@ impl Session {
     }
 }
 
+/// How long a frame may take to be written; a client that does not read for this long is closed
+/// (4409) so that it holds no task, buffer or address slot.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn send(socket: &mut WebSocket, frame: &ServerFrame) -> Ended {
-    socket
-        .send(Message::Text(frame.to_text().into()))
-        .await
-        .map_err(|_| Close(1000, ""))
+    match tokio::time::timeout(
+        SEND_TIMEOUT,
+        socket.send(Message::Text(frame.to_text().into())),
+    )
+    .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Close(1000, "")),
+        Err(_) => Err(Close::SLOW),
+    }
 }
 
 fn internal(e: sqlx::Error) -> Close {
@@ -707,7 +776,7 @@ pub async fn get_settings(
     let principal = caller.require(&[Role::Admin])?;
     let settings = state.store.widget_settings(&principal.tenant_id).await?;
     let key = state.store.public_widget_key(&principal.tenant_id).await?;
-    Ok(Json(settings_body(&settings, &key)))
+    Ok(Json(settings_body(&state, &settings, &key)))
 }
 
 /// `PUT /v1/widget/settings` (admin): replaces the settings.
@@ -725,14 +794,21 @@ pub async fn put_settings(
         .set_widget_settings(&principal.tenant_id, &settings)
         .await?;
     let key = state.store.public_widget_key(&principal.tenant_id).await?;
-    Ok(Json(settings_body(&settings, &key)))
+    Ok(Json(settings_body(&state, &settings, &key)))
 }
 
-fn settings_body(settings: &WidgetSettings, key: &str) -> serde_json::Value {
+fn settings_body(state: &AppState, settings: &WidgetSettings, key: &str) -> serde_json::Value {
     let mut body = serde_json::to_value(settings).unwrap_or_default();
     body["widget_key"] = serde_json::Value::String(key.to_owned());
+    // The tag to paste into another site must name this gateway: its public URL when known.
+    let base = state
+        .config
+        .public_url
+        .as_deref()
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .unwrap_or_else(|| format!("http://{}", state.config.listen));
     body["embed"] = serde_json::Value::String(format!(
-        "<script src=\"/widget.js\" data-key=\"{key}\"></script>"
+        "<script src=\"{base}/widget.js\" data-key=\"{key}\"></script>"
     ));
     body
 }

@@ -210,7 +210,7 @@ impl Store {
             let mut s =
                 Statement::new("UPDATE conversation SET last_seq = last_seq + 1, updated_at = ");
             s.bind(now)
-                .push(" WHERE id IN ")
+                .push(" WHERE status <> 'closed' AND id IN ")
                 .bind_list(replying.iter().cloned())
                 .push(" RETURNING id, last_seq");
             for row in s.query().fetch_all(&mut *w.tx).await? {
@@ -230,7 +230,8 @@ impl Store {
             .map(|r| r.try_get("id"))
             .collect::<Result<_, _>>()?;
         if marked.len() != turns.len() || seqs.len() != replying.len() {
-            w.tx.rollback().await?; // a turn was completed already: general path
+            // A turn was completed already, or a conversation was closed meanwhile: general path.
+            w.tx.rollback().await?;
             return Ok(None);
         }
         let mut out = vec![None; turns.len()];

@@ -558,16 +558,28 @@ async fn complete_one(
     // update would deadlock with an ingest holding it.) The same statement hands out the reply's
     // sequence number.
     let bump = i64::from(reply.is_some());
-    let seq: i64 = sqlx::query(
+    let row = sqlx::query(
         "UPDATE conversation SET last_seq = last_seq + $1, updated_at = $2 WHERE id = $3
-         RETURNING last_seq",
+         RETURNING last_seq, status",
     )
     .bind(bump)
     .bind(now)
     .bind(&turn.conversation_id)
     .fetch_one(&mut *w.tx)
-    .await?
-    .try_get("last_seq")?;
+    .await?;
+    let seq: i64 = row.try_get("last_seq")?;
+    // Closed while the answer was being prepared: closing ends the conversation, so the answer
+    // is not stored or sent (the turn is still marked processed).
+    let closed = row.try_get::<String, _>("status")? == "closed";
+    let (reply, bump) = if closed && reply.is_some() {
+        sqlx::query("UPDATE conversation SET last_seq = last_seq - 1 WHERE id = $1")
+            .bind(&turn.conversation_id)
+            .execute(&mut *w.tx)
+            .await?;
+        (None, 0)
+    } else {
+        (reply, bump)
+    };
     let marked = sqlx::query(
         "UPDATE message SET processed_at = $1, status = 'processed'
          WHERE id = $2 AND processed_at IS NULL",

@@ -185,6 +185,20 @@ impl Store {
 
     /// The visitor holds every message up to `seq`: the bot's and agents' become `delivered`.
     pub async fn widget_ack(&self, conversation_id: &str, seq: i64) -> Result<u64, sqlx::Error> {
+        // A read first: acknowledgements of what is already delivered cost no write transaction.
+        let pending = sqlx::query(
+            "SELECT 1 FROM message
+             WHERE conversation_id = $1 AND direction = 'outbound' AND seq <= $2
+               AND status IN ('queued', 'sent')
+             LIMIT 1",
+        )
+        .bind(conversation_id)
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await?;
+        if pending.is_none() {
+            return Ok(0);
+        }
         let mut w = self.begin_write().await?;
         let done = sqlx::query(
             "UPDATE message SET status = 'delivered'

@@ -38,20 +38,22 @@ pub enum HubEvent {
     StreamReset { stream_id: Arc<str> },
 }
 
-/// What a new socket must show before the live events: the preview so far, and whether the bot
+/// What a new socket must show before the live events: the previews so far, and whether the bot
 /// is preparing an answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub typing: bool,
-    /// `(stream id, preview text)`.
-    pub stream: Option<(Arc<str>, String)>,
+    /// `(stream id, preview text)` of each answer being written.
+    pub streams: Vec<(Arc<str>, String)>,
 }
 
 #[derive(Default)]
 struct Visitor {
     sockets: Vec<(u64, mpsc::Sender<HubEvent>)>,
-    typing: bool,
-    stream: Option<Preview>,
+    /// Turns being prepared for the visitor (usually 0 or 1; two conversations can overlap when
+    /// one is closed and the next opened while an answer is written).
+    typing: u32,
+    streams: Vec<Preview>,
 }
 
 struct Preview {
@@ -63,7 +65,7 @@ struct Preview {
 
 impl Visitor {
     fn idle(&self) -> bool {
-        self.sockets.is_empty() && !self.typing && self.stream.is_none()
+        self.sockets.is_empty() && self.typing == 0 && self.streams.is_empty()
     }
 
     /// Queues `event` for every socket; sockets that cannot take it are dropped (they resume).
@@ -128,8 +130,12 @@ impl Hub {
         let v = inner.visitors.entry(visitor.to_owned()).or_default();
         v.sockets.push((id, tx));
         let snapshot = Snapshot {
-            typing: v.typing,
-            stream: v.stream.as_ref().map(|p| (p.id.clone(), p.text.clone())),
+            typing: v.typing > 0,
+            streams: v
+                .streams
+                .iter()
+                .map(|p| (p.id.clone(), p.text.clone()))
+                .collect(),
         };
         drop(inner);
         (
@@ -163,16 +169,22 @@ impl Hub {
         }
     }
 
-    /// The bot started or stopped preparing an answer for the visitor.
+    /// The bot started or stopped preparing an answer for the visitor (calls pair up: "typing"
+    /// shows while any answer is being prepared).
     pub fn typing(&self, visitor: &str, on: bool) {
         let mut inner = self.lock();
         if !on && !inner.visitors.contains_key(visitor) {
             return;
         }
         let v = inner.visitors.entry(visitor.to_owned()).or_default();
-        if v.typing != on {
-            v.typing = on;
-            v.broadcast(&HubEvent::Typing(on));
+        let was = v.typing > 0;
+        v.typing = if on {
+            v.typing + 1
+        } else {
+            v.typing.saturating_sub(1)
+        };
+        if was != (v.typing > 0) {
+            v.broadcast(&HubEvent::Typing(v.typing > 0));
         }
         if v.idle() {
             inner.visitors.remove(visitor);
@@ -186,14 +198,18 @@ impl Hub {
         }
         let mut inner = self.lock();
         let v = inner.visitors.entry(visitor.to_owned()).or_default();
-        let preview = match &mut v.stream {
-            Some(p) if &*p.id == stream_id => p,
-            slot => slot.insert(Preview {
-                id: Arc::from(stream_id),
-                text: String::new(),
-                units: 0,
-            }),
+        let index = match v.streams.iter().position(|p| &*p.id == stream_id) {
+            Some(i) => i,
+            None => {
+                v.streams.push(Preview {
+                    id: Arc::from(stream_id),
+                    text: String::new(),
+                    units: 0,
+                });
+                v.streams.len() - 1
+            }
         };
+        let preview = &mut v.streams[index];
         let event = HubEvent::Stream {
             stream_id: preview.id.clone(),
             offset: preview.units,
@@ -219,10 +235,12 @@ impl Hub {
         let Some(v) = inner.visitors.get_mut(visitor) else {
             return;
         };
-        if v.stream.as_ref().is_some_and(|p| &*p.id == stream_id) {
-            let preview = v.stream.take();
-            if reset && let Some(p) = preview {
-                v.broadcast(&HubEvent::StreamReset { stream_id: p.id });
+        if let Some(i) = v.streams.iter().position(|p| &*p.id == stream_id) {
+            let preview = v.streams.remove(i);
+            if reset {
+                v.broadcast(&HubEvent::StreamReset {
+                    stream_id: preview.id,
+                });
             }
         }
         if v.idle() {
@@ -244,7 +262,7 @@ mod tests {
         hub.stream_delta("w", "m1", "Hé");
         hub.stream_delta("w", "m1", "llo 😀");
         let (mut late, snap) = hub.subscribe("w");
-        assert_eq!(snap.stream, Some((Arc::from("m1"), "Héllo 😀".to_owned())));
+        assert_eq!(snap.streams, vec![(Arc::from("m1"), "Héllo 😀".to_owned())]);
         assert!(snap.typing);
         hub.stream_delta("w", "m1", "!");
         // UTF-16: "Héllo 😀" is 8 units (the emoji takes two).
@@ -264,6 +282,34 @@ mod tests {
         hub.typing("w", false);
         let (_again, snap) = hub.subscribe("w");
         assert_eq!(snap, Snapshot::default());
+    }
+
+    #[tokio::test]
+    async fn two_answers_at_once_keep_their_own_previews_and_typing_pairs_up() {
+        let hub = Hub::default();
+        let (mut s, _) = hub.subscribe("w");
+        hub.typing("w", true);
+        hub.typing("w", true);
+        hub.stream_delta("w", "a", "one");
+        hub.stream_delta("w", "b", "two");
+        hub.stream_delta("w", "a", "!");
+        hub.typing("w", false);
+        let (_late, snap) = hub.subscribe("w");
+        assert!(snap.typing, "one answer is still being prepared");
+        assert_eq!(snap.streams.len(), 2);
+        assert_eq!(&*snap.streams[0].1, "one!");
+        let mut offsets = Vec::new();
+        while let Ok(e) = s.events.try_recv() {
+            if let HubEvent::Stream {
+                stream_id, offset, ..
+            } = e
+            {
+                offsets.push((stream_id.to_string(), offset));
+            }
+        }
+        assert_eq!(offsets, [("a".into(), 0), ("b".into(), 0), ("a".into(), 3)]);
+        hub.typing("w", false);
+        assert_eq!(s.events.recv().await, Some(HubEvent::Typing(false)));
     }
 
     #[tokio::test]

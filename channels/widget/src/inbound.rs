@@ -63,7 +63,7 @@ impl ClientFrame {
                 )));
             }
             let chars = text.chars().count();
-            if text.trim().is_empty() || chars > MAX_TEXT_CHARS {
+            if text.replace('\0', "").trim().is_empty() || chars > MAX_TEXT_CHARS {
                 return Err(invalid(format!(
                     "text must be 1 to {MAX_TEXT_CHARS} characters (got {chars})"
                 )));
@@ -150,6 +150,10 @@ mod tests {
             ),
             (
                 r#"{"type":"send","client_id":"ok","text":"   "}"#,
+                "invalid_message",
+            ),
+            (
+                r#"{"type":"send","client_id":"ok","text":"\u0000 \u0000"}"#,
                 "invalid_message",
             ),
         ] {
