@@ -8,9 +8,10 @@
  * described in docs/widget-protocol.md (hello/welcome, send/sent, message, ack, stream, typing,
  * ping/pong, close codes). In short:
  *   - the visitor token from `welcome` is kept in localStorage (`switchboard:<key>`);
- *   - visitor messages get a client_id and wait in a persisted queue (`switchboard:<key>:pending`)
- *     until the gateway confirms them with `sent`; they are re-sent after every reconnect (the
- *     gateway dedupes by client_id), so nothing typed offline is lost, even across a reload;
+ *   - visitor messages get a client_id and wait in a persisted queue (one localStorage entry per
+ *     message, `switchboard:<key>:pending:<client_id>`) until the gateway confirms them with `sent`;
+ *     they are re-sent in order after every reconnect (the gateway dedupes by client_id), so nothing
+ *     typed offline is lost, even across a reload;
  *   - `message` frames are rendered once per seq, in seq order, and acknowledged (`ack`);
  *   - `stream` frames build a preview ("draft") that the final `message` replaces;
  *   - reconnects use exponential back-off with full jitter; a `ping` every heartbeat_ms detects
@@ -37,13 +38,15 @@
     '/v1/widget/ws?key=' + encodeURIComponent(KEY);
 
   const TOKEN_KEY = 'switchboard:' + KEY;
-  const QUEUE_KEY = TOKEN_KEY + ':pending';
+  const QUEUE_KEY = TOKEN_KEY + ':pending';          // legacy: the whole queue as one array
+  const ITEM_PREFIX = QUEUE_KEY + ':';                 // + client_id: one pending message
   const MAX_FRAME_BYTES = 16384;   // the gateway's default frame limit
   const MAX_TEXT = 4000;
   const PONG_TIMEOUT_MS = 10000;
   const WELCOME_TIMEOUT_MS = 10000;
   const BACKOFF_BASE_MS = 500;
   const BACKOFF_MAX_MS = 30000;
+  const STABLE_MS = 30000;         // a connection open this long resets the back-off
   const ACK_DEBOUNCE_MS = 200;
   const FATAL_CLOSES = [1003, 1009, 4400];
   const HEX_COLOR = /^#[0-9a-fA-F]{3}([0-9a-fA-F]{3})?$/;
@@ -172,8 +175,8 @@
   // ---------------------------------------------------------------- storage
   let storageOk = false;
   try {
-    localStorage.setItem(QUEUE_KEY + ':probe', '1');
-    localStorage.removeItem(QUEUE_KEY + ':probe');
+    localStorage.setItem(TOKEN_KEY + ':probe', '1');
+    localStorage.removeItem(TOKEN_KEY + ':probe');
     storageOk = true;
   } catch (_) { /* private mode / sandboxed iframe: keep everything in memory */ }
 
@@ -188,27 +191,59 @@
   }
 
   // The pending queue lives in localStorage (shared with other tabs of this site) so that a
-  // message typed offline survives a reload. Read-modify-write on every change.
-  let memQueue = [];
-  function readQueue() {
-    if (!storageOk) return memQueue.slice();
-    try {
-      const parsed = JSON.parse(load(QUEUE_KEY) || '[]');
-      return Array.isArray(parsed)
-        ? parsed.filter((q) => q && typeof q.client_id === 'string' && typeof q.text === 'string')
-        : [];
-    } catch (_) { return []; }
+  // message typed offline survives a reload. Each message is its own entry, so tabs never
+  // read-modify-write a shared value: adding or removing one message touches only its key.
+  const memQueue = new Map();     // client_id -> item, when localStorage is unusable
+  let lastTs = 0;
+  function validItem(q) {
+    return q && typeof q.client_id === 'string' && typeof q.text === 'string' && typeof q.ts === 'number';
   }
-  function writeQueue(queue) {
-    memQueue = queue;
-    save(QUEUE_KEY, queue.length ? JSON.stringify(queue) : null);
+  function readQueue() {          // every pending item, oldest first
+    let items = [];
+    if (!storageOk) {
+      items = Array.from(memQueue.values());
+    } else {
+      try {
+        for (let i = 0; i < localStorage.length; i++) {
+          const k = localStorage.key(i);
+          if (!k || !k.startsWith(ITEM_PREFIX)) continue;
+          try {
+            const q = JSON.parse(localStorage.getItem(k) || 'null');
+            if (validItem(q) && k === ITEM_PREFIX + q.client_id) items.push(q);
+          } catch (_) { /* not ours */ }
+        }
+      } catch (_) { return []; }
+    }
+    return items.sort((a, b) => a.ts - b.ts);
   }
-  function queueAdd(item) { writeQueue(readQueue().concat([item])); }
+  function queueAdd(item) {       // item: { client_id, text }; gets its ts here
+    lastTs = Math.max(Date.now(), lastTs + 1); // strictly increasing within this tab
+    const stored = { client_id: item.client_id, text: item.text, ts: lastTs };
+    if (storageOk) save(ITEM_PREFIX + item.client_id, JSON.stringify(stored));
+    else memQueue.set(item.client_id, stored);
+  }
+  function queueHas(clientId) {
+    return storageOk ? load(ITEM_PREFIX + clientId) !== null : memQueue.has(clientId);
+  }
   function queueRemove(clientId) {
-    const queue = readQueue();
-    const rest = queue.filter((q) => q.client_id !== clientId);
-    if (rest.length !== queue.length) writeQueue(rest);
+    if (storageOk) save(ITEM_PREFIX + clientId, null);
+    else memQueue.delete(clientId);
   }
+  (function migrateQueue() {      // the old single-array queue, once
+    const old = load(QUEUE_KEY);
+    if (old === null) return;
+    try {
+      const parsed = JSON.parse(old);
+      if (Array.isArray(parsed)) {
+        for (const q of parsed) {
+          if (q && typeof q.client_id === 'string' && typeof q.text === 'string' && !queueHas(q.client_id)) {
+            queueAdd(q);
+          }
+        }
+      }
+    } catch (_) { /* unreadable: drop it */ }
+    save(QUEUE_KEY, null);
+  })();
 
   function newClientId() {
     if (window.crypto && typeof crypto.randomUUID === 'function') return crypto.randomUUID();
@@ -483,9 +518,9 @@ button, textarea { font: inherit; color: inherit; }
   }
 
   // ---------------------------------------------------------------- conversation rendering
-  const seqEls = new Map();      // seq -> element
+  const seqEls = new Map();      // seq -> element, of the current conversation only
   const pendingEls = new Map();  // client_id -> element not yet confirmed
-  const drafts = new Map();      // stream_id -> { el, textEl, text, stale }
+  const drafts = new Map();      // stream_id -> { el, textEl, text, stale }; several answers may stream at once
   const answered = new Set();    // stream ids (visitor message ids) whose answer is rendered
   let conversationId = null;     // in memory only: a fresh page load asks for recent history
   let lastSeq = 0;               // highest seq received in a `message` frame (contiguous)
@@ -529,11 +564,15 @@ button, textarea { font: inherit; color: inherit; }
     insertBySeq(el, seq);
   }
 
+  // Drops the shown conversation when another one starts. Only previews answering one of its
+  // messages go with it: a preview of the new conversation may arrive before its first `message`.
   function clearConversation() {
-    for (const el of seqEls.values()) el.remove();
-    for (const d of drafts.values()) d.el.remove();
+    for (const el of seqEls.values()) {
+      const id = el.getAttribute('data-id');
+      if (id) removeDraft(id);
+      el.remove();
+    }
     seqEls.clear();
-    drafts.clear();
     answered.clear();
     lastSeq = 0;
     ackedSeq = 0;
@@ -574,8 +613,11 @@ button, textarea { font: inherit; color: inherit; }
     }
     if (f.seq > lastSeq) lastSeq = f.seq;
     scheduleAck();
-    if (seqEls.has(f.seq)) return; // already rendered (replay after a reconnect)
     let el = clientId ? pendingEls.get(clientId) : null;
+    if (seqEls.has(f.seq)) {       // already rendered (replay after a reconnect): drop any pending copy
+      if (el && el !== seqEls.get(f.seq)) { pendingEls.delete(clientId); el.remove(); }
+      return;
+    }
     if (el) {
       pendingEls.delete(clientId);
     } else {
@@ -591,21 +633,27 @@ button, textarea { font: inherit; color: inherit; }
 
   function onSent(f) {
     if (typeof f.client_id !== 'string') return;
-    queueRemove(f.client_id);
+    queueRemove(f.client_id); // stored: never needs sending again
     const el = pendingEls.get(f.client_id);
-    if (!el || typeof f.seq !== 'number') return;
-    if (seqEls.has(f.seq)) { // the message is already shown (e.g. replayed history): drop the copy
+    if (!el || typeof f.conversation_id !== 'string') return;
+    if (conversationId && f.conversation_id !== conversationId) {
+      // Stored in a conversation other than the one shown (an older one, e.g. a duplicate of a
+      // message sent before the switch): no `message` for it comes here, so drop the bubble. If
+      // it is in fact a newer conversation, its `message` follows and renders it again.
       pendingEls.delete(f.client_id);
+      el.remove();
+      return;
+    }
+    if (typeof f.seq !== 'number') return;
+    conversationId = f.conversation_id;
+    pendingEls.delete(f.client_id);
+    if (seqEls.has(f.seq)) { // already shown (same conversation, e.g. replayed history): drop the copy
       el.remove();
       return;
     }
     // Confirm now; the `message` frame that follows is then a no-op. lastSeq is not moved: it
     // only follows `message` frames, so acks and resumes never skip a message still in flight.
-    if (typeof f.conversation_id === 'string' && (!conversationId || conversationId === f.conversation_id)) {
-      conversationId = f.conversation_id;
-      pendingEls.delete(f.client_id);
-      confirmEl(el, f.seq, typeof f.message_id === 'string' ? f.message_id : null);
-    }
+    confirmEl(el, f.seq, typeof f.message_id === 'string' ? f.message_id : null);
   }
 
   // ---------------------------------------------------------------- streaming previews
@@ -654,7 +702,7 @@ button, textarea { font: inherit; color: inherit; }
   // ---------------------------------------------------------------- connection
   let ws = null;
   let welcomed = false;
-  let attempts = 0;          // failed attempts since the last welcome
+  let attempts = 0;          // reconnects since a connection last stayed open STABLE_MS
   let fatal = false;         // closed with 1003/1009/4400: wait for the visitor to send
   let helloHadToken = false;
   let lastSendId = null;     // client_id of the last `send`, blamed for a 1009 close
@@ -664,6 +712,8 @@ button, textarea { font: inherit; color: inherit; }
   let welcomeTimer = 0;
   let ackTimer = 0;
   let staleTimer = 0;
+  let stableTimer = 0;       // started at welcome: resets `attempts` if the connection lasts
+  let retryTimer = 0;        // set after rate_limited/internal: sending is paused until it fires
 
   function sendFrame(obj) {
     if (!ws || ws.readyState !== WebSocket.OPEN) return false;
@@ -712,7 +762,8 @@ button, textarea { font: inherit; color: inherit; }
     clearTimeout(pongTimer);
     clearTimeout(welcomeTimer);
     clearTimeout(ackTimer);
-    heartbeatTimer = pongTimer = welcomeTimer = ackTimer = 0;
+    clearTimeout(stableTimer);
+    heartbeatTimer = pongTimer = welcomeTimer = ackTimer = stableTimer = 0;
   }
 
   function onClosed(code) {
@@ -767,8 +818,11 @@ button, textarea { font: inherit; color: inherit; }
     welcomeTimer = 0;
     welcomed = true;
     everWelcomed = true;
-    attempts = 0;
     fatal = false;
+    // A server that welcomes and then closes (1011, 4409) must not get instant reconnects: the
+    // back-off only starts over once this connection has stayed open for a while.
+    clearTimeout(stableTimer);
+    stableTimer = setTimeout(() => { stableTimer = 0; attempts = 0; }, STABLE_MS);
     if (typeof f.token === 'string' && f.token) save(TOKEN_KEY, f.token);
     if (!conversationId && typeof f.conversation_id === 'string') conversationId = f.conversation_id;
     applyTheme(f.theme);
@@ -793,11 +847,13 @@ button, textarea { font: inherit; color: inherit; }
   function onError(f) {
     const cid = typeof f.client_id === 'string' ? f.client_id : null;
     if (cid && (f.code === 'rate_limited' || f.code === 'internal')) {
-      const wait = typeof f.retry_after_ms === 'number' ? f.retry_after_ms : 1000;
-      setTimeout(() => {
-        const item = readQueue().find((q) => q.client_id === cid);
-        if (item) sendItem(item);
-      }, Math.max(0, Math.min(wait, 60000)));
+      // Pause all sending, then re-send the whole remaining queue in order from one timer, so a
+      // newer message is never stored before an older refused one. Refusals of the items that
+      // were already on the way join the same pause.
+      if (!retryTimer) {
+        const wait = typeof f.retry_after_ms === 'number' && isFinite(f.retry_after_ms) ? f.retry_after_ms : 1000;
+        retryTimer = setTimeout(() => { retryTimer = 0; flushQueue(); }, Math.max(0, Math.min(wait, 60000)));
+      }
     } else if (cid && f.code === 'invalid_message') {
       markFailed(cid);
     } else if (window.console) {
@@ -809,7 +865,7 @@ button, textarea { font: inherit; color: inherit; }
   const encoder = new TextEncoder();
 
   function sendItem(item) {
-    if (!welcomed) return;
+    if (!welcomed || retryTimer) return; // paused after a refusal: the retry timer sends it
     const frame = JSON.stringify({ type: 'send', client_id: item.client_id, text: item.text });
     if (encoder.encode(frame).length > MAX_FRAME_BYTES) { markFailed(item.client_id, 'Too long — not sent'); return; }
     if (!ws || ws.readyState !== WebSocket.OPEN) return;
@@ -817,7 +873,12 @@ button, textarea { font: inherit; color: inherit; }
     lastSendId = item.client_id;
   }
 
-  function flushQueue() { for (const item of readQueue()) sendItem(item); }
+  function flushQueue() {
+    for (const item of readQueue()) {  // oldest first; confirmed items are no longer queued
+      if (!welcomed || retryTimer) return;
+      sendItem(item);
+    }
+  }
 
   function scheduleAck() {
     if (ackTimer || lastSeq <= ackedSeq) return;
@@ -859,6 +920,14 @@ button, textarea { font: inherit; color: inherit; }
   input.addEventListener('input', autosize);
   window.addEventListener('online', () => { if (!ws && !fatal) { attempts = 0; connect(); } });
   window.addEventListener('offline', () => { if (!welcomed) setState('closed'); });
+  // Another tab removed a pending item (confirmed or failed there): drop its pending bubble here.
+  // If the message is in the conversation shown, its `message` frame renders it confirmed.
+  window.addEventListener('storage', (e) => {
+    if (!storageOk || e.newValue !== null || typeof e.key !== 'string' || !e.key.startsWith(ITEM_PREFIX)) return;
+    const cid = e.key.slice(ITEM_PREFIX.length);
+    const el = pendingEls.get(cid);
+    if (el) { pendingEls.delete(cid); el.remove(); }
+  });
 
   // ---------------------------------------------------------------- start
   function start() {
