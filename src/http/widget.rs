@@ -324,6 +324,11 @@ impl Session {
                 }))),
             )
             .await;
+            // The closing handshake: read (and discard) until the client's close, briefly.
+            // Dropping a socket with unread input makes the kernel reset the connection, and
+            // the client would then never read the close frame and its code.
+            let drain = async { while let Some(Ok(_)) = socket.recv().await {} };
+            let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
         }
     }
 
