@@ -38,6 +38,39 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Manage a tenant's knowledge (documents the bot answers from).
+    #[command(subcommand)]
+    Knowledge(KnowledgeCommand),
+    /// Measure answer quality.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KnowledgeCommand {
+    /// Ingest files and folders (.md, .txt, .html); a file ingested again replaces its chunks if
+    /// it changed and is skipped if not.
+    Ingest {
+        #[arg(long)]
+        tenant: String,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Retrieval quality on a BEIR-style folder (corpus.jsonl, queries.jsonl, qrels/test.tsv):
+    /// recall@1, recall@5, MRR@10, through the bot's own ingestion and search, on a throw-away
+    /// store.
+    Retrieval {
+        dir: PathBuf,
+        /// Chunks retrieved per query (documents are ranked by their best chunk).
+        #[arg(long, default_value_t = 20)]
+        depth: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,6 +146,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Knowledge(KnowledgeCommand::Ingest { tenant, paths }) => {
+            let slug = TenantSlug::parse(&tenant).map_err(anyhow::Error::msg)?;
+            let store = open_store(&config).await?;
+            let tenant = store
+                .tenant_by_slug(slug.as_str())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no tenant with slug {slug:?}"))?;
+            let knowledge = crate::startup::knowledge_for(&config, &store)?;
+            let files = crate::knowledge::files::collect(&paths)?;
+            let failed = ingest_files(&knowledge, &tenant.id, &files).await;
+            anyhow::ensure!(
+                failed == 0,
+                "{failed} of {} files were not ingested",
+                files.len()
+            );
+            Ok(())
+        }
+        Command::Eval(EvalCommand::Retrieval { dir, depth, json }) => {
+            let report = eval_retrieval(&config, &dir, depth).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "{} documents ({} chunks), {} queries, BM25 retrieval (embedded Qdrant Edge)",
+                    report.documents, report.chunks, report.queries
+                );
+                println!("recall@1  {:.3}", report.recall_at_1);
+                println!("recall@5  {:.3}", report.recall_at_5);
+                println!("MRR@10    {:.3}", report.mrr_at_10);
+                println!(
+                    "ingest {:.1} s; query p50 {:.2} ms, p99 {:.2} ms",
+                    report.ingest_seconds, report.query_p50_ms, report.query_p99_ms
+                );
+            }
+            Ok(())
+        }
         Command::Key(KeyCommand::Create { tenant, role, json }) => {
             let slug = TenantSlug::parse(&tenant).map_err(anyhow::Error::msg)?;
             let store = open_store(&config).await?;
@@ -131,6 +200,96 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Ingests files one by one with a progress bar on stderr; returns how many failed.
+async fn ingest_files(
+    knowledge: &crate::knowledge::Knowledge,
+    tenant_id: &str,
+    files: &[PathBuf],
+) -> usize {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stderr().is_terminal();
+    let (mut failed, mut chunks) = (0, 0);
+    for (i, path) in files.iter().enumerate() {
+        let outcome = crate::knowledge::files::ingest_file(knowledge, tenant_id, path).await;
+        let line = match &outcome {
+            Ok(done) => {
+                chunks += done.chunks;
+                format!(
+                    "{} ({} chunks, {})",
+                    path.display(),
+                    done.chunks,
+                    done.status
+                )
+            }
+            Err(e) => {
+                failed += 1;
+                format!("{}: {e}", path.display())
+            }
+        };
+        let filled = (i + 1) * 30 / files.len().max(1);
+        let bar = format!(
+            "[{}{}] {}/{}",
+            "#".repeat(filled),
+            "-".repeat(30 - filled),
+            i + 1,
+            files.len()
+        );
+        if tty {
+            eprint!("\r\x1b[2K{bar} {line}");
+            if outcome.is_err() {
+                eprintln!();
+            }
+        } else {
+            eprintln!("{bar} {line}");
+        }
+        let _ = std::io::stderr().flush();
+    }
+    if tty {
+        eprintln!();
+    }
+    eprintln!(
+        "{} files ingested ({chunks} chunks), {failed} failed",
+        files.len() - failed
+    );
+    failed
+}
+
+/// `switchboard eval retrieval`: a fresh SQLite store and vector index in a temporary folder.
+async fn eval_retrieval(
+    config: &Config,
+    dir: &std::path::Path,
+    depth: usize,
+) -> anyhow::Result<crate::knowledge::eval::Report> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let scratch =
+        std::env::temp_dir().join(format!("switchboard-eval-{}-{nanos}", std::process::id()));
+    let mut scratch_config = config.clone();
+    scratch_config.data_dir = scratch.clone();
+    scratch_config.database_url = None;
+    scratch_config.qdrant_url = None;
+    let result = async {
+        let store = open_store(&scratch_config).await?;
+        let tenant = store
+            .create_tenant(
+                &TenantSlug::parse("eval").map_err(anyhow::Error::msg)?,
+                "Evaluation",
+            )
+            .await?;
+        let knowledge = crate::startup::knowledge_for(&scratch_config, &store)?;
+        let report =
+            crate::knowledge::eval::retrieval(&knowledge, &tenant.tenant_id, dir, depth).await;
+        drop(knowledge);
+        store.close().await;
+        report
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let store = Store::connect(&config.database_url(), 2).await?;
     store.migrate().await?;
@@ -144,7 +303,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("starting the gateway")?;
     let addr = app.local_addr()?;
     eprintln!("store:   {store_line}");
-    eprintln!("vectors: none yet (knowledge retrieval is not part of this build)");
+    eprintln!("vectors: {}", app.knowledge().describe());
     eprintln!("llm:     not used yet: replies come from the built-in no-knowledge responder");
     if app.store().tenant_count().await? == 0 {
         let slug = TenantSlug::parse("demo").map_err(anyhow::Error::msg)?;
@@ -160,6 +319,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         println!(
             "         -d '{{\"contact\":{{\"external_id\":\"me\"}},\"text\":\"Hello\",\"wait\":true}}'"
         );
+        // The demo tenant answers from the coaching content in ./knowledge.
+        let demo_dir = PathBuf::from("knowledge");
+        if demo_dir.is_dir() {
+            let files = crate::knowledge::files::collect(&[demo_dir])?;
+            let failed = ingest_files(app.knowledge(), &demo.tenant_id, &files).await;
+            if failed > 0 {
+                eprintln!("warning: {failed} demo knowledge files were not ingested");
+            }
+        }
     }
     eprintln!("listening on http://{addr}");
     if app.store().tenant_by_slug("demo").await?.is_some() {

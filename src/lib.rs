@@ -11,7 +11,8 @@
 //!   -> answer           what the bot says (a Responder)
 //!   -> outbox           durable delivery: retries, back-off, dead letters
 //!   -> channels/<name>  provider send API
-//! side paths: core (tenants, keys), store (SQL), http (axum routers only), config, telemetry
+//! side paths: knowledge (documents → chunks → vectors; retrieval), core (tenants, keys),
+//!             store (SQL), http (axum routers only), config, telemetry
 //! ```
 
 /// What the bot says to one inbound message (the `Responder` trait).
@@ -28,6 +29,8 @@ pub mod core;
 pub mod http;
 /// The ingest gate: dedupe and store before acknowledging.
 pub mod ingest;
+/// Creators' documents: ingestion, chunking, the vector index, retrieval.
+pub mod knowledge;
 /// Durable delivery of replies through the channels.
 pub mod outbox;
 /// Provider send-rate limits (per chat, per bot, per number).

@@ -15,10 +15,12 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::answer::{NoKnowledgeResponder, Responder};
+use crate::answer::{ExtractiveResponder, Responder};
 use crate::config::Config;
 use crate::http::{AppState, app};
 use crate::ingest::Ingest;
+use crate::knowledge::vectors::{EdgeIndex, VectorIndex};
+use crate::knowledge::{Knowledge, KnowledgeConfig};
 use crate::outbox::{Channels, Outbox};
 use crate::router::Router;
 use crate::store::Store;
@@ -31,15 +33,33 @@ pub struct Application {
     outbox: Outbox,
 }
 
+/// The knowledge service on `store`, with the vector index the configuration names.
+pub fn knowledge_for(config: &Config, store: &Store) -> anyhow::Result<Knowledge> {
+    anyhow::ensure!(
+        config.qdrant_url.is_none(),
+        "SWITCHBOARD_QDRANT_URL is set, but this build has only the embedded vector store (Qdrant Edge in $DATA_DIR/vectors); unset it"
+    );
+    let index: Arc<dyn VectorIndex> = Arc::new(EdgeIndex::new(config.data_dir.join("vectors")));
+    Knowledge::new(store.clone(), index, KnowledgeConfig::default())
+}
+
 impl Application {
-    /// Connects and migrates the store and binds the listener, with the built-in responder.
+    /// Connects and migrates the store and binds the listener, answering from the tenants'
+    /// knowledge (quoted passages while no language model is connected).
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        Self::build_with_responder(config, Arc::new(NoKnowledgeResponder)).await
+        Self::build_inner(config, None).await
     }
 
     pub async fn build_with_responder(
         config: Config,
         responder: Arc<dyn Responder>,
+    ) -> anyhow::Result<Application> {
+        Self::build_inner(config, Some(responder)).await
+    }
+
+    async fn build_inner(
+        config: Config,
+        responder: Option<Arc<dyn Responder>>,
     ) -> anyhow::Result<Application> {
         let (sealer, key_source) = crate::store::sealing::Sealer::load(
             config.secret_key.as_ref().map(|k| k.expose()),
@@ -60,6 +80,9 @@ impl Application {
             .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("building the HTTP client")?;
+        let knowledge = knowledge_for(&config, &store)?;
+        let responder =
+            responder.unwrap_or_else(|| Arc::new(ExtractiveResponder::new(knowledge.clone())));
         let wake = Arc::new(Notify::new());
         let channels = Channels::new(http)?;
         let outbox = Outbox::new(
@@ -80,6 +103,7 @@ impl Application {
         let state = AppState {
             channels,
             pollers: crate::polling::Pollers::default(),
+            knowledge,
             widget: Arc::new(crate::http::widget::WidgetRuntime::new(visitor_tokens)),
             ingest: Ingest::new(store.clone(), router.clone()),
             store,
@@ -110,6 +134,10 @@ impl Application {
         &self.outbox
     }
 
+    pub fn knowledge(&self) -> &Knowledge {
+        &self.state.knowledge
+    }
+
     /// Serves until `shutdown` resolves, then shuts down in order (see the module docs).
     pub async fn run_until_stopped(
         self,
@@ -120,6 +148,13 @@ impl Application {
             state,
             outbox,
         } = self;
+        match state.knowledge.reindex_pending().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(documents = n, "indexed documents left unindexed by a crash"),
+            Err(e) => {
+                tracing::warn!(error = %e, "indexing pending documents failed; will retry at next start")
+            }
+        }
         let workers = CancellationToken::new();
         let outbox_task = if state.config.workers {
             let resumed = state.router.resume_pending().await?;

@@ -4,8 +4,9 @@
 //! transaction (a model may take seconds). It returns text and citations; it never writes to the
 //! store or talks to a channel — the router stores the answer with the turn, the outbox sends it.
 //!
-//! Until knowledge and LLMs are connected, [`NoKnowledgeResponder`] answers every turn honestly:
-//! nothing has been configured to answer from.
+//! Until language models are connected, [`ExtractiveResponder`] answers from the tenant's
+//! knowledge by quoting the best passage (with its citation), and says so honestly when there is
+//! no knowledge or nothing matches. [`NoKnowledgeResponder`] is the fixed reply for tools.
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -76,6 +77,70 @@ impl Responder for NoKnowledgeResponder {
         Ok(Answer {
             text: NO_KNOWLEDGE_REPLY.to_owned(),
             citations: Vec::new(),
+        })
+    }
+}
+
+/// What the bot says when the tenant has documents but none matches the question.
+pub const NOT_FOUND_REPLY: &str = "I couldn't find anything about that in the material I answer \
+from, so I'd rather not guess. Could you rephrase it, or ask about something else?";
+
+/// Answers from the tenant's knowledge without a language model: the best-matching passage,
+/// quoted as it is, with its citation, and marked as such. This is the honest fallback when no
+/// model is connected (or it is down); a tenant without documents gets [`NO_KNOWLEDGE_REPLY`],
+/// a question nothing matches gets [`NOT_FOUND_REPLY`].
+#[derive(Clone)]
+pub struct ExtractiveResponder {
+    knowledge: crate::knowledge::Knowledge,
+}
+
+impl ExtractiveResponder {
+    pub fn new(knowledge: crate::knowledge::Knowledge) -> ExtractiveResponder {
+        ExtractiveResponder { knowledge }
+    }
+}
+
+/// Longest quoted passage, in characters.
+const MAX_QUOTE: usize = 1_200;
+
+#[async_trait]
+impl Responder for ExtractiveResponder {
+    async fn respond(&self, turn: &Turn) -> anyhow::Result<Answer> {
+        let k = self.knowledge.config().k;
+        let hits = self
+            .knowledge
+            .search(&turn.tenant_id, &turn.text, k)
+            .await?;
+        let Some(best) = hits.first() else {
+            let has_documents = self.knowledge.has_documents(&turn.tenant_id).await?;
+            return Ok(Answer {
+                text: if has_documents {
+                    NOT_FOUND_REPLY
+                } else {
+                    NO_KNOWLEDGE_REPLY
+                }
+                .to_owned(),
+                citations: Vec::new(),
+            });
+        };
+        let mut quote: String = best.text.chars().take(MAX_QUOTE).collect();
+        if quote.len() < best.text.len() {
+            quote.push('…');
+        }
+        let section = if best.heading.is_empty() {
+            best.title.clone()
+        } else {
+            format!("{} — {}", best.title, best.heading)
+        };
+        Ok(Answer {
+            text: format!(
+                "From “{section}”:\n\n{quote}\n\n(Quoted from the knowledge base as it is: no language model is connected to write a fuller answer.)"
+            ),
+            citations: vec![Citation {
+                document_id: best.document_id.clone(),
+                title: best.title.clone(),
+                chunk: best.chunk,
+            }],
         })
     }
 }

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod channels;
 pub mod contacts;
 pub mod error;
+pub mod knowledge;
 pub mod messages;
 pub mod webhooks;
 pub mod widget;
@@ -40,6 +41,8 @@ pub struct AppState {
     /// Provider API clients, for calls outside the outbox (`getMe`, `setWebhook`).
     pub channels: Channels,
     pub pollers: Pollers,
+    /// Creators' documents and retrieval.
+    pub knowledge: crate::knowledge::Knowledge,
     /// The web widget's sockets: visitor tokens, limits, shutdown.
     pub widget: Arc<widget::WidgetRuntime>,
 }
@@ -75,6 +78,17 @@ pub fn app(state: AppState) -> HttpRouter {
             "/webhooks/{kind}/{channel_id}",
             get(webhooks::verify).post(webhooks::receive),
         )
+        .route(
+            "/v1/knowledge/documents",
+            post(knowledge::upload)
+                .layer(DefaultBodyLimit::max(knowledge::MAX_UPLOAD_BYTES))
+                .get(knowledge::list),
+        )
+        .route(
+            "/v1/knowledge/documents/{id}",
+            axum::routing::delete(knowledge::delete),
+        )
+        .route("/v1/knowledge/search", get(knowledge::search))
         .route("/v1/widget/ws", get(widget::socket))
         .route(
             "/v1/widget/settings",

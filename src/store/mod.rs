@@ -18,6 +18,7 @@ pub mod cache;
 pub mod channels;
 pub mod contacts;
 pub mod deliveries;
+pub mod knowledge;
 pub mod messages;
 pub mod sealing;
 pub mod tenants;

@@ -1,0 +1,69 @@
+//! Ingesting files and folders (`switchboard knowledge ingest`, the demo content at first start).
+
+use std::path::{Path, PathBuf};
+
+use super::extract::Format;
+use super::{Ingested, Knowledge, KnowledgeError, Upload};
+
+/// Files under `paths` (folders walked recursively, in name order) that look like documents.
+pub fn collect(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    !p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with('.'))
+                })
+                .collect();
+            entries.sort();
+            out.extend(collect(&entries)?);
+        } else if path.is_file() {
+            out.push(path.clone());
+        } else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} does not exist", path.display()),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Why one file was not ingested.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("unsupported format (documents are .md, .txt or .html)")]
+    Unsupported,
+    #[error("not UTF-8 text")]
+    NotText,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Knowledge(#[from] KnowledgeError),
+}
+
+/// Ingests one file for a tenant; its path (as given) identifies it for later replacement.
+pub async fn ingest_file(
+    knowledge: &Knowledge,
+    tenant_id: &str,
+    path: &Path,
+) -> Result<Ingested, FileError> {
+    let name = path.to_string_lossy().into_owned();
+    let format = Format::from_path(&name).ok_or(FileError::Unsupported)?;
+    let bytes = tokio::fs::read(path).await?;
+    let content = String::from_utf8(bytes).map_err(|_| FileError::NotText)?;
+    Ok(knowledge
+        .ingest(
+            tenant_id,
+            Upload {
+                title: None,
+                content,
+                format,
+                source: Some(name),
+            },
+        )
+        .await?)
+}

@@ -1,0 +1,303 @@
+//! Knowledge: creators' documents in, the chunks the bot answers from out.
+//!
+//! Where it sits: a side path (STYLE.md). Ingestion (`POST /v1/knowledge/documents`,
+//! `switchboard knowledge ingest`, the demo content at first start) extracts text, cuts it into
+//! token-budgeted chunks that follow the document's headings ([`chunk`]), stores document and
+//! chunks in SQL (the source of truth), then indexes each chunk's BM25 sparse vector in the
+//! tenant's vector shard ([`vectors`]). Retrieval ([`Knowledge::search`]) is one code path for
+//! the bot, the retrieval debugger (`GET /v1/knowledge/search`) and the evaluation command, so
+//! what is measured is what answers.
+//!
+//! BM25 uses Qdrant's own embedder (`qdrant_edge::bm25_embed`: word tokenizer, English stop
+//! words and stemming, murmur3 token ids; the IDF is applied by the index at query time), so the
+//! same vectors would serve a Qdrant server.
+
+pub mod chunk;
+pub mod eval;
+pub mod extract;
+pub mod files;
+pub mod vectors;
+
+use std::sync::Arc;
+
+use qdrant_edge::bm25_embed::{EdgeBm25, EdgeBm25Config};
+use qdrant_edge::external::ordered_float::NotNan;
+use sha2::{Digest, Sha256};
+
+use crate::store::Store;
+use crate::store::knowledge::{NewChunk, NewDocument, Stored, StoredChunk};
+use chunk::ChunkConfig;
+use extract::Format;
+use vectors::{ChunkPoint, Sparse, VectorIndex};
+
+/// Retrieval and chunking settings.
+#[derive(Debug, Clone, Copy)]
+pub struct KnowledgeConfig {
+    pub chunk: ChunkConfig,
+    /// Chunks retrieved per question.
+    pub k: usize,
+    /// Hits scoring below this (BM25 × IDF) are left out; 0 keeps every match.
+    pub min_score: f32,
+}
+
+impl Default for KnowledgeConfig {
+    fn default() -> Self {
+        KnowledgeConfig {
+            chunk: ChunkConfig::default(),
+            k: 5,
+            min_score: 0.0,
+        }
+    }
+}
+
+/// A document to ingest.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    /// Shown in citations; found in the document (or the file name) when absent.
+    pub title: Option<String>,
+    pub content: String,
+    pub format: Format,
+    /// What identifies the document for replacement: the file path, or the title.
+    pub source: Option<String>,
+}
+
+/// What ingesting a document did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Ingested {
+    pub document_id: String,
+    pub chunks: i64,
+    /// `created`, `replaced` or `unchanged`.
+    pub status: &'static str,
+}
+
+/// One retrieved chunk.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Hit {
+    pub document_id: String,
+    pub title: String,
+    pub chunk: i64,
+    pub heading: String,
+    pub text: String,
+    pub score: f32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KnowledgeError {
+    #[error("the document has no text to index")]
+    Empty,
+    #[error(transparent)]
+    Store(#[from] sqlx::Error),
+    #[error(transparent)]
+    Index(#[from] anyhow::Error),
+}
+
+/// The knowledge service. Cheap to clone.
+#[derive(Clone)]
+pub struct Knowledge {
+    store: Store,
+    index: Arc<dyn VectorIndex>,
+    bm25: Arc<EdgeBm25>,
+    config: KnowledgeConfig,
+}
+
+impl Knowledge {
+    pub fn new(
+        store: Store,
+        index: Arc<dyn VectorIndex>,
+        config: KnowledgeConfig,
+    ) -> anyhow::Result<Knowledge> {
+        // Chunks are ~256 tokens; after stop words about 100 terms remain: the average length
+        // BM25 normalizes against.
+        let bm25 = EdgeBm25::new(EdgeBm25Config {
+            avg_len: NotNan::new(100.0)?,
+            ..EdgeBm25Config::default()
+        })
+        .map_err(|e| anyhow::anyhow!("BM25 embedder: {e:?}"))?;
+        Ok(Knowledge {
+            store,
+            index,
+            bm25: Arc::new(bm25),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> KnowledgeConfig {
+        self.config
+    }
+
+    pub fn describe(&self) -> String {
+        format!("{}; BM25 retrieval", self.index.describe())
+    }
+
+    /// Ingests one document: stored once per content (re-uploads change nothing), replacing the
+    /// chunks of an earlier version from the same source.
+    pub async fn ingest(
+        &self,
+        tenant_id: &str,
+        upload: Upload,
+    ) -> Result<Ingested, KnowledgeError> {
+        let format = upload.format;
+        let chunk_config = self.config.chunk;
+        let content = upload.content.clone();
+        let (text, found_title, chunks) = tokio::task::spawn_blocking(move || {
+            let (text, title) = extract::extract(&content, format);
+            let chunks = chunk::chunk(&text, chunk_config);
+            (text, title, chunks)
+        })
+        .await
+        .map_err(anyhow::Error::from)?;
+        let title = upload
+            .title
+            .clone()
+            .filter(|t| !t.trim().is_empty())
+            .or(found_title)
+            .or_else(|| upload.source.as_deref().map(file_stem))
+            .unwrap_or_else(|| "Untitled".to_owned());
+        if chunks.is_empty() {
+            return Err(KnowledgeError::Empty);
+        }
+        let hash = hex::encode(Sha256::digest(
+            format!("{}\0{title}\0{text}", format.as_str()).as_bytes(),
+        ));
+        let source = upload.source.clone().unwrap_or_else(|| title.clone());
+        let new_chunks: Vec<NewChunk> = chunks
+            .iter()
+            .map(|c| NewChunk {
+                id: uuid::Uuid::now_v7().to_string(),
+                heading: c.heading.clone(),
+                text: c.text.clone(),
+                tokens: c.tokens as i64,
+            })
+            .collect();
+        let stored = self
+            .store
+            .store_document(
+                &NewDocument {
+                    tenant_id,
+                    title: &title,
+                    source_key: &source,
+                    format: format.as_str(),
+                    content_hash: &hash,
+                },
+                &new_chunks,
+            )
+            .await?;
+        let (document_id, status) = match stored {
+            Stored::Unchanged {
+                document_id,
+                chunks,
+            } => {
+                return Ok(Ingested {
+                    document_id,
+                    chunks,
+                    status: "unchanged",
+                });
+            }
+            Stored::Created { document_id } => (document_id, "created"),
+            Stored::Replaced { document_id, .. } => {
+                self.index.delete_document(tenant_id, &document_id).await?;
+                (document_id, "replaced")
+            }
+        };
+        self.index_chunks(tenant_id, &document_id).await?;
+        Ok(Ingested {
+            document_id,
+            chunks: new_chunks.len() as i64,
+            status,
+        })
+    }
+
+    /// (Re)indexes a stored document's chunks and marks it indexed.
+    async fn index_chunks(&self, tenant_id: &str, document_id: &str) -> Result<(), KnowledgeError> {
+        let chunks = self.store.document_chunks(document_id).await?;
+        let bm25 = self.bm25.clone();
+        let points = tokio::task::spawn_blocking(move || {
+            chunks
+                .iter()
+                .map(|c| ChunkPoint {
+                    id: c.id.clone(),
+                    document_id: c.document_id.clone(),
+                    chunk: c.idx,
+                    sparse: to_sparse(bm25.embed_document(&indexed_text(c))),
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(anyhow::Error::from)?;
+        self.index.upsert(tenant_id, points).await?;
+        self.store.mark_indexed(document_id).await?;
+        Ok(())
+    }
+
+    /// Indexes documents stored but not (fully) indexed — after a crash between the two.
+    pub async fn reindex_pending(&self) -> Result<usize, KnowledgeError> {
+        let pending = self.store.unindexed_documents().await?;
+        for (tenant_id, document_id) in &pending {
+            self.index.delete_document(tenant_id, document_id).await?;
+            self.index_chunks(tenant_id, document_id).await?;
+        }
+        Ok(pending.len())
+    }
+
+    /// Deletes a tenant's document: its vectors, then its rows. `false` if there was none.
+    pub async fn delete(&self, tenant_id: &str, document_id: &str) -> Result<bool, KnowledgeError> {
+        if !self.store.has_document(tenant_id, document_id).await? {
+            return Ok(false);
+        }
+        self.index.delete_document(tenant_id, document_id).await?;
+        Ok(self.store.delete_document(tenant_id, document_id).await?)
+    }
+
+    /// Whether the tenant has any document.
+    pub async fn has_documents(&self, tenant_id: &str) -> Result<bool, KnowledgeError> {
+        Ok(self.store.document_count(tenant_id).await? > 0)
+    }
+
+    /// The tenant's best chunks for `query`, best first: exactly what the bot retrieves.
+    pub async fn search(
+        &self,
+        tenant_id: &str,
+        query: &str,
+        k: usize,
+    ) -> Result<Vec<Hit>, KnowledgeError> {
+        let sparse = to_sparse(self.bm25.embed_query(query));
+        let min = (self.config.min_score > 0.0).then_some(self.config.min_score);
+        let scored = self.index.search(tenant_id, &sparse, k, min).await?;
+        let ids: Vec<String> = scored.iter().map(|s| s.id.clone()).collect();
+        let chunks = self.store.chunks_by_id(tenant_id, &ids).await?;
+        // In score order; a vector without its SQL row (a delete half done) is skipped.
+        Ok(scored
+            .iter()
+            .filter_map(|s| {
+                chunks.iter().find(|c| c.id == s.id).map(|c| Hit {
+                    document_id: c.document_id.clone(),
+                    title: c.title.clone(),
+                    chunk: c.idx,
+                    heading: c.heading.clone(),
+                    text: c.text.clone(),
+                    score: s.score,
+                })
+            })
+            .collect())
+    }
+}
+
+/// What BM25 sees of a chunk: the document's title and the heading path are part of it (a
+/// question often names the topic, not the words of the answer).
+fn indexed_text(c: &StoredChunk) -> String {
+    format!("{}\n{}\n{}", c.title, c.heading, c.text)
+}
+
+fn to_sparse(v: qdrant_edge::SparseVector) -> Sparse {
+    Sparse {
+        indices: v.indices,
+        values: v.values,
+    }
+}
+
+fn file_stem(path: &str) -> String {
+    let name = path.rsplit(['/', '\\']).next().unwrap_or(path);
+    name.rsplit_once('.')
+        .map_or(name, |(stem, _)| stem)
+        .to_owned()
+}
