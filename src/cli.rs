@@ -304,7 +304,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = app.local_addr()?;
     eprintln!("store:   {store_line}");
     eprintln!("vectors: {}", app.knowledge().describe());
-    eprintln!("llm:     not used yet: replies come from the built-in no-knowledge responder");
+    eprintln!(
+        "llm:     none connected in this build: answers quote the best passage of the tenant's knowledge, marked as such"
+    );
     if app.store().tenant_count().await? == 0 {
         let slug = TenantSlug::parse("demo").map_err(anyhow::Error::msg)?;
         let demo = app.store().create_tenant(&slug, "Demo").await?;

@@ -127,10 +127,12 @@ impl Responder for ExtractiveResponder {
         if quote.len() < best.text.len() {
             quote.push('…');
         }
-        let section = if best.heading.is_empty() {
+        // The innermost heading names the passage (the path often starts with the title).
+        let heading = best.heading.rsplit(" > ").next().unwrap_or("");
+        let section = if heading.is_empty() || heading == best.title {
             best.title.clone()
         } else {
-            format!("{} — {}", best.title, best.heading)
+            format!("{} — {heading}", best.title)
         };
         Ok(Answer {
             text: format!(
