@@ -149,7 +149,10 @@ async fn run(size: usize, dir: &Path) -> (Run, Vec<String>, Vec<String>) {
     let all = Instant::now();
     for q in &queries {
         let t = Instant::now();
-        let hits = knowledge.search(&tenant.tenant_id, q, 5).await.expect("search");
+        let hits = knowledge
+            .search(&tenant.tenant_id, q, 5)
+            .await
+            .expect("search");
         latencies.push(t.elapsed());
         assert!(!hits.is_empty(), "no hit for {q}");
     }
@@ -176,7 +179,10 @@ fn bm25s(dir: &Path, chunks: &[String], queries: &[String]) -> Option<serde_json
     let peer = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers/bm25s");
     let python = peer.join(".venv/bin/python");
     if !python.exists() {
-        eprintln!("bm25s baseline skipped: make its venv in {}", peer.display());
+        eprintln!(
+            "bm25s baseline skipped: make its venv in {}",
+            peer.display()
+        );
         return None;
     }
     let write = |name: &str, lines: &[String]| {
@@ -212,7 +218,15 @@ async fn main() {
         .collect();
     println!(
         "{:>8} {:>12} {:>10} {:>10} {:>10} {:>10} | {:>12} {:>10} {:>10}",
-        "chunks", "ingest/s", "optimize", "p50 ms", "p99 ms", "q/s", "bm25s q/s", "p50 ms", "p99 ms"
+        "chunks",
+        "ingest/s",
+        "optimize",
+        "p50 ms",
+        "p99 ms",
+        "q/s",
+        "bm25s q/s",
+        "p50 ms",
+        "p99 ms"
     );
     for size in sizes {
         let dir = tempfile::tempdir().expect("temp dir");
