@@ -28,6 +28,14 @@ async fn upload_json(app: &TestApp, key: &str, body: Value) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Uploads the sleep notes as admin; the answer body.
+async fn upload_sleep(app: &TestApp) -> Value {
+    let doc = json!({"title": "Sleep", "content": SLEEP, "format": "markdown"});
+    let (status, body) = upload_json(app, &app.admin_key, doc).await;
+    assert!(status == 201 || status == 200, "{status}: {body}");
+    body
+}
+
 async fn search(app: &TestApp, key: &str, q: &str) -> Vec<Value> {
     let (status, body) = app
         .get(key, &format!("/v1/knowledge/search?q={}&k=5", urlencode(q)))
@@ -188,13 +196,7 @@ async fn the_index_survives_a_restart(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
     };
-    let (status, _) = upload_json(
-        &app,
-        &app.admin_key,
-        json!({"title": "Sleep", "content": SLEEP, "format": "markdown"}),
-    )
-    .await;
-    assert_eq!(status, 201);
+    upload_sleep(&app).await;
     let app = app.restart().await;
     let hits = search(&app, &app.admin_key, "caffeine afternoon").await;
     assert!(!hits.is_empty(), "vectors lost across a restart");
@@ -216,12 +218,7 @@ async fn the_bot_answers_from_knowledge_with_a_citation_when_no_model_is_connect
         )
         .await;
     assert_eq!(reply["reply"]["text"], NO_KNOWLEDGE_REPLY);
-    let (_, created) = upload_json(
-        &app,
-        &app.admin_key,
-        json!({"title": "Sleep", "content": SLEEP, "format": "markdown"}),
-    )
-    .await;
+    let created = upload_sleep(&app).await;
     let reply = app
         .send(
             "ana",

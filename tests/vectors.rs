@@ -28,6 +28,14 @@ fn ids(hits: &[switchboard::knowledge::vectors::ScoredChunk]) -> Vec<String> {
     hits.iter().map(|h| h.id.clone()).collect()
 }
 
+/// The ids a tenant's search for `terms` finds (top 5, no threshold).
+async fn found(index: &dyn VectorIndex, tenant: &str, terms: &[u32]) -> Vec<String> {
+    ids(&index
+        .search(tenant, &query(terms), 5, None)
+        .await
+        .expect("search"))
+}
+
 async fn story(index: Arc<dyn VectorIndex>, reopen: impl Fn() -> Arc<dyn VectorIndex>) {
     let (a, b) = ("tenant-a", "tenant-b");
     index
@@ -54,13 +62,7 @@ async fn story(index: Arc<dyn VectorIndex>, reopen: impl Fn() -> Arc<dyn VectorI
         .expect("search");
     assert_eq!(ids(&hits), [id(1), id(2)]);
     assert!(hits[0].score > hits[1].score);
-    assert!(
-        index
-            .search(a, &query(&[99]), 5, None)
-            .await
-            .expect("search")
-            .is_empty()
-    );
+    assert!(found(&*index, a, &[99]).await.is_empty());
     // k and the score threshold.
     assert_eq!(
         index
@@ -79,74 +81,26 @@ async fn story(index: Arc<dyn VectorIndex>, reopen: impl Fn() -> Arc<dyn VectorI
         [id(1)]
     );
     // Tenants are apart: term 10 in tenant b never shows in a's results, and the other way round.
-    assert_eq!(
-        ids(&index
-            .search(b, &query(&[10, 11, 12]), 5, None)
-            .await
-            .expect("search")),
-        [id(4)]
-    );
+    assert_eq!(found(&*index, b, &[10, 11, 12]).await, [id(4)]);
 
     // Upsert by id replaces; deleting a document removes all its chunks and nothing else.
     index
         .upsert(a, vec![point(2, "doc-1", &[(13, 1.0)])])
         .await
         .expect("upsert");
-    assert_eq!(
-        ids(&index
-            .search(a, &query(&[13]), 5, None)
-            .await
-            .expect("search")),
-        [id(2)]
-    );
+    assert_eq!(found(&*index, a, &[13]).await, [id(2)]);
     index.delete_document(a, "doc-1").await.expect("delete");
-    assert!(
-        index
-            .search(a, &query(&[10, 11, 13]), 5, None)
-            .await
-            .expect("search")
-            .is_empty()
-    );
-    assert_eq!(
-        ids(&index
-            .search(a, &query(&[12]), 5, None)
-            .await
-            .expect("search")),
-        [id(3)]
-    );
+    assert!(found(&*index, a, &[10, 11, 13]).await.is_empty());
+    assert_eq!(found(&*index, a, &[12]).await, [id(3)]);
     index.optimize(a).await.expect("optimize");
-    assert_eq!(
-        ids(&index
-            .search(a, &query(&[12]), 5, None)
-            .await
-            .expect("search")),
-        [id(3)]
-    );
+    assert_eq!(found(&*index, a, &[12]).await, [id(3)]);
 
     // Durable: a new process (a new index over the same storage) sees the same.
     drop(index);
     let again = reopen();
-    assert_eq!(
-        ids(&again
-            .search(a, &query(&[12]), 5, None)
-            .await
-            .expect("search")),
-        [id(3)]
-    );
-    assert_eq!(
-        ids(&again
-            .search(b, &query(&[10]), 5, None)
-            .await
-            .expect("search")),
-        [id(4)]
-    );
-    assert!(
-        again
-            .search(a, &query(&[10]), 5, None)
-            .await
-            .expect("search")
-            .is_empty()
-    );
+    assert_eq!(found(&*again, a, &[12]).await, [id(3)]);
+    assert_eq!(found(&*again, b, &[10]).await, [id(4)]);
+    assert!(found(&*again, a, &[10]).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

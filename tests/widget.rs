@@ -219,6 +219,12 @@ impl Client {
         }
     }
 
+    /// Reads frames until the bot's next message; returns it.
+    async fn bot_reply(&mut self) -> Value {
+        self.until(|f| f["type"] == "message" && f["author"] == "bot")
+            .await
+    }
+
     /// Reads frames until the socket closes; returns the close code.
     async fn closed(&mut self) -> u64 {
         loop {
@@ -239,6 +245,19 @@ impl Client {
 
 fn is(kind: &'static str) -> impl FnMut(&Value) -> bool {
     move |f| f["type"] == kind
+}
+
+/// An agent closes the conversation (`PATCH … {"status":"closed"}`).
+async fn close_conversation(app: &TestApp, conversation_id: &str) {
+    let closed = app
+        .http
+        .patch(format!("{}/v1/conversations/{conversation_id}", app.base))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({"status": "closed"}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(closed.status(), 200);
 }
 
 async fn stored_messages(app: &TestApp) -> Vec<Value> {
@@ -273,9 +292,7 @@ async fn a_connection_dropped_mid_stream_resumes_with_the_answer_exactly_once(ba
             || first["type"] == "message",
         "after resume: {first}"
     );
-    let reply = visitor
-        .until(|f| f["type"] == "message" && f["author"] == "bot")
-        .await;
+    let reply = visitor.bot_reply().await;
     assert_eq!(reply["text"], full_answer("hello"));
     assert_eq!(reply["reply_to"], inbound_id.as_str());
     assert_eq!(
@@ -327,9 +344,7 @@ async fn a_gateway_restart_mid_stream_loses_and_repeats_nothing(backend: Backend
     (app.tenant_id, app.admin_key, app.widget_key) = (tenant_id, admin_key, widget_key);
 
     visitor.reconnect(&app).await;
-    let reply = visitor
-        .until(|f| f["type"] == "message" && f["author"] == "bot")
-        .await;
+    let reply = visitor.bot_reply().await;
     assert_eq!(reply["text"], full_answer("restart me"));
     assert_eq!(reply["reply_to"], inbound_id.as_str());
     // A second reconnect from the last seq gets nothing again.
@@ -363,9 +378,7 @@ async fn the_same_client_message_id_is_stored_and_answered_once(backend: Backend
         (first["duplicate"].clone(), second["duplicate"].clone()),
         (json!(false), json!(true))
     );
-    visitor
-        .until(|f| f["type"] == "message" && f["author"] == "bot")
-        .await;
+    visitor.bot_reply().await;
     // Again after a reconnect (the client re-sends what it never saw confirmed).
     visitor.reconnect(&app).await;
     visitor.send("dup-1", "only once").await;
@@ -553,8 +566,7 @@ async fn two_tabs_of_one_visitor_see_the_same_conversation(backend: Backend) {
     let mut tab_b = Client::connect(&app, Some(&tab_a.token)).await;
     tab_a.send("a-1", "from tab A").await;
     for tab in [&mut tab_a, &mut tab_b] {
-        tab.until(|f| f["type"] == "message" && f["author"] == "bot")
-            .await;
+        tab.bot_reply().await;
         assert_eq!(tab.messages.len(), 2);
         assert_eq!(tab.messages[0]["client_id"], "a-1");
         assert_eq!(tab.messages[0]["text"], "from tab A");
@@ -634,9 +646,7 @@ async fn agent_messages_reach_the_visitor_and_acks_mark_them_delivered(backend: 
     };
     let mut visitor = Client::connect(&app, None).await;
     visitor.send("h-1", "/human").await;
-    visitor
-        .until(|f| f["type"] == "message" && f["author"] == "bot")
-        .await;
+    visitor.bot_reply().await;
     let conversation = app.first_conversation("widget").await;
     assert_eq!(
         app.agent_message(&conversation, json!({"text": "Hi, **Ana** here"}))
@@ -685,19 +695,9 @@ async fn a_socket_follows_the_visitor_into_a_new_conversation(backend: Backend) 
     };
     let mut visitor = Client::connect(&app, None).await;
     visitor.send("n-1", "first").await;
-    visitor
-        .until(|f| f["type"] == "message" && f["author"] == "bot")
-        .await;
+    visitor.bot_reply().await;
     let first = visitor.conversation_id.clone().expect("a conversation");
-    let closed = app
-        .http
-        .patch(format!("{}/v1/conversations/{first}", app.base))
-        .bearer_auth(&app.admin_key)
-        .json(&json!({"status": "closed"}))
-        .send()
-        .await
-        .expect("patch");
-    assert_eq!(closed.status(), 200);
+    close_conversation(&app, &first).await;
     // The next message opens a new conversation; the open socket shows it from seq 1.
     visitor.send("n-2", "second").await;
     let reply = visitor
@@ -741,15 +741,7 @@ async fn closing_the_conversation_mid_answer_withdraws_the_preview(backend: Back
         .as_str()
         .expect("conversation")
         .to_owned();
-    let closed = app
-        .http
-        .patch(format!("{}/v1/conversations/{conversation}", app.base))
-        .bearer_auth(&app.admin_key)
-        .json(&json!({"status": "closed"}))
-        .send()
-        .await
-        .expect("patch");
-    assert_eq!(closed.status(), 200);
+    close_conversation(&app, &conversation).await;
     // The answer finishes after the close: not stored, not sent, and its preview withdrawn.
     let reset = visitor.until(is("stream_reset")).await;
     assert_eq!(reset["stream_id"], sent["message_id"]);
