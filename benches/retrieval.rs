@@ -111,24 +111,28 @@ async fn run(size: usize, dir: &Path) -> (Run, Vec<String>, Vec<String>) {
     let mut i = 0;
     let started = Instant::now();
     while chunks < size {
-        let text = document(&mut rng, &vocab, i);
-        for c in chunk(&text, KnowledgeConfig::default().chunk) {
-            chunk_texts.push(format!("Topic {i}\n{}\n{}", c.heading, c.text));
+        // Batches of 50 documents, as `knowledge ingest` sends a folder.
+        let mut uploads = Vec::new();
+        for _ in 0..50 {
+            let text = document(&mut rng, &vocab, i);
+            for c in chunk(&text, KnowledgeConfig::default().chunk) {
+                chunk_texts.push(format!("Topic {i}\n{}\n{}", c.heading, c.text));
+            }
+            uploads.push(Upload {
+                title: Some(format!("Topic {i}")),
+                content: text,
+                format: Format::Markdown,
+                source: Some(format!("doc-{i}")),
+            });
+            i += 1;
         }
-        let ingested = knowledge
-            .ingest(
-                &tenant.tenant_id,
-                Upload {
-                    title: Some(format!("Topic {i}")),
-                    content: text,
-                    format: Format::Markdown,
-                    source: Some(format!("doc-{i}")),
-                },
-            )
+        for ingested in knowledge
+            .ingest_many(&tenant.tenant_id, uploads)
             .await
-            .expect("ingest");
-        chunks += ingested.chunks as usize;
-        i += 1;
+            .expect("ingest")
+        {
+            chunks += ingested.expect("ingested").chunks as usize;
+        }
     }
     let ingest_s = started.elapsed().as_secs_f64();
     let t = Instant::now();

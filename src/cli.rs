@@ -209,8 +209,12 @@ async fn ingest_files(
     use std::io::{IsTerminal, Write};
     let tty = std::io::stderr().is_terminal();
     let (mut failed, mut chunks) = (0, 0);
-    for (i, path) in files.iter().enumerate() {
-        let outcome = crate::knowledge::files::ingest_file(knowledge, tenant_id, path).await;
+    // Batches share one transaction and one vector write; progress is shown per file.
+    let mut outcomes = Vec::with_capacity(files.len());
+    for batch in files.chunks(32) {
+        outcomes.extend(crate::knowledge::files::ingest_files(knowledge, tenant_id, batch).await);
+    }
+    for (i, (path, outcome)) in files.iter().zip(outcomes).enumerate() {
         let line = match &outcome {
             Ok(done) => {
                 chunks += done.chunks;

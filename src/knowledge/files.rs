@@ -45,25 +45,56 @@ pub enum FileError {
     Knowledge(#[from] KnowledgeError),
 }
 
-/// Ingests one file for a tenant; its path (as given) identifies it for later replacement.
-pub async fn ingest_file(
-    knowledge: &Knowledge,
-    tenant_id: &str,
-    path: &Path,
-) -> Result<Ingested, FileError> {
+/// Reads a file as an upload; its path (as given) identifies it for later replacement.
+async fn read_upload(path: &Path) -> Result<Upload, FileError> {
     let name = path.to_string_lossy().into_owned();
     let format = Format::from_path(&name).ok_or(FileError::Unsupported)?;
     let bytes = tokio::fs::read(path).await?;
     let content = String::from_utf8(bytes).map_err(|_| FileError::NotText)?;
-    Ok(knowledge
-        .ingest(
-            tenant_id,
-            Upload {
-                title: None,
-                content,
-                format,
-                source: Some(name),
-            },
-        )
-        .await?)
+    Ok(Upload {
+        title: None,
+        content,
+        format,
+        source: Some(name),
+    })
+}
+
+/// Ingests files for a tenant, one SQL transaction and one vector write for the whole batch
+/// (call it with batches of a few dozen files). One outcome per file, in order.
+pub async fn ingest_files(
+    knowledge: &Knowledge,
+    tenant_id: &str,
+    paths: &[std::path::PathBuf],
+) -> Vec<Result<Ingested, FileError>> {
+    let mut out: Vec<Option<Result<Ingested, FileError>>> = Vec::with_capacity(paths.len());
+    let mut uploads = Vec::new();
+    let mut slots = Vec::new();
+    for path in paths {
+        match read_upload(path).await {
+            Ok(upload) => {
+                slots.push(out.len());
+                uploads.push(upload);
+                out.push(None);
+            }
+            Err(e) => out.push(Some(Err(e))),
+        }
+    }
+    match knowledge.ingest_many(tenant_id, uploads).await {
+        Ok(results) => {
+            for (slot, result) in slots.into_iter().zip(results) {
+                out[slot] = Some(result.map_err(FileError::from));
+            }
+        }
+        Err(e) => {
+            let reason = e.to_string();
+            for slot in slots {
+                out[slot] = Some(Err(FileError::Knowledge(KnowledgeError::Index(
+                    anyhow::anyhow!("{reason}"),
+                ))));
+            }
+        }
+    }
+    out.into_iter()
+        .map(|r| r.unwrap_or(Err(FileError::Unsupported)))
+        .collect()
 }

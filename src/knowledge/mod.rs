@@ -136,80 +136,95 @@ impl Knowledge {
         tenant_id: &str,
         upload: Upload,
     ) -> Result<Ingested, KnowledgeError> {
-        let format = upload.format;
+        self.ingest_many(tenant_id, vec![upload])
+            .await?
+            .pop()
+            .unwrap_or(Err(KnowledgeError::Empty))
+    }
+
+    /// Ingests several documents with one SQL transaction and one vector write for all of them
+    /// (folders, bulk imports). Per document: what happened, or why it was refused (an empty
+    /// document does not stop the others; a store or index failure fails the batch).
+    pub async fn ingest_many(
+        &self,
+        tenant_id: &str,
+        uploads: Vec<Upload>,
+    ) -> Result<Vec<Result<Ingested, KnowledgeError>>, KnowledgeError> {
         let chunk_config = self.config.chunk;
-        let content = upload.content.clone();
-        let (text, found_title, chunks) = tokio::task::spawn_blocking(move || {
-            let (text, title) = extract::extract(&content, format);
-            let chunks = chunk::chunk(&text, chunk_config);
-            (text, title, chunks)
+        let prepared = tokio::task::spawn_blocking(move || {
+            uploads
+                .into_iter()
+                .map(|upload| prepare(upload, chunk_config))
+                .collect::<Vec<_>>()
         })
         .await
         .map_err(anyhow::Error::from)?;
-        let title = upload
-            .title
-            .clone()
-            .filter(|t| !t.trim().is_empty())
-            .or(found_title)
-            .or_else(|| upload.source.as_deref().map(file_stem))
-            .unwrap_or_else(|| "Untitled".to_owned());
-        if chunks.is_empty() {
-            return Err(KnowledgeError::Empty);
-        }
-        let hash = hex::encode(Sha256::digest(
-            format!("{}\0{title}\0{text}", format.as_str()).as_bytes(),
-        ));
-        let source = upload.source.clone().unwrap_or_else(|| title.clone());
-        let new_chunks: Vec<NewChunk> = chunks
+        let docs: Vec<(NewDocument<'_>, Vec<NewChunk>)> = prepared
             .iter()
-            .map(|c| NewChunk {
-                id: uuid::Uuid::now_v7().to_string(),
-                heading: c.heading.clone(),
-                text: c.text.clone(),
-                tokens: c.tokens as i64,
+            .flatten()
+            .map(|p| {
+                (
+                    NewDocument {
+                        tenant_id,
+                        title: &p.title,
+                        source_key: &p.source,
+                        format: p.format.as_str(),
+                        content_hash: &p.hash,
+                    },
+                    p.chunks.clone(),
+                )
             })
             .collect();
-        let stored = self
-            .store
-            .store_document(
-                &NewDocument {
-                    tenant_id,
-                    title: &title,
-                    source_key: &source,
-                    format: format.as_str(),
-                    content_hash: &hash,
-                },
-                &new_chunks,
-            )
-            .await?;
-        let (document_id, status) = match stored {
-            Stored::Unchanged {
-                document_id,
-                chunks,
-            } => {
-                return Ok(Ingested {
+        let stored = self.store.store_documents(&docs).await?;
+        let mut outcomes = stored.into_iter();
+        let mut to_index = Vec::new();
+        let mut out = Vec::with_capacity(prepared.len());
+        for p in &prepared {
+            let Some(p) = p else {
+                out.push(Err(KnowledgeError::Empty));
+                continue;
+            };
+            let outcome = outcomes
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("one stored outcome per document"))?;
+            let (document_id, chunks, status) = match outcome {
+                Stored::Unchanged {
                     document_id,
                     chunks,
-                    status: "unchanged",
-                });
-            }
-            Stored::Created { document_id } => (document_id, "created"),
-            Stored::Replaced { document_id, .. } => {
-                self.index.delete_document(tenant_id, &document_id).await?;
-                (document_id, "replaced")
-            }
-        };
-        self.index_chunks(tenant_id, &document_id).await?;
-        Ok(Ingested {
-            document_id,
-            chunks: new_chunks.len() as i64,
-            status,
-        })
+                } => (document_id, chunks, "unchanged"),
+                Stored::Created { document_id } => {
+                    push_unique(&mut to_index, &document_id);
+                    (document_id, p.chunks.len() as i64, "created")
+                }
+                Stored::Replaced { document_id, .. } => {
+                    self.index.delete_document(tenant_id, &document_id).await?;
+                    push_unique(&mut to_index, &document_id);
+                    (document_id, p.chunks.len() as i64, "replaced")
+                }
+            };
+            out.push(Ok(Ingested {
+                document_id,
+                chunks,
+                status,
+            }));
+        }
+        self.index_documents(tenant_id, &to_index).await?;
+        Ok(out)
     }
 
-    /// (Re)indexes a stored document's chunks and marks it indexed.
-    async fn index_chunks(&self, tenant_id: &str, document_id: &str) -> Result<(), KnowledgeError> {
-        let chunks = self.store.document_chunks(document_id).await?;
+    /// (Re)indexes stored documents' chunks (one vector write) and marks them indexed.
+    async fn index_documents(
+        &self,
+        tenant_id: &str,
+        document_ids: &[String],
+    ) -> Result<(), KnowledgeError> {
+        if document_ids.is_empty() {
+            return Ok(());
+        }
+        let mut chunks = Vec::new();
+        for id in document_ids {
+            chunks.extend(self.store.document_chunks(id).await?);
+        }
         let bm25 = self.bm25.clone();
         let points = tokio::task::spawn_blocking(move || {
             chunks
@@ -225,7 +240,7 @@ impl Knowledge {
         .await
         .map_err(anyhow::Error::from)?;
         self.index.upsert(tenant_id, points).await?;
-        self.store.mark_indexed(document_id).await?;
+        self.store.mark_indexed(document_ids).await?;
         Ok(())
     }
 
@@ -234,7 +249,8 @@ impl Knowledge {
         let pending = self.store.unindexed_documents().await?;
         for (tenant_id, document_id) in &pending {
             self.index.delete_document(tenant_id, document_id).await?;
-            self.index_chunks(tenant_id, document_id).await?;
+            self.index_documents(tenant_id, std::slice::from_ref(document_id))
+                .await?;
         }
         Ok(pending.len())
     }
@@ -282,6 +298,50 @@ impl Knowledge {
     }
 }
 
+/// A document ready to store: text extracted, chunked, hashed.
+struct Prepared {
+    title: String,
+    source: String,
+    format: Format,
+    hash: String,
+    chunks: Vec<NewChunk>,
+}
+
+/// Extracts, chunks and hashes an upload (CPU work, run on the blocking pool); `None` if it has
+/// no text.
+fn prepare(upload: Upload, config: ChunkConfig) -> Option<Prepared> {
+    let format = upload.format;
+    let (text, found_title) = extract::extract(&upload.content, format);
+    let chunks = chunk::chunk(&text, config);
+    if chunks.is_empty() {
+        return None;
+    }
+    let title = upload
+        .title
+        .filter(|t| !t.trim().is_empty())
+        .or(found_title)
+        .or_else(|| upload.source.as_deref().map(file_stem))
+        .unwrap_or_else(|| "Untitled".to_owned());
+    let hash = hex::encode(Sha256::digest(
+        format!("{}\0{title}\0{text}", format.as_str()).as_bytes(),
+    ));
+    Some(Prepared {
+        source: upload.source.unwrap_or_else(|| title.clone()),
+        title,
+        format,
+        hash,
+        chunks: chunks
+            .iter()
+            .map(|c| NewChunk {
+                id: uuid::Uuid::now_v7().to_string(),
+                heading: c.heading.clone(),
+                text: c.text.clone(),
+                tokens: c.tokens as i64,
+            })
+            .collect(),
+    })
+}
+
 /// What BM25 sees of a chunk: the document's title and the heading path are part of it (a
 /// question often names the topic, not the words of the answer).
 fn indexed_text(c: &StoredChunk) -> String {
@@ -292,6 +352,12 @@ fn to_sparse(v: qdrant_edge::SparseVector) -> Sparse {
     Sparse {
         indices: v.indices,
         values: v.values,
+    }
+}
+
+fn push_unique(ids: &mut Vec<String>, id: &str) {
+    if !ids.iter().any(|i| i == id) {
+        ids.push(id.to_owned());
     }
 }
 

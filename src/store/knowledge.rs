@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::{Store, new_id, now_ms};
+use super::{Store, WriteTx, new_id, now_ms};
 
 /// A document as listed.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -84,114 +84,38 @@ impl Store {
         doc: &NewDocument<'_>,
         chunks: &[NewChunk],
     ) -> Result<Stored, sqlx::Error> {
-        let now = now_ms();
         let mut w = self.begin_write().await?;
-        let same = sqlx::query(
-            "SELECT id, chunks FROM document WHERE tenant_id = $1 AND source_key = $2 AND content_hash = $3",
-        )
-        .bind(doc.tenant_id)
-        .bind(doc.source_key)
-        .bind(doc.content_hash)
-        .fetch_optional(&mut *w.tx)
-        .await?;
-        if let Some(row) = same {
-            w.commit().await?;
-            return Ok(Stored::Unchanged {
-                document_id: row.try_get("id")?,
-                chunks: row.try_get("chunks")?,
-            });
-        }
-        let existing: Option<String> =
-            sqlx::query("SELECT id FROM document WHERE tenant_id = $1 AND source_key = $2")
-                .bind(doc.tenant_id)
-                .bind(doc.source_key)
-                .fetch_optional(&mut *w.tx)
-                .await?
-                .map(|r| r.try_get("id"))
-                .transpose()?;
-        let tokens: i64 = chunks.iter().map(|c| c.tokens).sum();
-        let (document_id, outcome) = match existing {
-            Some(id) => {
-                let old: Vec<String> = sqlx::query("SELECT id FROM chunk WHERE document_id = $1")
-                    .bind(&id)
-                    .fetch_all(&mut *w.tx)
-                    .await?
-                    .iter()
-                    .map(|r| r.try_get("id"))
-                    .collect::<Result<_, _>>()?;
-                sqlx::query("DELETE FROM chunk WHERE document_id = $1")
-                    .bind(&id)
-                    .execute(&mut *w.tx)
-                    .await?;
-                sqlx::query(
-                    "UPDATE document SET title = $1, format = $2, content_hash = $3, chunks = $4,
-                            tokens = $5, indexed_at = NULL, updated_at = $6 WHERE id = $7",
-                )
-                .bind(doc.title)
-                .bind(doc.format)
-                .bind(doc.content_hash)
-                .bind(chunks.len() as i64)
-                .bind(tokens)
-                .bind(now)
-                .bind(&id)
-                .execute(&mut *w.tx)
-                .await?;
-                (
-                    id.clone(),
-                    Stored::Replaced {
-                        document_id: id,
-                        old_chunks: old,
-                    },
-                )
-            }
-            None => {
-                let id = new_id();
-                sqlx::query(
-                    "INSERT INTO document (id, tenant_id, title, source_key, format, content_hash,
-                                           chunks, tokens, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
-                )
-                .bind(&id)
-                .bind(doc.tenant_id)
-                .bind(doc.title)
-                .bind(doc.source_key)
-                .bind(doc.format)
-                .bind(doc.content_hash)
-                .bind(chunks.len() as i64)
-                .bind(tokens)
-                .bind(now)
-                .execute(&mut *w.tx)
-                .await?;
-                (id.clone(), Stored::Created { document_id: id })
-            }
-        };
-        for (idx, c) in chunks.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO chunk (id, tenant_id, document_id, idx, heading, text, tokens)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(&c.id)
-            .bind(doc.tenant_id)
-            .bind(&document_id)
-            .bind(idx as i64)
-            .bind(&c.heading)
-            .bind(&c.text)
-            .bind(c.tokens)
-            .execute(&mut *w.tx)
-            .await?;
-        }
+        let stored = store_one(&mut w, doc, chunks, now_ms()).await?;
         w.commit().await?;
-        Ok(outcome)
+        Ok(stored)
     }
 
-    /// Marks a document's chunks as being in the vector index.
-    pub async fn mark_indexed(&self, document_id: &str) -> Result<(), sqlx::Error> {
+    /// Stores several documents in one transaction (bulk ingestion: one commit for all).
+    pub async fn store_documents(
+        &self,
+        docs: &[(NewDocument<'_>, Vec<NewChunk>)],
+    ) -> Result<Vec<Stored>, sqlx::Error> {
+        let now = now_ms();
         let mut w = self.begin_write().await?;
-        sqlx::query("UPDATE document SET indexed_at = $1 WHERE id = $2")
-            .bind(now_ms())
-            .bind(document_id)
-            .execute(&mut *w.tx)
-            .await?;
+        let mut out = Vec::with_capacity(docs.len());
+        for (doc, chunks) in docs {
+            out.push(store_one(&mut w, doc, chunks, now).await?);
+        }
+        w.commit().await?;
+        Ok(out)
+    }
+
+    /// Marks documents' chunks as being in the vector index (one transaction).
+    pub async fn mark_indexed(&self, document_ids: &[String]) -> Result<(), sqlx::Error> {
+        let mut w = self.begin_write().await?;
+        let now = now_ms();
+        for id in document_ids {
+            sqlx::query("UPDATE document SET indexed_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *w.tx)
+                .await?;
+        }
         w.commit().await
     }
 
@@ -319,4 +243,107 @@ fn chunk_from_row(r: &sqlx::any::AnyRow) -> Result<StoredChunk, sqlx::Error> {
         heading: r.try_get("heading")?,
         text: r.try_get("text")?,
     })
+}
+
+/// One document and its chunks inside the caller's transaction (see [`Store::store_document`]).
+async fn store_one(
+    w: &mut WriteTx,
+    doc: &NewDocument<'_>,
+    chunks: &[NewChunk],
+    now: i64,
+) -> Result<Stored, sqlx::Error> {
+    let same = sqlx::query(
+        "SELECT id, chunks FROM document WHERE tenant_id = $1 AND source_key = $2 AND content_hash = $3",
+    )
+    .bind(doc.tenant_id)
+    .bind(doc.source_key)
+    .bind(doc.content_hash)
+    .fetch_optional(&mut *w.tx)
+    .await?;
+    if let Some(row) = same {
+        return Ok(Stored::Unchanged {
+            document_id: row.try_get("id")?,
+            chunks: row.try_get("chunks")?,
+        });
+    }
+    let existing: Option<String> =
+        sqlx::query("SELECT id FROM document WHERE tenant_id = $1 AND source_key = $2")
+            .bind(doc.tenant_id)
+            .bind(doc.source_key)
+            .fetch_optional(&mut *w.tx)
+            .await?
+            .map(|r| r.try_get("id"))
+            .transpose()?;
+    let tokens: i64 = chunks.iter().map(|c| c.tokens).sum();
+    let (document_id, outcome) = match existing {
+        Some(id) => {
+            let old: Vec<String> = sqlx::query("SELECT id FROM chunk WHERE document_id = $1")
+                .bind(&id)
+                .fetch_all(&mut *w.tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get("id"))
+                .collect::<Result<_, _>>()?;
+            sqlx::query("DELETE FROM chunk WHERE document_id = $1")
+                .bind(&id)
+                .execute(&mut *w.tx)
+                .await?;
+            sqlx::query(
+                "UPDATE document SET title = $1, format = $2, content_hash = $3, chunks = $4,
+                        tokens = $5, indexed_at = NULL, updated_at = $6 WHERE id = $7",
+            )
+            .bind(doc.title)
+            .bind(doc.format)
+            .bind(doc.content_hash)
+            .bind(chunks.len() as i64)
+            .bind(tokens)
+            .bind(now)
+            .bind(&id)
+            .execute(&mut *w.tx)
+            .await?;
+            (
+                id.clone(),
+                Stored::Replaced {
+                    document_id: id,
+                    old_chunks: old,
+                },
+            )
+        }
+        None => {
+            let id = new_id();
+            sqlx::query(
+                "INSERT INTO document (id, tenant_id, title, source_key, format, content_hash,
+                                       chunks, tokens, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+            )
+            .bind(&id)
+            .bind(doc.tenant_id)
+            .bind(doc.title)
+            .bind(doc.source_key)
+            .bind(doc.format)
+            .bind(doc.content_hash)
+            .bind(chunks.len() as i64)
+            .bind(tokens)
+            .bind(now)
+            .execute(&mut *w.tx)
+            .await?;
+            (id.clone(), Stored::Created { document_id: id })
+        }
+    };
+    for (idx, c) in chunks.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO chunk (id, tenant_id, document_id, idx, heading, text, tokens)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&c.id)
+        .bind(doc.tenant_id)
+        .bind(&document_id)
+        .bind(idx as i64)
+        .bind(&c.heading)
+        .bind(&c.text)
+        .bind(c.tokens)
+        .execute(&mut *w.tx)
+        .await?;
+    }
+    Ok(outcome)
 }
