@@ -219,6 +219,14 @@ impl Client {
         }
     }
 
+    /// Sends a `ping` (its `pong` marks how far the server's frames have come).
+    async fn ping(&mut self) {
+        self.ws
+            .send(Message::text(r#"{"type":"ping"}"#))
+            .await
+            .expect("ping");
+    }
+
     /// Reads frames until the bot's next message; returns it.
     async fn bot_reply(&mut self) -> Value {
         self.until(|f| f["type"] == "message" && f["author"] == "bot")
@@ -301,11 +309,7 @@ async fn a_connection_dropped_mid_stream_resumes_with_the_answer_exactly_once(ba
         "the preview, resumed, adds up to the answer"
     );
     // Nothing more arrives: the answer came exactly once.
-    visitor
-        .ws
-        .send(Message::text(r#"{"type":"ping"}"#))
-        .await
-        .expect("ping");
+    visitor.ping().await;
     visitor.until(is("pong")).await;
     assert_eq!(visitor.bot_replies().len(), 1);
     // Every message of the conversation was seen once, in order.
@@ -349,11 +353,7 @@ async fn a_gateway_restart_mid_stream_loses_and_repeats_nothing(backend: Backend
     assert_eq!(reply["reply_to"], inbound_id.as_str());
     // A second reconnect from the last seq gets nothing again.
     visitor.reconnect(&app).await;
-    visitor
-        .ws
-        .send(Message::text(r#"{"type":"ping"}"#))
-        .await
-        .expect("ping");
+    visitor.ping().await;
     let next = visitor.until(|f| f["type"] != "typing").await;
     assert_eq!(
         next["type"], "pong",
@@ -592,11 +592,7 @@ async fn two_tabs_of_one_visitor_see_the_same_conversation(backend: Backend) {
     assert_eq!(tab_c.messages.len(), 4);
     // Another visitor sees none of it.
     let mut stranger = Client::connect(&app, None).await;
-    stranger
-        .ws
-        .send(Message::text(r#"{"type":"ping"}"#))
-        .await
-        .expect("ping");
+    stranger.ping().await;
     assert_eq!(stranger.until(|_| true).await["type"], "pong");
     app.stop().await;
 }
@@ -745,11 +741,7 @@ async fn closing_the_conversation_mid_answer_withdraws_the_preview(backend: Back
     // The answer finishes after the close: not stored, not sent, and its preview withdrawn.
     let reset = visitor.until(is("stream_reset")).await;
     assert_eq!(reset["stream_id"], sent["message_id"]);
-    visitor
-        .ws
-        .send(Message::text(r#"{"type":"ping"}"#))
-        .await
-        .expect("ping");
+    visitor.ping().await;
     visitor.until(is("pong")).await;
     assert!(visitor.bot_replies().is_empty());
     let stored = app.messages(&conversation).await;
