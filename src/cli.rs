@@ -2,6 +2,7 @@
 //! or non-zero with a one-line reason on stderr (printed by `main`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -44,11 +45,21 @@ pub enum Command {
     /// Measure answer quality.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Talk to a tenant's bot from the terminal, through the same router, knowledge and model
+    /// as the gateway (messages arrive on the tenant's `api` channel). `/quit` or end of input
+    /// stops. Run it with the gateway stopped (it opens the same embedded vector store).
+    Chat {
+        #[arg(long)]
+        tenant: String,
+        /// Who you are to the bot (the contact's external id): one conversation per name.
+        #[arg(long = "as", default_value = "terminal")]
+        contact: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum KnowledgeCommand {
-    /// Ingest files and folders (.md, .txt, .html); a file ingested again replaces its chunks if
+    /// Ingest files and folders (.md, .txt, .html, .pdf); a file ingested again replaces its chunks if
     /// it changed and is skipped if not.
     Ingest {
         #[arg(long)]
@@ -153,7 +164,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .tenant_by_slug(slug.as_str())
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no tenant with slug {slug:?}"))?;
-            let knowledge = crate::startup::knowledge_for(&config, &store)?;
+            let knowledge = crate::startup::knowledge_for(&config, &store).await?;
             let files = crate::knowledge::files::collect(&paths)?;
             let failed = ingest_files(&knowledge, &tenant.id, &files).await;
             anyhow::ensure!(
@@ -169,8 +180,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 println!(
-                    "{} documents ({} chunks), {} queries, BM25 retrieval (embedded Qdrant Edge)",
-                    report.documents, report.chunks, report.queries
+                    "{} documents ({} chunks), {} queries, {} retrieval (embedded Qdrant Edge)",
+                    report.documents,
+                    report.chunks,
+                    report.queries,
+                    if report.mode == "hybrid" {
+                        "hybrid (BM25 + embeddings, RRF)"
+                    } else {
+                        "BM25"
+                    }
                 );
                 println!("recall@1  {:.3}", report.recall_at_1);
                 println!("recall@5  {:.3}", report.recall_at_5);
@@ -182,6 +200,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Chat { tenant, contact } => chat(config, &tenant, &contact).await,
         Command::Key(KeyCommand::Create { tenant, role, json }) => {
             let slug = TenantSlug::parse(&tenant).map_err(anyhow::Error::msg)?;
             let store = open_store(&config).await?;
@@ -282,7 +301,7 @@ async fn eval_retrieval(
                 "Evaluation",
             )
             .await?;
-        let knowledge = crate::startup::knowledge_for(&scratch_config, &store)?;
+        let knowledge = crate::startup::knowledge_for(&scratch_config, &store).await?;
         let report =
             crate::knowledge::eval::retrieval(&knowledge, &tenant.tenant_id, dir, depth).await;
         drop(knowledge);
@@ -291,6 +310,136 @@ async fn eval_retrieval(
     }
     .await;
     let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+/// Prints the answer as it is written, then what was stored (if it differs: a fallback) and the
+/// citations.
+struct Terminal;
+
+impl crate::answer::Deltas for Terminal {
+    fn delta(&self, text: &str) {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(text.as_bytes());
+        let _ = out.flush();
+    }
+
+    fn reset(&self) {
+        println!("\n[the model stopped answering; falling back]");
+    }
+}
+
+/// The tenant's responder, streaming to the terminal.
+struct TerminalResponder(Arc<dyn crate::answer::Responder>);
+
+#[async_trait::async_trait]
+impl crate::answer::Responder for TerminalResponder {
+    async fn respond(&self, turn: &crate::answer::Turn) -> anyhow::Result<crate::answer::Answer> {
+        self.0.respond_streaming(turn, &Terminal).await
+    }
+}
+
+async fn chat(mut config: Config, tenant: &str, contact: &str) -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let slug = TenantSlug::parse(tenant).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(!contact.trim().is_empty(), "--as: a name is needed");
+    // Nothing listens for the outside: the gateway's own port stays free for `serve`.
+    config.listen = "127.0.0.1:0".into();
+    let wait = std::time::Duration::from_millis(
+        config.llm.timeout_ms + config.llm.first_token_timeout_ms + 30_000,
+    );
+    let app = Application::build_with(
+        config,
+        Box::new(|knowledge, models, settings| {
+            Arc::new(TerminalResponder(Arc::new(
+                crate::answer::KnowledgeResponder::new(
+                    knowledge.clone(),
+                    models.chat.clone(),
+                    settings,
+                ),
+            )))
+        }),
+    )
+    .await?;
+    let store = app.store().clone();
+    let tenant = store
+        .tenant_by_slug(slug.as_str())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no tenant with slug {slug:?}"))?;
+    eprintln!("llm:     {}", app.models().describe().await);
+    let router = app.router().clone();
+    let ingest = app.ingest().clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(app.run_until_stopped({
+        let stop = stop.clone();
+        async move { stop.cancelled().await }
+    }));
+    let channel = store.api_channel(&tenant.id).await?;
+    eprintln!(
+        "chatting with {} ({}) as {contact:?}; /quit to stop",
+        tenant.name, tenant.slug
+    );
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let result: anyhow::Result<()> = async {
+        loop {
+            eprint!("you> ");
+            let Some(line) = lines.next_line().await? else {
+                break;
+            };
+            let text = line.trim();
+            if text.is_empty() {
+                continue;
+            }
+            if matches!(text, "/quit" | "/exit") {
+                break;
+            }
+            let message = switchboard_channel::InboundMessage::text(
+                crate::store::new_id(),
+                switchboard_channel::ContactRef {
+                    external_id: contact.to_owned(),
+                    display_name: None,
+                },
+                text.to_owned(),
+            );
+            let ingested = ingest.accept(&channel, message).await?;
+            print!("bot> ");
+            match router
+                .wait_processed(&tenant.id, &ingested.message_id, wait)
+                .await?
+            {
+                Some(Some(reply)) => {
+                    // What was stored is the answer; a streamed preview that differs (a
+                    // fallback after a failure) is followed by it.
+                    println!();
+                    if !reply.text.is_empty() {
+                        println!("     {}", reply.text.replace('\n', "\n     "));
+                    }
+                    if let Some(citations) = reply.citations.as_array()
+                        && !citations.is_empty()
+                    {
+                        let titles: Vec<String> = citations
+                            .iter()
+                            .filter_map(|c| {
+                                Some(format!(
+                                    "{} (chunk {})",
+                                    c.get("title")?.as_str()?,
+                                    c.get("chunk")?
+                                ))
+                            })
+                            .collect();
+                        println!("     sources: {}", titles.join("; "));
+                    }
+                }
+                Some(None) => println!("(no reply: the conversation is not with the bot)"),
+                None => println!("(no reply yet; it will be stored when it comes)"),
+            }
+        }
+        Ok(())
+    }
+    .await;
+    stop.cancel();
+    running.await??;
     result
 }
 
@@ -308,9 +457,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = app.local_addr()?;
     eprintln!("store:   {store_line}");
     eprintln!("vectors: {}", app.knowledge().describe());
-    eprintln!(
-        "llm:     none connected in this build: answers quote the best passage of the tenant's knowledge, marked as such"
-    );
+    eprintln!("llm:     {}", app.models().describe().await);
     if app.store().tenant_count().await? == 0 {
         let slug = TenantSlug::parse("demo").map_err(anyhow::Error::msg)?;
         let demo = app.store().create_tenant(&slug, "Demo").await?;

@@ -33,6 +33,9 @@ pub struct Config {
     pub llm_url: String,
     pub chat_model: String,
     pub embed_model: Option<String>,
+    /// Bearer token for OpenAI-compatible servers that want one.
+    pub llm_api_key: Option<Secret>,
+    pub llm: LlmConfig,
     /// Public base URL, used to tell providers where our webhooks are.
     pub public_url: Option<String>,
     /// Key sealing channel credentials at rest (64 hex digits); unset → `$DATA_DIR/secret.key`.
@@ -47,6 +50,42 @@ pub struct Config {
     pub workers: bool,
     pub outbox: OutboxConfig,
     pub widget: WidgetConfig,
+}
+
+/// How the language model is used (per gateway process).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmConfig {
+    /// The chat model's context window, in tokens (prompt, history and answer share it).
+    pub context_tokens: usize,
+    /// Longest answer, in tokens (reserved in the context).
+    pub max_tokens: u32,
+    pub temperature: f32,
+    /// Generations at once; more wait in line.
+    pub concurrency: usize,
+    /// No first piece of text within this (waiting in line included) → the fallback answer.
+    pub first_token_timeout_ms: u64,
+    /// No complete answer within this → the fallback answer.
+    pub timeout_ms: u64,
+    /// Failures in a row that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker answers from the fallback before trying the model again.
+    pub breaker_cool_down_ms: u64,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            context_tokens: 4096,
+            max_tokens: 512,
+            temperature: 0.2,
+            concurrency: 2,
+            first_token_timeout_ms: 15_000,
+            timeout_ms: 60_000,
+            breaker_failures: 3,
+            breaker_cool_down_ms: 30_000,
+        }
+    }
 }
 
 /// Limits of the web widget's WebSocket (per gateway process).
@@ -120,6 +159,8 @@ impl Default for Config {
             llm_url: "http://127.0.0.1:11434".into(),
             chat_model: "llama3.2:3b".into(),
             embed_model: None,
+            llm_api_key: None,
+            llm: LlmConfig::default(),
             public_url: None,
             secret_key: None,
             log_format: LogFormat::Text,
@@ -194,6 +235,19 @@ impl Config {
                 "SWITCHBOARD_LLM_URL" => self.llm_url = value,
                 "SWITCHBOARD_CHAT_MODEL" => self.chat_model = value,
                 "SWITCHBOARD_EMBED_MODEL" => self.embed_model = Some(value),
+                "SWITCHBOARD_LLM_API_KEY" => self.llm_api_key = Some(Secret::new(value)),
+                "SWITCHBOARD_LLM_CONTEXT_TOKENS" => self.llm.context_tokens = num(name, value)?,
+                "SWITCHBOARD_LLM_MAX_TOKENS" => self.llm.max_tokens = num(name, value)?,
+                "SWITCHBOARD_LLM_TEMPERATURE" => self.llm.temperature = num(name, value)?,
+                "SWITCHBOARD_LLM_CONCURRENCY" => self.llm.concurrency = num(name, value)?,
+                "SWITCHBOARD_LLM_FIRST_TOKEN_TIMEOUT_MS" => {
+                    self.llm.first_token_timeout_ms = num(name, value)?
+                }
+                "SWITCHBOARD_LLM_TIMEOUT_MS" => self.llm.timeout_ms = num(name, value)?,
+                "SWITCHBOARD_LLM_BREAKER_FAILURES" => self.llm.breaker_failures = num(name, value)?,
+                "SWITCHBOARD_LLM_BREAKER_COOL_DOWN_MS" => {
+                    self.llm.breaker_cool_down_ms = num(name, value)?
+                }
                 "SWITCHBOARD_PUBLIC_URL" => self.public_url = Some(value),
                 "SWITCHBOARD_SECRET_KEY" => self.secret_key = Some(Secret::new(value)),
                 "SWITCHBOARD_LOG_FORMAT" => {
@@ -242,11 +296,25 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         self.listen_addr()?;
-        if !matches!(self.llm_provider.as_str(), "ollama" | "openai") {
+        if !matches!(self.llm_provider.as_str(), "ollama" | "openai" | "none") {
             bail!(
-                "llm_provider: expected ollama or openai, got {:?}",
+                "llm_provider: expected ollama, openai or none, got {:?}",
                 self.llm_provider
             );
+        }
+        let l = &self.llm;
+        if l.max_tokens < 16 || l.context_tokens < l.max_tokens as usize + 256 {
+            bail!(
+                "llm.max_tokens must be at least 16, and llm.context_tokens at least 256 more than it (the prompt needs room)"
+            );
+        }
+        if l.concurrency == 0 || l.breaker_failures == 0 || l.first_token_timeout_ms == 0 {
+            bail!(
+                "llm.concurrency, llm.breaker_failures and llm.first_token_timeout_ms must be at least 1"
+            );
+        }
+        if !(0.0..=2.0).contains(&l.temperature) {
+            bail!("llm.temperature must be between 0 and 2");
         }
         if self.outbox.max_attempts == 0 || self.outbox.concurrency == 0 {
             bail!("outbox.max_attempts and outbox.concurrency must be at least 1");
@@ -301,6 +369,15 @@ pub const ENV_VARS: &[&str] = &[
     "SWITCHBOARD_LLM_URL",
     "SWITCHBOARD_CHAT_MODEL",
     "SWITCHBOARD_EMBED_MODEL",
+    "SWITCHBOARD_LLM_API_KEY",
+    "SWITCHBOARD_LLM_CONTEXT_TOKENS",
+    "SWITCHBOARD_LLM_MAX_TOKENS",
+    "SWITCHBOARD_LLM_TEMPERATURE",
+    "SWITCHBOARD_LLM_CONCURRENCY",
+    "SWITCHBOARD_LLM_FIRST_TOKEN_TIMEOUT_MS",
+    "SWITCHBOARD_LLM_TIMEOUT_MS",
+    "SWITCHBOARD_LLM_BREAKER_FAILURES",
+    "SWITCHBOARD_LLM_BREAKER_COOL_DOWN_MS",
     "SWITCHBOARD_PUBLIC_URL",
     "SWITCHBOARD_SECRET_KEY",
     "SWITCHBOARD_LOG_FORMAT",

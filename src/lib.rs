@@ -11,7 +11,8 @@
 //!   -> answer           what the bot says (a Responder)
 //!   -> outbox           durable delivery: retries, back-off, dead letters
 //!   -> channels/<name>  provider send API
-//! side paths: knowledge (documents → chunks → vectors; retrieval), core (tenants, keys),
+//! side paths: knowledge (documents → chunks → vectors; retrieval), llm (chat and embedding
+//!             models behind a guard), core (tenants, keys),
 //!             store (SQL), http (axum routers only), config, telemetry
 //! ```
 
@@ -31,6 +32,9 @@ pub mod http;
 pub mod ingest;
 /// Creators' documents: ingestion, chunking, the vector index, retrieval.
 pub mod knowledge;
+/// Language models (Ollama, OpenAI-compatible): streaming chat, embeddings, and the guard
+/// (concurrency limit, time limits, circuit breaker).
+pub mod llm;
 /// Durable delivery of replies through the channels.
 pub mod outbox;
 /// Provider send-rate limits (per chat, per bot, per number).

@@ -257,6 +257,8 @@ impl Inner {
                 tenant_id: turn.tenant_id.clone(),
                 conversation_id: turn.conversation_id.clone(),
                 message_id: turn.message_id.clone(),
+                seq: turn.seq,
+                channel: turn.channel_kind.clone(),
                 text: turn.text.clone(),
             };
             let answered = match &preview {
@@ -316,6 +318,10 @@ struct WidgetPreview {
 impl crate::answer::Deltas for WidgetPreview {
     fn delta(&self, text: &str) {
         self.hub.stream_delta(&self.visitor, &self.stream_id, text);
+    }
+
+    fn reset(&self) {
+        self.hub.stream_reset(&self.visitor, &self.stream_id);
     }
 }
 

@@ -15,12 +15,14 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::answer::{ExtractiveResponder, Responder};
+use crate::answer::{AnswerSettings, KnowledgeResponder, Responder};
 use crate::config::Config;
 use crate::http::{AppState, app};
 use crate::ingest::Ingest;
 use crate::knowledge::vectors::{EdgeIndex, VectorIndex};
 use crate::knowledge::{Knowledge, KnowledgeConfig};
+use crate::llm::guard::{Guarded, Limits};
+use crate::llm::{Endpoint, Provider};
 use crate::outbox::{Channels, Outbox};
 use crate::router::Router;
 use crate::store::Store;
@@ -31,36 +33,199 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     outbox: Outbox,
+    models: Models,
+}
+
+/// Builds the responder from the gateway's knowledge, models and answer settings.
+pub type MakeResponder =
+    Box<dyn FnOnce(&Knowledge, &Models, AnswerSettings) -> Arc<dyn Responder> + Send>;
+
+/// The language models the configuration names.
+#[derive(Clone, Default)]
+pub struct Models {
+    /// The chat model behind its guard; `None` with `SWITCHBOARD_LLM_PROVIDER=none`.
+    pub chat: Option<Arc<Guarded>>,
+}
+
+/// Where the configured models are; `None` when the provider is `none`.
+pub fn llm_endpoint(config: &Config) -> Option<Endpoint> {
+    Some(Endpoint {
+        provider: Provider::parse(&config.llm_provider)?,
+        url: config.llm_url.clone(),
+        api_key: config.llm_api_key.as_ref().map(|k| k.expose().to_owned()),
+    })
+}
+
+pub fn llm_limits(config: &Config) -> Limits {
+    let l = &config.llm;
+    Limits {
+        concurrency: l.concurrency,
+        first_token: Duration::from_millis(l.first_token_timeout_ms),
+        total: Duration::from_millis(l.timeout_ms),
+        failure_threshold: l.breaker_failures,
+        cool_down: Duration::from_millis(l.breaker_cool_down_ms),
+    }
+}
+
+pub fn answer_settings(config: &Config) -> AnswerSettings {
+    AnswerSettings {
+        context_tokens: config.llm.context_tokens,
+        max_answer_tokens: config.llm.max_tokens,
+        temperature: config.llm.temperature,
+        ..AnswerSettings::default()
+    }
+}
+
+/// The HTTP client toward model servers: no overall timeout (answers stream for a while; the
+/// guard bounds them), a short connect timeout.
+pub fn llm_http() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("building the model HTTP client")
+}
+
+pub fn models_for(config: &Config) -> anyhow::Result<Models> {
+    let Some(endpoint) = llm_endpoint(config) else {
+        return Ok(Models::default());
+    };
+    let model = crate::llm::chat_model(llm_http()?, &endpoint, &config.chat_model);
+    Ok(Models {
+        chat: Some(Arc::new(Guarded::new(model, llm_limits(config)))),
+    })
+}
+
+impl Models {
+    /// One line for the start-up summary. An unreachable model trips the breaker, so the first
+    /// conversations do not each wait to find out.
+    pub async fn describe(&self) -> String {
+        let Some(chat) = &self.chat else {
+            return "none (SWITCHBOARD_LLM_PROVIDER=none): answers quote the best passage of the tenant's knowledge, marked as such".into();
+        };
+        let what = chat.model().describe();
+        match tokio::time::timeout(Duration::from_secs(3), chat.model().check()).await {
+            Ok(Ok(())) => {
+                format!("{what}: reachable; answers are written from the tenant's knowledge")
+            }
+            outcome => {
+                let why = match outcome {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer within 3 s".to_owned(),
+                };
+                chat.trip();
+                format!(
+                    "{what}: NOT reachable ({why}). Fallback: answers quote the best passage of the tenant's knowledge, marked as such; the model is tried again every {} s",
+                    chat.limits().cool_down.as_secs()
+                )
+            }
+        }
+    }
 }
 
 /// The knowledge service on `store`, with the vector index the configuration names.
-pub fn knowledge_for(config: &Config, store: &Store) -> anyhow::Result<Knowledge> {
+///
+/// With `SWITCHBOARD_EMBED_MODEL`, the model is asked for one embedding to learn its size; the
+/// index lives in `$DATA_DIR/vectors/<model>-<size>/` (BM25 alone: `vectors/bm25/`), so another
+/// model gets a fresh index, and documents are indexed into it at start. A model that does not
+/// answer then leaves retrieval lexical for this run, said in the log.
+pub async fn knowledge_for(config: &Config, store: &Store) -> anyhow::Result<Knowledge> {
     anyhow::ensure!(
         config.qdrant_url.is_none(),
         "SWITCHBOARD_QDRANT_URL is set, but this build has only the embedded vector store (Qdrant Edge in $DATA_DIR/vectors); unset it"
     );
-    let index: Arc<dyn VectorIndex> = Arc::new(EdgeIndex::new(config.data_dir.join("vectors")));
-    Knowledge::new(store.clone(), index, KnowledgeConfig::default())
+    let embedder = match (&config.embed_model, llm_endpoint(config)) {
+        (Some(model), Some(endpoint)) => {
+            let embedder: Arc<dyn crate::llm::Embedder> =
+                Arc::from(crate::llm::embedder(llm_http()?, &endpoint, model));
+            let probe = ["dimension probe".to_owned()];
+            match tokio::time::timeout(Duration::from_secs(10), embedder.embed(&probe)).await {
+                Ok(Ok(v)) if v.first().is_some_and(|v| !v.is_empty()) => {
+                    Some((embedder, v[0].len()))
+                }
+                outcome => {
+                    let why = match outcome {
+                        Ok(Err(e)) => e.to_string(),
+                        Ok(Ok(_)) => "an empty embedding".to_owned(),
+                        Err(_) => "no answer within 10 s".to_owned(),
+                    };
+                    tracing::warn!(model = %model, error = %why, "the embedding model is not answering: retrieval is BM25 only until a restart finds it");
+                    None
+                }
+            }
+        }
+        (Some(_), None) => {
+            tracing::warn!(
+                "SWITCHBOARD_EMBED_MODEL is set but the LLM provider is none: BM25 retrieval only"
+            );
+            None
+        }
+        _ => None,
+    };
+    let profile = match &embedder {
+        Some((e, size)) => format!("{}-{size}", sanitize(e.model())),
+        None => "bm25".to_owned(),
+    };
+    let dir = config.data_dir.join("vectors").join(profile);
+    if !dir.exists() {
+        let marked = store.mark_all_unindexed().await?;
+        if marked > 0 {
+            tracing::info!(documents = marked, index = %dir.display(), "a new vector index: documents will be indexed into it at start");
+        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let index: Arc<dyn VectorIndex> = Arc::new(EdgeIndex::with_dense(
+        dir,
+        embedder.as_ref().map(|(_, size)| *size),
+    ));
+    let knowledge = Knowledge::new(store.clone(), index, KnowledgeConfig::default())?;
+    Ok(match embedder {
+        Some((e, _)) => knowledge.with_embedder(e),
+        None => knowledge,
+    })
+}
+
+/// A model name as a directory name: `nomic-embed-text:latest` → `nomic-embed-text_latest`.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 impl Application {
     /// Connects and migrates the store and binds the listener, answering from the tenants'
-    /// knowledge (quoted passages while no language model is connected).
+    /// knowledge with the configured language model (quoted passages while it is not answering).
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        Self::build_inner(config, None).await
+        Self::build_with(
+            config,
+            Box::new(|knowledge, models, settings| {
+                Arc::new(KnowledgeResponder::new(
+                    knowledge.clone(),
+                    models.chat.clone(),
+                    settings,
+                ))
+            }),
+        )
+        .await
     }
 
+    /// With a fixed responder (tests, benchmarks).
     pub async fn build_with_responder(
         config: Config,
         responder: Arc<dyn Responder>,
     ) -> anyhow::Result<Application> {
-        Self::build_inner(config, Some(responder)).await
+        Self::build_with(config, Box::new(move |_, _, _| responder)).await
     }
 
-    async fn build_inner(
-        config: Config,
-        responder: Option<Arc<dyn Responder>>,
-    ) -> anyhow::Result<Application> {
+    /// With the responder `make` builds from the gateway's knowledge and models.
+    pub async fn build_with(config: Config, make: MakeResponder) -> anyhow::Result<Application> {
         let (sealer, key_source) = crate::store::sealing::Sealer::load(
             config.secret_key.as_ref().map(|k| k.expose()),
             &config.data_dir,
@@ -80,9 +245,9 @@ impl Application {
             .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("building the HTTP client")?;
-        let knowledge = knowledge_for(&config, &store)?;
-        let responder =
-            responder.unwrap_or_else(|| Arc::new(ExtractiveResponder::new(knowledge.clone())));
+        let knowledge = knowledge_for(&config, &store).await?;
+        let models = models_for(&config)?;
+        let responder = make(&knowledge, &models, answer_settings(&config));
         let wake = Arc::new(Notify::new());
         let channels = Channels::new(http)?;
         let outbox = Outbox::new(
@@ -115,6 +280,7 @@ impl Application {
             listener,
             state,
             outbox,
+            models,
         })
     }
 
@@ -138,6 +304,14 @@ impl Application {
         &self.state.knowledge
     }
 
+    pub fn ingest(&self) -> &Ingest {
+        &self.state.ingest
+    }
+
+    pub fn models(&self) -> &Models {
+        &self.models
+    }
+
     /// Serves until `shutdown` resolves, then shuts down in order (see the module docs).
     pub async fn run_until_stopped(
         self,
@@ -147,6 +321,7 @@ impl Application {
             listener,
             state,
             outbox,
+            models: _,
         } = self;
         match state.knowledge.reindex_pending().await {
             Ok(0) => {}

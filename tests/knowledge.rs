@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchboard::answer::{NO_KNOWLEDGE_REPLY, NOT_FOUND_REPLY};
+use switchboard::answer::prompts::{self, Prompts};
 use switchboard::core::TenantSlug;
 
 use common::{Backend, TestApp};
@@ -134,13 +134,45 @@ async fn uploads_are_checked_and_files_keep_their_format(backend: Backend) {
     let hits = search(&app, &key, "break blocks").await;
     assert_eq!(hits[0]["title"], "Focus at work");
     assert!(!hits[0]["text"].as_str().unwrap_or("").contains("evil"));
-    assert_eq!(
-        multipart("scan.pdf", b"%PDF-1.4")
-            .await
-            .expect("upload")
-            .status(),
-        400
+    // A PDF (written by ReportLab): its text layer, headings and paragraphs, is what is found.
+    let pdf: &'static [u8] = include_bytes!("fixtures/knowledge/stress-breathing.pdf");
+    let response = multipart("stress-breathing.pdf", pdf)
+        .await
+        .expect("upload");
+    assert_eq!(response.status(), 201);
+    let hits = search(&app, &key, "long slow exhale heart rate").await;
+    assert!(
+        hits[0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("two short inhales through the nose"),
+        "{hits:?}"
     );
+    let (_, list) = app.get(&key, "/v1/knowledge/documents").await;
+    assert!(
+        list["documents"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|d| d["format"] == "pdf"))
+    );
+    // Damaged, truncated or not a PDF at all: 400 with the reason, nothing stored.
+    for bad in [&b"%PDF-1.4"[..], &pdf[..pdf.len() / 2], b"hello"] {
+        let part = reqwest::multipart::Part::bytes(bad.to_vec()).file_name("bad.pdf");
+        let response = app
+            .http
+            .post(format!("{}/v1/knowledge/documents", app.base))
+            .bearer_auth(&key)
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+            .await
+            .expect("upload");
+        assert_eq!(response.status(), 400);
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "unreadable_pdf");
+    }
+    let (_, list) = app.get(&key, "/v1/knowledge/documents").await;
+    assert_eq!(list["documents"].as_array().map(Vec::len), Some(2));
+    let (status, _) = upload_json(&app, &key, json!({"content": "x", "format": "pdf"})).await;
+    assert_eq!(status, 400, "PDFs come as files, not JSON text");
     let (status, body) =
         upload_json(&app, &key, json!({"title": "Blank", "content": "  \n "})).await;
     assert_eq!(
@@ -217,7 +249,7 @@ async fn the_bot_answers_from_knowledge_with_a_citation_when_no_model_is_connect
             json!({"wait": true}),
         )
         .await;
-    assert_eq!(reply["reply"]["text"], NO_KNOWLEDGE_REPLY);
+    assert_eq!(reply["reply"]["text"], no_answer("no_documents"));
     let created = upload_sleep(&app).await;
     let reply = app
         .send(
@@ -252,7 +284,7 @@ async fn the_bot_answers_from_knowledge_with_a_citation_when_no_model_is_connect
             json!({"wait": true}),
         )
         .await;
-    assert_eq!(reply["reply"]["text"], NOT_FOUND_REPLY);
+    assert_eq!(reply["reply"]["text"], no_answer("no_match"));
     assert_eq!(reply["reply"]["citations"], json!([]));
     tokio::time::sleep(Duration::from_millis(10)).await;
     app.stop().await;
@@ -265,3 +297,12 @@ both_backends!(
     the_index_survives_a_restart,
     the_bot_answers_from_knowledge_with_a_citation_when_no_model_is_connected,
 );
+
+/// The built-in `no_answer` reply for `reason`.
+fn no_answer(reason: &str) -> String {
+    let mut context = prompts::sample_context("no_answer");
+    context.reason = Some(reason.into());
+    Prompts::default()
+        .render("no_answer", &context)
+        .expect("the built-in template renders")
+}

@@ -31,10 +31,13 @@ fn retrieval_evaluation_meets_the_bm25_target() {
         .env("TMPDIR", scratch.path())
         .env_remove("SWITCHBOARD_CONFIG")
         .env_remove("SWITCHBOARD_DATABASE_URL")
+        .env_remove("SWITCHBOARD_EMBED_MODEL")
+        .env("SWITCHBOARD_LLM_PROVIDER", "none")
         .output()
         .expect("run switchboard");
     let report = stdout_json(&out);
     println!("{report}");
+    assert_eq!(report["mode"], "bm25");
     assert_eq!(report["documents"], 125);
     assert_eq!(report["queries"], 1249);
     assert!(
@@ -92,6 +95,101 @@ async fn cli_ingests_knowledge_folders_once(backend: Backend) {
             .count(),
         1
     );
+}
+
+/// The same evaluation with a real embedding model (all-MiniLM-L6-v2 behind the Ollama API):
+/// hybrid retrieval (BM25 + embeddings, RRF) must reach recall@5 ≥ 0.90.
+#[test]
+fn hybrid_retrieval_with_a_real_embedding_model_meets_its_target() {
+    let Some(real) =
+        common::llm::real_models("hybrid_retrieval_with_a_real_embedding_model_meets_its_target")
+    else {
+        return;
+    };
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/rag_eval/stackfaq"
+    );
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(BIN)
+        .args(["eval", "retrieval", dir, "--json"])
+        .env("TMPDIR", scratch.path())
+        .env_remove("SWITCHBOARD_CONFIG")
+        .env_remove("SWITCHBOARD_DATABASE_URL")
+        .env("SWITCHBOARD_LLM_PROVIDER", "ollama")
+        .env("SWITCHBOARD_LLM_URL", &real.ollama_url)
+        .env("SWITCHBOARD_EMBED_MODEL", &real.embed_model)
+        .output()
+        .expect("run switchboard");
+    let report = stdout_json(&out);
+    println!("{report}");
+    assert_eq!(report["mode"], "hybrid");
+    assert_eq!(report["queries"], 1249);
+    assert!(
+        report["recall_at_5"].as_f64().unwrap_or(0.0) >= 0.90,
+        "{report}"
+    );
+}
+
+/// `switchboard chat`: the terminal talks to the tenant's bot through the router; without a
+/// model the answers are quoted passages with their sources.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_chat_talks_to_the_bot_through_the_router() {
+    use std::io::Write;
+    let Some(db) = TestDb::fresh(Backend::Sqlite).await else {
+        return;
+    };
+    let out = cli(&db, &["tenant", "create", "demo", "--name", "Demo"]);
+    assert!(out.status.success());
+    let knowledge = concat!(env!("CARGO_MANIFEST_DIR"), "/knowledge");
+    let out = cli(&db, &["knowledge", "ingest", "--tenant", "demo", knowledge]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut child = Command::new(BIN)
+        .args(["chat", "--tenant", "demo"])
+        .env("SWITCHBOARD_DATABASE_URL", &db.url)
+        .env("SWITCHBOARD_DATA_DIR", db.dir.path())
+        .env("SWITCHBOARD_LLM_PROVIDER", "none")
+        .env_remove("SWITCHBOARD_CONFIG")
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run switchboard chat");
+    if let Some(stdin) = child.stdin.as_mut() {
+        stdin
+            .write_all(b"When should I stop drinking coffee?\n/stop\n/quit\n")
+            .expect("write");
+    }
+    let out = child.wait_with_output().expect("chat ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("2 pm"), "the caffeine passage: {stdout}");
+    assert!(
+        stdout.contains("sources: Sleep for energy and focus"),
+        "{stdout}"
+    );
+    // A command goes through the same router: /stop opts the contact out.
+    assert!(stdout.contains("You're unsubscribed"), "{stdout}");
+    // Stored like any conversation, on the tenant's api channel.
+    let store =
+        switchboard::store::Store::connect(&switchboard_channel::Secret::new(db.url.clone()), 1)
+            .await
+            .expect("store");
+    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM message")
+        .fetch_one(store.pool())
+        .await
+        .expect("count");
+    assert_eq!(count, 4, "two messages in, two replies out");
+    store.close().await;
 }
 
 fn cli(db: &TestDb, args: &[&str]) -> Output {

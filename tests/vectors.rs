@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use switchboard::knowledge::vectors::{ChunkPoint, EdgeIndex, Sparse, VectorIndex};
+use switchboard::knowledge::vectors::{ChunkPoint, EdgeIndex, Sparse, VectorIndex, VectorQuery};
 
 fn point(id: u128, document: &str, terms: &[(u32, f32)]) -> ChunkPoint {
     ChunkPoint {
@@ -14,13 +14,17 @@ fn point(id: u128, document: &str, terms: &[(u32, f32)]) -> ChunkPoint {
             indices: terms.iter().map(|(i, _)| *i).collect(),
             values: terms.iter().map(|(_, v)| *v).collect(),
         },
+        dense: None,
     }
 }
 
-fn query(terms: &[u32]) -> Sparse {
-    Sparse {
-        indices: terms.to_vec(),
-        values: vec![1.0; terms.len()],
+fn query(terms: &[u32]) -> VectorQuery {
+    VectorQuery {
+        sparse: Sparse {
+            indices: terms.to_vec(),
+            values: vec![1.0; terms.len()],
+        },
+        dense: None,
     }
 }
 
@@ -112,4 +116,77 @@ async fn embedded_qdrant_edge() {
         move || Arc::new(EdgeIndex::new(path.clone())) as Arc<dyn VectorIndex>
     };
     story(Arc::new(EdgeIndex::new(path)), reopen).await;
+}
+
+/// Hybrid: each point also has an embedding; a query with both is fused by rank (RRF), with
+/// only an embedding it is a nearest-neighbour search, and tenants stay apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_qdrant_edge_hybrid() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("vectors");
+    let index: Arc<dyn VectorIndex> = Arc::new(EdgeIndex::with_dense(path.clone(), Some(3)));
+    let with = |id: u128, document: &str, terms: &[(u32, f32)], dense: [f32; 3]| ChunkPoint {
+        dense: Some(dense.to_vec()),
+        ..point(id, document, terms)
+    };
+    let id = |n: u128| uuid::Uuid::from_u128(n).to_string();
+    index
+        .upsert(
+            "a",
+            vec![
+                with(1, "doc-1", &[(10, 1.0)], [1.0, 0.0, 0.0]),
+                with(2, "doc-2", &[(11, 1.0)], [0.0, 1.0, 0.0]),
+                with(3, "doc-3", &[(12, 1.0)], [0.0, 0.6, 0.8]),
+            ],
+        )
+        .await
+        .expect("upsert");
+    index
+        .upsert("b", vec![with(4, "doc-9", &[(10, 5.0)], [0.0, 1.0, 0.0])])
+        .await
+        .expect("upsert other tenant");
+    // A point without its embedding is refused by a hybrid index (and the other way round).
+    assert!(
+        index
+            .upsert("a", vec![point(5, "doc-5", &[(10, 1.0)])])
+            .await
+            .is_err()
+    );
+    let search = |sparse: &[u32], dense: Option<[f32; 3]>, k: usize| {
+        let index = index.clone();
+        let mut q = query(sparse);
+        q.dense = dense.map(|d| d.to_vec());
+        async move { ids(&index.search("a", &q, k, None).await.expect("search")) }
+    };
+    // Embedding only: nearest first.
+    assert_eq!(
+        search(&[], Some([0.0, 0.9, 0.1]), 5).await,
+        [id(2), id(3), id(1)]
+    );
+    // Both: chunk 1 is first for the terms, third for the embedding; 2 only first for the
+    // embedding; fused, 1 leads (RRF sums both ranks) and nothing else of tenant b's shows.
+    assert_eq!(
+        search(&[10], Some([0.0, 0.9, 0.1]), 5).await,
+        [id(1), id(2), id(3)]
+    );
+    assert_eq!(search(&[10], Some([0.0, 0.9, 0.1]), 1).await, [id(1)]);
+    // A query embedding of the wrong size is an error, not a silent miss.
+    let mut wrong = query(&[10]);
+    wrong.dense = Some(vec![1.0, 0.0]);
+    assert!(index.search("a", &wrong, 5, None).await.is_err());
+    index.delete_document("a", "doc-2").await.expect("delete");
+    index.optimize("a").await.expect("optimize");
+    assert_eq!(search(&[], Some([0.0, 0.9, 0.1]), 5).await, [id(3), id(1)]);
+    drop(index);
+    let again: Arc<dyn VectorIndex> = Arc::new(EdgeIndex::with_dense(path, Some(3)));
+    let mut q = query(&[]);
+    q.dense = Some(vec![0.0, 1.0, 0.0]);
+    assert_eq!(
+        ids(&again.search("b", &q, 5, None).await.expect("search")),
+        [id(4)]
+    );
+    assert_eq!(
+        ids(&again.search("a", &q, 5, None).await.expect("search")),
+        [id(3), id(1)]
+    );
 }

@@ -30,6 +30,13 @@ impl From<KnowledgeError> for ApiError {
             }
             KnowledgeError::Store(e) => e.into(),
             KnowledgeError::Index(e) => ApiError::internal(format!("vector index: {e:#}")),
+            KnowledgeError::Embedding(e) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "embedding_unavailable",
+                format!(
+                    "{e}; the document is stored and will be indexed when the embedding model answers (at the next start)"
+                ),
+            ),
         }
     }
 }
@@ -49,7 +56,9 @@ fn format_of(name: Option<&str>, explicit: Option<&str>) -> Result<Format, ApiEr
     let unsupported = |what: &str| {
         ApiError::bad_request(
             "unsupported_format",
-            format!("{what}: documents are markdown (.md), text (.txt) or html (.html)"),
+            format!(
+                "{what}: documents are markdown (.md), text (.txt), html (.html) or pdf (.pdf)"
+            ),
         )
     };
     match (explicit, name) {
@@ -94,29 +103,47 @@ pub async fn upload(
                 })
             };
             match name.as_str() {
-                "file" => file = Some((file_name, text()?)),
+                "file" => file = Some((file_name, bytes)),
                 "title" => title = Some(text()?),
                 "format" => format = Some(text()?),
                 _ => {}
             }
         }
-        let (file_name, content) = file.ok_or_else(|| {
+        let (file_name, bytes) = file.ok_or_else(|| {
             ApiError::bad_request(
                 "missing_file",
                 "send the document in a multipart field `file`",
             )
         })?;
+        let format = format_of(file_name.as_deref(), format.as_deref())?;
+        let content = if format == Format::Pdf {
+            tokio::task::spawn_blocking(move || crate::knowledge::extract::pdf_text(&bytes))
+                .await
+                .map_err(ApiError::internal)?
+                .map_err(|e| ApiError::bad_request("unreadable_pdf", e))?
+        } else {
+            String::from_utf8(bytes.to_vec()).map_err(|_| {
+                ApiError::bad_request("invalid_encoding", "the file is not UTF-8 text")
+            })?
+        };
         Upload {
             title,
-            format: format_of(file_name.as_deref(), format.as_deref())?,
+            format,
             content,
             source: file_name,
         }
     } else {
         let bytes = axum::body::Bytes::from_request(request, &state).await;
         let body: JsonUpload = super::error::json_body(bytes, "invalid_document")?;
+        let format = format_of(None, body.format.as_deref())?;
+        if format == Format::Pdf {
+            return Err(ApiError::bad_request(
+                "unsupported_format",
+                "send a PDF as a multipart file upload (field `file`), not in JSON",
+            ));
+        }
         Upload {
-            format: format_of(None, body.format.as_deref())?,
+            format,
             title: body.title,
             content: body.content,
             source: body.source,

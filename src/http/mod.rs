@@ -7,6 +7,7 @@ pub mod contacts;
 pub mod error;
 pub mod knowledge;
 pub mod messages;
+pub mod prompts;
 pub mod webhooks;
 pub mod widget;
 
@@ -89,6 +90,11 @@ pub fn app(state: AppState) -> HttpRouter {
             axum::routing::delete(knowledge::delete),
         )
         .route("/v1/knowledge/search", get(knowledge::search))
+        .route("/v1/prompts", get(prompts::list))
+        .route(
+            "/v1/prompts/{name}",
+            axum::routing::put(prompts::put).delete(prompts::delete),
+        )
         .route("/v1/widget/ws", get(widget::socket))
         .route(
             "/v1/widget/settings",

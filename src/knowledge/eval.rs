@@ -14,6 +14,8 @@ use super::{Knowledge, Upload};
 /// What an evaluation measured.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
+    /// `bm25` or `hybrid` (BM25 and embeddings fused by rank).
+    pub mode: &'static str,
     pub documents: usize,
     pub chunks: i64,
     pub queries: usize,
@@ -145,6 +147,7 @@ pub async fn retrieval(
     };
     let n = evaluated.max(1) as f64;
     Ok(Report {
+        mode: knowledge.mode(),
         documents: corpus.len(),
         chunks,
         queries: evaluated,

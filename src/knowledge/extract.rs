@@ -1,4 +1,5 @@
-//! Text out of an uploaded file: Markdown and plain text as they are, HTML without its markup.
+//! Text out of an uploaded file: Markdown and plain text as they are, HTML without its markup,
+//! PDF through `pdf-extract` (text layer only: scanned pages without one have no text).
 
 /// The formats accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -6,6 +7,7 @@ pub enum Format {
     Markdown,
     Text,
     Html,
+    Pdf,
 }
 
 impl Format {
@@ -14,6 +16,7 @@ impl Format {
             "markdown" | "md" => Some(Format::Markdown),
             "text" | "txt" | "plain" => Some(Format::Text),
             "html" | "htm" => Some(Format::Html),
+            "pdf" => Some(Format::Pdf),
             _ => None,
         }
     }
@@ -29,6 +32,7 @@ impl Format {
             Format::Markdown => "markdown",
             Format::Text => "text",
             Format::Html => "html",
+            Format::Pdf => "pdf",
         }
     }
 }
@@ -43,9 +47,47 @@ pub fn extract(content: &str, format: Format) -> (String, Option<String>) {
                 .find_map(|l| l.trim().strip_prefix("# ").map(|t| t.trim().to_owned()));
             (content.to_owned(), title)
         }
-        Format::Text => (content.to_owned(), None),
+        // A PDF arrives here as its extracted text ([`pdf_text`]).
+        Format::Text | Format::Pdf => (content.to_owned(), None),
         Format::Html => html_to_text(content),
     }
+}
+
+/// Largest PDF accepted, in bytes.
+pub const MAX_PDF_BYTES: usize = 16 * 1024 * 1024;
+
+/// The text layer of a PDF, pages separated by blank lines. A damaged or unsupported file is an
+/// error (the parser's panics included: the input is a stranger's file).
+pub fn pdf_text(bytes: &[u8]) -> Result<String, String> {
+    if bytes.len() > MAX_PDF_BYTES {
+        return Err("the PDF is larger than 16 MiB".into());
+    }
+    if !bytes.starts_with(b"%PDF-") {
+        return Err("not a PDF (no %PDF- header)".into());
+    }
+    let extracted = std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem(bytes))
+        .map_err(|_| "the PDF could not be read (damaged or unsupported)".to_owned())?
+        .map_err(|e| format!("the PDF could not be read: {e}"))?;
+    // pdf-extract separates lines with newlines and pages with form feeds; collapse runs of
+    // blank lines so chunking sees paragraphs.
+    let mut text = String::with_capacity(extracted.len());
+    let mut blank = 0;
+    for line in extracted.replace('\u{c}', "\n\n").lines() {
+        let line = line.trim_end();
+        if line.trim().is_empty() {
+            blank += 1;
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(if blank > 0 { "\n\n" } else { "\n" });
+        }
+        blank = 0;
+        text.push_str(line);
+    }
+    if text.trim().is_empty() {
+        return Err("the PDF has no text layer (a scan?)".into());
+    }
+    Ok(text)
 }
 
 /// A small HTML-to-text pass for knowledge pages: drops scripts, styles and comments, turns
@@ -226,7 +268,8 @@ mod tests {
         let (_, title) = extract("intro\n# Habits\ntext", Format::Markdown);
         assert_eq!(title.as_deref(), Some("Habits"));
         assert_eq!(Format::from_path("notes/a.MD"), Some(Format::Markdown));
-        assert_eq!(Format::from_path("a.pdf"), None);
+        assert_eq!(Format::from_path("a.pdf"), Some(Format::Pdf));
+        assert_eq!(Format::from_path("a.docx"), None);
         assert_eq!(decode_entities("&#x41;&#66;&bogus;&"), "AB&bogus;&");
     }
 }

@@ -35,10 +35,12 @@ pub fn collect(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
 /// Why one file was not ingested.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("unsupported format (documents are .md, .txt or .html)")]
+    #[error("unsupported format (documents are .md, .txt, .html or .pdf)")]
     Unsupported,
     #[error("not UTF-8 text")]
     NotText,
+    #[error("{0}")]
+    Pdf(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -50,7 +52,14 @@ async fn read_upload(path: &Path) -> Result<Upload, FileError> {
     let name = path.to_string_lossy().into_owned();
     let format = Format::from_path(&name).ok_or(FileError::Unsupported)?;
     let bytes = tokio::fs::read(path).await?;
-    let content = String::from_utf8(bytes).map_err(|_| FileError::NotText)?;
+    let content = if format == Format::Pdf {
+        tokio::task::spawn_blocking(move || super::extract::pdf_text(&bytes))
+            .await
+            .map_err(|e| FileError::Pdf(e.to_string()))?
+            .map_err(FileError::Pdf)?
+    } else {
+        String::from_utf8(bytes).map_err(|_| FileError::NotText)?
+    };
     Ok(Upload {
         title: None,
         content,

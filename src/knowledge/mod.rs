@@ -28,7 +28,7 @@ use crate::store::Store;
 use crate::store::knowledge::{NewChunk, NewDocument, Stored, StoredChunk};
 use chunk::ChunkConfig;
 use extract::Format;
-use vectors::{ChunkPoint, Sparse, VectorIndex};
+use vectors::{ChunkPoint, Sparse, VectorIndex, VectorQuery};
 
 /// Retrieval and chunking settings.
 #[derive(Debug, Clone, Copy)]
@@ -89,7 +89,16 @@ pub enum KnowledgeError {
     Store(#[from] sqlx::Error),
     #[error(transparent)]
     Index(#[from] anyhow::Error),
+    /// The embedding model did not embed the chunks: the document is stored, and indexed at
+    /// the next start (or upload) when the model answers.
+    #[error("the embedding model failed: {0}")]
+    Embedding(crate::llm::LlmError),
 }
+
+/// How long a question's embedding may take before retrieval goes on with BM25 alone.
+const QUERY_EMBED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Chunks per embedding request.
+const EMBED_BATCH: usize = 32;
 
 /// The knowledge service. Cheap to clone.
 #[derive(Clone)]
@@ -98,6 +107,9 @@ pub struct Knowledge {
     index: Arc<dyn VectorIndex>,
     bm25: Arc<EdgeBm25>,
     config: KnowledgeConfig,
+    /// Dense retrieval beside BM25, when an embedding model is configured (and the index was
+    /// built for it).
+    embedder: Option<Arc<dyn crate::llm::Embedder>>,
 }
 
 impl Knowledge {
@@ -118,7 +130,19 @@ impl Knowledge {
             index,
             bm25: Arc::new(bm25),
             config,
+            embedder: None,
         })
+    }
+
+    /// Embeds chunks and questions with `embedder` (the index must have been made for its
+    /// vectors: `EdgeIndex::with_dense`).
+    pub fn with_embedder(mut self, embedder: Arc<dyn crate::llm::Embedder>) -> Knowledge {
+        self.embedder = Some(embedder);
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     pub fn config(&self) -> KnowledgeConfig {
@@ -126,7 +150,23 @@ impl Knowledge {
     }
 
     pub fn describe(&self) -> String {
-        format!("{}; BM25 retrieval", self.index.describe())
+        match &self.embedder {
+            Some(e) => format!(
+                "{}; hybrid retrieval: BM25 + embeddings of {} fused by rank (RRF)",
+                self.index.describe(),
+                e.model()
+            ),
+            None => format!("{}; BM25 retrieval", self.index.describe()),
+        }
+    }
+
+    /// The retrieval mode, for reports: `bm25` or `hybrid`.
+    pub fn mode(&self) -> &'static str {
+        if self.embedder.is_some() {
+            "hybrid"
+        } else {
+            "bm25"
+        }
     }
 
     /// Ingests one document: stored once per content (re-uploads change nothing), replacing the
@@ -225,15 +265,32 @@ impl Knowledge {
         for id in document_ids {
             chunks.extend(self.store.document_chunks(id).await?);
         }
+        let mut dense: Vec<Option<Vec<f32>>> = vec![None; chunks.len()];
+        if let Some(embedder) = &self.embedder {
+            let texts: Vec<String> = chunks.iter().map(indexed_text).collect();
+            let mut at = 0;
+            for batch in texts.chunks(EMBED_BATCH) {
+                let vectors = embedder
+                    .embed(batch)
+                    .await
+                    .map_err(KnowledgeError::Embedding)?;
+                for v in vectors {
+                    dense[at] = Some(v);
+                    at += 1;
+                }
+            }
+        }
         let bm25 = self.bm25.clone();
         let points = tokio::task::spawn_blocking(move || {
             chunks
                 .iter()
-                .map(|c| ChunkPoint {
+                .zip(dense)
+                .map(|(c, dense)| ChunkPoint {
                     id: c.id.clone(),
                     document_id: c.document_id.clone(),
                     chunk: c.idx,
                     sparse: to_sparse(bm25.embed_document(&indexed_text(c))),
+                    dense,
                 })
                 .collect::<Vec<_>>()
         })
@@ -278,7 +335,26 @@ impl Knowledge {
     ) -> Result<Vec<Hit>, KnowledgeError> {
         let sparse = to_sparse(self.bm25.embed_query(query));
         let min = (self.config.min_score > 0.0).then_some(self.config.min_score);
-        let scored = self.index.search(tenant_id, &sparse, k, min).await?;
+        let dense = match &self.embedder {
+            None => None,
+            Some(embedder) => {
+                let input = [query.to_owned()];
+                match tokio::time::timeout(QUERY_EMBED_TIMEOUT, embedder.embed(&input)).await {
+                    Ok(Ok(mut vectors)) => vectors.pop(),
+                    outcome => {
+                        let why = match outcome {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => format!("no answer within {QUERY_EMBED_TIMEOUT:?}"),
+                        };
+                        tracing::warn!(error = %why, "embedding the question failed; retrieving with BM25 alone");
+                        metrics::counter!("switchboard_retrieval_degraded_total").increment(1);
+                        None
+                    }
+                }
+            }
+        };
+        let vector_query = VectorQuery { sparse, dense };
+        let scored = self.index.search(tenant_id, &vector_query, k, min).await?;
         let ids: Vec<String> = scored.iter().map(|s| s.id.clone()).collect();
         let chunks = self.store.chunks_by_id(tenant_id, &ids).await?;
         // In score order; a vector without its SQL row (a delete half done) is skipped.

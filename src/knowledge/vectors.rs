@@ -16,14 +16,21 @@ use anyhow::Context;
 use async_trait::async_trait;
 use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{
-    Condition, EdgeConfig, EdgeShard, EdgeSparseVectorParams, FieldCondition, Filter, JsonPath,
-    Match, Modifier, NamedQuery, PointId, PointInsertOperations, PointOperations, PointStruct,
-    QueryEnum, QueryRequest, ScoringQuery, SparseVector, UpdateOperation, ValueVariants, Vector,
-    VectorInternal, Vectors, WithPayloadInterface, WithVector,
+    Condition, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParams, EdgeVectorParams,
+    FieldCondition, Filter, Fusion, JsonPath, Match, Modifier, NamedQuery, PointId,
+    PointInsertOperations, PointOperations, PointStruct, Prefetch, QueryEnum, QueryRequest,
+    ScoringQuery, SparseVector, UpdateOperation, ValueVariants, Vector, VectorInternal, Vectors,
+    WithPayloadInterface, WithVector,
 };
 
 /// The name of the BM25 sparse vector in every shard.
 pub const SPARSE: &str = "bm25";
+/// The name of the dense (embedding) vector, in shards of an index with an embedding model.
+pub const DENSE: &str = "dense";
+/// RRF's rank constant: each list adds `1 / (k + rank)`. Qdrant's default is 2; 60 (the RRF
+/// paper's) weighs deep ranks almost as much as the top ones. Measured on the StackFAQ set
+/// (docs/KNOWLEDGE.md).
+pub const RRF_K: usize = 10;
 
 /// A sparse vector: token ids and weights.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +47,16 @@ pub struct ChunkPoint {
     pub document_id: String,
     pub chunk: i64,
     pub sparse: Sparse,
+    /// The chunk's embedding, when the index has an embedding model.
+    pub dense: Option<Vec<f32>>,
+}
+
+/// What a search looks for: BM25 terms always, the question's embedding when there is a model.
+/// With both, the two rankings are fused with RRF.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorQuery {
+    pub sparse: Sparse,
+    pub dense: Option<Vec<f32>>,
 }
 
 /// A hit: the chunk's id and its score.
@@ -56,11 +73,13 @@ pub trait VectorIndex: Send + Sync + 'static {
     async fn upsert(&self, tenant_id: &str, points: Vec<ChunkPoint>) -> anyhow::Result<()>;
     /// Removes every chunk of a document.
     async fn delete_document(&self, tenant_id: &str, document_id: &str) -> anyhow::Result<()>;
-    /// The tenant's best `k` chunks for a query, best first, those scoring under `min_score` left out.
+    /// The tenant's best `k` chunks for a query, best first. `min_score` applies to the BM25
+    /// score: chunks under it are not BM25 candidates (with a dense query they may still come
+    /// from the embedding side).
     async fn search(
         &self,
         tenant_id: &str,
-        query: &Sparse,
+        query: &VectorQuery,
         k: usize,
         min_score: Option<f32>,
     ) -> anyhow::Result<Vec<ScoredChunk>>;
@@ -73,6 +92,8 @@ pub trait VectorIndex: Send + Sync + 'static {
 /// Embedded Qdrant Edge, one shard per tenant under a directory.
 pub struct EdgeIndex {
     dir: PathBuf,
+    /// Size of the dense vectors; `None` for a BM25-only index.
+    dense_size: Option<usize>,
     shards: Mutex<HashMap<String, Arc<TenantShard>>>,
     /// Held while a shard is opened: one opening per directory, ever.
     opening: tokio::sync::Mutex<()>,
@@ -85,9 +106,16 @@ struct TenantShard {
 }
 
 impl EdgeIndex {
+    /// A BM25-only index in `dir`.
     pub fn new(dir: PathBuf) -> EdgeIndex {
+        EdgeIndex::with_dense(dir, None)
+    }
+
+    /// An index in `dir` whose shards also hold dense vectors of `dense_size` (cosine).
+    pub fn with_dense(dir: PathBuf, dense_size: Option<usize>) -> EdgeIndex {
         EdgeIndex {
             dir,
+            dense_size,
             shards: Mutex::new(HashMap::new()),
             opening: tokio::sync::Mutex::new(()),
         }
@@ -110,20 +138,26 @@ impl EdgeIndex {
             return Ok(shard.clone());
         }
         let path = self.dir.join(tenant_id);
+        let dense_size = self.dense_size;
         let opened = tokio::task::spawn_blocking(move || -> anyhow::Result<EdgeShard> {
             std::fs::create_dir_all(&path)
                 .with_context(|| format!("creating {}", path.display()))?;
             let shard = if path.join("edge_config.json").exists() {
                 EdgeShard::load(&path, None)
             } else {
-                let config = EdgeConfig::builder()
-                    .sparse_vector(
-                        SPARSE,
-                        EdgeSparseVectorParams::builder()
-                            .modifier(Modifier::Idf)
-                            .build(),
-                    )
-                    .build();
+                let mut config = EdgeConfig::builder().sparse_vector(
+                    SPARSE,
+                    EdgeSparseVectorParams::builder()
+                        .modifier(Modifier::Idf)
+                        .build(),
+                );
+                if let Some(size) = dense_size {
+                    config = config.vector(
+                        DENSE,
+                        EdgeVectorParams::builder(size, Distance::Cosine).build(),
+                    );
+                }
+                let config = config.build();
                 EdgeShard::new(&path, config)
             };
             shard.map_err(|e| anyhow::anyhow!("opening the vector shard {}: {e}", path.display()))
@@ -171,10 +205,25 @@ impl VectorIndex for EdgeIndex {
             return Ok(());
         }
         let shard = self.shard(tenant_id).await?;
+        let dense_size = self.dense_size;
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let mut batch = Vec::with_capacity(points.len());
             for p in points {
-                let vectors = Vectors::new_named([(SPARSE, Vector::from(sparse(&p.sparse)?))]);
+                let mut named = vec![(SPARSE, Vector::from(sparse(&p.sparse)?))];
+                match (p.dense, dense_size) {
+                    (Some(dense), Some(size)) => {
+                        anyhow::ensure!(
+                            dense.len() == size,
+                            "an embedding of size {} for an index of size {size}",
+                            dense.len()
+                        );
+                        named.push((DENSE, Vector::from(dense)));
+                    }
+                    (None, None) => {}
+                    (Some(_), None) => anyhow::bail!("an embedding for a BM25-only index"),
+                    (None, Some(_)) => anyhow::bail!("no embedding for a hybrid index"),
+                }
+                let vectors = Vectors::new_named(named);
                 let payload = serde_json::json!({"document_id": p.document_id, "chunk": p.chunk});
                 batch.push(PointStruct::new(point_id(&p.id)?, vectors, payload).into());
             }
@@ -211,24 +260,68 @@ impl VectorIndex for EdgeIndex {
     async fn search(
         &self,
         tenant_id: &str,
-        query: &Sparse,
+        query: &VectorQuery,
         k: usize,
         min_score: Option<f32>,
     ) -> anyhow::Result<Vec<ScoredChunk>> {
-        if query.indices.is_empty() || k == 0 {
+        let dense = query.dense.clone().filter(|_| self.dense_size.is_some());
+        if k == 0 || (query.sparse.indices.is_empty() && dense.is_none()) {
             return Ok(Vec::new());
         }
+        if let (Some(d), Some(size)) = (&dense, self.dense_size) {
+            anyhow::ensure!(
+                d.len() == size,
+                "a query embedding of size {} for an index of size {size}",
+                d.len()
+            );
+        }
         let shard = self.shard(tenant_id).await?;
-        let query = sparse(query)?;
+        let nearest = |vector: VectorInternal, using: &str| {
+            ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
+                query: vector,
+                using: Some(using.into()),
+            }))
+        };
+        let lexical = (!query.sparse.indices.is_empty())
+            .then(|| sparse(&query.sparse))
+            .transpose()?
+            .map(|s| nearest(VectorInternal::from(s), SPARSE));
+        let semantic = dense.map(|d| nearest(VectorInternal::from(d), DENSE));
+        // One ranking alone is used as it is; two are fused by rank (RRF), each list deep
+        // enough that a chunk ranked well by one side but not the other can still come up.
+        let (prefetches, scoring, threshold) = match (lexical, semantic) {
+            (Some(only), None) => (Vec::new(), only, min_score),
+            (None, Some(only)) => (Vec::new(), only, None),
+            (Some(lexical), Some(semantic)) => {
+                let depth = (k * 4).max(20);
+                let prefetch = |query, score_threshold| Prefetch {
+                    prefetches: Vec::new(),
+                    query: Some(query),
+                    limit: depth,
+                    params: None,
+                    filter: None,
+                    score_threshold,
+                };
+                (
+                    vec![
+                        prefetch(lexical, min_score.map(OrderedFloat)),
+                        prefetch(semantic, None),
+                    ],
+                    ScoringQuery::Fusion(Fusion::Rrf {
+                        k: RRF_K,
+                        weights: None,
+                    }),
+                    None,
+                )
+            }
+            (None, None) => return Ok(Vec::new()),
+        };
         tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<ScoredChunk>> {
             let request = QueryRequest {
-                prefetches: Vec::new(),
-                query: Some(ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
-                    query: VectorInternal::from(query),
-                    using: Some(SPARSE.into()),
-                }))),
+                prefetches,
+                query: Some(scoring),
                 filter: None,
-                score_threshold: min_score.map(OrderedFloat),
+                score_threshold: threshold.map(OrderedFloat),
                 limit: k,
                 offset: 0,
                 params: None,

@@ -119,6 +119,17 @@ impl Store {
         w.commit().await
     }
 
+    /// Marks every document as not indexed (a new, empty vector index: they are indexed again
+    /// at start). Returns how many.
+    pub async fn mark_all_unindexed(&self) -> Result<u64, sqlx::Error> {
+        Ok(
+            sqlx::query("UPDATE document SET indexed_at = NULL WHERE indexed_at IS NOT NULL")
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
     /// Documents whose chunks are not (all) in the vector index: `(tenant, document)`.
     pub async fn unindexed_documents(&self) -> Result<Vec<(String, String)>, sqlx::Error> {
         sqlx::query("SELECT tenant_id, id FROM document WHERE indexed_at IS NULL")

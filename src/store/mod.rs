@@ -12,6 +12,7 @@
 //! load, keeps the writer's page cache warm, and makes a read-then-write transaction unable to
 //! fail with `SQLITE_BUSY` halfway.
 
+pub mod answers;
 pub mod batch;
 mod bulk;
 pub mod cache;

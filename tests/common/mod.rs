@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod graph;
+pub mod llm;
 pub mod telegram;
 
 use std::collections::HashMap;
@@ -137,6 +138,8 @@ pub fn test_config(db: &TestDb) -> Config {
         data_dir: db.dir.path().to_path_buf(),
         database_url: Some(Secret::new(db.url.clone())),
         wait_timeout_ms: 10_000,
+        // No model unless a test connects one: answers quote the knowledge, deterministically.
+        llm_provider: "none".into(),
         ..Config::default()
     };
     config.outbox.base_delay_ms = 20;

@@ -1,0 +1,237 @@
+//! Prompt templates: what the model is told, and what the bot says without it.
+//!
+//! Four templates, built in from `prompts/` and overridable per tenant (`PUT /v1/prompts/{name}`,
+//! stored in SQL), rendered with MiniJinja (Jinja2 syntax). Variables not in a template's context
+//! are errors, so a typo is refused when the override is saved, not found in a conversation.
+//!
+//! | name | rendered into | variables |
+//! |---|---|---|
+//! | `persona` | the start of the system message | `assistant`, `channel` |
+//! | `answer` | the rest of the system message | `assistant`, `channel`, `question`, `sources` (`n`, `title`, `section`, `text`) |
+//! | `no_answer` | the reply when no knowledge matches | `assistant`, `channel`, `question`, `reason` (`no_documents`, `no_match`) |
+//! | `fallback` | the reply quoting the best passage when the model is not answering | `assistant`, `channel`, `question`, `source` (`title`, `section`, `text`), `reason` (`no_model`, `unavailable`, `timeout`, `error`, `empty`) |
+
+use std::collections::HashMap;
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde::Serialize;
+
+/// The template names, in the order listed.
+pub const NAMES: [&str; 4] = ["persona", "answer", "no_answer", "fallback"];
+
+/// The built-in text of a template.
+pub fn builtin(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "persona" => include_str!("../../prompts/persona.jinja"),
+        "answer" => include_str!("../../prompts/answer.jinja"),
+        "no_answer" => include_str!("../../prompts/no_answer.jinja"),
+        "fallback" => include_str!("../../prompts/fallback.jinja"),
+        _ => return None,
+    })
+}
+
+/// What a template names in its text: `sources` (and its items) for `answer`, `source` for
+/// `fallback`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Source {
+    pub n: usize,
+    pub title: String,
+    pub section: String,
+    pub text: String,
+}
+
+/// Everything a template may use; each template sees the fields its row above names.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Context {
+    pub assistant: String,
+    pub channel: String,
+    pub question: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<Source>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    #[error("no template is called {0:?} (there are: persona, answer, no_answer, fallback)")]
+    Unknown(String),
+    #[error("{0}")]
+    Template(String),
+}
+
+/// A tenant's templates: the built-in ones with the tenant's overrides on top.
+#[derive(Debug, Clone, Default)]
+pub struct Prompts {
+    overrides: HashMap<String, String>,
+}
+
+impl Prompts {
+    pub fn with_overrides(overrides: HashMap<String, String>) -> Prompts {
+        Prompts { overrides }
+    }
+
+    /// Renders `name`. A tenant's template that fails (it was valid when saved, but a later
+    /// version may give it a context it does not expect) falls back to the built-in one.
+    pub fn render(&self, name: &str, context: &Context) -> Result<String, PromptError> {
+        let builtin = builtin(name).ok_or_else(|| PromptError::Unknown(name.to_owned()))?;
+        if let Some(body) = self.overrides.get(name) {
+            match render_text(name, body, context) {
+                Ok(text) => return Ok(text),
+                Err(e) => {
+                    tracing::warn!(template = name, error = %e, "a tenant's prompt template failed; using the built-in one");
+                }
+            }
+        }
+        render_text(name, builtin, context)
+    }
+}
+
+fn render_text(name: &str, body: &str, context: &Context) -> Result<String, PromptError> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_trim_blocks(false);
+    env.add_template(name, body)
+        .map_err(|e| PromptError::Template(describe(&e)))?;
+    let template = env
+        .get_template(name)
+        .map_err(|e| PromptError::Template(describe(&e)))?;
+    let text = template
+        .render(context)
+        .map_err(|e| PromptError::Template(describe(&e)))?;
+    Ok(text.trim().to_owned())
+}
+
+/// MiniJinja's message: kind, detail, and where (`syntax error: … (in persona:1)`).
+fn describe(e: &minijinja::Error) -> String {
+    e.to_string()
+}
+
+/// A context with every variable `name` may use, for checking a template before it is saved.
+pub fn sample_context(name: &str) -> Context {
+    let source = Source {
+        n: 1,
+        title: "Sleep".into(),
+        section: "Evening routine".into(),
+        text: "Keep the same bedtime every day.".into(),
+    };
+    let mut context = Context {
+        assistant: "Demo".into(),
+        channel: "widget".into(),
+        question: "How do I sleep better?".into(),
+        ..Context::default()
+    };
+    match name {
+        "answer" => context.sources = Some(vec![source]),
+        "no_answer" => context.reason = Some("no_match".into()),
+        "fallback" => {
+            context.source = Some(source);
+            context.reason = Some("timeout".into());
+        }
+        _ => {}
+    }
+    context
+}
+
+/// Checks a template a tenant wants to save: known name, valid syntax, renders with every
+/// variable it may see, and says something.
+pub fn validate(name: &str, body: &str) -> Result<(), PromptError> {
+    if builtin(name).is_none() {
+        return Err(PromptError::Unknown(name.to_owned()));
+    }
+    if body.len() > 16 * 1024 {
+        return Err(PromptError::Template(
+            "a template may be at most 16 KiB".into(),
+        ));
+    }
+    let mut contexts = vec![sample_context(name)];
+    if name == "no_answer" {
+        let mut other = sample_context(name);
+        other.reason = Some("no_documents".into());
+        contexts.push(other);
+    }
+    for context in contexts {
+        let text = render_text(name, body, &context)?;
+        if text.is_empty() {
+            return Err(PromptError::Template(
+                "the template renders to nothing".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_template_renders_with_its_context() -> Result<(), PromptError> {
+        for name in NAMES {
+            validate(name, builtin(name).unwrap_or_default())?;
+        }
+        let prompts = Prompts::default();
+        let mut context = sample_context("answer");
+        context.sources = Some(vec![
+            Source {
+                n: 1,
+                title: "Sleep".into(),
+                section: "".into(),
+                text: "Dark rooms help.".into(),
+            },
+            Source {
+                n: 2,
+                title: "Stress".into(),
+                section: "Breathing".into(),
+                text: "Breathe out slowly.".into(),
+            },
+        ]);
+        let text = prompts.render("answer", &context)?;
+        assert!(text.contains("[1] Sleep\nDark rooms help."), "{text}");
+        assert!(
+            text.contains("[2] Stress — Breathing\nBreathe out slowly."),
+            "{text}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn overrides_win_and_broken_ones_fall_back() -> Result<(), PromptError> {
+        let prompts = Prompts::with_overrides(HashMap::from([
+            (
+                "persona".to_owned(),
+                "You are {{ assistant }}, a sleep coach.".to_owned(),
+            ),
+            ("no_answer".to_owned(), "{{ nonsense.field }}".to_owned()),
+        ]));
+        let context = sample_context("persona");
+        assert_eq!(
+            prompts.render("persona", &context)?,
+            "You are Demo, a sleep coach."
+        );
+        let no_answer = prompts.render("no_answer", &sample_context("no_answer"))?;
+        assert!(
+            no_answer.starts_with("I couldn't find anything"),
+            "{no_answer}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn invalid_templates_are_refused_with_a_reason() {
+        let unknown = validate("greeting", "hi").err().map(|e| e.to_string());
+        assert!(unknown.is_some_and(|e| e.contains("no template")));
+        let syntax = validate("persona", "{% if %}").err().map(|e| e.to_string());
+        assert!(syntax.is_some_and(|e| e.contains("syntax")), "syntax");
+        let typo = validate("persona", "You are {{ asistant }}")
+            .err()
+            .map(|e| e.to_string());
+        assert!(typo.is_some_and(|e| e.contains("undefined")), "undefined");
+        // `sources` exists for `answer` only.
+        assert!(validate("persona", "{{ sources }}").is_err());
+        assert!(validate("answer", "{% for s in sources %}{{ s.text }}{% endfor %}").is_ok());
+        assert!(validate("fallback", "   ").is_err());
+    }
+}

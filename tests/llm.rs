@@ -1,0 +1,646 @@
+//! Language models: the providers against Ollama's documented stream (stand-in serving the
+//! fixtures, cut anywhere) and against a real small model; the gateway answering with a model
+//! (streaming, citations, history within the budget), and without one (outage, hang, breaker).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::llm::{RealModels, Script, StandIn, answer_stream, cut, fixture, real_models};
+use common::{Backend, TestApp, TestDb};
+use serde_json::{Value, json};
+use switchboard::answer::{AnswerSettings, Deltas, KnowledgeResponder, Responder, Turn};
+use switchboard::config::Config;
+use switchboard::core::TenantSlug;
+use switchboard::knowledge::Upload;
+use switchboard::knowledge::extract::Format;
+use switchboard::llm::guard::{Guarded, Limits};
+use switchboard::llm::ollama::Ollama;
+use switchboard::llm::openai::OpenAi;
+use switchboard::llm::{ChatMessage, ChatModel, ChatRequest, Embedder, Generated, LlmError, Role};
+use switchboard::store::Store;
+
+fn request(question: &str, max_tokens: u32) -> ChatRequest {
+    ChatRequest {
+        messages: vec![
+            ChatMessage::new(Role::System, "You are a helpful assistant. Answer briefly."),
+            ChatMessage::new(Role::User, question),
+        ],
+        max_tokens,
+        temperature: 0.0,
+    }
+}
+
+/// Chats, collecting the deltas.
+async fn chat(
+    model: &dyn ChatModel,
+    request: &ChatRequest,
+) -> (Result<Generated, LlmError>, Vec<String>) {
+    let mut deltas = Vec::new();
+    let result = model
+        .chat(request, &mut |t: &str| deltas.push(t.to_owned()))
+        .await;
+    (result, deltas)
+}
+
+fn http() -> reqwest::Client {
+    switchboard::startup::llm_http().expect("client")
+}
+
+const SKY: &str = "The sky is blue because of Rayleigh scattering.";
+
+#[tokio::test]
+async fn the_ollama_provider_reads_the_documented_stream_however_the_network_cuts_it() {
+    let stand_in = StandIn::start().await;
+    let model = Ollama::new(http(), &stand_in.url, "llama3.2");
+    let documented = fixture("DERIVED_chat_stream.ndjson");
+    // Non-ASCII text too: a cut inside a character must not lose or garble anything.
+    let accented = documented.replace("\" sky\"", "\" ciel ☀️ bleu é\"");
+    for (body, expected) in [
+        (&documented, SKY.to_owned()),
+        (&accented, SKY.replace(" sky", " ciel ☀️ bleu é")),
+    ] {
+        for size in [1, 2, 3, 7, 64, body.len()] {
+            stand_in.push(Script::Bytes(cut(body.as_bytes(), size), Duration::ZERO));
+            let (result, deltas) = chat(&model, &request("why is the sky blue?", 64)).await;
+            let generated = result.unwrap_or_else(|e| panic!("cut {size}: {e}"));
+            assert_eq!(generated.text, expected, "cut every {size} bytes");
+            assert_eq!(deltas.concat(), expected);
+            assert_eq!(deltas.len(), 9, "one delta per content line");
+            assert_eq!(generated.finish_reason.as_deref(), Some("stop"));
+            assert_eq!(generated.completion_tokens, Some(282));
+        }
+    }
+    // What was asked: the documented request shape, streaming.
+    let sent = &stand_in.chats()[0];
+    assert_eq!(sent["model"], "llama3.2");
+    assert_eq!(sent["stream"], true);
+    assert_eq!(
+        sent["messages"][1],
+        json!({"role": "user", "content": "why is the sky blue?"})
+    );
+    assert_eq!(sent["options"]["num_predict"], 64);
+}
+
+#[tokio::test]
+async fn a_failure_mid_stream_is_an_error_never_a_short_answer() {
+    let stand_in = StandIn::start().await;
+    let model = Ollama::new(http(), &stand_in.url, "llama3.2");
+    // Ollama's `{"error": …}` line after some text.
+    let midstream = fixture("DERIVED_chat_stream_midstream_error.ndjson");
+    stand_in.push(Script::Bytes(cut(midstream.as_bytes(), 5), Duration::ZERO));
+    let (result, deltas) = chat(&model, &request("q", 64)).await;
+    match result {
+        Err(LlmError::Stream(message)) => {
+            assert_eq!(message, "an error was encountered while running the model")
+        }
+        other => panic!("expected a stream error, got {other:?}"),
+    }
+    assert_eq!(deltas.concat(), "The sky is");
+    // The connection ends before `done`.
+    let documented = fixture("DERIVED_chat_stream.ndjson");
+    let truncated: String = documented
+        .lines()
+        .take(4)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    stand_in.push(Script::Bytes(vec![truncated.into_bytes()], Duration::ZERO));
+    assert!(matches!(
+        chat(&model, &request("q", 64)).await.0,
+        Err(LlmError::Truncated)
+    ));
+    // A refusal with Ollama's error body (errors.mdx).
+    stand_in.push(Script::Status(
+        404,
+        json!({"error": "model \"llama3.2\" not found, try pulling it first"}),
+    ));
+    match chat(&model, &request("q", 64)).await.0 {
+        Err(e @ LlmError::Status { status: 404, .. }) => {
+            assert!(!e.is_outage(), "a missing model is not an outage");
+            assert!(e.to_string().contains("try pulling it first"), "{e}");
+        }
+        other => panic!("expected 404, got {other:?}"),
+    }
+    stand_in.push(Script::Status(
+        500,
+        json!({"error": "the model failed to generate a response"}),
+    ));
+    assert!(matches!(chat(&model, &request("q", 64)).await.0, Err(e) if e.is_outage()));
+    // Not NDJSON at all.
+    stand_in.push(Script::Bytes(
+        vec![b"<html>proxy error</html>\n".to_vec()],
+        Duration::ZERO,
+    ));
+    assert!(matches!(
+        chat(&model, &request("q", 64)).await.0,
+        Err(LlmError::Protocol(_))
+    ));
+    // Nobody listening.
+    let down = Ollama::new(http(), "http://127.0.0.1:9", "llama3.2");
+    assert!(matches!(
+        chat(&down, &request("q", 64)).await.0,
+        Err(LlmError::Unreachable(_))
+    ));
+}
+
+#[tokio::test]
+async fn ollama_embeddings_and_the_model_check_follow_the_documented_answers() {
+    let stand_in = StandIn::start().await;
+    let model = Ollama::new(http(), &stand_in.url, "all-minilm");
+    let vectors = model
+        .embed(&[
+            "Why is the sky blue?".into(),
+            "Why is the grass green?".into(),
+        ])
+        .await
+        .expect("embed");
+    assert_eq!(vectors.len(), 2);
+    assert_eq!(vectors[0].len(), 10);
+    assert!((vectors[0][0] - 0.010071029).abs() < 1e-9);
+    // /api/tags lists `llama3.2:latest`: `llama3.2` is that model; `mistral` is not there.
+    Ollama::new(http(), &stand_in.url, "llama3.2")
+        .check()
+        .await
+        .expect("llama3.2 is listed");
+    let missing = Ollama::new(http(), &stand_in.url, "mistral").check().await;
+    assert!(
+        matches!(&missing, Err(LlmError::Status { status: 404, message }) if message.contains("ollama pull mistral")),
+        "{missing:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real model (SmolLM2-135M-Instruct under llama.cpp; the Ollama adapter in front of it).
+
+#[tokio::test]
+async fn the_openai_provider_streams_a_real_model() {
+    let Some(real) = real_models("the_openai_provider_streams_a_real_model") else {
+        return;
+    };
+    let model = OpenAi::new(http(), &real.openai_url, &real.openai_model, None);
+    model.check().await.expect("the model is served");
+    let (result, deltas) = chat(
+        &model,
+        &request("What color is the sky on a clear day?", 32),
+    )
+    .await;
+    let generated = result.expect("generation");
+    assert!(!generated.text.trim().is_empty());
+    assert!(deltas.len() > 1, "streamed in pieces: {deltas:?}");
+    assert_eq!(deltas.concat(), generated.text);
+    assert!(generated.finish_reason.is_some());
+    let other = OpenAi::new(http(), &real.openai_url, "no-such-model", None)
+        .check()
+        .await;
+    assert!(other.is_err(), "an unknown model is reported at the check");
+}
+
+#[tokio::test]
+async fn the_ollama_provider_streams_the_same_model_through_the_adapter() {
+    let Some(real) = real_models("the_ollama_provider_streams_the_same_model_through_the_adapter")
+    else {
+        return;
+    };
+    let model = Ollama::new(http(), &real.ollama_url, &real.ollama_model);
+    model.check().await.expect("the model is listed");
+    let (result, deltas) = chat(&model, &request("Name one fruit.", 24)).await;
+    let generated = result.expect("generation");
+    assert!(!generated.text.trim().is_empty());
+    assert!(deltas.len() > 1, "streamed in pieces: {deltas:?}");
+    assert_eq!(deltas.concat(), generated.text);
+    // Capped by num_predict.
+    assert!(
+        generated.completion_tokens.is_some_and(|n| n <= 24),
+        "{generated:?}"
+    );
+    let embedder = Ollama::new(http(), &real.ollama_url, &real.embed_model);
+    let v = embedder
+        .embed(&[
+            "How can I sleep better at night?".into(),
+            "Tips for improving your sleep".into(),
+            "How do I file my taxes?".into(),
+        ])
+        .await
+        .expect("embed");
+    assert_eq!(v.len(), 3);
+    assert_eq!(v[0].len(), 384);
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    assert!((dot(&v[0], &v[0]) - 1.0).abs() < 1e-3, "normalized");
+    assert!(
+        dot(&v[0], &v[1]) > dot(&v[0], &v[2]) + 0.1,
+        "sleep is nearer sleep than taxes"
+    );
+}
+
+fn with_model(config: &mut Config, provider: &str, url: &str, model: &str) {
+    config.llm_provider = provider.into();
+    config.llm_url = url.into();
+    config.chat_model = model.into();
+}
+
+async fn upload(app: &TestApp, title: &str, content: &str) -> Value {
+    let response = app
+        .http
+        .post(format!("{}/v1/knowledge/documents", app.base))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({"title": title, "content": content, "format": "markdown"}))
+        .send()
+        .await
+        .expect("upload");
+    assert!(response.status().is_success(), "{}", response.status());
+    response.json().await.expect("json")
+}
+
+fn demo_sleep_notes() -> String {
+    std::fs::read_to_string(format!("{}/knowledge/sleep.md", env!("CARGO_MANIFEST_DIR")))
+        .expect("knowledge/sleep.md")
+}
+
+/// What a fallback answer says (the built-in `fallback` template).
+const QUOTED: &str = "Quoted from the knowledge base";
+
+async fn a_real_model_answers_from_knowledge_with_citations(backend: Backend, real: RealModels) {
+    for (provider, url, model) in [
+        ("ollama", real.ollama_url.clone(), real.ollama_model.clone()),
+        ("openai", real.openai_url.clone(), real.openai_model.clone()),
+    ] {
+        let Some(app) = TestApp::spawn_with(
+            backend,
+            |c| {
+                with_model(c, provider, &url, &model);
+                c.llm.context_tokens = 2048;
+                c.llm.max_tokens = 96;
+                c.llm.first_token_timeout_ms = 60_000;
+                c.llm.timeout_ms = 120_000;
+                c.wait_timeout_ms = 150_000;
+            },
+            None,
+        )
+        .await
+        else {
+            return;
+        };
+        let created = upload(&app, "Sleep", &demo_sleep_notes()).await;
+        let reply = app
+            .send(
+                "ana",
+                "When should I stop drinking coffee?",
+                json!({"wait": true}),
+            )
+            .await;
+        let text = reply["reply"]["text"].as_str().unwrap_or_default();
+        assert!(!text.trim().is_empty(), "{provider}: {reply}");
+        assert!(
+            !text.contains(QUOTED),
+            "{provider}: written by the model, not the fallback: {text}"
+        );
+        let citations = reply["reply"]["citations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(!citations.is_empty(), "{provider}: cited");
+        assert!(
+            citations
+                .iter()
+                .all(|c| c["document_id"] == created["document_id"])
+        );
+        // A second turn in the same conversation, with the first in its history, still fits
+        // the 2,048-token context (an overflow would be a model error, hence a fallback).
+        let reply = app
+            .send("ana", "And what about alcohol?", json!({"wait": true}))
+            .await;
+        let text = reply["reply"]["text"].as_str().unwrap_or_default();
+        assert!(
+            !text.trim().is_empty() && !text.contains(QUOTED),
+            "{provider}: {text}"
+        );
+        app.stop().await;
+    }
+}
+
+async fn the_bot_answers_with_a_real_model(backend: Backend) {
+    let Some(real) = real_models("the_bot_answers_with_a_real_model") else {
+        return;
+    };
+    a_real_model_answers_from_knowledge_with_citations(backend, real).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gateway with the stand-in: what the model is sent, and what happens when it fails.
+
+async fn answers_cite_their_sources_and_carry_history_within_the_budget(backend: Backend) {
+    let stand_in = StandIn::start().await;
+    let Some(app) = TestApp::spawn_with(
+        backend,
+        |c| {
+            with_model(c, "ollama", &stand_in.url, "llama3.2");
+            c.llm.context_tokens = 1_200;
+            c.llm.max_tokens = 200;
+        },
+        None,
+    )
+    .await
+    else {
+        return;
+    };
+    let created = upload(&app, "Sleep", &demo_sleep_notes()).await;
+    // A persona of the tenant's own reaches the model.
+    let response = app
+        .http
+        .put(format!("{}/v1/prompts/persona", app.base))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({"body": "You are {{ assistant }}'s sleep coach."}))
+        .send()
+        .await
+        .expect("put persona");
+    assert_eq!(response.status(), 200);
+
+    let reply = app
+        .send(
+            "ana",
+            "When should I stop drinking coffee?",
+            json!({"wait": true}),
+        )
+        .await;
+    assert_eq!(reply["reply"]["text"], "Keep a regular bedtime [1].");
+    // `[1]` names the first source: the best chunk for the question, cited alone.
+    let citations = reply["reply"]["citations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(citations.len(), 1, "{citations:?}");
+    assert_eq!(citations[0]["document_id"], created["document_id"]);
+    let (_, hits) = app
+        .get(
+            &app.admin_key,
+            "/v1/knowledge/search?q=When%20should%20I%20stop%20drinking%20coffee%3F&k=5",
+        )
+        .await;
+    assert_eq!(citations[0]["chunk"], hits["hits"][0]["chunk"]);
+    let first = &stand_in.chats()[0];
+    let system = first["messages"][0]["content"].as_str().unwrap_or_default();
+    assert!(
+        system.starts_with("You are Acme's sleep coach."),
+        "{system}"
+    );
+    assert!(system.contains("[1] Sleep"), "numbered sources: {system}");
+    assert!(
+        system.contains("2 pm"),
+        "the caffeine passage is among them: {system}"
+    );
+    assert_eq!(first["messages"].as_array().map(Vec::len), Some(2));
+
+    // History: each later request carries the conversation so far, newest kept first; with
+    // long messages the oldest fall out of the 1,000-token budget.
+    let long = "I have been sleeping badly for weeks and I wonder whether my evening routine, my late coffee or my phone in bed is to blame. ";
+    for i in 0..6 {
+        app.send(
+            "ana",
+            &format!("{i}: {}", long.repeat(3)),
+            json!({"wait": true}),
+        )
+        .await;
+    }
+    let chats = stand_in.chats();
+    let last = chats.last().expect("requests");
+    let messages = last["messages"].as_array().cloned().unwrap_or_default();
+    let contents: Vec<&str> = messages
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert!(
+        contents.last().is_some_and(|q| q.starts_with("5: ")),
+        "the question is last"
+    );
+    // The previous turn (question and answer) is there, right before it…
+    assert!(
+        contents[contents.len() - 3].starts_with("4: "),
+        "{contents:?}"
+    );
+    assert_eq!(contents[contents.len() - 2], "Keep a regular bedtime [1].");
+    assert_eq!(messages[messages.len() - 2]["role"], "assistant");
+    // …but not the first question: it did not fit.
+    assert!(
+        !contents.contains(&"When should I stop drinking coffee?"),
+        "{contents:?}"
+    );
+    let words: usize = contents.iter().map(|c| c.split_whitespace().count()).sum();
+    assert!(
+        words < 1_000 * 3 / 4,
+        "{words} words: within the 1,000-token budget"
+    );
+    app.stop().await;
+}
+
+async fn a_model_outage_gets_quoted_answers_quickly_and_opens_the_breaker(backend: Backend) {
+    let stand_in = StandIn::start().await;
+    stand_in.set_default(Script::Status(
+        500,
+        json!({"error": "the model failed to generate a response"}),
+    ));
+    let Some(app) = TestApp::spawn_with(
+        backend,
+        |c| {
+            with_model(c, "ollama", &stand_in.url, "llama3.2");
+            c.llm.breaker_failures = 2;
+            c.llm.breaker_cool_down_ms = 60_000;
+        },
+        None,
+    )
+    .await
+    else {
+        return;
+    };
+    let created = upload(&app, "Sleep", &demo_sleep_notes()).await;
+    for i in 0..4 {
+        let started = Instant::now();
+        let reply = app
+            .send(
+                &format!("visitor-{i}"),
+                "When should I stop drinking coffee?",
+                json!({"wait": true}),
+            )
+            .await;
+        let text = reply["reply"]["text"].as_str().unwrap_or_default();
+        assert!(text.contains("2 pm"), "the best passage: {text}");
+        assert!(
+            text.contains(QUOTED) && text.contains("not answering"),
+            "marked: {text}"
+        );
+        assert_eq!(
+            reply["reply"]["citations"][0]["document_id"],
+            created["document_id"]
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    // Two failures opened the breaker: the other two conversations did not call the model.
+    assert_eq!(stand_in.chats().len(), 2);
+    // (Metrics are per process, shared by the tests running in it: present, not counted.)
+    let (_, metrics) = get_text(&app, "/metrics").await;
+    assert!(
+        metrics.contains("switchboard_llm_circuit_open"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("switchboard_llm_requests_total{outcome=\"circuit_open\"}"));
+    assert!(
+        metrics.contains("switchboard_answers_total{kind=\"fallback\",reason=\"unavailable\"}")
+    );
+    app.stop().await;
+}
+
+async fn get_text(app: &TestApp, path: &str) -> (u16, String) {
+    let response = app
+        .http
+        .get(format!("{}{path}", app.base))
+        .send()
+        .await
+        .expect("GET");
+    (
+        response.status().as_u16(),
+        response.text().await.unwrap_or_default(),
+    )
+}
+
+async fn a_hanging_model_times_out_into_the_fallback_and_the_conversation_goes_on(
+    backend: Backend,
+) {
+    let stand_in = StandIn::start().await;
+    stand_in.push(Script::Hang);
+    let Some(app) = TestApp::spawn_with(
+        backend,
+        |c| {
+            with_model(c, "ollama", &stand_in.url, "llama3.2");
+            c.llm.first_token_timeout_ms = 600;
+        },
+        None,
+    )
+    .await
+    else {
+        return;
+    };
+    upload(&app, "Sleep", &demo_sleep_notes()).await;
+    let started = Instant::now();
+    let reply = app
+        .send(
+            "ana",
+            "When should I stop drinking coffee?",
+            json!({"wait": true}),
+        )
+        .await;
+    let waited = started.elapsed();
+    let text = reply["reply"]["text"].as_str().unwrap_or_default();
+    assert!(text.contains(QUOTED), "{text}");
+    assert!(
+        waited >= Duration::from_millis(550) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    // The model is back for the next message of the same conversation.
+    let reply = app
+        .send("ana", "And in the evening?", json!({"wait": true}))
+        .await;
+    assert_eq!(reply["reply"]["text"], "Keep a regular bedtime [1].");
+    app.stop().await;
+}
+
+both_backends!(
+    the_bot_answers_with_a_real_model,
+    answers_cite_their_sources_and_carry_history_within_the_budget,
+    a_model_outage_gets_quoted_answers_quickly_and_opens_the_breaker,
+    a_hanging_model_times_out_into_the_fallback_and_the_conversation_goes_on,
+);
+
+// ---------------------------------------------------------------------------------------------
+// The responder on its own: streaming deltas, and a preview withdrawn when the model fails.
+
+#[derive(Default)]
+struct Collect {
+    text: Mutex<String>,
+    resets: Mutex<usize>,
+}
+
+impl Deltas for Collect {
+    fn delta(&self, text: &str) {
+        self.text.lock().expect("lock").push_str(text);
+    }
+    fn reset(&self) {
+        *self.resets.lock().expect("lock") += 1;
+        self.text.lock().expect("lock").clear();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_deltas_add_up_to_the_answer_and_a_failed_stream_is_withdrawn() {
+    let Some(db) = TestDb::fresh(Backend::Sqlite).await else {
+        return;
+    };
+    let config = common::test_config(&db);
+    let store = Store::connect(&config.database_url(), 2)
+        .await
+        .expect("store");
+    store.migrate().await.expect("migrate");
+    let tenant = store
+        .create_tenant(&TenantSlug::parse("acme").expect("slug"), "Acme")
+        .await
+        .expect("tenant");
+    let knowledge = switchboard::startup::knowledge_for(&config, &store)
+        .await
+        .expect("knowledge");
+    knowledge
+        .ingest(
+            &tenant.tenant_id,
+            Upload {
+                title: Some("Sleep".into()),
+                content: demo_sleep_notes(),
+                format: Format::Markdown,
+                source: None,
+            },
+        )
+        .await
+        .expect("ingest");
+    let stand_in = StandIn::start().await;
+    let model = Guarded::new(
+        Box::new(Ollama::new(http(), &stand_in.url, "llama3.2")),
+        Limits {
+            concurrency: 1,
+            ..Limits::default()
+        },
+    );
+    let responder =
+        KnowledgeResponder::new(knowledge, Some(Arc::new(model)), AnswerSettings::default());
+    let turn = Turn {
+        tenant_id: tenant.tenant_id.clone(),
+        conversation_id: "none".into(),
+        message_id: "m1".into(),
+        seq: 1,
+        channel: "widget".into(),
+        text: "When should I stop drinking coffee?".into(),
+    };
+    // Streamed slowly, in pieces cut mid-line: the preview is exactly the answer.
+    let body = answer_stream(&["Stop ", "coffee by ", "2 pm ", "[1]."]);
+    stand_in.push(Script::Bytes(cut(&body, 40), Duration::from_millis(5)));
+    let deltas = Collect::default();
+    let answer = responder
+        .respond_streaming(&turn, &deltas)
+        .await
+        .expect("answer");
+    assert_eq!(answer.text, "Stop coffee by 2 pm [1].");
+    assert_eq!(*deltas.text.lock().expect("lock"), answer.text);
+    assert_eq!(*deltas.resets.lock().expect("lock"), 0);
+    // Failing after some text: the preview is withdrawn, the answer is the quoted fallback.
+    let midstream = fixture("DERIVED_chat_stream_midstream_error.ndjson");
+    stand_in.push(Script::Bytes(
+        cut(midstream.as_bytes(), 50),
+        Duration::from_millis(5),
+    ));
+    let deltas = Collect::default();
+    let answer = responder
+        .respond_streaming(&turn, &deltas)
+        .await
+        .expect("answer");
+    assert!(answer.text.contains(QUOTED), "{}", answer.text);
+    assert_eq!(*deltas.resets.lock().expect("lock"), 1);
+    assert!(deltas.text.lock().expect("lock").is_empty());
+    assert_eq!(answer.citations.len(), 1);
+    store.close().await;
+}
