@@ -435,7 +435,7 @@ mod tests {
         assert_eq!(messages[messages.len() - 1].role, Role::User);
         assert_eq!(
             messages[1].role,
-            if (30 - kept.len()) % 2 == 0 {
+            if (30 - kept.len()).is_multiple_of(2) {
                 Role::User
             } else {
                 Role::Assistant
