@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -131,10 +132,6 @@ impl Models {
 /// model gets a fresh index, and documents are indexed into it at start. A model that does not
 /// answer then leaves retrieval lexical for this run, said in the log.
 pub async fn knowledge_for(config: &Config, store: &Store) -> anyhow::Result<Knowledge> {
-    anyhow::ensure!(
-        config.qdrant_url.is_none(),
-        "SWITCHBOARD_QDRANT_URL is set, but this build has only the embedded vector store (Qdrant Edge in $DATA_DIR/vectors); unset it"
-    );
     let embedder = match (&config.embed_model, llm_endpoint(config)) {
         (Some(model), Some(endpoint)) => {
             let embedder: Arc<dyn crate::llm::Embedder> =
@@ -167,18 +164,33 @@ pub async fn knowledge_for(config: &Config, store: &Store) -> anyhow::Result<Kno
         Some((e, size)) => format!("{}-{size}", sanitize(e.model())),
         None => "bm25".to_owned(),
     };
-    let dir = config.data_dir.join("vectors").join(profile);
-    if !dir.exists() {
+    let dense_size = embedder.as_ref().map(|(_, size)| *size);
+    let vectors = config.data_dir.join("vectors");
+    // What says "this index was filled": the Edge directory, or for a server a marker file
+    // beside where the Edge directory would be.
+    let (index, marker): (Arc<dyn VectorIndex>, PathBuf) = match &config.qdrant_url {
+        Some(url) => (
+            Arc::new(crate::knowledge::qdrant_server::QdrantServerIndex::connect(
+                url, None, &profile, dense_size,
+            )?),
+            vectors.join(format!("qdrant-server-{profile}")),
+        ),
+        None => {
+            let dir = vectors.join(&profile);
+            (
+                Arc::new(EdgeIndex::with_dense(dir.clone(), dense_size)),
+                dir,
+            )
+        }
+    };
+    if !marker.exists() {
         let marked = store.mark_all_unindexed().await?;
         if marked > 0 {
-            tracing::info!(documents = marked, index = %dir.display(), "a new vector index: documents will be indexed into it at start");
+            tracing::info!(documents = marked, index = %index.describe(), "a new vector index: documents will be indexed into it at start");
         }
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(&marker)
+            .with_context(|| format!("creating {}", marker.display()))?;
     }
-    let index: Arc<dyn VectorIndex> = Arc::new(EdgeIndex::with_dense(
-        dir,
-        embedder.as_ref().map(|(_, size)| *size),
-    ));
     let knowledge = Knowledge::new(store.clone(), index, KnowledgeConfig::default())?;
     Ok(match embedder {
         Some((e, _)) => knowledge.with_embedder(e),

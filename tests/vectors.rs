@@ -1,5 +1,6 @@
-//! One story for every `VectorIndex` implementation. This build has one, embedded Qdrant Edge;
-//! the Qdrant server backend (`SWITCHBOARD_QDRANT_URL`) will run the same story when it exists.
+//! One story for every `VectorIndex` implementation: embedded Qdrant Edge always, and a Qdrant
+//! server (`SWITCHBOARD_QDRANT_URL`'s backend) when `SWITCHBOARD_TEST_QDRANT_URL` names one
+//! (gRPC, e.g. `http://127.0.0.1:6334`); without it that run prints a notice and is skipped.
 
 use std::sync::Arc;
 
@@ -189,4 +190,31 @@ async fn embedded_qdrant_edge_hybrid() {
         ids(&again.search("a", &q, 5, None).await.expect("search")),
         [id(3), id(1)]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qdrant_server() {
+    use switchboard::knowledge::qdrant_server::QdrantServerIndex;
+    let Some(url) = std::env::var("SWITCHBOARD_TEST_QDRANT_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!(
+            "NOTICE: qdrant_server skipped: set SWITCHBOARD_TEST_QDRANT_URL to a Qdrant server's gRPC URL to run the VectorIndex story on it"
+        );
+        return;
+    };
+    // Collections of this run only: a fresh profile name.
+    let profile = format!(
+        "test{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let open = move || {
+        Arc::new(QdrantServerIndex::connect(&url, None, &profile, None).expect("client"))
+            as Arc<dyn VectorIndex>
+    };
+    story(open(), open).await;
 }

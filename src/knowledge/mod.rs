@@ -16,6 +16,7 @@ pub mod chunk;
 pub mod eval;
 pub mod extract;
 pub mod files;
+pub mod qdrant_server;
 pub mod vectors;
 
 use std::sync::Arc;
