@@ -146,10 +146,12 @@ impl KnowledgeResponder {
             Ok(generated) if !generated.text.trim().is_empty() => {
                 counter!("switchboard_answers_total", "kind" => "generated").increment(1);
                 let citations = cite(&generated.text, &hits[..used]);
-                Ok(Answer {
-                    text: generated.text.trim().to_owned(),
-                    citations,
-                })
+                let mut text = generated.text.trim().to_owned();
+                // Cut by the answer's token cap: shown as cut, not as a finished sentence.
+                if generated.finish_reason.as_deref() == Some("length") {
+                    text.push('…');
+                }
+                Ok(Answer { text, citations })
             }
             other => {
                 let reason = match &other {
