@@ -121,6 +121,49 @@ fn without_url(e: &reqwest::Error) -> String {
     text
 }
 
+/// The message of a provider's error body: Ollama's `{"error": "…"}`, OpenAI's
+/// `{"error": {"message": …}}`, or the error value as it is.
+pub(crate) fn error_message(value: &serde_json::Value) -> String {
+    let error = value.get("error").unwrap_or(value);
+    error
+        .get("message")
+        .and_then(|m| m.as_str())
+        .or_else(|| error.as_str())
+        .map(str::to_owned)
+        .unwrap_or_else(|| error.to_string())
+}
+
+/// Sends a request; a transport failure or a non-2xx answer (with the provider's message, or
+/// the start of the body) is the error.
+pub(crate) async fn send(request: reqwest::RequestBuilder) -> Result<reqwest::Response, LlmError> {
+    let response = request.send().await.map_err(LlmError::from_reqwest)?;
+    if response.status().is_success() {
+        return Ok(response);
+    }
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<serde_json::Value>(&body)
+        .map(|v| error_message(&v))
+        .unwrap_or_else(|_| body.chars().take(200).collect());
+    Err(LlmError::Status { status, message })
+}
+
+/// One vector per input, or a protocol error naming the endpoint.
+pub(crate) fn one_per_input<T>(
+    vectors: Vec<T>,
+    inputs: usize,
+    endpoint: &str,
+) -> Result<Vec<T>, LlmError> {
+    if vectors.len() == inputs {
+        Ok(vectors)
+    } else {
+        Err(LlmError::Protocol(format!(
+            "{endpoint} returned {} vectors for {inputs} inputs",
+            vectors.len()
+        )))
+    }
+}
+
 /// Receives the answer's text as it is generated.
 pub trait OnDelta: Send {
     fn delta(&mut self, text: &str);

@@ -51,17 +51,6 @@ struct LineMessage {
     content: String,
 }
 
-/// The error of a non-2xx answer: Ollama's `{"error": "…"}`, or the start of whatever came.
-async fn status_error(response: reqwest::Response) -> LlmError {
-    let status = response.status().as_u16();
-    let body = response.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-        .unwrap_or_else(|| body.chars().take(200).collect());
-    LlmError::Status { status, message }
-}
-
 #[async_trait]
 impl ChatModel for Ollama {
     async fn chat(
@@ -78,16 +67,12 @@ impl ChatModel for Ollama {
                 "temperature": request.temperature,
             },
         });
-        let mut response = self
-            .http
-            .post(format!("{}/api/chat", self.base))
-            .json(&body)
-            .send()
-            .await
-            .map_err(LlmError::from_reqwest)?;
-        if !response.status().is_success() {
-            return Err(status_error(response).await);
-        }
+        let mut response = super::send(
+            self.http
+                .post(format!("{}/api/chat", self.base))
+                .json(&body),
+        )
+        .await?;
         let mut buffer = LineBuffer::new();
         let mut text = String::new();
         loop {
@@ -127,15 +112,7 @@ impl ChatModel for Ollama {
     }
 
     async fn check(&self) -> Result<(), LlmError> {
-        let response = self
-            .http
-            .get(format!("{}/api/tags", self.base))
-            .send()
-            .await
-            .map_err(LlmError::from_reqwest)?;
-        if !response.status().is_success() {
-            return Err(status_error(response).await);
-        }
+        let response = super::send(self.http.get(format!("{}/api/tags", self.base))).await?;
         #[derive(Deserialize)]
         struct Tags {
             models: Vec<Tag>,
@@ -182,16 +159,12 @@ impl Embedder for Ollama {
         if inputs.is_empty() {
             return Ok(Vec::new());
         }
-        let response = self
-            .http
-            .post(format!("{}/api/embed", self.base))
-            .json(&json!({ "model": self.model, "input": inputs, "truncate": true }))
-            .send()
-            .await
-            .map_err(LlmError::from_reqwest)?;
-        if !response.status().is_success() {
-            return Err(status_error(response).await);
-        }
+        let response = super::send(
+            self.http
+                .post(format!("{}/api/embed", self.base))
+                .json(&json!({ "model": self.model, "input": inputs, "truncate": true })),
+        )
+        .await?;
         #[derive(Deserialize)]
         struct Embeddings {
             embeddings: Vec<Vec<f32>>,
@@ -200,14 +173,7 @@ impl Embedder for Ollama {
             .json()
             .await
             .map_err(|e| LlmError::Protocol(format!("/api/embed: {e}")))?;
-        if answer.embeddings.len() != inputs.len() {
-            return Err(LlmError::Protocol(format!(
-                "/api/embed returned {} vectors for {} inputs",
-                answer.embeddings.len(),
-                inputs.len()
-            )));
-        }
-        Ok(answer.embeddings)
+        super::one_per_input(answer.embeddings, inputs.len(), "/api/embed")
     }
 
     fn model(&self) -> &str {

@@ -73,26 +73,6 @@ struct Usage {
     completion_tokens: Option<u64>,
 }
 
-/// The message of an OpenAI error object (`{"error": {"message": …}}` or `{"error": "…"}`).
-fn error_message(value: &serde_json::Value) -> String {
-    let error = value.get("error").unwrap_or(value);
-    error
-        .get("message")
-        .and_then(|m| m.as_str())
-        .or_else(|| error.as_str())
-        .map(str::to_owned)
-        .unwrap_or_else(|| error.to_string())
-}
-
-async fn status_error(response: reqwest::Response) -> LlmError {
-    let status = response.status().as_u16();
-    let body = response.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<serde_json::Value>(&body)
-        .map(|v| error_message(&v))
-        .unwrap_or_else(|_| body.chars().take(200).collect());
-    LlmError::Status { status, message }
-}
-
 #[async_trait]
 impl ChatModel for OpenAi {
     async fn chat(
@@ -107,15 +87,11 @@ impl ChatModel for OpenAi {
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
         });
-        let mut response = self
-            .request(reqwest::Method::POST, "/chat/completions")
-            .json(&body)
-            .send()
-            .await
-            .map_err(LlmError::from_reqwest)?;
-        if !response.status().is_success() {
-            return Err(status_error(response).await);
-        }
+        let mut response = super::send(
+            self.request(reqwest::Method::POST, "/chat/completions")
+                .json(&body),
+        )
+        .await?;
         let mut buffer = LineBuffer::new();
         let mut generated = Generated {
             text: String::new(),
@@ -150,7 +126,7 @@ impl ChatModel for OpenAi {
                 let value: serde_json::Value = serde_json::from_str(data)
                     .map_err(|e| LlmError::Protocol(format!("an SSE data line: {e}")))?;
                 if event_is_error || value.get("error").is_some_and(|e| !e.is_null()) {
-                    return Err(LlmError::Stream(error_message(&value)));
+                    return Err(LlmError::Stream(super::error_message(&value)));
                 }
                 let parsed: Chunk = serde_json::from_value(value)
                     .map_err(|e| LlmError::Protocol(format!("an SSE chunk: {e}")))?;
@@ -185,14 +161,7 @@ impl ChatModel for OpenAi {
     }
 
     async fn check(&self) -> Result<(), LlmError> {
-        let response = self
-            .request(reqwest::Method::GET, "/models")
-            .send()
-            .await
-            .map_err(LlmError::from_reqwest)?;
-        if !response.status().is_success() {
-            return Err(status_error(response).await);
-        }
+        let response = super::send(self.request(reqwest::Method::GET, "/models")).await?;
         #[derive(Deserialize)]
         struct Models {
             #[serde(default)]
@@ -227,15 +196,11 @@ impl Embedder for OpenAi {
         if inputs.is_empty() {
             return Ok(Vec::new());
         }
-        let response = self
-            .request(reqwest::Method::POST, "/embeddings")
-            .json(&json!({ "model": self.model, "input": inputs }))
-            .send()
-            .await
-            .map_err(LlmError::from_reqwest)?;
-        if !response.status().is_success() {
-            return Err(status_error(response).await);
-        }
+        let response = super::send(
+            self.request(reqwest::Method::POST, "/embeddings")
+                .json(&json!({ "model": self.model, "input": inputs })),
+        )
+        .await?;
         #[derive(Deserialize)]
         struct Embeddings {
             data: Vec<Item>,
@@ -251,14 +216,8 @@ impl Embedder for OpenAi {
             .await
             .map_err(|e| LlmError::Protocol(format!("/embeddings: {e}")))?;
         answer.data.sort_by_key(|item| item.index);
-        if answer.data.len() != inputs.len() {
-            return Err(LlmError::Protocol(format!(
-                "/embeddings returned {} vectors for {} inputs",
-                answer.data.len(),
-                inputs.len()
-            )));
-        }
-        Ok(answer.data.into_iter().map(|item| item.embedding).collect())
+        let vectors = answer.data.into_iter().map(|item| item.embedding).collect();
+        super::one_per_input(vectors, inputs.len(), "/embeddings")
     }
 
     fn model(&self) -> &str {
