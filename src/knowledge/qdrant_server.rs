@@ -20,7 +20,10 @@ use qdrant_client::qdrant::{
     VectorInput, VectorParamsBuilder, VectorsConfigBuilder, point_id::PointIdOptions,
 };
 
-use super::vectors::{ChunkPoint, DENSE, RRF_K, SPARSE, ScoredChunk, VectorIndex, VectorQuery};
+use super::vectors::{
+    ChunkPoint, DENSE, RRF_K, SPARSE, ScoredChunk, VectorIndex, VectorQuery, point_dense,
+    query_dense,
+};
 
 pub struct QdrantServerIndex {
     client: Qdrant,
@@ -130,18 +133,8 @@ impl VectorIndex for QdrantServerIndex {
                 SPARSE,
                 Vector::new_sparse(p.sparse.indices, p.sparse.values),
             );
-            match (p.dense, self.dense_size) {
-                (Some(dense), Some(size)) => {
-                    anyhow::ensure!(
-                        dense.len() == size,
-                        "an embedding of size {} for an index of size {size}",
-                        dense.len()
-                    );
-                    vectors = vectors.add_vector(DENSE, dense);
-                }
-                (None, None) => {}
-                (Some(_), None) => anyhow::bail!("an embedding for a BM25-only index"),
-                (None, Some(_)) => anyhow::bail!("no embedding for a hybrid index"),
+            if let Some(dense) = point_dense(p.dense, self.dense_size)? {
+                vectors = vectors.add_vector(DENSE, dense);
             }
             let payload = qdrant_client::Payload::from(std::collections::HashMap::from([
                 (
@@ -182,16 +175,9 @@ impl VectorIndex for QdrantServerIndex {
         k: usize,
         min_score: Option<f32>,
     ) -> anyhow::Result<Vec<ScoredChunk>> {
-        let dense = query.dense.clone().filter(|_| self.dense_size.is_some());
+        let dense = query_dense(query, self.dense_size)?;
         if k == 0 || (query.sparse.indices.is_empty() && dense.is_none()) {
             return Ok(Vec::new());
-        }
-        if let (Some(d), Some(size)) = (&dense, self.dense_size) {
-            anyhow::ensure!(
-                d.len() == size,
-                "a query embedding of size {} for an index of size {size}",
-                d.len()
-            );
         }
         let collection = self.collection(tenant_id).await?;
         let lexical = (!query.sparse.indices.is_empty()).then(|| {

@@ -60,6 +60,40 @@ pub struct VectorQuery {
     pub dense: Option<Vec<f32>>,
 }
 
+/// A point's embedding as an index of `size` takes it: present and of that size in a hybrid
+/// index, absent in a BM25-only one (`size` `None`).
+pub fn point_dense(
+    dense: Option<Vec<f32>>,
+    size: Option<usize>,
+) -> anyhow::Result<Option<Vec<f32>>> {
+    match (dense, size) {
+        (Some(dense), Some(size)) => {
+            anyhow::ensure!(
+                dense.len() == size,
+                "an embedding of size {} for an index of size {size}",
+                dense.len()
+            );
+            Ok(Some(dense))
+        }
+        (None, None) => Ok(None),
+        (Some(_), None) => anyhow::bail!("an embedding for a BM25-only index"),
+        (None, Some(_)) => anyhow::bail!("no embedding for a hybrid index"),
+    }
+}
+
+/// The query's embedding an index of `size` can use (none for a BM25-only index); one of
+/// another size is an error, not a silent miss.
+pub fn query_dense(query: &VectorQuery, size: Option<usize>) -> anyhow::Result<Option<Vec<f32>>> {
+    let Some(size) = size else { return Ok(None) };
+    match &query.dense {
+        Some(d) if d.len() != size => anyhow::bail!(
+            "a query embedding of size {} for an index of size {size}",
+            d.len()
+        ),
+        dense => Ok(dense.clone()),
+    }
+}
+
 /// A hit: the chunk's id and its score.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoredChunk {
@@ -211,18 +245,8 @@ impl VectorIndex for EdgeIndex {
             let mut batch = Vec::with_capacity(points.len());
             for p in points {
                 let mut named = vec![(SPARSE, Vector::from(sparse(&p.sparse)?))];
-                match (p.dense, dense_size) {
-                    (Some(dense), Some(size)) => {
-                        anyhow::ensure!(
-                            dense.len() == size,
-                            "an embedding of size {} for an index of size {size}",
-                            dense.len()
-                        );
-                        named.push((DENSE, Vector::from(dense)));
-                    }
-                    (None, None) => {}
-                    (Some(_), None) => anyhow::bail!("an embedding for a BM25-only index"),
-                    (None, Some(_)) => anyhow::bail!("no embedding for a hybrid index"),
+                if let Some(dense) = point_dense(p.dense, dense_size)? {
+                    named.push((DENSE, Vector::from(dense)));
                 }
                 let vectors = Vectors::new_named(named);
                 let payload = serde_json::json!({"document_id": p.document_id, "chunk": p.chunk});
@@ -265,16 +289,9 @@ impl VectorIndex for EdgeIndex {
         k: usize,
         min_score: Option<f32>,
     ) -> anyhow::Result<Vec<ScoredChunk>> {
-        let dense = query.dense.clone().filter(|_| self.dense_size.is_some());
+        let dense = query_dense(query, self.dense_size)?;
         if k == 0 || (query.sparse.indices.is_empty() && dense.is_none()) {
             return Ok(Vec::new());
-        }
-        if let (Some(d), Some(size)) = (&dense, self.dense_size) {
-            anyhow::ensure!(
-                d.len() == size,
-                "a query embedding of size {} for an index of size {size}",
-                d.len()
-            );
         }
         let shard = self.shard(tenant_id).await?;
         let nearest = |vector: VectorInternal, using: &str| {
