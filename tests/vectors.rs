@@ -218,3 +218,33 @@ async fn qdrant_server() {
     };
     story(open(), open).await;
 }
+
+/// A bulk import past the size at which a BM25 shard optimizes itself on the way (4,096 points):
+/// every point is still found, and the shard reopens with all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_import_optimizes_on_the_way_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("vectors");
+    let index: Arc<dyn VectorIndex> = Arc::new(EdgeIndex::new(path.clone()));
+    for batch in 0..10u128 {
+        let points = (0..500u128)
+            .map(|i| {
+                let n = batch * 500 + i;
+                point(n + 1, &format!("doc-{}", n / 10), &[(n as u32 + 100, 1.0)])
+            })
+            .collect();
+        index.upsert("bulk", points).await.expect("upsert");
+    }
+    for n in [0u128, 4_095, 4_096, 4_999] {
+        assert_eq!(
+            found(&*index, "bulk", &[n as u32 + 100]).await,
+            [uuid::Uuid::from_u128(n + 1).to_string()]
+        );
+    }
+    drop(index);
+    let again: Arc<dyn VectorIndex> = Arc::new(EdgeIndex::new(path));
+    assert_eq!(
+        found(&*again, "bulk", &[4_999 + 100]).await,
+        [uuid::Uuid::from_u128(5_000).to_string()]
+    );
+}
