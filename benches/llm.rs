@@ -148,6 +148,8 @@ async fn main() {
         llm_provider: "ollama".into(),
         llm_url: stub.clone(),
         chat_model: "stub".into(),
+        // The stand-ins listen on loopback: the operator's exception.
+        egress_allow: vec!["127.0.0.0/8".into(), "localhost".into()],
         ..Config::default()
     };
     config.widget.send_burst = 1_000_000;

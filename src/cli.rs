@@ -59,6 +59,19 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum KnowledgeCommand {
+    /// List a tenant's documents (id, title, source, chunks).
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a document (its chunks and vectors too) by its id.
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        document_id: String,
+    },
     /// Ingest files and folders (.md, .txt, .html, .pdf); a file ingested again replaces its chunks if
     /// it changed and is skipped if not.
     Ingest {
@@ -86,6 +99,11 @@ pub enum EvalCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TenantCommand {
+    /// List the tenants.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
     /// Create a tenant and its first admin API key (shown once).
     Create {
         /// Short name: a-z, 0-9 and '-'.
@@ -101,6 +119,19 @@ pub enum TenantCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
+    /// List a tenant's API keys (id, role, first characters; never the key itself).
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API key by its id (`key list` shows it).
+    Revoke {
+        #[arg(long)]
+        tenant: String,
+        key_id: String,
+    },
     /// Create an API key (shown once; stored hashed).
     Create {
         #[arg(long)]
@@ -132,7 +163,11 @@ impl From<KeyRole> for Role {
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
-    init_tracing(config.log_format);
+    if matches!(cli.command, Some(Command::Chat { .. })) {
+        crate::telemetry::init_tracing_to_file(config.log_format, &chat_log(&config));
+    } else {
+        init_tracing(config.log_format);
+    }
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Migrate => {
@@ -158,12 +193,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Knowledge(KnowledgeCommand::Ingest { tenant, paths }) => {
-            let slug = TenantSlug::parse(&tenant).map_err(anyhow::Error::msg)?;
+            let _lock = lock_beside_serve(&config, "knowledge ingest")?;
             let store = open_store(&config).await?;
-            let tenant = store
-                .tenant_by_slug(slug.as_str())
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("no tenant with slug {slug:?}"))?;
+            let tenant = find_tenant(&store, &tenant).await?;
             let knowledge = crate::startup::knowledge_for(&config, &store).await?;
             let files = crate::knowledge::files::collect(&paths)?;
             let failed = ingest_files(&knowledge, &tenant.id, &files).await;
@@ -201,6 +233,92 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Chat { tenant, contact } => chat(config, &tenant, &contact).await,
+        Command::Tenant(TenantCommand::List { json }) => {
+            let store = open_store(&config).await?;
+            let tenants = store.list_tenants().await?;
+            if json {
+                println!("{}", serde_json::json!({ "tenants": tenants }));
+            } else if tenants.is_empty() {
+                println!(
+                    "no tenants yet: `switchboard serve` creates `demo` on an empty data directory, `switchboard tenant create <slug>` makes one"
+                );
+            } else {
+                for t in tenants {
+                    println!("{:<20} {}  {}", t.slug, t.id, t.name);
+                }
+            }
+            Ok(())
+        }
+        Command::Key(KeyCommand::List { tenant, json }) => {
+            let store = open_store(&config).await?;
+            let tenant = find_tenant(&store, &tenant).await?;
+            let keys = store.list_keys(&tenant.id).await?;
+            if json {
+                println!("{}", serde_json::json!({ "keys": keys }));
+            } else {
+                for k in keys {
+                    println!(
+                        "{}  {:<9} {}…  {}",
+                        k.id,
+                        k.role,
+                        k.prefix,
+                        if k.revoked_at.is_some() {
+                            "revoked"
+                        } else {
+                            "live"
+                        }
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Key(KeyCommand::Revoke { tenant, key_id }) => {
+            let store = open_store(&config).await?;
+            let tenant = find_tenant(&store, &tenant).await?;
+            anyhow::ensure!(
+                store.revoke_key(&tenant.id, &key_id).await?,
+                "tenant `{}` has no live key `{key_id}` (`switchboard key list --tenant {}` shows them)",
+                tenant.slug,
+                tenant.slug
+            );
+            println!("key {key_id} revoked");
+            Ok(())
+        }
+        Command::Knowledge(KnowledgeCommand::List { tenant, json }) => {
+            let store = open_store(&config).await?;
+            let tenant = find_tenant(&store, &tenant).await?;
+            let documents = store.list_documents(&tenant.id).await?;
+            if json {
+                println!("{}", serde_json::json!({ "documents": documents }));
+            } else if documents.is_empty() {
+                println!("tenant `{}` has no documents", tenant.slug);
+            } else {
+                for d in documents {
+                    println!(
+                        "{}  {:>4} chunks  {}  ({})",
+                        d.id, d.chunks, d.title, d.source
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Knowledge(KnowledgeCommand::Delete {
+            tenant,
+            document_id,
+        }) => {
+            let _lock = lock_beside_serve(&config, "knowledge delete")?;
+            let store = open_store(&config).await?;
+            let tenant = find_tenant(&store, &tenant).await?;
+            let knowledge = crate::startup::knowledge_for(&config, &store).await?;
+            anyhow::ensure!(
+                knowledge.delete(&tenant.id, &document_id).await?,
+                "tenant `{}` has no document `{document_id}` (`switchboard knowledge list --tenant {}` shows them)",
+                tenant.slug,
+                tenant.slug
+            );
+            println!("document {document_id} deleted");
+            Ok(())
+        }
         Command::Key(KeyCommand::Create { tenant, role, json }) => {
             let slug = TenantSlug::parse(&tenant).map_err(anyhow::Error::msg)?;
             let store = open_store(&config).await?;
@@ -313,60 +431,91 @@ async fn eval_retrieval(
     result
 }
 
-/// Prints the answer as it is written, then what was stored (if it differs: a fallback) and the
-/// citations.
-struct Terminal;
+/// Where `switchboard chat` writes its log lines.
+fn chat_log(config: &Config) -> PathBuf {
+    config.data_dir.join("logs").join("chat.log")
+}
+
+/// Prints the answer as it is written, and keeps what was printed so that the stored answer is
+/// printed again only when it differs (a fallback after the model failed mid-way).
+#[derive(Default)]
+struct Terminal {
+    printed: std::sync::Mutex<String>,
+}
+
+impl Terminal {
+    fn take(&self) -> String {
+        std::mem::take(&mut *self.printed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
 
 impl crate::answer::Deltas for Terminal {
     fn delta(&self, text: &str) {
         use std::io::Write;
+        self.printed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_str(text);
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(text.as_bytes());
         let _ = out.flush();
     }
 
     fn reset(&self) {
+        self.take();
         println!("\n[the model stopped answering; falling back]");
     }
 }
 
 /// The tenant's responder, streaming to the terminal.
-struct TerminalResponder(Arc<dyn crate::answer::Responder>);
+struct TerminalResponder(Arc<dyn crate::answer::Responder>, Arc<Terminal>);
 
 #[async_trait::async_trait]
 impl crate::answer::Responder for TerminalResponder {
     async fn respond(&self, turn: &crate::answer::Turn) -> anyhow::Result<crate::answer::Answer> {
-        self.0.respond_streaming(turn, &Terminal).await
+        self.0.respond_streaming(turn, self.1.as_ref()).await
     }
 }
 
 async fn chat(mut config: Config, tenant: &str, contact: &str) -> anyhow::Result<()> {
     use tokio::io::AsyncBufReadExt;
-    let slug = TenantSlug::parse(tenant).map_err(anyhow::Error::msg)?;
     anyhow::ensure!(!contact.trim().is_empty(), "--as: a name is needed");
+    let _lock = crate::startup::DataDirLock::acquire(&config.data_dir, "chat").map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#}. Nothing was changed. While the gateway runs, talk to the bot through it: its /demo page, or POST /v1/messages"
+        )
+    })?;
+    {
+        let store = open_store(&config).await?;
+        let found = find_tenant(&store, tenant).await;
+        store.close().await;
+        found?;
+    }
     // Nothing listens for the outside: the gateway's own port stays free for `serve`.
     config.listen = "127.0.0.1:0".into();
     let wait = std::time::Duration::from_millis(
         config.llm.timeout_ms + config.llm.first_token_timeout_ms + 30_000,
     );
+    let log = chat_log(&config);
+    let terminal = Arc::new(Terminal::default());
+    let printer = terminal.clone();
     let app = Application::build_with(
         config,
-        Box::new(|knowledge, models, settings| {
-            Arc::new(TerminalResponder(Arc::new(
-                crate::answer::KnowledgeResponder::new(
+        Box::new(move |knowledge, models, settings| {
+            Arc::new(TerminalResponder(
+                Arc::new(crate::answer::KnowledgeResponder::new(
                     knowledge.clone(),
                     models.chat.clone(),
                     settings,
-                ),
-            )))
+                )),
+                printer,
+            ))
         }),
     )
     .await?;
     let store = app.store().clone();
-    let tenant = store
-        .tenant_by_slug(slug.as_str())
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no tenant with slug {slug:?}"))?;
+    let tenant = find_tenant(&store, tenant).await?;
+    eprintln!("logs:    {}", log.display());
     eprintln!("llm:     {}", app.models().describe().await);
     let router = app.router().clone();
     let ingest = app.ingest().clone();
@@ -402,18 +551,28 @@ async fn chat(mut config: Config, tenant: &str, contact: &str) -> anyhow::Result
                 },
                 text.to_owned(),
             );
+            terminal.take();
             let ingested = ingest.accept(&channel, message).await?;
             print!("bot> ");
+            {
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+            }
             match router
                 .wait_processed(&tenant.id, &ingested.message_id, wait)
                 .await?
             {
                 Some(Some(reply)) => {
-                    // What was stored is the answer; a streamed preview that differs (a
-                    // fallback after a failure) is followed by it.
-                    println!();
-                    if !reply.text.is_empty() {
-                        println!("     {}", reply.text.replace('\n', "\n     "));
+                    // What was stored is the answer: printed once, as it streamed; printed
+                    // whole only if nothing streamed or the stored text differs (a fallback).
+                    let streamed = terminal.take();
+                    if streamed.trim() == reply.text.trim() {
+                        println!();
+                    } else {
+                        if !streamed.is_empty() {
+                            println!();
+                        }
+                        println!("{}", reply.text.replace('\n', "\n     "));
                     }
                     if let Some(citations) = reply.citations.as_array()
                         && !citations.is_empty()
@@ -443,6 +602,30 @@ async fn chat(mut config: Config, tenant: &str, contact: &str) -> anyhow::Result
     result
 }
 
+/// The tenant a user named, or an error in the user's words.
+async fn find_tenant(store: &Store, typed: &str) -> anyhow::Result<crate::store::tenants::Tenant> {
+    if let Some(tenant) = store.tenant_by_slug(typed).await? {
+        return Ok(tenant);
+    }
+    if store.tenant_count().await? == 0 {
+        anyhow::bail!(
+            "there is no tenant `{typed}`: this data directory has no tenants yet. Run `switchboard serve` once (it creates tenant `demo` with its knowledge), or `switchboard tenant create {typed}`"
+        );
+    }
+    anyhow::bail!("there is no tenant `{typed}` (`switchboard tenant list` shows them)")
+}
+
+/// The data directory's lock for a command that writes the vector store, refused while
+/// `serve` (or another such command) runs on it — before anything is changed.
+fn lock_beside_serve(config: &Config, what: &str) -> anyhow::Result<crate::startup::DataDirLock> {
+    crate::startup::DataDirLock::acquire(&config.data_dir, what).map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#}. Nothing was changed. While the gateway runs, manage knowledge through it: curl -H \"Authorization: Bearer $ADMIN_KEY\" -F file=@notes.md http://{}/v1/knowledge/documents",
+            config.listen
+        )
+    })
+}
+
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let store = Store::connect(&config.database_url(), 2).await?;
     store.migrate().await?;
@@ -450,6 +633,10 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    let _lock = crate::startup::DataDirLock::acquire(
+        &config.data_dir,
+        &format!("serve on http://{}", config.listen),
+    )?;
     let store_line = describe_store(&config);
     let app = Application::build(config.clone())
         .await
@@ -472,15 +659,28 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         println!(
             "         -d '{{\"contact\":{{\"external_id\":\"me\"}},\"text\":\"Hello\",\"wait\":true}}'"
         );
-        // The demo tenant answers from the coaching content in ./knowledge.
-        let demo_dir = PathBuf::from("knowledge");
-        if demo_dir.is_dir() {
-            let files = crate::knowledge::files::collect(&[demo_dir])?;
-            let failed = ingest_files(app.knowledge(), &demo.tenant_id, &files).await;
+        // The demo tenant answers from the coaching notes built into the binary.
+        let outcomes =
+            crate::knowledge::files::ingest_demo(app.knowledge(), &demo.tenant_id).await?;
+        let chunks: i64 = outcomes.iter().flatten().map(|o| o.chunks).sum();
+        let failed = outcomes.iter().filter(|o| o.is_err()).count();
+        let names: Vec<&str> = crate::knowledge::files::DEMO_KNOWLEDGE
+            .iter()
+            .map(|(name, _)| *name)
+            .collect();
+        eprintln!(
+            "demo knowledge: {} documents built into the binary ({}), {chunks} chunks{}",
+            outcomes.len() - failed,
+            names.join(", "),
             if failed > 0 {
-                eprintln!("warning: {failed} demo knowledge files were not ingested");
+                format!("; {failed} failed")
+            } else {
+                String::new()
             }
-        }
+        );
+        println!();
+        println!("  export ADMIN_KEY={}", demo.admin_key);
+        println!("  (the README's curl commands use $ADMIN_KEY)");
     }
     eprintln!("listening on http://{addr}");
     if app.store().tenant_by_slug("demo").await?.is_some() {

@@ -50,6 +50,17 @@ pub struct Config {
     pub workers: bool,
     pub outbox: OutboxConfig,
     pub widget: WidgetConfig,
+    /// Destinations tenant-set URLs may reach even when they are loopback, private, link-local
+    /// or unspecified: hosts, CIDRs, or `host:port` (`SWITCHBOARD_EGRESS_ALLOW`, comma-separated).
+    pub egress_allow: Vec<String>,
+    /// The `switchboard` binary that reads uploaded PDFs in a child process (default: this one).
+    pub pdf_worker: Option<PathBuf>,
+    /// HTTP connections open at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// A request's head (request line and headers) must arrive within this.
+    pub header_timeout_ms: u64,
+    /// A request's body must arrive within this.
+    pub body_timeout_ms: u64,
 }
 
 /// How the language model is used (per gateway process).
@@ -169,6 +180,11 @@ impl Default for Config {
             workers: true,
             outbox: OutboxConfig::default(),
             widget: WidgetConfig::default(),
+            egress_allow: Vec::new(),
+            pdf_worker: None,
+            max_connections: 10_000,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
         }
     }
 }
@@ -249,6 +265,18 @@ impl Config {
                     self.llm.breaker_cool_down_ms = num(name, value)?
                 }
                 "SWITCHBOARD_PUBLIC_URL" => self.public_url = Some(value),
+                "SWITCHBOARD_EGRESS_ALLOW" => {
+                    self.egress_allow = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|v| !v.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                }
+                "SWITCHBOARD_PDF_WORKER" => self.pdf_worker = Some(PathBuf::from(value)),
+                "SWITCHBOARD_MAX_CONNECTIONS" => self.max_connections = num(name, value)?,
+                "SWITCHBOARD_HEADER_TIMEOUT_MS" => self.header_timeout_ms = num(name, value)?,
+                "SWITCHBOARD_BODY_TIMEOUT_MS" => self.body_timeout_ms = num(name, value)?,
                 "SWITCHBOARD_SECRET_KEY" => self.secret_key = Some(Secret::new(value)),
                 "SWITCHBOARD_LOG_FORMAT" => {
                     self.log_format = match value.as_str() {
@@ -360,6 +388,11 @@ impl Config {
 
 /// Every environment variable read, in the order applied. Documented in README.md.
 pub const ENV_VARS: &[&str] = &[
+    "SWITCHBOARD_EGRESS_ALLOW",
+    "SWITCHBOARD_PDF_WORKER",
+    "SWITCHBOARD_MAX_CONNECTIONS",
+    "SWITCHBOARD_HEADER_TIMEOUT_MS",
+    "SWITCHBOARD_BODY_TIMEOUT_MS",
     "SWITCHBOARD_LISTEN",
     "SWITCHBOARD_DATA_DIR",
     "SWITCHBOARD_DATABASE_URL",

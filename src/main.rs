@@ -2,10 +2,28 @@
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // The PDF reader's child process (see `knowledge::pdf_worker`): no runtime, no threads, no
+    // configuration; it limits itself before it reads the file.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(
+            switchboard::knowledge::pdf_worker::WORKER_ARG,
+        ))
+    {
+        return switchboard::knowledge::pdf_worker::child_main();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let cli = switchboard::cli::Cli::parse();
-    match switchboard::cli::run(cli).await {
+    match runtime.block_on(switchboard::cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -121,11 +121,16 @@ pub struct Channels {
 }
 
 impl Channels {
-    pub fn new(http: reqwest::Client) -> anyhow::Result<Channels> {
+    /// `http` must be built with `egress`'s policy (`egress::client_builder`); Telegram's
+    /// library client gets the same policy.
+    pub fn new(
+        http: reqwest::Client,
+        egress: switchboard_channel::egress::EgressPolicy,
+    ) -> anyhow::Result<Channels> {
         Ok(Channels {
             api: ApiSender::new(http.clone()),
             whatsapp: WhatsappSender::new(http.clone()),
-            telegram: TelegramSender::new(http).map_err(anyhow::Error::msg)?,
+            telegram: TelegramSender::new(http, egress).map_err(anyhow::Error::msg)?,
             widget: WidgetSender::new(Hub::default()),
         })
     }
@@ -380,6 +385,10 @@ impl Outbox {
     /// Sends one claimed delivery; decides what should become of it. Writes nothing.
     async fn attempt(&self, d: &ClaimedDelivery) -> (Outcome, &'static str) {
         let channel = match self.store.channel_by_id(&d.channel_id).await {
+            Ok(channel) if channel.removed => {
+                let error = "the channel was removed (DELETE /v1/channels/{id}); nothing is sent through it".to_owned();
+                return (Outcome::Dead { error }, channel.kind.as_str());
+            }
             Ok(channel) => channel,
             Err(e) => {
                 // The database is unreachable or the channel is gone: try again later.

@@ -170,10 +170,14 @@ mod tests {
             assert!(pacer.reserve(&group, max).is_some());
         }
         assert!(pacer.reserve(&group, Duration::from_millis(100)).is_none());
+        // The refusal booked nothing: the next send waits for the fourth slot (3 s after the
+        // first group send, one 3 s interval past the 6 s tolerance), not the fifth (6 s).
+        let next = pacer.reserve(&group, max).expect("within max");
         assert!(
-            pacer.reserve(&group, max).is_some(),
-            "the refusal booked nothing"
+            next < Duration::from_millis(3_100),
+            "the refusal booked nothing: {next:?}"
         );
+        assert!(next > Duration::from_millis(2_500), "{next:?}");
     }
 
     #[test]

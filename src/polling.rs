@@ -83,11 +83,10 @@ impl Pollers {
                 self.ensure(ingest, channels, &channel);
                 started += 1;
             }
-            let (store, channels, public_url) = (
-                store.clone(),
-                channels.clone(),
-                public_url.map(str::to_owned),
-            );
+            if config.bot_username.is_none() {
+                self.learn_username(store, channels, &channel);
+            }
+            let (channels, public_url) = (channels.clone(), public_url.map(str::to_owned));
             self.tracker.spawn(async move {
                 let telegram = channels.telegram();
                 if config.mode == Mode::Webhook
@@ -103,31 +102,82 @@ impl Pollers {
                         Err(e) => warn!(channel = %channel.id, error = %e, "setWebhook failed"),
                     }
                 }
-                if config.bot_username.is_none()
-                    && let Ok(Some(name)) = telegram.username(&config).await
-                {
-                    let mut updated = config.clone();
-                    updated.bot_username = Some(name);
-                    let saved = match serde_json::to_value(&updated) {
-                        Ok(value) => store
-                            .upsert_channel(
-                                &channel.tenant_id,
-                                channel.kind,
-                                &value,
-                                Some(&channel.id),
-                            )
-                            .await
-                            .map(|_| ())
-                            .map_err(anyhow::Error::from),
-                        Err(e) => Err(e.into()),
-                    };
-                    if let Err(e) = saved {
-                        warn!(channel = %channel.id, error = %e, "saving the bot's username failed");
-                    }
-                }
             });
         }
         Ok(started)
+    }
+
+    /// Stops a channel's poller, if it has one (the channel was removed).
+    pub fn stop(&self, channel_id: &str) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = running.remove(channel_id) {
+            old.cancel();
+        }
+    }
+
+    /// Asks Telegram for the bot's @username (`getMe`) until it answers, with back-off (2 s
+    /// doubling to 10 min), and saves it in the channel's configuration — unless the channel
+    /// was removed or reconfigured meanwhile. Without it, group messages that address the bot
+    /// by @username are not recognised.
+    pub fn learn_username(&self, store: &Store, channels: &Channels, channel: &Channel) {
+        let (store, channels, channel) = (store.clone(), channels.clone(), channel.clone());
+        let shutdown = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            let mut pause = Duration::from_secs(2);
+            loop {
+                // The channel as it is now: gone, or changed by someone else → stop.
+                let current = match store.channel(&channel.tenant_id, &channel.id).await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => return,
+                    Err(e) => {
+                        warn!(channel = %channel.id, error = %e, "loading the channel failed");
+                        channel.clone()
+                    }
+                };
+                let Ok(config) = TelegramConfig::parse(&current.config) else {
+                    return;
+                };
+                if config.bot_username.is_some() {
+                    return;
+                }
+                match channels.telegram().username(&config).await {
+                    Ok(Some(name)) => {
+                        let mut updated = config.clone();
+                        updated.bot_username = Some(name);
+                        let saved = match serde_json::to_value(&updated) {
+                            Ok(value) => store
+                                .upsert_channel(
+                                    &current.tenant_id,
+                                    current.kind,
+                                    &value,
+                                    Some(&current.id),
+                                )
+                                .await
+                                .map(|_| ())
+                                .map_err(anyhow::Error::from),
+                            Err(e) => Err(e.into()),
+                        };
+                        match saved {
+                            Ok(()) => info!(channel = %channel.id, "learnt the bot's @username"),
+                            Err(e) => {
+                                warn!(channel = %channel.id, error = %e, "saving the bot's username failed")
+                            }
+                        }
+                        return;
+                    }
+                    // A bot without a username cannot be addressed by one: nothing to learn.
+                    Ok(None) => return,
+                    Err(e) => {
+                        warn!(channel = %channel.id, error = %e, ?pause, "getMe failed; trying again");
+                    }
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(600));
+            }
+        });
     }
 
     /// Stops every poller and waits for them (a batch being stored is finished first).

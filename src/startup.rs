@@ -110,6 +110,17 @@ impl Models {
             Ok(Ok(())) => {
                 format!("{what}: reachable; answers are written from the tenant's knowledge")
             }
+            // The server answered, without the model: reachable, and the fix is to get it.
+            Ok(Err(crate::llm::LlmError::Status {
+                status: 404,
+                message,
+            })) => {
+                chat.trip();
+                format!(
+                    "{what}: the server is reachable but the model is missing ({message}). Fallback: answers quote the best passage of the tenant's knowledge, marked as such; the model is tried again every {} s",
+                    chat.limits().cool_down.as_secs()
+                )
+            }
             outcome => {
                 let why = match outcome {
                     Ok(Err(e)) => e.to_string(),
@@ -191,7 +202,16 @@ pub async fn knowledge_for(config: &Config, store: &Store) -> anyhow::Result<Kno
         std::fs::create_dir_all(&marker)
             .with_context(|| format!("creating {}", marker.display()))?;
     }
-    let knowledge = Knowledge::new(store.clone(), index, KnowledgeConfig::default())?;
+    let pdf = match &config.pdf_worker {
+        Some(program) => crate::knowledge::pdf_worker::PdfReader::new(
+            program.clone(),
+            Duration::from_secs(20),
+            2,
+        ),
+        None => crate::knowledge::pdf_worker::PdfReader::default(),
+    };
+    let knowledge =
+        Knowledge::new(store.clone(), index, KnowledgeConfig::default())?.with_pdf_reader(pdf);
     Ok(match embedder {
         Some((e, _)) => knowledge.with_embedder(e),
         None => knowledge,
@@ -252,7 +272,11 @@ impl Application {
         let listener = TcpListener::bind(config.listen_addr()?)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
-        let http = reqwest::Client::builder()
+        // Every call a channel makes goes through the egress policy: tenant-set URLs cannot
+        // reach our own network unless the operator allows it.
+        let egress = switchboard_channel::egress::EgressPolicy::parse(&config.egress_allow)
+            .map_err(anyhow::Error::msg)?;
+        let http = switchboard_channel::egress::client_builder(egress.clone())
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -261,7 +285,7 @@ impl Application {
         let models = models_for(&config)?;
         let responder = make(&knowledge, &models, answer_settings(&config));
         let wake = Arc::new(Notify::new());
-        let channels = Channels::new(http)?;
+        let channels = Channels::new(http, egress)?;
         let outbox = Outbox::new(
             store.clone(),
             channels.clone(),
@@ -379,13 +403,10 @@ impl Application {
             }
         };
         // Whatever the server's outcome, the workers are stopped in order before returning.
-        let served = axum::serve(
-            listener,
-            app(state).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("HTTP server");
+        let limits = ServerLimits::from(state.config.as_ref());
+        let served = serve_http(listener, app(state), shutdown, limits)
+            .await
+            .context("HTTP server");
         widget.shutdown(Duration::from_secs(3)).await;
         pollers.shutdown().await;
         router.shutdown().await;
@@ -396,6 +417,105 @@ impl Application {
         store.close().await;
         served
     }
+}
+
+/// What one client may hold of the HTTP server.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// Connections open at once; the next one waits in the kernel's queue until one closes.
+    pub max_connections: usize,
+    /// The request line and headers must arrive within this, or the connection is closed.
+    pub header_timeout: Duration,
+}
+
+impl From<&Config> for ServerLimits {
+    fn from(config: &Config) -> Self {
+        ServerLimits {
+            max_connections: config.max_connections.max(1),
+            header_timeout: Duration::from_millis(config.header_timeout_ms.max(1)),
+        }
+    }
+}
+
+/// The HTTP/1.1 server (WebSocket upgrades included). Written out instead of `axum::serve`,
+/// which has neither a header read timeout nor a connection cap: a client that opens a
+/// connection and sends half a request would hold it for ever. Body read time is bounded by a
+/// layer of the app (`SWITCHBOARD_BODY_TIMEOUT_MS`).
+pub async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: ServerLimits,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    // Graceful shutdown by hand: hyper-util's watcher does not take connections that may be
+    // upgraded (the widget's WebSockets).
+    let (stopping, stop) = tokio::sync::watch::channel(false);
+    let connections = tokio_util::task::TaskTracker::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        // A free slot first, then accept: at the cap, new clients wait in the backlog.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(remote));
+                app.clone().oneshot(request.map(axum::body::Body::new))
+            },
+        );
+        let connection = http1
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let mut stop = stop.clone();
+        connections.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = async {
+                    // (the borrow `wait_for` returns is dropped here, before any await)
+                    let _ = stop.wait_for(|stopping| *stopping).await.map(|_| ());
+                } => {
+                    // Finish the request in flight, then close.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.as_mut().await;
+                }
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = stopping.send(true);
+    connections.close();
+    connections.wait().await;
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -419,4 +539,52 @@ pub async fn shutdown_signal() {
         _ = term => {}
     }
     tracing::info!("shutting down: no new requests; finishing work in progress");
+}
+
+/// An exclusive hold on the data directory for this process's life: two processes on one
+/// directory would share the embedded vector store (which allows one writer) and the SQLite
+/// file behind each other's back. The lock file says who holds it, so the second process can
+/// say so; the kernel releases it when the holder exits, however it exits.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+impl DataDirLock {
+    /// Takes the lock for `what` (e.g. `serve on http://127.0.0.1:8080`), or fails with a message
+    /// that names the process holding it.
+    pub fn acquire(data_dir: &std::path::Path, what: &str) -> anyhow::Result<DataDirLock> {
+        use std::io::{Read, Seek, Write};
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+        let path = data_dir.join("switchboard.lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                anyhow::bail!(
+                    "the data directory {} is in use by another switchboard process ({}); stop it first, or use another SWITCHBOARD_DATA_DIR",
+                    data_dir.display(),
+                    if holder.is_empty() { "unknown" } else { holder }
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "pid {}: switchboard {what}", std::process::id())?;
+        file.flush()?;
+        Ok(DataDirLock { _file: file })
+    }
 }

@@ -20,6 +20,34 @@ pub fn init_tracing(format: LogFormat) {
     };
 }
 
+/// Logs to `path` instead of the terminal (`switchboard chat`: log lines would break into the
+/// conversation). Falls back to stderr if the file cannot be opened.
+pub fn init_tracing_to_file(format: LogFormat, path: &std::path::Path) {
+    let file = path
+        .parent()
+        .map(std::fs::create_dir_all)
+        .transpose()
+        .and_then(|_| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+        });
+    let Ok(file) = file else {
+        return init_tracing(format);
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn,qdrant_edge=error"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file));
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
 /// The process-wide metrics recorder, installed on first use. (A process has one recorder; several
 /// applications in one test process share it.)
 pub fn metrics_handle() -> PrometheusHandle {

@@ -80,7 +80,10 @@ impl Harness {
                         "phone_number_id": "1122334455667", "access_token": "t",
                         "app_secret": APP_SECRET, "verify_token": "v", "graph_url": base } }))
                     .await;
-                h.path = format!("/webhooks/whatsapp/{}", body["channel_id"].as_str()?);
+                let channel_id = body["channel_id"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("connecting WhatsApp gave no channel id: {body}"));
+                h.path = format!("/webhooks/whatsapp/{channel_id}");
                 h.graph = Some(sent);
             }
             _ => {
@@ -89,7 +92,10 @@ impl Harness {
                     .connect(json!({ "kind": "telegram", "config": {
                         "bot_token": TOKEN, "webhook_secret": TG_SECRET, "api_url": api.base } }))
                     .await;
-                h.path = format!("/webhooks/telegram/{}", body["channel_id"].as_str()?);
+                let channel_id = body["channel_id"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("connecting Telegram gave no channel id: {body}"));
+                h.path = format!("/webhooks/telegram/{channel_id}");
                 h.bot_api = Some(api);
             }
         }

@@ -469,10 +469,22 @@ async fn delivery_retries_then_succeeds_once(backend: Backend) {
         seen.iter()
             .all(|r| r.idempotency_key == seen[0].idempotency_key)
     );
+    // Back-off (base 20 ms, doubling, "equal jitter": at least half of it) after the n-th
+    // failed attempt is at least 10 · 2^(n-1) ms: 10, 20, 40 ms. The retry is scheduled after
+    // the failure is seen, so each gap is at least that, less 1 ms of the store's millisecond
+    // clock (and 1 ms of slack). A retry after zero delay, or a delay that does not grow, fails.
+    let gaps: Vec<Duration> = seen.windows(2).map(|w| w[1].at - w[0].at).collect();
+    for (n, gap) in gaps.iter().enumerate() {
+        let least = Duration::from_millis((10u64 << n) - 2);
+        assert!(
+            *gap >= least,
+            "attempt {} came {gap:?} after the one before; back-off allows no less than {least:?}: {gaps:?}",
+            n + 2
+        );
+    }
     assert!(
-        seen.windows(2)
-            .all(|w| w[1].at > w[0].at + Duration::from_millis(9)),
-        "attempts are spaced by back-off"
+        seen[3].at - seen[0].at >= Duration::from_millis(70 - 3),
+        "three back-offs of at least 10 + 20 + 40 ms: {gaps:?}"
     );
     let delivered = eventually("delivery recorded", WAIT, || async {
         let (_, body) = app
@@ -498,6 +510,10 @@ async fn delivery_that_always_fails_becomes_a_visible_dead_letter(backend: Backe
     };
     let receiver = CallbackReceiver::start(Mode::FailAlways).await;
     app.set_callback(&receiver.url).await;
+    // The metrics recorder is per process: this test's counts are what its deliveries add.
+    let api = [("channel", "api")];
+    let dead_before = app.metric("switchboard_dead_letters_total", &api).await;
+    let retries_before = app.metric("switchboard_delivery_retries_total", &api).await;
     let sent = app.send("erin", "hello", json!({ "wait": true })).await;
     let conversation = sent["conversation_id"].as_str().expect("id").to_owned();
     let dead = app.dead_letters().await;
@@ -512,26 +528,31 @@ async fn delivery_that_always_fails_becomes_a_visible_dead_letter(backend: Backe
     assert_eq!(receiver.seen().len(), 3);
     let messages = app.messages(&conversation).await;
     assert_eq!(messages[1]["status"], "failed");
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    // Counted under the delivery's channel: one dead letter, after two retries (tests running
+    // beside this one may add to the same series, never take away).
+    eventually("the dead letter counted", WAIT, || async {
+        let dead = app.metric("switchboard_dead_letters_total", &api).await;
+        (dead >= dead_before + 1.0).then_some(())
+    })
+    .await;
+    let retries = app.metric("switchboard_delivery_retries_total", &api).await;
     assert!(
-        metrics.contains("switchboard_dead_letters_total"),
-        "{metrics}"
+        retries >= retries_before + 2.0,
+        "switchboard_delivery_retries_total{{channel=\"api\"}}: {retries_before} → {retries}"
     );
 
     // An operator fixes the endpoint and requeues the dead letter.
+    let delivered_before = app.metric("switchboard_delivered_total", &api).await;
     receiver.set_mode(Mode::Accept);
     let id = dead[0]["id"].as_str().expect("id");
     assert_eq!(app.retry_delivery(id).await, 202);
     eventually("requeued delivery accepted", WAIT, || async {
         (!receiver.accepted().is_empty()).then_some(())
+    })
+    .await;
+    eventually("the delivery counted", WAIT, || async {
+        let delivered = app.metric("switchboard_delivered_total", &api).await;
+        (delivered >= delivered_before + 1.0).then_some(())
     })
     .await;
     let (_, none) = app.get(&app.admin_key, "/v1/deliveries?status=dead").await;

@@ -44,6 +44,16 @@ async fn search(app: &TestApp, key: &str, q: &str) -> Vec<Value> {
     body["hits"].as_array().cloned().unwrap_or_default()
 }
 
+/// The tenant's points in the vector index itself (search shows only chunks SQL still has, so it
+/// cannot tell whether a document's vectors were deleted).
+async fn indexed_points(app: &TestApp) -> usize {
+    app.knowledge
+        .index()
+        .count(&app.tenant_id)
+        .await
+        .expect("count the index")
+}
+
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -60,17 +70,26 @@ async fn documents_are_stored_once_replaced_when_changed_and_deleted_with_their_
         return;
     };
     let key = app.admin_key.clone();
+    // Whatever the tenant's index holds before (nothing, for a new tenant) stays as it is.
+    let before = indexed_points(&app).await;
     let doc = json!({"title": "Sleep", "content": SLEEP, "format": "markdown"});
     let (status, created) = upload_json(&app, &key, doc.clone()).await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["status"], "created");
     assert!(created["chunks"].as_i64().unwrap_or(0) >= 2, "{created}");
     let id = created["document_id"].as_str().expect("id").to_owned();
+    let chunks = created["chunks"].as_u64().expect("chunks") as usize;
+    assert_eq!(
+        indexed_points(&app).await,
+        before + chunks,
+        "one point per chunk"
+    );
 
     // The same content again: nothing added.
     let (status, again) = upload_json(&app, &key, doc).await;
     assert_eq!((status, again["status"].as_str()), (200, Some("unchanged")));
     assert_eq!(again["document_id"], id.as_str());
+    assert_eq!(indexed_points(&app).await, before + chunks);
 
     let hits = search(&app, &key, "how late can I drink coffee?").await;
     assert!(!hits.is_empty());
@@ -95,6 +114,14 @@ async fn documents_are_stored_once_replaced_when_changed_and_deleted_with_their_
         search(&app, &key, "coffee caffeine").await.is_empty(),
         "old chunks gone"
     );
+    // Gone from the index itself, not only hidden from search: only the new chunks' points.
+    let new_chunks = replaced["chunks"].as_u64().expect("chunks") as usize;
+    assert!(new_chunks >= 1, "{replaced}");
+    assert_eq!(
+        indexed_points(&app).await,
+        before + new_chunks,
+        "the old version's vectors were deleted"
+    );
     assert_eq!(search(&app, &key, "naps").await.len(), 1);
     let (_, list) = app.get(&key, "/v1/knowledge/documents").await;
     assert_eq!(list["documents"].as_array().map(Vec::len), Some(1));
@@ -109,6 +136,11 @@ async fn documents_are_stored_once_replaced_when_changed_and_deleted_with_their_
     };
     assert_eq!(delete(id.clone()).await.expect("delete").status(), 204);
     assert!(search(&app, &key, "naps").await.is_empty());
+    assert_eq!(
+        indexed_points(&app).await,
+        before,
+        "a deleted document's vectors are deleted from the index"
+    );
     assert_eq!(delete(id).await.expect("delete").status(), 404);
     let (_, list) = app.get(&key, "/v1/knowledge/documents").await;
     assert_eq!(list["documents"].as_array().map(Vec::len), Some(0));

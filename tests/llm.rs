@@ -302,7 +302,19 @@ async fn a_real_model_answers_from_knowledge_with_citations(backend: Backend, re
             .as_array()
             .cloned()
             .unwrap_or_default();
+        // The model named its sources (`[n]` in the answer), and the reply cites those it
+        // named, not every source of the prompt (what it cites when the model names none).
+        let named = named_sources(text);
+        assert!(
+            !named.is_empty(),
+            "{provider}: the answer names its sources as [n]: {text}"
+        );
         assert!(!citations.is_empty(), "{provider}: cited");
+        assert!(
+            citations.len() <= named.len(),
+            "{provider}: {} citations for the sources {named:?} named in: {text}",
+            citations.len()
+        );
         assert!(
             citations
                 .iter()
@@ -320,6 +332,25 @@ async fn a_real_model_answers_from_knowledge_with_citations(backend: Backend, re
         );
         app.stop().await;
     }
+}
+
+/// The source numbers an answer names (`[1]`, `[1, 3]`, `[1][2]`), each once, in order.
+fn named_sources(text: &str) -> Vec<usize> {
+    let mut named = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('[') {
+        rest = &rest[open + 1..];
+        let Some(close) = rest.find(']') else { break };
+        for part in rest[..close].split([',', ' ']) {
+            if let Ok(n) = part.trim().parse::<usize>()
+                && n >= 1
+                && !named.contains(&n)
+            {
+                named.push(n);
+            }
+        }
+    }
+    named
 }
 
 async fn the_bot_answers_with_a_real_model(backend: Backend) {
@@ -456,6 +487,24 @@ async fn a_model_outage_gets_quoted_answers_quickly_and_opens_the_breaker(backen
         return;
     };
     let created = upload(&app, "Sleep", &demo_sleep_notes()).await;
+    // Metrics are per process, shared by the tests running in it: what this test adds is the
+    // increase of each series, at least (others may add to it too, never take away).
+    async fn requests(app: &TestApp, outcome: &str) -> f64 {
+        let labels = [("outcome", outcome)];
+        app.metric("switchboard_llm_requests_total", &labels).await
+    }
+    async fn fallbacks(app: &TestApp, reason: &str) -> f64 {
+        let labels = [("kind", "fallback"), ("reason", reason)];
+        app.metric("switchboard_answers_total", &labels).await
+    }
+    let (errors_before, open_before) = (
+        requests(&app, "error").await,
+        requests(&app, "circuit_open").await,
+    );
+    let (failed_before, unavailable_before) = (
+        fallbacks(&app, "error").await,
+        fallbacks(&app, "unavailable").await,
+    );
     for i in 0..4 {
         let started = Instant::now();
         let reply = app
@@ -479,15 +528,32 @@ async fn a_model_outage_gets_quoted_answers_quickly_and_opens_the_breaker(backen
     }
     // Two failures opened the breaker: the other two conversations did not call the model.
     assert_eq!(stand_in.chats().len(), 2);
-    // (Metrics are per process, shared by the tests running in it: present, not counted.)
+    // Counted by outcome: two model errors (HTTP 500), then two calls refused by the open
+    // breaker; and two quoted answers for each reason.
+    let increase = |before: f64, after: f64| after - before;
+    let errors = increase(errors_before, requests(&app, "error").await);
+    let refused = increase(open_before, requests(&app, "circuit_open").await);
+    assert!(errors >= 2.0, "llm requests with outcome error: +{errors}");
+    assert!(
+        refused >= 2.0,
+        "llm requests with outcome circuit_open: +{refused}"
+    );
+    let failed = increase(failed_before, fallbacks(&app, "error").await);
+    let unavailable = increase(unavailable_before, fallbacks(&app, "unavailable").await);
+    assert!(
+        failed >= 2.0,
+        "fallback answers for reason error: +{failed}"
+    );
+    assert!(
+        unavailable >= 2.0,
+        "fallback answers for reason unavailable: +{unavailable}"
+    );
+    // The breaker's gauge is shared by every model in the process (its value is whichever
+    // changed last): present, not read.
     let (_, metrics) = get_text(&app, "/metrics").await;
     assert!(
         metrics.contains("switchboard_llm_circuit_open"),
         "{metrics}"
-    );
-    assert!(metrics.contains("switchboard_llm_requests_total{outcome=\"circuit_open\"}"));
-    assert!(
-        metrics.contains("switchboard_answers_total{kind=\"fallback\",reason=\"unavailable\"}")
     );
     app.stop().await;
 }

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
 both_backends!(
+    the_first_hour_has_no_traps,
     cli_creates_tenants_and_keys_and_fails_with_one_line,
     killed_after_ack_the_reply_is_delivered_exactly_once_after_restart,
     cli_ingests_knowledge_folders_once,
@@ -67,14 +68,19 @@ async fn cli_ingests_knowledge_folders_once(backend: Backend) {
     let stderr = String::from_utf8_lossy(&first.stderr);
     assert!(first.status.success(), "{stderr}");
     assert!(stderr.contains("4 files ingested"), "{stderr}");
-    assert!(stderr.contains("created"), "{stderr}");
+    // One line per file: `[###…] i/4 <path> (n chunks, <status>)`.
+    fn statuses(out: &str, status: &str) -> usize {
+        out.matches(&format!(", {status})")).count()
+    }
+    assert_eq!(statuses(&stderr, "created"), 4, "{stderr}");
+    // The same four files again: each one unchanged (none created again, none replaced).
     let again = cli(&db, &["knowledge", "ingest", "--tenant", "coach", folder]);
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("unchanged") && !stderr.contains("created"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("4 files ingested"), "{stderr}");
+    assert_eq!(statuses(&stderr, "unchanged"), 4, "{stderr}");
+    assert_eq!(statuses(&stderr, "created"), 0, "{stderr}");
+    assert_eq!(statuses(&stderr, "replaced"), 0, "{stderr}");
     let missing = cli(
         &db,
         &[
@@ -301,6 +307,8 @@ impl Gateway {
             .env("SWITCHBOARD_OUTBOX_LEASE_MS", "1500")
             .env("SWITCHBOARD_OUTBOX_SEND_TIMEOUT_MS", "1000")
             .env("SWITCHBOARD_OUTBOX_POLL_MS", "50")
+            // The callback receiver listens on loopback: the operator's exception.
+            .env("SWITCHBOARD_EGRESS_ALLOW", "127.0.0.0/8,localhost")
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -428,4 +436,258 @@ async fn killed_after_ack_the_reply_is_delivered_exactly_once_after_restart(back
         exit.1.expect("exit status").success(),
         "graceful exit code 0"
     );
+}
+
+/// What a new user meets (issue "Hardening", the first hour): `serve` run from another working
+/// directory loads the demo knowledge built into the binary and says so, prints `export
+/// ADMIN_KEY=…`; a second `serve`, `chat` and `knowledge ingest` on the same data directory are
+/// refused with a message naming the running process, before anything changes; the CLI lists
+/// tenants, keys and documents, revokes keys and deletes documents; a file is one document
+/// however its path is typed.
+async fn the_first_hour_has_no_traps(backend: Backend) {
+    let Some(db) = TestDb::fresh(backend).await else {
+        return;
+    };
+    // `chat` on an empty data directory says what to do.
+    let out = cli(&db, &["chat", "--tenant", "demo"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("switchboard serve") && stderr.contains("once"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let logs = tempfile::tempdir().expect("temp dir");
+    let (out_path, err_path) = (logs.path().join("out"), logs.path().join("err"));
+    let mut serve = Command::new(BIN)
+        .arg("serve")
+        .current_dir(elsewhere.path())
+        .env("SWITCHBOARD_DATABASE_URL", &db.url)
+        .env("SWITCHBOARD_DATA_DIR", db.dir.path())
+        .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SWITCHBOARD_LLM_PROVIDER", "none")
+        .env_remove("SWITCHBOARD_CONFIG")
+        .env("RUST_LOG", "error")
+        .stdout(std::fs::File::create(&out_path).expect("out"))
+        .stderr(std::fs::File::create(&err_path).expect("err"))
+        .spawn()
+        .expect("spawn serve");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    eventually("gateway ready", Duration::from_secs(30), || {
+        let (http, url) = (http.clone(), format!("{base}/readyz"));
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        }
+    })
+    .await;
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(
+        stderr.contains("demo knowledge: 4 documents built into the binary"),
+        "{stderr}"
+    );
+    let admin_key = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("export ADMIN_KEY="))
+        .expect("serve prints export ADMIN_KEY=…")
+        .to_owned();
+    let reply: Value = http
+        .post(format!("{base}/v1/messages"))
+        .bearer_auth(&admin_key)
+        .json(&json!({ "contact": { "external_id": "me" }, "text": "When should I stop drinking coffee?", "wait": true }))
+        .send()
+        .await
+        .expect("message")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        reply["reply"]["citations"][0]["title"].is_string(),
+        "the demo answers from its built-in knowledge: {reply}"
+    );
+
+    // A second process on the same data directory is refused, naming the first.
+    let pid = serve.id().to_string();
+    for args in [
+        vec!["serve"],
+        vec!["chat", "--tenant", "demo"],
+        vec![
+            "knowledge",
+            "ingest",
+            "--tenant",
+            "demo",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"),
+        ],
+    ] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .env("SWITCHBOARD_DATABASE_URL", &db.url)
+            .env("SWITCHBOARD_DATA_DIR", db.dir.path())
+            .env("SWITCHBOARD_LISTEN", "127.0.0.1:0")
+            .env("SWITCHBOARD_LLM_PROVIDER", "none")
+            .env_remove("SWITCHBOARD_CONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} ran beside serve: {stderr}");
+        assert!(
+            stderr.contains("in use by") && stderr.contains(&pid),
+            "{args:?}: {stderr}"
+        );
+    }
+    let listed = stdout_json(&cli(
+        &db,
+        &["knowledge", "list", "--tenant", "demo", "--json"],
+    ));
+    assert_eq!(
+        listed["documents"].as_array().map(Vec::len),
+        Some(4),
+        "nothing was changed: {listed}"
+    );
+
+    // The CLI beside serve: tenants and keys (SQL only).
+    let tenants = stdout_json(&cli(&db, &["tenant", "list", "--json"]));
+    assert_eq!(tenants["tenants"][0]["slug"], "demo", "{tenants}");
+    let created = stdout_json(&cli(
+        &db,
+        &[
+            "key", "create", "--tenant", "demo", "--role", "creator", "--json",
+        ],
+    ));
+    let keys = stdout_json(&cli(&db, &["key", "list", "--tenant", "demo", "--json"]));
+    let creator = keys["keys"]
+        .as_array()
+        .and_then(|k| k.iter().find(|k| k["role"] == "creator").cloned())
+        .expect("the creator key is listed");
+    assert!(
+        !keys
+            .to_string()
+            .contains(created["key"].as_str().unwrap_or("-")),
+        "key list never shows a key"
+    );
+    let id = creator["id"].as_str().unwrap_or_default();
+    let search = format!("{base}/v1/knowledge/search?q=coffee");
+    let creator_key = created["key"].as_str().unwrap_or_default();
+    let status = http
+        .get(&search)
+        .bearer_auth(creator_key)
+        .send()
+        .await
+        .expect("search")
+        .status();
+    assert_eq!(status.as_u16(), 200);
+    let revoked = cli(&db, &["key", "revoke", "--tenant", "demo", id]);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    eventually(
+        "the revoked key is refused",
+        Duration::from_secs(90),
+        || {
+            let (http, search) = (http.clone(), search.clone());
+            async move {
+                let status = http
+                    .get(&search)
+                    .bearer_auth(creator_key)
+                    .send()
+                    .await
+                    .ok()?
+                    .status();
+                (status.as_u16() == 401).then_some(())
+            }
+        },
+    )
+    .await;
+    let again = cli(&db, &["key", "revoke", "--tenant", "demo", id]);
+    assert!(!again.status.success());
+    let unknown = cli(&db, &["key", "list", "--tenant", "nosuch"]);
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.contains("`nosuch`") && !stderr.contains("TenantSlug"),
+        "{stderr}"
+    );
+
+    let _ = serve.kill();
+    let _ = serve.wait();
+
+    // Without serve: documents by id, and one document however a path is typed.
+    let kb = tempfile::tempdir().expect("kb");
+    std::fs::write(
+        kb.path().join("starter.md"),
+        "# Starter\n\nDrink water first thing.\n",
+    )
+    .expect("write");
+    let typed = [
+        (
+            elsewhere.path().to_path_buf(),
+            kb.path().display().to_string(),
+        ),
+        (kb.path().to_path_buf(), "starter.md".to_owned()),
+        (
+            kb.path().to_path_buf(),
+            "./../".to_owned()
+                + &kb
+                    .path()
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+        ),
+    ];
+    for (cwd, path) in &typed {
+        let out = Command::new(BIN)
+            .args(["knowledge", "ingest", "--tenant", "demo", path])
+            .current_dir(cwd)
+            .env("SWITCHBOARD_DATABASE_URL", &db.url)
+            .env("SWITCHBOARD_DATA_DIR", db.dir.path())
+            .env("SWITCHBOARD_LLM_PROVIDER", "none")
+            .env_remove("SWITCHBOARD_CONFIG")
+            .output()
+            .expect("ingest");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let listed = stdout_json(&cli(
+        &db,
+        &["knowledge", "list", "--tenant", "demo", "--json"],
+    ));
+    let starters: Vec<&Value> = listed["documents"]
+        .as_array()
+        .map(|d| d.iter().filter(|d| d["title"] == "Starter").collect())
+        .unwrap_or_default();
+    assert_eq!(starters.len(), 1, "{listed}");
+    let id = starters[0]["id"].as_str().unwrap_or_default();
+    let deleted = cli(&db, &["knowledge", "delete", "--tenant", "demo", id]);
+    assert!(
+        deleted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+    let listed = stdout_json(&cli(
+        &db,
+        &["knowledge", "list", "--tenant", "demo", "--json"],
+    ));
+    assert_eq!(
+        listed["documents"].as_array().map(Vec::len),
+        Some(4),
+        "{listed}"
+    );
+    let missing = cli(&db, &["knowledge", "delete", "--tenant", "demo", id]);
+    assert!(!missing.status.success());
 }

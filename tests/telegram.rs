@@ -162,7 +162,7 @@ async fn webhook_updates_are_verified_stored_once_and_answered(backend: Backend)
     assert_eq!(messages.len(), 2, "{messages:?}");
     assert_eq!(messages[0]["kind"], "command");
 
-    // A question: the bot shows it is typing, answers with escaped HTML.
+    // A question: the bot shows it is typing, and answers.
     let (status, _) = post(
         &app,
         &path,
@@ -180,6 +180,25 @@ async fn webhook_updates_are_verified_stored_once_and_answered(backend: Backend)
             .then_some(())
     })
     .await;
+
+    // Text with `<`, `>` and `&` (an agent writes it) reaches Telegram as escaped HTML: only
+    // our own markup (`**bold**`) becomes a tag; what looks like a tag or an entity stays text.
+    assert_eq!(
+        app.agent_message(
+            &conversation,
+            json!({ "text": "Is 2 < 3 & 4 > 1? **Yes.** <b>not bold</b> &amp; <script>x</script>" })
+        )
+        .await,
+        201
+    );
+    let texts = wait_texts(&api, 3, "the agent's message").await;
+    assert_eq!(
+        texts[2].1,
+        "Is 2 &lt; 3 &amp; 4 &gt; 1? <b>Yes.</b> &lt;b&gt;not bold&lt;/b&gt; &amp;amp; \
+         &lt;script&gt;x&lt;/script&gt;"
+    );
+    let sends = api.calls("sendMessage");
+    assert_eq!(sends[2].body["parse_mode"], "HTML", "{:?}", sends[2].body);
 }
 
 async fn bot_api_errors_retry_wait_or_dead_letter_with_the_reason(backend: Backend) {
@@ -350,11 +369,18 @@ async fn polling_acknowledges_and_answers_each_update_once(backend: Backend) {
     // Telegram serves the same updates again on the next calls (as after a crash before the
     // offset was confirmed): stored and answered once all the same.
     api.replay_next(3);
+    // A webhook is still registered (an earlier deployment's): Telegram refuses `getUpdates`
+    // with 409 Conflict until it is deleted, so updates arrive only if the poller removes it
+    // before it polls.
+    api.register_webhook("https://old.example.com/webhooks/telegram/x");
     let (_, path, _) = connect(&app, &api, "polling").await;
     let texts = wait_texts(&api, 3, "three polled messages answered").await;
     assert!(texts.iter().all(|(chat, _)| chat == "77"));
+    assert_eq!(api.webhook(), None, "webhook removed");
+    let deleted = api.calls("deleteWebhook");
+    let polled = api.calls("getUpdates");
     assert!(
-        !api.calls("deleteWebhook").is_empty(),
+        !deleted.is_empty() && polled.iter().all(|p| p.at >= deleted[0].at),
         "webhook removed before polling"
     );
     // The offset moved past the last stored update, and the same updates served again (as
@@ -390,6 +416,40 @@ async fn polling_acknowledges_and_answers_each_update_once(backend: Backend) {
     // A polling channel takes no webhook.
     let (status, _) = post(&app, &path, &text_update(9, 77, "x"), Some(SECRET)).await;
     assert_eq!(status, 404);
+
+    // A webhook set again while the gateway was down (by another deployment, say): connecting
+    // removed the first one, but now only the poller started with the gateway can, and it must
+    // do so before it polls, or Telegram answers 409 and no update arrives.
+    let admin_key = app.admin_key.clone();
+    let db = app.stop().await;
+    api.register_webhook("https://elsewhere.example.com/webhooks/telegram/y");
+    let restarted = std::time::Instant::now();
+    let config = common::test_config(&db);
+    let mut app = TestApp::start(db, config, None).await;
+    app.admin_key = admin_key;
+    api.push_update(text_update(503, 77, "four"));
+    let texts = wait_texts(&api, 4, "an update polled after the restart, answered").await;
+    assert_eq!(texts[3].0, "77");
+    assert_eq!(api.webhook(), None, "webhook removed");
+    let since_restart = |method: &str| -> Vec<std::time::Instant> {
+        api.calls(method)
+            .iter()
+            .map(|c| c.at)
+            .filter(|at| *at >= restarted)
+            .collect()
+    };
+    let (deleted, polled) = (since_restart("deleteWebhook"), since_restart("getUpdates"));
+    assert!(
+        !deleted.is_empty() && polled.iter().all(|at| *at > deleted[0]),
+        "the poller removes the webhook before it polls"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        api.texts().len(),
+        4,
+        "the earlier updates, served again, are not answered again"
+    );
+    app.stop().await;
 }
 
 async fn groups_are_answered_only_when_addressed(backend: Backend) {

@@ -1,6 +1,7 @@
 //! One story for every `VectorIndex` implementation: embedded Qdrant Edge always, and a Qdrant
 //! server (`SWITCHBOARD_QDRANT_URL`'s backend) when `SWITCHBOARD_TEST_QDRANT_URL` names one
-//! (gRPC, e.g. `http://127.0.0.1:6334`); without it that run prints a notice and is skipped.
+//! (gRPC, e.g. `http://127.0.0.1:6334`); without it that run prints a notice and is skipped —
+//! unless `SWITCHBOARD_TEST_REQUIRE_QDRANT=1` (set by `.ci/run`), which makes it a failure.
 
 use std::sync::Arc;
 
@@ -59,6 +60,11 @@ async fn story(index: Arc<dyn VectorIndex>, reopen: impl Fn() -> Arc<dyn VectorI
         .await
         .expect("upsert other tenant");
     let id = |n: u128| uuid::Uuid::from_u128(n).to_string();
+    let count = |index: Arc<dyn VectorIndex>, tenant: &'static str| async move {
+        index.count(tenant).await.expect("count")
+    };
+    assert_eq!(count(index.clone(), a).await, 3);
+    assert_eq!(count(index.clone(), b).await, 1);
 
     // Ranking: the chunk with more of the query's terms first; no match, no hit.
     let hits = index
@@ -94,15 +100,19 @@ async fn story(index: Arc<dyn VectorIndex>, reopen: impl Fn() -> Arc<dyn VectorI
         .await
         .expect("upsert");
     assert_eq!(found(&*index, a, &[13]).await, [id(2)]);
+    assert_eq!(count(index.clone(), a).await, 3, "replaced, not added");
     index.delete_document(a, "doc-1").await.expect("delete");
     assert!(found(&*index, a, &[10, 11, 13]).await.is_empty());
     assert_eq!(found(&*index, a, &[12]).await, [id(3)]);
+    assert_eq!(count(index.clone(), a).await, 1, "doc-1's points are gone");
+    assert_eq!(count(index.clone(), b).await, 1);
     index.optimize(a).await.expect("optimize");
     assert_eq!(found(&*index, a, &[12]).await, [id(3)]);
 
     // Durable: a new process (a new index over the same storage) sees the same.
     drop(index);
     let again = reopen();
+    assert_eq!(count(again.clone(), a).await, 1);
     assert_eq!(found(&*again, a, &[12]).await, [id(3)]);
     assert_eq!(found(&*again, b, &[10]).await, [id(4)]);
     assert!(found(&*again, a, &[10]).await.is_empty());
@@ -199,6 +209,10 @@ async fn qdrant_server() {
         .ok()
         .filter(|u| !u.is_empty())
     else {
+        assert!(
+            std::env::var("SWITCHBOARD_TEST_REQUIRE_QDRANT").as_deref() != Ok("1"),
+            "SWITCHBOARD_TEST_REQUIRE_QDRANT=1 but SWITCHBOARD_TEST_QDRANT_URL is not set (.ci/qdrant-setup writes it)"
+        );
         eprintln!(
             "NOTICE: qdrant_server skipped: set SWITCHBOARD_TEST_QDRANT_URL to a Qdrant server's gRPC URL to run the VectorIndex story on it"
         );
@@ -220,12 +234,15 @@ async fn qdrant_server() {
 }
 
 /// A bulk import past the size at which a BM25 shard optimizes itself on the way (4,096 points):
-/// every point is still found, and the shard reopens with all of them.
+/// the optimize runs once the 4,096th point is written (in batches of 500: with the ninth), not
+/// before and not again before another 4,096; every point is still found, and the shard reopens
+/// with all of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_import_optimizes_on_the_way_and_loses_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("vectors");
-    let index: Arc<dyn VectorIndex> = Arc::new(EdgeIndex::new(path.clone()));
+    let edge = Arc::new(EdgeIndex::new(path.clone()));
+    let index: Arc<dyn VectorIndex> = edge.clone();
     for batch in 0..10u128 {
         let points = (0..500u128)
             .map(|i| {
@@ -234,7 +251,15 @@ async fn a_bulk_import_optimizes_on_the_way_and_loses_nothing() {
             })
             .collect();
         index.upsert("bulk", points).await.expect("upsert");
+        let written = (batch + 1) * 500;
+        let expected = usize::from(written >= 4_096);
+        assert_eq!(
+            edge.optimizations("bulk"),
+            expected,
+            "optimizes on the way after {written} points"
+        );
     }
+    assert_eq!(index.count("bulk").await.expect("count"), 5_000);
     for n in [0u128, 4_095, 4_096, 4_999] {
         assert_eq!(
             found(&*index, "bulk", &[n as u32 + 100]).await,
@@ -242,9 +267,11 @@ async fn a_bulk_import_optimizes_on_the_way_and_loses_nothing() {
         );
     }
     drop(index);
+    drop(edge);
     let again: Arc<dyn VectorIndex> = Arc::new(EdgeIndex::new(path));
     assert_eq!(
         found(&*again, "bulk", &[4_999 + 100]).await,
         [uuid::Uuid::from_u128(5_000).to_string()]
     );
+    assert_eq!(again.count("bulk").await.expect("count"), 5_000);
 }

@@ -622,17 +622,52 @@ async fn sends_beyond_the_rate_are_refused_not_stored(backend: Backend) {
         }
     }
     assert_eq!((sent, limited.len()), (3, 2));
-    // Retried after the wait, they are taken.
+    // Refused means not stored: the conversation holds only the three that were taken.
+    let conversation = app.first_conversation("widget").await;
+    let refused_texts: Vec<String> = limited
+        .iter()
+        .map(|id| format!("message {}", id.trim_start_matches("r-")))
+        .collect();
+    let inbound: Vec<String> = app
+        .messages(&conversation)
+        .await
+        .iter()
+        .filter(|m| m["direction"] == "inbound")
+        .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        inbound.len(),
+        3,
+        "only the sends within the rate are stored: {inbound:?}"
+    );
+    for text in &refused_texts {
+        assert!(
+            !inbound.contains(text),
+            "a refused send was stored: {text} in {inbound:?}"
+        );
+    }
+    // Retried after the wait, they are taken — as new messages, not as duplicates of ones
+    // stored when they were refused.
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     for id in &limited {
         visitor.send(id, "retried").await;
+        let f = visitor
+            .until(|f| f["type"] == "sent" || f["type"] == "error")
+            .await;
+        assert_eq!(f["type"], "sent", "{f}");
+        assert_eq!(f["client_id"], id.as_str(), "{f}");
         assert_eq!(
-            visitor
-                .until(|f| f["type"] == "sent" || f["type"] == "error")
-                .await["type"],
-            "sent"
+            f["duplicate"], false,
+            "the refused send had been stored: {f}"
         );
     }
+    let inbound = app
+        .messages(&conversation)
+        .await
+        .iter()
+        .filter(|m| m["direction"] == "inbound")
+        .count();
+    assert_eq!(inbound, 5);
     app.stop().await;
 }
 
@@ -662,6 +697,35 @@ async fn agent_messages_reach_the_visitor_and_acks_mark_them_delivered(backend: 
         .await;
     assert_eq!(refused, 400);
     let seq = agent["seq"].as_i64().expect("seq");
+    // Shown on the socket is not delivered: until the visitor acknowledges it, the message is
+    // only `sent` (the outbox's record), never `delivered`.
+    eventually(
+        "agent message sent, not yet delivered",
+        Duration::from_secs(5),
+        || async {
+            let messages = app.messages(&conversation).await;
+            let status = messages
+                .iter()
+                .find(|m| m["author"] == "agent")
+                .map(|m| m["status"].as_str().unwrap_or_default().to_owned())
+                .unwrap_or_default();
+            assert_ne!(status, "delivered", "delivered before the visitor's ack");
+            (status == "sent").then_some(())
+        },
+    )
+    .await;
+    visitor.ping().await;
+    visitor.until(is("pong")).await;
+    let messages = app.messages(&conversation).await;
+    let agent_status = messages
+        .iter()
+        .find(|m| m["author"] == "agent")
+        .map(|m| m["status"].clone());
+    assert_eq!(
+        agent_status,
+        Some(json!("sent")),
+        "delivered before the ack"
+    );
     visitor
         .ws
         .send(Message::text(
@@ -788,10 +852,30 @@ async fn the_demo_page_and_script_are_served(backend: Backend) {
     );
     let body = script.text().await.expect("body");
     assert!(body.contains("/v1/widget/ws"));
-    assert!(
-        !body.contains("innerHTML"),
-        "the widget never writes HTML from strings"
-    );
+    // No sink that turns a string into markup or code: text goes in as text nodes.
+    for sink in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "new Function",
+        "eval(",
+        "createContextualFragment",
+        "srcdoc",
+    ] {
+        // `eval(` as a call, not as the end of a longer name (`retrieval(`).
+        let used = body.match_indices(sink).any(|(at, _)| {
+            sink != "eval("
+                || !body[..at]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$')
+        });
+        assert!(
+            !used,
+            "the widget never writes HTML or code from strings: {sink} in widget.js"
+        );
+    }
     // No demo tenant yet: 404. With one, the page embeds a working key.
     assert_eq!(
         app.http

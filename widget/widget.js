@@ -15,7 +15,12 @@
  *   - `message` frames are rendered once per seq, in seq order, and acknowledged (`ack`);
  *   - `stream` frames build a preview ("draft") that the final `message` replaces;
  *   - reconnects use exponential back-off with full jitter; a `ping` every heartbeat_ms detects
- *     dead connections.
+ *     dead connections;
+ *   - a socket refused before it opened makes the widget ask GET /v1/widget/config?key=<key>
+ *     whether this page may chat at all (origin in `allowed_origins`, valid key); if not, it says
+ *     so, stops reconnecting, and tells the site owner in the console how to fix it;
+ *   - an answer's `citations` are listed under it ("Sources: [1] Title — Section"), and the log
+ *     shows a new message from its start.
  *
  * Everything is rendered inside an open shadow root (style isolation). No HTML strings are ever parsed:
  * message text goes through a tiny markdown renderer that builds DOM nodes.
@@ -36,6 +41,8 @@
   const SRC = new URL(script.src || '/widget.js', location.href);
   const WS_URL = (SRC.protocol === 'https:' ? 'wss:' : 'ws:') + '//' + SRC.host +
     '/v1/widget/ws?key=' + encodeURIComponent(KEY);
+  const HTTP_BASE = (SRC.protocol === 'https:' ? 'https:' : 'http:') + '//' + SRC.host;
+  const ACCESS_URL = HTTP_BASE + '/v1/widget/config?key=' + encodeURIComponent(KEY);
 
   const TOKEN_KEY = 'switchboard:' + KEY;
   const QUEUE_KEY = TOKEN_KEY + ':pending';          // legacy: the whole queue as one array
@@ -48,14 +55,19 @@
   const BACKOFF_MAX_MS = 30000;
   const STABLE_MS = 30000;         // a connection open this long resets the back-off
   const ACK_DEBOUNCE_MS = 200;
+  const ACCESS_TIMEOUT_MS = 10000;
   const FATAL_CLOSES = [1003, 1009, 4400];
   const HEX_COLOR = /^#[0-9a-fA-F]{3}([0-9a-fA-F]{3})?$/;
   const DEFAULT_THEME = { title: 'Chat with us', primary: '#2f5bea', background: '#ffffff', text: '#1b1f24' };
 
   // ---------------------------------------------------------------- markdown (begin)
-  // A deliberately small renderer: paragraphs, line breaks, **bold**, *italic*/_italic_, `code`,
-  // ``` fenced blocks ```, "- "/"* " and "1. " lists, [text](url) for http(s)/mailto URLs and bare
-  // http(s):// URLs. Everything else is literal text (createTextNode / textContent only).
+  // A deliberately small renderer: paragraphs, "#" headings (shown bold), "> " quotes, **bold**,
+  // *italic*/_italic_, `code`, ``` fenced blocks ```, "- "/"* " and "1. " lists, [text](url) for
+  // http(s)/mailto URLs and bare http(s):// URLs. Everything else is literal text (createTextNode /
+  // textContent only).
+  // As in Markdown, a single newline inside a paragraph, list item or quote is a space: quoted
+  // knowledge passages are hard-wrapped at ~100 columns and must read as one paragraph. A line
+  // ending in two spaces or "\" keeps its break, and so do table rows ("| a | b |").
   const SAFE_URL = /^(https?:|mailto:)/i;
   const INLINE = new RegExp([
     '`([^`\\n]+)`',                                            // 1 code
@@ -65,6 +77,14 @@
     '(?<![A-Za-z0-9_])_(?=[^\\s_])([^_\\n]*?[^\\s_])_(?![A-Za-z0-9_])', // 6 italic _
     '(https?:\\/\\/[^\\s<>"]+)',                               // 7 bare URL
   ].join('|'), 'g');
+  const FENCE = /^\s*```/;
+  const QUOTE = /^\s{0,3}>/;
+  const HEADING = /^\s{0,3}#{1,6}\s+(.*?)(?:\s+#+)?\s*$/;
+  const UL_ITEM = /^\s*[-*]\s+(.*)$/;
+  const OL_ITEM = /^\s*(\d{1,9})[.)]\s+(.*)$/;
+  const TABLE_ROW = /^\s*\|/;
+  const HARD_BREAK = /(?: {2,}|\\)$/;
+  const MAX_QUOTE_DEPTH = 8;
 
   function make(tag, cls) {
     const node = document.createElement(tag);
@@ -116,25 +136,51 @@
     addText(text.slice(last));
   }
 
-  function renderMarkdown(source, parent) {
+  // The lines of one paragraph (or list item), reflowed: joined with spaces (so inline markup may
+  // span a wrap), broken only after a hard break or around table rows.
+  function renderLines(lines, parent) {
+    let run = '';
+    lines.forEach((line, i) => {
+      let text = line.trim();
+      const hard = HARD_BREAK.test(line);
+      if (hard && text.endsWith('\\')) text = text.slice(0, -1).trimEnd();
+      run = run && text ? run + ' ' + text : run + text;
+      const next = lines[i + 1];
+      if (next !== undefined && (hard || TABLE_ROW.test(line) || TABLE_ROW.test(next))) {
+        renderInline(run, parent);
+        parent.appendChild(make('br'));
+        run = '';
+      }
+    });
+    renderInline(run, parent);
+  }
+
+  function startsBlock(line) {
+    return FENCE.test(line) || QUOTE.test(line) || HEADING.test(line) || UL_ITEM.test(line) || OL_ITEM.test(line);
+  }
+
+  function renderMarkdown(source, parent, depth) {
     const lines = String(source).replace(/\r\n?/g, '\n').split('\n');
     let para = null;   // lines of the paragraph being collected
-    let list = null;   // { node, ordered, item }
+    let list = null;   // { node, ordered, item, lines }: the list and its item being collected
     const flushPara = () => {
       if (!para) return;
       const p = make('p');
-      para.forEach((line, i) => {
-        if (i) p.appendChild(make('br'));
-        renderInline(line, p);
-      });
+      renderLines(para, p);
       parent.appendChild(p);
       para = null;
     };
+    const flushItem = () => {
+      if (!list || !list.item) return;
+      renderLines(list.lines, list.item);
+      list.item = null;
+    };
+    const endList = () => { flushItem(); list = null; };
     for (let i = 0; i < lines.length; i++) {
       const line = lines[i];
-      if (/^\s*```/.test(line)) {                       // fenced code block
+      if (FENCE.test(line)) {                           // fenced code block: kept verbatim
         flushPara();
-        list = null;
+        endList();
         const body = [];
         for (i++; i < lines.length && !/^\s*```\s*$/.test(lines[i]); i++) body.push(lines[i]);
         const pre = make('pre');
@@ -144,31 +190,61 @@
         parent.appendChild(pre);
         continue;
       }
-      if (!line.trim()) { flushPara(); list = null; continue; }
-      const ul = /^\s*[-*]\s+(.*)$/.exec(line);
-      const ol = ul ? null : /^\s*(\d{1,9})[.)]\s+(.*)$/.exec(line);
+      if (!line.trim()) { flushPara(); endList(); continue; }
+      if (QUOTE.test(line) && (depth || 0) < MAX_QUOTE_DEPTH) {
+        // "> " lines, and lines continuing a quoted paragraph without the marker (a hard wrap),
+        // are the quote; its body is Markdown again (paragraphs at blank "> " lines, lists, ...).
+        flushPara();
+        endList();
+        const body = [];
+        for (; i < lines.length; i++) {
+          const l = lines[i];
+          if (QUOTE.test(l)) body.push(l.replace(/^\s{0,3}> ?/, ''));
+          else if (l.trim() && body.length && body[body.length - 1].trim() && !startsBlock(l)) body.push(l);
+          else break;
+        }
+        i--;
+        const quote = make('blockquote');
+        renderMarkdown(body.join('\n'), quote, (depth || 0) + 1);
+        parent.appendChild(quote);
+        continue;
+      }
+      const heading = HEADING.exec(line);
+      if (heading) {
+        flushPara();
+        endList();
+        const p = make('p', 'h');
+        const strong = make('strong');
+        renderInline(heading[1], strong);
+        p.appendChild(strong);
+        parent.appendChild(p);
+        continue;
+      }
+      const ul = UL_ITEM.exec(line);
+      const ol = ul ? null : OL_ITEM.exec(line);
       if (ul || ol) {
         flushPara();
+        flushItem();
         const ordered = !!ol;
         if (!list || list.ordered !== ordered) {
-          list = { node: make(ordered ? 'ol' : 'ul'), ordered, item: null };
+          list = { node: make(ordered ? 'ol' : 'ul'), ordered, item: null, lines: [] };
           if (ordered && ol[1] !== '1') list.node.setAttribute('start', String(Number(ol[1])));
           parent.appendChild(list.node);
         }
         list.item = make('li');
-        renderInline(ordered ? ol[2] : ul[1], list.item);
+        list.lines = [ordered ? ol[2] : ul[1]];
         list.node.appendChild(list.item);
         continue;
       }
-      if (list && /^\s+\S/.test(line)) {                // indented continuation of a list item
-        list.item.appendChild(make('br'));
-        renderInline(line.trim(), list.item);
+      if (list && list.item && /^\s+\S/.test(line)) {   // indented continuation of a list item
+        list.lines.push(line);
         continue;
       }
-      list = null;
+      endList();
       (para = para || []).push(line);
     }
     flushPara();
+    endList();
   }
   // ---------------------------------------------------------------- markdown (end)
 
@@ -304,7 +380,9 @@ button, textarea { font: inherit; color: inherit; }
 .who { display: block; font-size: 12px; font-weight: 600; opacity: .75; }
 .note { display: block; font-size: 12px; margin-top: 2px; }
 .text.plain { white-space: pre-wrap; }
-.text p, .text ul, .text ol, .text pre { margin: 0 0 .5em; }
+.text p, .text ul, .text ol, .text pre, .text blockquote { margin: 0 0 .5em; }
+.text blockquote { padding: 0 0 0 .7em; border-left: 3px solid rgba(127,127,127,.45); }
+.text blockquote > :last-child { margin-bottom: 0; }
 .text > :last-child { margin-bottom: 0; }
 .text ul, .text ol { padding-left: 1.3em; }
 .text code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .9em;
@@ -312,6 +390,11 @@ button, textarea { font: inherit; color: inherit; }
 .text pre { overflow-x: auto; background: rgba(127,127,127,.18); border-radius: 6px; padding: 8px; }
 .text pre code { background: none; padding: 0; white-space: pre; }
 .text a { color: var(--sb-primary); text-decoration: underline; }
+.sources { margin-top: 6px; padding-top: 5px; border-top: 1px solid rgba(127,127,127,.3); font-size: 12px;
+  line-height: 1.4; }
+.sources .label { display: block; font-weight: 600; opacity: .8; }
+.sources ol { list-style: none; margin: 0; padding: 0; }
+.sources .n { font-variant-numeric: tabular-nums; opacity: .8; }
 .typing { padding: 0 14px 6px; display: flex; gap: 4px; }
 .typing .dot { width: 7px; height: 7px; border-radius: 50%; background: currentColor; opacity: .4;
   animation: sb-dot 1.2s infinite ease-in-out; }
@@ -320,6 +403,7 @@ button, textarea { font: inherit; color: inherit; }
 @keyframes sb-dot { 0%, 80%, 100% { opacity: .25; transform: none; } 40% { opacity: .9; transform: translateY(-3px); } }
 .status { padding: 4px 14px; font-size: 12px; opacity: .75; border-top: 1px solid rgba(127,127,127,.2); }
 .status[data-state="open"] { opacity: .55; }
+.status[data-state="blocked"] { opacity: 1; font-weight: 600; }
 .form { display: flex; gap: 8px; padding: 10px; border-top: 1px solid rgba(127,127,127,.2); }
 .form textarea { flex: 1; resize: none; min-height: 40px; max-height: 120px; padding: 9px 10px;
   border: 1px solid rgba(127,127,127,.45); border-radius: 10px; background: var(--sb-bg); }
@@ -327,6 +411,7 @@ button, textarea { font: inherit; color: inherit; }
 .send { border: 0; border-radius: 10px; padding: 0 14px; background: var(--sb-primary);
   color: var(--sb-on-primary); cursor: pointer; font-weight: 600; }
 .send:focus-visible { outline-color: var(--sb-text); }
+.form textarea:disabled, .send:disabled { opacity: .5; cursor: not-allowed; }
 @media (prefers-reduced-motion: reduce) {
   .launcher, .panel, .typing .dot { transition: none !important; animation: none !important; }
   .typing .dot { opacity: .6; }
@@ -482,7 +567,8 @@ button, textarea { font: inherit; color: inherit; }
     chatIcon.style.display = open ? 'none' : '';
     closeIcon.style.display = open ? '' : 'none';
     if (open) {
-      scrollToBottom(true);
+      // Closed, the log had no layout to scroll: show the newest message from its start now.
+      if (revealEl && revealEl.parentNode === log) reveal(revealEl); else scrollToEnd();
       if (!opts || !opts.quiet) input.focus();
     } else if (opts && opts.focusLauncher) {
       launcher.focus();
@@ -497,9 +583,36 @@ button, textarea { font: inherit; color: inherit; }
     }
   });
 
-  function scrollToBottom(force) {
-    const near = log.scrollHeight - log.scrollTop - log.clientHeight < 80;
-    if (force || near) log.scrollTop = log.scrollHeight;
+  // ---------------------------------------------------------------- scrolling
+  // A new message is shown from its START: its top goes to the top of the log (a short one simply
+  // ends up at the bottom, as the log cannot scroll past its end), so a long answer is read from
+  // its first line. The log moves only if the visitor was following the conversation — at its end,
+  // or still where the widget last put it — which must be decided BEFORE the log changes: a long
+  // new message moves the end away. A visitor scrolled up into the history is left there.
+  const REVEAL_GAP = 8;   // px left above a revealed message
+  let autoTop = -1;       // the scrollTop the widget last set (the visitor has not scrolled since)
+  let revealEl = null;    // the newest message to show when the panel opens
+  function distanceToEnd() {
+    return log.scrollHeight - log.scrollTop - log.clientHeight;
+  }
+  function following() {
+    if (panel.hidden) return true; // no layout: decided again at open
+    return distanceToEnd() < 80 || Math.abs(log.scrollTop - autoTop) < 2;
+  }
+  function scrollLogTo(top) {
+    log.scrollTop = Math.max(0, top);
+    autoTop = log.scrollTop; // as clamped by the browser
+  }
+  function scrollToEnd() {
+    scrollLogTo(log.scrollHeight);
+  }
+  // Scrolls the log so that `el`'s top edge is at its top (or as far as the log scrolls). Used for
+  // a growing preview as well: it is followed to its end until its start would leave the view.
+  function reveal(el) {
+    revealEl = el;
+    if (panel.hidden) return;
+    const offset = el.getBoundingClientRect().top - log.getBoundingClientRect().top;
+    scrollLogTo(log.scrollTop + offset - REVEAL_GAP);
   }
 
   // ---------------------------------------------------------------- connection status
@@ -526,7 +639,35 @@ button, textarea { font: inherit; color: inherit; }
   let lastSeq = 0;               // highest seq received in a `message` frame (contiguous)
   let ackedSeq = 0;
 
-  function messageEl(author, direction, text) {
+  // The sources an answer cites (`citations` of its `message` frame: {title, document_id, chunk,
+  // section?}), listed under it as "[1] Title — Section", numbered in the order given (or by a
+  // citation's own `n`, the number the answer's text uses, where the gateway sends one).
+  const MAX_SOURCES = 20;
+  function sourcesEl(citations) {
+    if (!Array.isArray(citations)) return null;
+    const str = (v) => (typeof v === 'string' ? v.trim() : '');
+    const list = make('ol');
+    citations.slice(0, MAX_SOURCES).forEach((c, i) => {
+      if (!c || typeof c !== 'object') return;
+      const title = str(c.title) || str(c.document_id) || 'Source';
+      const section = str(c.section);
+      const n = Number.isInteger(c.n) && c.n > 0 ? c.n : i + 1;
+      const item = make('li');
+      const num = make('span', 'n');
+      num.textContent = '[' + n + ']';
+      item.append(num, document.createTextNode(' ' + title + (section && section !== title ? ' \u2014 ' + section : '')));
+      list.appendChild(item);
+    });
+    if (!list.children.length) return null;
+    const box = make('div', 'sources');
+    box.setAttribute('data-sb', 'sources');
+    const label = make('span', 'label');
+    label.textContent = 'Sources:';
+    box.append(label, list);
+    return box;
+  }
+
+  function messageEl(author, direction, text, citations) {
     const el = make('div', 'msg ' + (direction === 'inbound' ? 'in' : 'out') + ' ' + author);
     el.setAttribute('data-sb-msg', '');
     el.setAttribute('data-author', author);
@@ -541,6 +682,8 @@ button, textarea { font: inherit; color: inherit; }
     if (author === 'contact') textEl.textContent = text; // the visitor's own words: verbatim
     else renderMarkdown(text, textEl);
     el.appendChild(textEl);
+    const sources = author === 'contact' ? null : sourcesEl(citations);
+    if (sources) el.appendChild(sources);
     return el;
   }
 
@@ -585,7 +728,7 @@ button, textarea { font: inherit; color: inherit; }
     pendingEls.set(clientId, el);
     const firstDraft = log.querySelector('[data-sb="draft"]');
     log.insertBefore(el, firstDraft);
-    scrollToBottom(true);
+    reveal(el); // the visitor's own message: always shown
   }
 
   function markFailed(clientId, why) {
@@ -602,6 +745,7 @@ button, textarea { font: inherit; color: inherit; }
 
   function onMessage(f) {
     if (typeof f.seq !== 'number' || !isFinite(f.seq)) return;
+    const follow = following(); // before anything in the log moves (a preview is removed below)
     const conv = typeof f.conversation_id === 'string' ? f.conversation_id : null;
     if (conv && conversationId && conv !== conversationId) clearConversation(); // new conversation
     if (conv) conversationId = conv;
@@ -614,6 +758,7 @@ button, textarea { font: inherit; color: inherit; }
     if (f.seq > lastSeq) lastSeq = f.seq;
     scheduleAck();
     let el = clientId ? pendingEls.get(clientId) : null;
+    let isNew = false;             // not the confirmation of a message shown pending
     if (seqEls.has(f.seq)) {       // already rendered (replay after a reconnect): drop any pending copy
       if (el && el !== seqEls.get(f.seq)) { pendingEls.delete(clientId); el.remove(); }
       return;
@@ -623,12 +768,13 @@ button, textarea { font: inherit; color: inherit; }
     } else {
       const author = ['contact', 'bot', 'agent', 'system'].includes(f.author) ? f.author : 'system';
       const direction = f.direction === 'inbound' ? 'inbound' : 'outbound';
-      el = messageEl(author, direction, typeof f.text === 'string' ? f.text : '');
+      el = messageEl(author, direction, typeof f.text === 'string' ? f.text : '', f.citations);
       if (clientId) el.setAttribute('data-client-id', clientId);
+      isNew = true;
     }
     if (typeof f.created_at === 'string') el.title = f.created_at;
     confirmEl(el, f.seq, typeof f.id === 'string' ? f.id : null);
-    scrollToBottom(false);
+    if (isNew && follow) reveal(el);
   }
 
   function onSent(f) {
@@ -668,6 +814,7 @@ button, textarea { font: inherit; color: inherit; }
     const id = f.stream_id;
     if (typeof id !== 'string' || typeof f.delta !== 'string' || typeof f.offset !== 'number') return;
     if (answered.has(id)) return; // the final answer is already shown
+    const follow = following();
     const d = drafts.get(id);
     const current = d ? d.text : '';
     let text;
@@ -694,10 +841,15 @@ button, textarea { font: inherit; color: inherit; }
     draft.stale = false;
     draft.textEl.replaceChildren();
     renderMarkdown(text, draft.textEl);
-    scrollToBottom(false);
+    if (follow) reveal(draft.el);
   }
 
-  function setTyping(on) { typingEl.hidden = !on; if (on) scrollToBottom(false); }
+  // The dots sit below the log and shrink it: a log that was at its end stays there.
+  function setTyping(on) {
+    const atEnd = !panel.hidden && distanceToEnd() < 80;
+    typingEl.hidden = !on;
+    if (on && atEnd) scrollToEnd();
+  }
 
   // ---------------------------------------------------------------- connection
   let ws = null;
@@ -714,6 +866,9 @@ button, textarea { font: inherit; color: inherit; }
   let staleTimer = 0;
   let stableTimer = 0;       // started at welcome: resets `attempts` if the connection lasts
   let retryTimer = 0;        // set after rate_limited/internal: sending is paused until it fires
+  let blocked = false;       // the gateway refuses this page (origin or key): never connect again
+  let accessCheck = null;    // the access check in flight
+  let accessOk = false;      // the check said this page may chat: not asked again until a welcome
 
   function sendFrame(obj) {
     if (!ws || ws.readyState !== WebSocket.OPEN) return false;
@@ -724,7 +879,7 @@ button, textarea { font: inherit; color: inherit; }
   function connect() {
     clearTimeout(reconnectTimer);
     reconnectTimer = 0;
-    if (ws) return;
+    if (ws || blocked) return;
     setState(attempts >= 3 || navigator.onLine === false ? 'closed' : 'connecting');
     let sock;
     try {
@@ -734,8 +889,10 @@ button, textarea { font: inherit; color: inherit; }
       return;
     }
     ws = sock;
+    let opened = false;
     sock.onopen = () => {
       if (sock !== ws) return;
+      opened = true;
       const token = load(TOKEN_KEY);
       const hello = { type: 'hello', v: 1 };
       if (token) hello.token = token;
@@ -746,7 +903,11 @@ button, textarea { font: inherit; color: inherit; }
     };
     sock.onmessage = (ev) => { if (sock === ws) onFrame(ev.data); };
     sock.onerror = () => { /* a close event follows */ };
-    sock.onclose = (ev) => { if (sock === ws) onClosed(ev.code); };
+    sock.onclose = (ev) => {
+      if (sock !== ws) return;
+      onClosed(ev.code);
+      if (!opened) checkAccessOnce(); // refused before the upgrade? The browser will not say why
+    };
   }
 
   // Abandon a connection that looks dead, without waiting for the browser's close handshake.
@@ -771,6 +932,7 @@ button, textarea { font: inherit; color: inherit; }
     welcomed = false;
     stopTimers();
     setTyping(false);
+    if (blocked) return;
     if (code === 4401) {               // token invalid or from another tenant: forget it
       save(TOKEN_KEY, null);
       if (helloHadToken) { connect(); return; }
@@ -785,7 +947,7 @@ button, textarea { font: inherit; color: inherit; }
   }
 
   function scheduleReconnect() {
-    if (reconnectTimer || ws) return;
+    if (reconnectTimer || ws || blocked) return;
     const cap = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * Math.pow(2, attempts));
     attempts++;
     setState(attempts > 3 || navigator.onLine === false ? 'closed' : 'connecting');
@@ -817,6 +979,7 @@ button, textarea { font: inherit; color: inherit; }
     clearTimeout(welcomeTimer);
     welcomeTimer = 0;
     welcomed = true;
+    accessOk = false; // a later run of failures asks again
     everWelcomed = true;
     fatal = false;
     // A server that welcomes and then closes (1011, 4409) must not get instant reconnects: the
@@ -861,6 +1024,85 @@ button, textarea { font: inherit; color: inherit; }
     }
   }
 
+  // ---------------------------------------------------------------- access check
+  // The gateway refuses a page whose origin is not in the tenant's `allowed_origins` (403) or a
+  // bad key (401) before the WebSocket upgrade, and browsers do not tell scripts why a handshake
+  // failed: to the widget that looks like a gateway that is down. So when a socket fails before it
+  // ever opened, the widget asks `GET /v1/widget/config?key=<key>` (answered to any origin, with
+  // `Access-Control-Allow-Origin: *`) whether this page may chat at all:
+  //   200 {"origin":"https://shop.example","origin_allowed":false}  -> 'origin'
+  //   401 {"error":{"code":"invalid_key",…}}                        -> 'key'
+  //   200 {…,"origin_allowed":true}                                 -> 'ok' (down, or busy: retry)
+  // Anything else (no answer, a gateway without that endpoint) is 'unknown': keep reconnecting.
+  async function checkAccess() {
+    if (typeof fetch !== 'function') return { verdict: 'unknown' };
+    const abort = typeof AbortController === 'function' ? new AbortController() : null;
+    const timer = abort ? setTimeout(() => abort.abort(), ACCESS_TIMEOUT_MS) : 0;
+    try {
+      const res = await fetch(ACCESS_URL, {
+        mode: 'cors', credentials: 'omit', cache: 'no-store', signal: abort ? abort.signal : undefined,
+      });
+      let body = null;
+      try { body = await res.json(); } catch (_) { /* not JSON */ }
+      if (!body || typeof body !== 'object') return { verdict: 'unknown' };
+      if (res.status === 200 && body.origin_allowed === false) {
+        return { verdict: 'origin', origin: typeof body.origin === 'string' ? body.origin : null };
+      }
+      if (res.status === 200 && body.origin_allowed === true) return { verdict: 'ok' };
+      if (res.status === 401 && body.error && body.error.code === 'invalid_key') return { verdict: 'key' };
+      return { verdict: 'unknown' };
+    } catch (_) {
+      return { verdict: 'unknown' }; // offline, timed out, or refused by CORS (an older gateway)
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  function checkAccessOnce() {
+    if (accessCheck || accessOk || blocked) return;
+    accessCheck = checkAccess().then((r) => {
+      accessCheck = null;
+      if (welcomed) return; // connected meanwhile: whatever it said is outdated
+      if (r.verdict === 'ok') accessOk = true;
+      else if (r.verdict === 'origin' || r.verdict === 'key') block(r);
+    }, () => { accessCheck = null; });
+  }
+
+  // This page may not use the chat: say so, stop reconnecting for good, and tell the site owner
+  // (in the console) how to fix it.
+  function block(r) {
+    blocked = true;
+    clearTimeout(reconnectTimer);
+    clearTimeout(retryTimer);
+    reconnectTimer = retryTimer = 0;
+    const sock = ws;
+    ws = null;
+    welcomed = false;
+    stopTimers();
+    if (sock) { try { sock.close(); } catch (_) { /* already closing */ } }
+    setTyping(false);
+    setState('blocked', 'Chat is not enabled on this site.');
+    input.disabled = true;
+    sendBtn.disabled = true;
+    input.placeholder = 'Chat is not available';
+    if (!window.console || typeof console.error !== 'function') return;
+    const settings = HTTP_BASE + '/v1/widget/settings';
+    if (r.verdict === 'key') {
+      console.error('[switchboard] Chat disabled: the gateway at ' + HTTP_BASE + ' does not accept this ' +
+        'widget key (data-key="' + KEY + '": unknown, revoked, or not a widget key). Copy the current ' +
+        'embed tag from "embed" in GET ' + settings + ' (with the tenant\'s admin key).');
+      return;
+    }
+    const origin = r.origin || location.origin;
+    console.error('[switchboard] Chat disabled: this page\'s origin, ' + origin + ', is not in the ' +
+      'allowed_origins of the widget settings, so the gateway refuses the connection ' +
+      '(403 origin_not_allowed). To fix it, add "' + origin + '" to allowed_origins: ' +
+      'GET ' + settings + ', add the origin to its "allowed_origins" list, and send the whole object back ' +
+      'with PUT ' + settings + ' (with the tenant\'s admin key).' +
+      (origin === 'null' ? ' This page has no origin (opened from a file or in a sandboxed frame): ' +
+        'serve it over http(s), or allow "*".' : ''));
+  }
+
   // ---------------------------------------------------------------- sending
   const encoder = new TextEncoder();
 
@@ -889,6 +1131,7 @@ button, textarea { font: inherit; color: inherit; }
   }
 
   function submit() {
+    if (blocked) return;
     const text = input.value.trim();
     if (!text) return;
     if (text.length > MAX_TEXT) return; // maxlength already prevents this
@@ -918,8 +1161,8 @@ button, textarea { font: inherit; color: inherit; }
     }
   });
   input.addEventListener('input', autosize);
-  window.addEventListener('online', () => { if (!ws && !fatal) { attempts = 0; connect(); } });
-  window.addEventListener('offline', () => { if (!welcomed) setState('closed'); });
+  window.addEventListener('online', () => { if (!ws && !fatal && !blocked) { attempts = 0; connect(); } });
+  window.addEventListener('offline', () => { if (!welcomed && !blocked) setState('closed'); });
   // Another tab removed a pending item (confirmed or failed there): drop its pending bubble here.
   // If the message is in the conversation shown, its `message` frame renders it confirmed.
   window.addEventListener('storage', (e) => {

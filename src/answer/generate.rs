@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use metrics::counter;
 use tracing::warn;
 
-use super::prompts::{Context, Prompts, Source};
+use super::prompts::{Context, Prompts, Source, off_runtime};
 use super::{Answer, Citation, Deltas, Responder, Turn};
 use crate::knowledge::chunk::count_tokens;
 use crate::knowledge::{Hit, Knowledge};
@@ -109,13 +109,14 @@ impl KnowledgeResponder {
                 .into(),
             );
             counter!("switchboard_answers_total", "kind" => "no_answer").increment(1);
+            let text = off_runtime(move || prompts.render("no_answer", &context)).await??;
             return Ok(Answer {
-                text: prompts.render("no_answer", &context)?,
+                text,
                 citations: Vec::new(),
             });
         }
         let Some(model) = &self.model else {
-            return self.fallback(&prompts, context, &hits, "no_model");
+            return self.fallback(prompts, context, &hits, "no_model").await;
         };
 
         let history = store
@@ -126,9 +127,19 @@ impl KnowledgeResponder {
             )
             .await?;
         let budget = Budget::new(&self.settings);
-        let Some((messages, used)) = budget.fit(&prompts, &mut context, &hits, &history)? else {
+        // Templates render on the blocking pool, fuelled and within a time limit: a tenant's
+        // template cannot hold the async workers.
+        let (fitted, prompts, context) = {
+            let (prompts, mut context, hits) = (prompts, context, hits.clone());
+            off_runtime(move || {
+                let fitted = budget.fit(&prompts, &mut context, &hits, &history);
+                (fitted, prompts, context)
+            })
+            .await?
+        };
+        let Some((messages, used)) = fitted? else {
             warn!("the question alone does not fit the model's context; quoting instead");
-            return self.fallback(&prompts, context, &hits, "error");
+            return self.fallback(prompts, context, &hits, "error").await;
         };
         let request = ChatRequest {
             messages,
@@ -166,14 +177,14 @@ impl KnowledgeResponder {
                 if streamed {
                     deltas.reset();
                 }
-                self.fallback(&prompts, context, &hits, reason)
+                self.fallback(prompts, context, &hits, reason).await
             }
         }
     }
 
-    fn fallback(
+    async fn fallback(
         &self,
-        prompts: &Prompts,
+        prompts: Prompts,
         mut context: Context,
         hits: &[Hit],
         reason: &str,
@@ -192,8 +203,9 @@ impl KnowledgeResponder {
         context.reason = Some(reason.to_owned());
         counter!("switchboard_answers_total", "kind" => "fallback", "reason" => reason.to_owned())
             .increment(1);
+        let text = off_runtime(move || prompts.render("fallback", &context)).await??;
         Ok(Answer {
-            text: prompts.render("fallback", &context)?,
+            text,
             citations: vec![citation(best)],
         })
     }

@@ -89,24 +89,89 @@ impl Prompts {
     }
 }
 
+/// Steps (MiniJinja instructions) one rendering may take: the built-in templates take a few
+/// hundred; a tenant's nested `range(100000)` loops run out long before they hurt anyone.
+pub const FUEL: u64 = 50_000;
+/// Longest text one rendering may produce.
+pub const MAX_OUTPUT_BYTES: usize = 256 * 1024;
+/// Longest wait for a rendering run off the async workers ([`off_runtime`]); fuel bounds the
+/// work, this bounds the wait whatever happens.
+pub const RENDER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn render_text(name: &str, body: &str, context: &Context) -> Result<String, PromptError> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_trim_blocks(false);
+    env.set_fuel(Some(FUEL));
+    env.set_recursion_limit(32);
     env.add_template(name, body)
         .map_err(|e| PromptError::Template(describe(&e)))?;
     let template = env
         .get_template(name)
         .map_err(|e| PromptError::Template(describe(&e)))?;
-    let text = template
-        .render(context)
-        .map_err(|e| PromptError::Template(describe(&e)))?;
+    let mut out = Capped::default();
+    template
+        .render_captured_to(context, &mut out)
+        .map_err(|e| {
+            if out.overflowed {
+                PromptError::Template(format!(
+                    "the template renders more than {} KiB",
+                    MAX_OUTPUT_BYTES / 1024
+                ))
+            } else {
+                PromptError::Template(describe(&e))
+            }
+        })?;
+    let text = String::from_utf8(out.bytes)
+        .map_err(|_| PromptError::Template("the template renders invalid UTF-8".into()))?;
     Ok(text.trim().to_owned())
+}
+
+/// An output that refuses to grow past [`MAX_OUTPUT_BYTES`].
+#[derive(Default)]
+struct Capped {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_OUTPUT_BYTES {
+            self.overflowed = true;
+            return Err(std::io::Error::other("template output limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// MiniJinja's message: kind, detail, and where (`syntax error: … (in persona:1)`).
 fn describe(e: &minijinja::Error) -> String {
+    if e.kind() == minijinja::ErrorKind::OutOfFuel {
+        return format!("the template does too much work (more than {FUEL} steps): {e}");
+    }
     e.to_string()
+}
+
+/// Runs template work on the blocking pool, never on the async workers, and gives up waiting
+/// after [`RENDER_TIMEOUT`].
+pub async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, PromptError> {
+    match tokio::time::timeout(RENDER_TIMEOUT, tokio::task::spawn_blocking(work)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(PromptError::Template(format!(
+            "rendering the template failed: {e}"
+        ))),
+        Err(_) => Err(PromptError::Template(format!(
+            "rendering the template took longer than {} s",
+            RENDER_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
 /// A context with every variable `name` may use, for checking a template before it is saved.

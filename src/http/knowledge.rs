@@ -28,6 +28,11 @@ impl From<KnowledgeError> for ApiError {
             KnowledgeError::Empty => {
                 ApiError::bad_request("empty_document", "the document has no text to index")
             }
+            KnowledgeError::TooLarge => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "document_too_large",
+                e.to_string(),
+            ),
             KnowledgeError::Store(e) => e.into(),
             KnowledgeError::Index(e) => ApiError::internal(format!("vector index: {e:#}")),
             KnowledgeError::Embedding(e) => ApiError::new(
@@ -117,9 +122,10 @@ pub async fn upload(
         })?;
         let format = format_of(file_name.as_deref(), format.as_deref())?;
         let content = if format == Format::Pdf {
-            tokio::task::spawn_blocking(move || crate::knowledge::extract::pdf_text(&bytes))
+            state
+                .knowledge
+                .pdf_text(bytes.to_vec())
                 .await
-                .map_err(ApiError::internal)?
                 .map_err(|e| ApiError::bad_request("unreadable_pdf", e))?
         } else {
             String::from_utf8(bytes.to_vec()).map_err(|_| {

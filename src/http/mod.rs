@@ -76,6 +76,10 @@ pub fn app(state: AppState) -> HttpRouter {
             post(channels::connect_channel).get(channels::list_channels),
         )
         .route(
+            "/v1/channels/{id}",
+            axum::routing::patch(channels::patch_channel).delete(channels::delete_channel),
+        )
+        .route(
             "/webhooks/{kind}/{channel_id}",
             get(webhooks::verify).post(webhooks::receive),
         )
@@ -113,6 +117,10 @@ pub fn app(state: AppState) -> HttpRouter {
             )
         })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            std::time::Duration::from_millis(state.config.body_timeout_ms.max(1)),
+        ))
+        .layer(axum::middleware::map_response(error::json_errors))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

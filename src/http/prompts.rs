@@ -60,7 +60,19 @@ pub async fn put(
         return Err(ApiError::not_found("prompt template"));
     }
     let request: PutPrompt = json_body(body, "invalid_body")?;
-    match prompts::validate(&name, &request.body) {
+    if request.body.contains('\0') {
+        return Err(ApiError::bad_request(
+            "invalid_template",
+            "a template may not contain NUL characters",
+        ));
+    }
+    let checked = {
+        let (name, body) = (name.clone(), request.body.clone());
+        prompts::off_runtime(move || prompts::validate(&name, &body))
+            .await
+            .and_then(|r| r)
+    };
+    match checked {
         Ok(()) => {}
         Err(PromptError::Unknown(_)) => return Err(ApiError::not_found("prompt template")),
         Err(PromptError::Template(reason)) => {

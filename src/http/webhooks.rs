@@ -32,7 +32,7 @@ async fn webhook_channel(
 ) -> Result<Channel, ApiError> {
     let kind = ChannelKind::parse(kind).ok_or_else(|| ApiError::not_found("channel"))?;
     match state.store.channel_by_id(channel_id).await {
-        Ok(channel) if channel.kind == kind => Ok(channel),
+        Ok(channel) if channel.kind == kind && !channel.removed => Ok(channel),
         Ok(_) | Err(sqlx::Error::RowNotFound) => Err(ApiError::not_found("channel")),
         Err(e) => Err(e.into()),
     }

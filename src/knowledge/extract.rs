@@ -1,5 +1,6 @@
-//! Text out of an uploaded file: Markdown and plain text as they are, HTML without its markup,
-//! PDF through `pdf-extract` (text layer only: scanned pages without one have no text).
+//! Text out of an uploaded file: Markdown and plain text as they are, HTML without its markup
+//! (html5ever through `scraper`), PDF through `pdf-extract` in a bounded child process
+//! ([`super::pdf_worker`]; text layer only: scanned pages without one have no text).
 
 /// The formats accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,20 +57,10 @@ pub fn extract(content: &str, format: Format) -> (String, Option<String>) {
 /// Largest PDF accepted, in bytes.
 pub const MAX_PDF_BYTES: usize = 16 * 1024 * 1024;
 
-/// The text layer of a PDF, pages separated by blank lines. A damaged or unsupported file is an
-/// error (the parser's panics included: the input is a stranger's file).
-pub fn pdf_text(bytes: &[u8]) -> Result<String, String> {
-    if bytes.len() > MAX_PDF_BYTES {
-        return Err("the PDF is larger than 16 MiB".into());
-    }
-    if !bytes.starts_with(b"%PDF-") {
-        return Err("not a PDF (no %PDF- header)".into());
-    }
-    let extracted = std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem(bytes))
-        .map_err(|_| "the PDF could not be read (damaged or unsupported)".to_owned())?
-        .map_err(|e| format!("the PDF could not be read: {e}"))?;
-    // pdf-extract separates lines with newlines and pages with form feeds; collapse runs of
-    // blank lines so chunking sees paragraphs.
+/// pdf-extract's output as paragraphs: lines are separated by newlines and pages by form feeds;
+/// runs of blank lines collapse so chunking sees paragraphs. (The PDF itself is read in a bounded
+/// child process: [`super::pdf_worker`].)
+pub fn tidy_pdf_text(extracted: &str) -> String {
     let mut text = String::with_capacity(extracted.len());
     let mut blank = 0;
     for line in extracted.replace('\u{c}', "\n\n").lines() {
@@ -84,89 +75,102 @@ pub fn pdf_text(bytes: &[u8]) -> Result<String, String> {
         blank = 0;
         text.push_str(line);
     }
-    if text.trim().is_empty() {
-        return Err("the PDF has no text layer (a scan?)".into());
-    }
-    Ok(text)
+    text
 }
 
-/// A small HTML-to-text pass for knowledge pages: drops scripts, styles and comments, turns
-/// headings into Markdown headings (so chunking follows them), block elements into paragraph
-/// breaks, list items into `- ` lines, and decodes the common entities. It never executes or
-/// keeps markup.
+/// HTML to text for knowledge pages, through html5ever (the browsers' parsing algorithm, linear
+/// in the input, entities decoded by the tokenizer): drops scripts, styles, templates and
+/// comments, turns headings into Markdown headings (so chunking follows them), block elements
+/// into paragraph breaks, list items into `- ` lines. The tree is walked without recursion, so
+/// deep nesting costs no stack. It never executes or keeps markup.
 fn html_to_text(html: &str) -> (String, Option<String>) {
-    let mut out = String::with_capacity(html.len() / 2);
+    use scraper::Node;
+    use scraper::node::Element;
+    let document = scraper::Html::parse_document(html);
+    let mut out = String::with_capacity(html.len().min(1 << 20) / 2);
     let mut title: Option<String> = None;
     let mut h1: Option<String> = None;
-    let mut rest = html;
-    let mut capture: Option<(String, String)> = None; // (tag, text) for <title> and <h1>
-    while let Some(lt) = rest.find('<') {
-        push_text(&mut out, &mut capture, &rest[..lt]);
-        rest = &rest[lt..];
-        if rest.starts_with("<!--") {
-            rest = rest.find("-->").map_or("", |end| &rest[end + 3..]);
-            continue;
-        }
-        let Some(gt) = rest.find('>') else {
-            rest = "";
-            break;
-        };
-        let tag_body = &rest[1..gt];
-        rest = &rest[gt + 1..];
-        let closing = tag_body.starts_with('/');
-        let name: String = tag_body
-            .trim_start_matches('/')
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric())
-            .collect::<String>()
-            .to_ascii_lowercase();
-        if !closing && matches!(name.as_str(), "script" | "style" | "noscript" | "template") {
-            let end = format!("</{name}");
-            rest = match rest.to_ascii_lowercase().find(&end) {
-                Some(i) => rest[i..].find('>').map_or("", |j| &rest[i + j + 1..]),
-                None => "",
-            };
-            continue;
-        }
-        match (name.as_str(), closing) {
-            ("title" | "h1", false) => capture = Some((name.clone(), String::new())),
-            ("title", true) | ("h1", true) => {
-                if let Some((tag, text)) = capture.take() {
-                    let text = collapse(&text);
-                    if tag == "title" && title.is_none() && !text.is_empty() {
-                        title = Some(text.clone());
+    // Inside a <title> or <h1>: its text so far. Inside a skipped element: its depth.
+    let mut capture: Option<(bool, String)> = None; // (is_title, text)
+    let mut skipping = 0usize;
+    let heading = |e: &Element| -> Option<usize> {
+        let name = e.name();
+        (name.len() == 2 && name.starts_with('h'))
+            .then(|| name.as_bytes()[1])
+            .filter(u8::is_ascii_digit)
+            .map(|d| usize::from(d - b'0').clamp(1, 6))
+    };
+    for edge in document.tree.root().traverse() {
+        match edge {
+            ego_tree::iter::Edge::Open(node) => match node.value() {
+                Node::Element(e) => {
+                    if matches!(e.name(), "script" | "style" | "noscript" | "template") {
+                        skipping += 1;
+                        continue;
                     }
-                    if tag == "h1" && h1.is_none() && !text.is_empty() {
-                        h1 = Some(text.clone());
+                    if skipping > 0 {
+                        continue;
                     }
-                    if tag == "h1" {
-                        out.push_str(&format!("\n\n# {text}\n\n"));
+                    match e.name() {
+                        "title" => capture = Some((true, String::new())),
+                        "h1" => capture = Some((false, String::new())),
+                        "li" => out.push_str("\n- "),
+                        "br" => out.push('\n'),
+                        "td" | "th" => out.push(' '),
+                        name if is_block(name) => out.push_str("\n\n"),
+                        _ => {
+                            if let Some(level) = heading(e) {
+                                out.push_str("\n\n");
+                                out.push_str(&"#".repeat(level));
+                                out.push(' ');
+                            }
+                        }
+                    }
+                }
+                Node::Text(t) if skipping == 0 => match &mut capture {
+                    Some((_, buf)) => buf.push_str(t),
+                    None => out.push_str(t),
+                },
+                _ => {}
+            },
+            ego_tree::iter::Edge::Close(node) => {
+                let Node::Element(e) = node.value() else {
+                    continue;
+                };
+                if matches!(e.name(), "script" | "style" | "noscript" | "template") {
+                    skipping = skipping.saturating_sub(1);
+                    continue;
+                }
+                if skipping > 0 {
+                    continue;
+                }
+                match e.name() {
+                    "title" | "h1" => {
+                        if let Some((is_title, text)) = capture.take() {
+                            let text = collapse(&text);
+                            if is_title && title.is_none() && !text.is_empty() {
+                                title = Some(text.clone());
+                            }
+                            if !is_title {
+                                if h1.is_none() && !text.is_empty() {
+                                    h1 = Some(text.clone());
+                                }
+                                out.push_str("\n\n# ");
+                                out.push_str(&text);
+                                out.push_str("\n\n");
+                            }
+                        }
+                    }
+                    name if is_block(name) => out.push_str("\n\n"),
+                    _ => {
+                        if heading(e).is_some() {
+                            out.push_str("\n\n");
+                        }
                     }
                 }
             }
-            (h, false)
-                if h.len() == 2 && h.starts_with('h') && h.as_bytes()[1].is_ascii_digit() =>
-            {
-                let level = usize::from(h.as_bytes()[1] - b'0').clamp(1, 6);
-                out.push_str("\n\n");
-                out.push_str(&"#".repeat(level));
-                out.push(' ');
-            }
-            (h, true) if h.len() == 2 && h.starts_with('h') && h.as_bytes()[1].is_ascii_digit() => {
-                out.push_str("\n\n");
-            }
-            ("li", false) => out.push_str("\n- "),
-            ("br", _) => out.push('\n'),
-            (
-                "p" | "div" | "section" | "article" | "ul" | "ol" | "table" | "tr" | "pre"
-                | "blockquote" | "header" | "footer" | "main" | "nav",
-                _,
-            ) => out.push_str("\n\n"),
-            ("td" | "th", _) => out.push(' '),
-            _ => {}
         }
     }
-    push_text(&mut out, &mut capture, rest);
     // Tidy: trim lines, at most one blank line in a row.
     let mut tidy = String::with_capacity(out.len());
     let mut blank = 0;
@@ -185,64 +189,27 @@ fn html_to_text(html: &str) -> (String, Option<String>) {
     (tidy, title.or(h1))
 }
 
-fn push_text(out: &mut String, capture: &mut Option<(String, String)>, raw: &str) {
-    let text = decode_entities(raw);
-    match capture {
-        Some((tag, buf)) => {
-            buf.push_str(&text);
-            if tag == "h1" {
-                // Written out when the heading closes.
-            }
-        }
-        None => out.push_str(&text),
-    }
+fn is_block(name: &str) -> bool {
+    matches!(
+        name,
+        "p" | "div"
+            | "section"
+            | "article"
+            | "ul"
+            | "ol"
+            | "table"
+            | "tr"
+            | "pre"
+            | "blockquote"
+            | "header"
+            | "footer"
+            | "main"
+            | "nav"
+    )
 }
 
 fn collapse(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-fn decode_entities(s: &str) -> String {
-    if !s.contains('&') {
-        return s.to_owned();
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(amp) = rest.find('&') {
-        out.push_str(&rest[..amp]);
-        rest = &rest[amp..];
-        let end = rest.find(';').filter(|e| *e <= 10);
-        let decoded = end.and_then(|e| {
-            let entity = &rest[1..e];
-            let c = match entity {
-                "amp" => Some('&'),
-                "lt" => Some('<'),
-                "gt" => Some('>'),
-                "quot" => Some('"'),
-                "apos" | "#39" => Some('\''),
-                "nbsp" => Some(' '),
-                _ => entity
-                    .strip_prefix("#x")
-                    .or_else(|| entity.strip_prefix("#X"))
-                    .and_then(|h| u32::from_str_radix(h, 16).ok())
-                    .or_else(|| entity.strip_prefix('#').and_then(|d| d.parse().ok()))
-                    .and_then(char::from_u32),
-            };
-            c.map(|c| (c, e))
-        });
-        match decoded {
-            Some((c, e)) => {
-                out.push(c);
-                rest = &rest[e + 1..];
-            }
-            None => {
-                out.push('&');
-                rest = &rest[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 #[cfg(test)]
@@ -270,6 +237,5 @@ mod tests {
         assert_eq!(Format::from_path("notes/a.MD"), Some(Format::Markdown));
         assert_eq!(Format::from_path("a.pdf"), Some(Format::Pdf));
         assert_eq!(Format::from_path("a.docx"), None);
-        assert_eq!(decode_entities("&#x41;&#66;&bogus;&"), "AB&bogus;&");
     }
 }

@@ -47,16 +47,15 @@ pub enum FileError {
     Knowledge(#[from] KnowledgeError),
 }
 
-/// Reads a file as an upload; its path (as given) identifies it for later replacement.
-async fn read_upload(path: &Path) -> Result<Upload, FileError> {
-    let name = path.to_string_lossy().into_owned();
+/// Reads a file as an upload. Its canonical path identifies it for later replacement, however
+/// it was typed (`kb`, `/abs/kb`, `./kb/../kb`, from another working directory).
+async fn read_upload(knowledge: &Knowledge, path: &Path) -> Result<Upload, FileError> {
+    let canonical = tokio::fs::canonicalize(path).await?;
+    let name = canonical.to_string_lossy().into_owned();
     let format = Format::from_path(&name).ok_or(FileError::Unsupported)?;
     let bytes = tokio::fs::read(path).await?;
     let content = if format == Format::Pdf {
-        tokio::task::spawn_blocking(move || super::extract::pdf_text(&bytes))
-            .await
-            .map_err(|e| FileError::Pdf(e.to_string()))?
-            .map_err(FileError::Pdf)?
+        knowledge.pdf_text(bytes).await.map_err(FileError::Pdf)?
     } else {
         String::from_utf8(bytes).map_err(|_| FileError::NotText)?
     };
@@ -79,7 +78,7 @@ pub async fn ingest_files(
     let mut uploads = Vec::new();
     let mut slots = Vec::new();
     for path in paths {
-        match read_upload(path).await {
+        match read_upload(knowledge, path).await {
             Ok(upload) => {
                 slots.push(out.len());
                 uploads.push(upload);
@@ -106,4 +105,30 @@ pub async fn ingest_files(
     out.into_iter()
         .map(|r| r.unwrap_or(Err(FileError::Unsupported)))
         .collect()
+}
+
+/// The demo tenant's coaching notes (`knowledge/` in the repository), built into the binary so
+/// that the demo answers wherever the binary runs from.
+pub const DEMO_KNOWLEDGE: [(&str, &str); 4] = [
+    ("goals.md", include_str!("../../knowledge/goals.md")),
+    ("habits.md", include_str!("../../knowledge/habits.md")),
+    ("sleep.md", include_str!("../../knowledge/sleep.md")),
+    ("stress.md", include_str!("../../knowledge/stress.md")),
+];
+
+/// Ingests the built-in demo notes for `tenant_id`; one outcome per note, in order.
+pub async fn ingest_demo(
+    knowledge: &Knowledge,
+    tenant_id: &str,
+) -> Result<Vec<Result<Ingested, KnowledgeError>>, KnowledgeError> {
+    let uploads = DEMO_KNOWLEDGE
+        .iter()
+        .map(|(name, content)| Upload {
+            title: None,
+            content: (*content).to_owned(),
+            format: Format::Markdown,
+            source: Some(format!("builtin:knowledge/{name}")),
+        })
+        .collect();
+    knowledge.ingest_many(tenant_id, uploads).await
 }

@@ -16,6 +16,7 @@ pub mod chunk;
 pub mod eval;
 pub mod extract;
 pub mod files;
+pub mod pdf_worker;
 pub mod qdrant_server;
 pub mod vectors;
 
@@ -86,6 +87,9 @@ pub struct Hit {
 pub enum KnowledgeError {
     #[error("the document has no text to index")]
     Empty,
+    /// More text than one document may have ([`pdf_worker::MAX_TEXT_BYTES`]).
+    #[error("the document's text is larger than {} MiB; split it into several documents", pdf_worker::MAX_TEXT_BYTES / (1024 * 1024))]
+    TooLarge,
     #[error(transparent)]
     Store(#[from] sqlx::Error),
     #[error(transparent)]
@@ -111,6 +115,8 @@ pub struct Knowledge {
     /// Dense retrieval beside BM25, when an embedding model is configured (and the index was
     /// built for it).
     embedder: Option<Arc<dyn crate::llm::Embedder>>,
+    /// Reads uploaded PDFs in bounded child processes.
+    pdf: pdf_worker::PdfReader,
 }
 
 impl Knowledge {
@@ -132,7 +138,19 @@ impl Knowledge {
             bm25: Arc::new(bm25),
             config,
             embedder: None,
+            pdf: pdf_worker::PdfReader::default(),
         })
+    }
+
+    /// With PDFs read by `reader` (tests name the `switchboard` binary cargo built).
+    pub fn with_pdf_reader(mut self, reader: pdf_worker::PdfReader) -> Knowledge {
+        self.pdf = reader;
+        self
+    }
+
+    /// The text layer of an uploaded PDF, read where a hostile file cannot hurt the gateway.
+    pub async fn pdf_text(&self, bytes: Vec<u8>) -> Result<String, String> {
+        self.pdf.text(bytes).await
     }
 
     /// Embeds chunks and questions with `embedder` (the index must have been made for its
@@ -221,9 +239,12 @@ impl Knowledge {
         let mut to_index = Vec::new();
         let mut out = Vec::with_capacity(prepared.len());
         for p in &prepared {
-            let Some(p) = p else {
-                out.push(Err(KnowledgeError::Empty));
-                continue;
+            let p = match p {
+                Ok(p) => p,
+                Err(refusal) => {
+                    out.push(Err((*refusal).into()));
+                    continue;
+                }
             };
             let outcome = outcomes
                 .next()
@@ -384,26 +405,56 @@ struct Prepared {
     chunks: Vec<NewChunk>,
 }
 
-/// Extracts, chunks and hashes an upload (CPU work, run on the blocking pool); `None` if it has
-/// no text.
-fn prepare(upload: Upload, config: ChunkConfig) -> Option<Prepared> {
+/// Why a document was refused before it was stored.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    Empty,
+    TooLarge,
+}
+
+impl From<Refusal> for KnowledgeError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Empty => KnowledgeError::Empty,
+            Refusal::TooLarge => KnowledgeError::TooLarge,
+        }
+    }
+}
+
+/// Extracts, chunks and hashes an upload (CPU work, run on the blocking pool). NUL characters
+/// are dropped from the text, title and source (PostgreSQL cannot store them in text, and they
+/// carry nothing readable), so both stores keep the same document.
+fn prepare(upload: Upload, config: ChunkConfig) -> Result<Prepared, Refusal> {
     let format = upload.format;
-    let (text, found_title) = extract::extract(&upload.content, format);
+    if upload.content.len() > 4 * pdf_worker::MAX_TEXT_BYTES {
+        return Err(Refusal::TooLarge);
+    }
+    let (mut text, found_title) = extract::extract(&upload.content, format);
+    if text.contains('\0') {
+        text = text.replace('\0', "");
+    }
+    if text.len() > pdf_worker::MAX_TEXT_BYTES {
+        return Err(Refusal::TooLarge);
+    }
     let chunks = chunk::chunk(&text, config);
     if chunks.is_empty() {
-        return None;
+        return Err(Refusal::Empty);
     }
+    let without_nul = |s: String| s.replace('\0', "");
+    let found_title = found_title.map(without_nul);
+    let source = upload.source.map(without_nul);
     let title = upload
         .title
+        .map(without_nul)
         .filter(|t| !t.trim().is_empty())
         .or(found_title)
-        .or_else(|| upload.source.as_deref().map(file_stem))
+        .or_else(|| source.as_deref().map(file_stem))
         .unwrap_or_else(|| "Untitled".to_owned());
     let hash = hex::encode(Sha256::digest(
         format!("{}\0{title}\0{text}", format.as_str()).as_bytes(),
     ));
-    Some(Prepared {
-        source: upload.source.unwrap_or_else(|| title.clone()),
+    Ok(Prepared {
+        source: source.unwrap_or_else(|| title.clone()),
         title,
         format,
         hash,
@@ -443,4 +494,12 @@ fn file_stem(path: &str) -> String {
     name.rsplit_once('.')
         .map_or(name, |(stem, _)| stem)
         .to_owned()
+}
+
+impl Knowledge {
+    /// The vector index itself (searches show only chunks SQL still has; checks that the index
+    /// follows SQL, e.g. after a delete, look here).
+    pub fn index(&self) -> &Arc<dyn VectorIndex> {
+        &self.index
+    }
 }

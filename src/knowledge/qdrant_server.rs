@@ -14,9 +14,9 @@ use anyhow::Context;
 use async_trait::async_trait;
 use qdrant_client::Qdrant;
 use qdrant_client::qdrant::{
-    Condition, CreateCollectionBuilder, DeletePointsBuilder, Distance, Filter, Modifier,
-    NamedVectors, PointStruct, PrefetchQueryBuilder, Query, QueryPointsBuilder, RrfBuilder,
-    SparseVectorParamsBuilder, SparseVectorsConfigBuilder, UpsertPointsBuilder, Vector,
+    Condition, CountPointsBuilder, CreateCollectionBuilder, DeletePointsBuilder, Distance, Filter,
+    Modifier, NamedVectors, PointStruct, PrefetchQueryBuilder, Query, QueryPointsBuilder,
+    RrfBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder, UpsertPointsBuilder, Vector,
     VectorInput, VectorParamsBuilder, VectorsConfigBuilder, point_id::PointIdOptions,
 };
 
@@ -228,6 +228,16 @@ impl VectorIndex for QdrantServerIndex {
     async fn optimize(&self, tenant_id: &str) -> anyhow::Result<()> {
         // The server indexes in the background; make sure the collection exists at least.
         self.collection(tenant_id).await.map(|_| ())
+    }
+
+    async fn count(&self, tenant_id: &str) -> anyhow::Result<usize> {
+        let collection = self.collection(tenant_id).await?;
+        let response = self
+            .client
+            .count(CountPointsBuilder::new(&collection).exact(true))
+            .await
+            .context("vector count")?;
+        Ok(response.result.map_or(0, |r| r.count as usize))
     }
 
     fn describe(&self) -> String {

@@ -10,17 +10,18 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use async_trait::async_trait;
 use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{
-    Condition, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParams, EdgeVectorParams,
-    FieldCondition, Filter, Fusion, JsonPath, Match, Modifier, NamedQuery, PointId,
-    PointInsertOperations, PointOperations, PointStruct, Prefetch, QueryEnum, QueryRequest,
-    ScoringQuery, SparseVector, UpdateOperation, ValueVariants, Vector, VectorInternal, Vectors,
-    WithPayloadInterface, WithVector,
+    Condition, CountRequest, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParams,
+    EdgeVectorParams, FieldCondition, Filter, Fusion, JsonPath, Match, Modifier, NamedQuery,
+    PointId, PointInsertOperations, PointOperations, PointStruct, Prefetch, QueryEnum,
+    QueryRequest, ScoringQuery, SparseVector, UpdateOperation, ValueVariants, Vector,
+    VectorInternal, Vectors, WithPayloadInterface, WithVector,
 };
 
 /// The name of the BM25 sparse vector in every shard.
@@ -120,6 +121,10 @@ pub trait VectorIndex: Send + Sync + 'static {
     ) -> anyhow::Result<Vec<ScoredChunk>>;
     /// Builds indexes for what was added (Edge indexes only when asked).
     async fn optimize(&self, tenant_id: &str) -> anyhow::Result<()>;
+    /// How many points (chunks) the tenant has in the index, counted exactly. Searches only
+    /// show chunks SQL still has, so this is how a check sees what the index itself holds
+    /// (e.g. that a deleted document's vectors are gone).
+    async fn count(&self, tenant_id: &str) -> anyhow::Result<usize>;
     /// One line for the startup summary.
     fn describe(&self) -> String;
 }
@@ -139,6 +144,8 @@ struct TenantShard {
     /// Update, flush and optimize one at a time (a flush during an update panics in Edge). Holds
     /// the points written since the last optimize.
     writer: Mutex<usize>,
+    /// Optimizes run on this shard since it was opened, on the way or asked for.
+    optimizations: AtomicUsize,
 }
 
 /// Points written to a BM25-only shard after which it is optimized on the way: Edge flushes its
@@ -208,9 +215,19 @@ impl EdgeIndex {
         let shard = Arc::new(TenantShard {
             shard: opened,
             writer: Mutex::new(0),
+            optimizations: AtomicUsize::new(0),
         });
         lock(&self.shards).insert(tenant_id.to_owned(), shard.clone());
         Ok(shard)
+    }
+
+    /// How many times the tenant's shard was optimized since this index opened it, on the way
+    /// (every `OPTIMIZE_EVERY` points written to a BM25-only shard) or through `optimize`; 0 for
+    /// a shard not opened. Lets a check observe the periodic optimize.
+    pub fn optimizations(&self, tenant_id: &str) -> usize {
+        lock(&self.shards)
+            .get(tenant_id)
+            .map_or(0, |s| s.optimizations.load(Ordering::Relaxed))
     }
 }
 
@@ -278,6 +295,7 @@ impl VectorIndex for EdgeIndex {
                     .map_err(|e| anyhow::anyhow!("vector optimize: {e}"))?;
                 shard.shard.flush();
                 *since_optimize = 0;
+                shard.optimizations.fetch_add(1, Ordering::Relaxed);
             }
             Ok(())
         })
@@ -393,7 +411,22 @@ impl VectorIndex for EdgeIndex {
                 .map_err(|e| anyhow::anyhow!("vector optimize: {e}"))?;
             shard.shard.flush();
             *since_optimize = 0;
+            shard.optimizations.fetch_add(1, Ordering::Relaxed);
             Ok(())
+        })
+        .await?
+    }
+
+    async fn count(&self, tenant_id: &str) -> anyhow::Result<usize> {
+        let shard = self.shard(tenant_id).await?;
+        tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+            shard
+                .shard
+                .count(CountRequest {
+                    filter: None,
+                    exact: true,
+                })
+                .map_err(|e| anyhow::anyhow!("vector count: {e}"))
         })
         .await?
     }

@@ -14,6 +14,8 @@ pub struct Channel {
     pub kind: ChannelKind,
     pub config: serde_json::Value,
     pub created_at: i64,
+    /// Removed by the tenant (`DELETE /v1/channels/{id}`): no webhooks, no sends.
+    pub removed: bool,
 }
 
 impl std::fmt::Debug for Channel {
@@ -48,6 +50,7 @@ fn channel_from_row(
         })?,
         config,
         created_at: row.try_get("created_at")?,
+        removed: row.try_get::<Option<i64>, _>("removed_at")?.is_some(),
     })
 }
 
@@ -55,7 +58,7 @@ fn channel_from_row(
 macro_rules! select_channel {
     ($rest:literal) => {
         concat!(
-            "SELECT id, tenant_id, kind, config, created_at FROM channel ",
+            "SELECT id, tenant_id, kind, config, created_at, removed_at FROM channel ",
             $rest
         )
     };
@@ -97,30 +100,34 @@ impl Store {
         tenant_id: &str,
         channel_id: &str,
     ) -> Result<Option<Channel>, sqlx::Error> {
-        sqlx::query(select_channel!("WHERE tenant_id = $1 AND id = $2"))
-            .bind(tenant_id)
-            .bind(channel_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(|r| channel_from_row(r, self.sealer.as_deref()))
-            .transpose()
+        sqlx::query(select_channel!(
+            "WHERE tenant_id = $1 AND id = $2 AND removed_at IS NULL"
+        ))
+        .bind(tenant_id)
+        .bind(channel_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(|r| channel_from_row(r, self.sealer.as_deref()))
+        .transpose()
     }
 
     /// Every channel of one kind, all tenants (to start their background work).
     pub async fn channels_of_kind(&self, kind: ChannelKind) -> Result<Vec<Channel>, sqlx::Error> {
-        sqlx::query(select_channel!("WHERE kind = $1 ORDER BY created_at"))
-            .bind(kind.as_str())
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| channel_from_row(r, self.sealer.as_deref()))
-            .collect()
+        sqlx::query(select_channel!(
+            "WHERE kind = $1 AND removed_at IS NULL ORDER BY created_at"
+        ))
+        .bind(kind.as_str())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| channel_from_row(r, self.sealer.as_deref()))
+        .collect()
     }
 
     pub async fn channels(&self, tenant_id: &str) -> Result<Vec<Channel>, sqlx::Error> {
         sqlx::query(select_channel!(
-            "WHERE tenant_id = $1 ORDER BY created_at, id"
+            "WHERE tenant_id = $1 AND removed_at IS NULL ORDER BY created_at, id"
         ))
         .bind(tenant_id)
         .fetch_all(&self.pool)
@@ -147,7 +154,7 @@ impl Store {
         // The id first: sealed credentials are bound to it.
         let existing: Option<String> = match (kind, replaces) {
             (_, Some(id)) => {
-                sqlx::query("SELECT id FROM channel WHERE tenant_id = $1 AND kind = $2 AND id = $3")
+                sqlx::query("SELECT id FROM channel WHERE tenant_id = $1 AND kind = $2 AND id = $3 AND removed_at IS NULL")
                     .bind(tenant_id)
                     .bind(kind.as_str())
                     .bind(id)
@@ -212,7 +219,31 @@ impl Store {
             kind,
             config: config.clone(),
             created_at: now,
+            removed: false,
         })
+    }
+
+    /// Removes a tenant's channel: it takes no more webhooks and sends nothing; its history
+    /// stays. `None` if the tenant has no such live channel. The implicit `api` and `widget`
+    /// channels cannot be removed (the caller refuses them).
+    pub async fn remove_channel(
+        &self,
+        tenant_id: &str,
+        channel_id: &str,
+    ) -> Result<Option<Channel>, sqlx::Error> {
+        let Some(channel) = self.channel(tenant_id, channel_id).await? else {
+            return Ok(None);
+        };
+        let mut w = self.begin_write().await?;
+        sqlx::query("UPDATE channel SET removed_at = $1, updated_at = $1 WHERE id = $2 AND removed_at IS NULL")
+            .bind(now_ms())
+            .bind(channel_id)
+            .execute(&mut *w.tx)
+            .await?;
+        record_channel_event(&mut w, &channel, "removed", "{}").await?;
+        w.commit().await?;
+        self.channels.remove(channel_id);
+        Ok(Some(channel))
     }
 
     /// Records provider news that is not a message (account, template or call updates) in the

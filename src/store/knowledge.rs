@@ -263,8 +263,12 @@ async fn store_one(
     chunks: &[NewChunk],
     now: i64,
 ) -> Result<Stored, sqlx::Error> {
+    // The same content is one document, whatever it was called on the way in (a file ingested
+    // from the CLI and uploaded over HTTP, a path typed two ways): the one with this source
+    // first, else any with the same content.
     let same = sqlx::query(
-        "SELECT id, chunks FROM document WHERE tenant_id = $1 AND source_key = $2 AND content_hash = $3",
+        "SELECT id, chunks FROM document WHERE tenant_id = $1 AND content_hash = $3
+         ORDER BY CASE WHEN source_key = $2 THEN 0 ELSE 1 END, created_at LIMIT 1",
     )
     .bind(doc.tenant_id)
     .bind(doc.source_key)

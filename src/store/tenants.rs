@@ -9,11 +9,22 @@ use super::{Store, new_id, now_ms};
 use crate::core::{Role, TenantSlug};
 
 /// A tenant as stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Tenant {
     pub id: String,
     pub slug: String,
     pub name: String,
+}
+
+/// An API key as listed (`switchboard key list`): never its secret part.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyView {
+    pub id: String,
+    pub role: String,
+    /// The key's first characters, to recognise it.
+    pub prefix: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
 }
 
 /// What `tenant create` hands back. The keys are shown once and never stored in the clear.
@@ -37,7 +48,7 @@ pub struct Principal {
 pub enum TenantError {
     #[error("a tenant with slug {0:?} already exists")]
     SlugTaken(String),
-    #[error("no tenant with slug {0:?}")]
+    #[error("there is no tenant `{0}` (`switchboard tenant list` shows them)")]
     UnknownTenant(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -150,6 +161,74 @@ impl Store {
             })
         })
         .transpose()
+    }
+
+    /// Every tenant, oldest first.
+    pub async fn list_tenants(&self) -> Result<Vec<Tenant>, sqlx::Error> {
+        sqlx::query("SELECT id, slug, name FROM tenant ORDER BY created_at, slug")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(Tenant {
+                    id: r.try_get("id")?,
+                    slug: r.try_get("slug")?,
+                    name: r.try_get("name")?,
+                })
+            })
+            .collect()
+    }
+
+    /// A tenant's keys (never their secret part): id, role, the first characters, when made,
+    /// when revoked.
+    pub async fn list_keys(&self, tenant_id: &str) -> Result<Vec<KeyView>, sqlx::Error> {
+        sqlx::query(
+            "SELECT id, role, prefix, created_at, revoked_at FROM api_key
+             WHERE tenant_id = $1 ORDER BY created_at, id",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(KeyView {
+                id: r.try_get("id")?,
+                role: r.try_get("role")?,
+                prefix: r.try_get("prefix")?,
+                created_at: r.try_get("created_at")?,
+                revoked_at: r.try_get("revoked_at")?,
+            })
+        })
+        .collect()
+    }
+
+    /// Revokes a tenant's key by its id; `false` if the tenant has no such live key. Processes
+    /// that cached it stop accepting it within the key cache's lifetime.
+    pub async fn revoke_key(&self, tenant_id: &str, key_id: &str) -> Result<bool, sqlx::Error> {
+        let mut w = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE api_key SET revoked_at = $1 WHERE tenant_id = $2 AND id = $3 AND revoked_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(tenant_id)
+        .bind(key_id)
+        .execute(&mut *w.tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        record_event(
+            &mut w.tx,
+            Some(tenant_id),
+            "key.revoked",
+            Some(key_id),
+            "{}",
+        )
+        .await?;
+        w.commit().await?;
+        let revoked = key_id.to_owned();
+        self.keys.remove_where(|p| p.key_id == revoked);
+        Ok(true)
     }
 
     pub async fn tenant_count(&self) -> Result<i64, sqlx::Error> {

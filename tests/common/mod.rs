@@ -25,6 +25,7 @@ use sqlx::{Connection, Executor};
 use switchboard::answer::Responder;
 use switchboard::config::Config;
 use switchboard::core::TenantSlug;
+use switchboard::knowledge::Knowledge;
 use switchboard::startup::Application;
 use switchboard::store::Store;
 use switchboard_channel::Secret;
@@ -140,6 +141,10 @@ pub fn test_config(db: &TestDb) -> Config {
         wait_timeout_ms: 10_000,
         // No model unless a test connects one: answers quote the knowledge, deterministically.
         llm_provider: "none".into(),
+        // The provider stand-ins listen on loopback: the operator's exception, as in SPEC §5.
+        egress_allow: vec!["127.0.0.0/8".into(), "::1".into(), "localhost".into()],
+        // PDFs are read by the binary cargo built for this package (the test binary is not one).
+        pdf_worker: Some(env!("CARGO_BIN_EXE_switchboard").into()),
         ..Config::default()
     };
     config.outbox.base_delay_ms = 20;
@@ -157,6 +162,8 @@ pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
     pub store: Store,
+    /// The gateway's knowledge service (and through it the vector index itself).
+    pub knowledge: Knowledge,
     pub tenant_id: String,
     pub admin_key: String,
     pub widget_key: String,
@@ -209,6 +216,7 @@ impl TestApp {
         .expect("build app");
         let addr = app.local_addr().expect("addr");
         let store = app.store().clone();
+        let knowledge = app.knowledge().clone();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
@@ -218,6 +226,7 @@ impl TestApp {
             base: format!("http://{addr}"),
             http: reqwest::Client::new(),
             store,
+            knowledge,
             tenant_id: String::new(),
             admin_key: String::new(),
             widget_key: String::new(),
@@ -556,4 +565,79 @@ async fn receive(
             .insert("retry-after", secs.to_string().parse().expect("header"));
     }
     response
+}
+
+impl TestApp {
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics_text(&self) -> String {
+        let res = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("GET /metrics");
+        assert_eq!(res.status().as_u16(), 200);
+        res.text().await.expect("metrics text")
+    }
+
+    /// The value of one series of `GET /metrics`: `name` with exactly `labels`; 0 when absent.
+    /// The recorder is per process (the tests running beside this one count too): compare a
+    /// value before and after, and expect at least this test's increase.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.metrics_text().await, name, labels)
+    }
+}
+
+/// The value of the series `name` with exactly `labels` (in any order) in Prometheus text; 0 when
+/// the series is absent.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    want.sort();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((series, value)) = line.trim().rsplit_once(' ') else {
+            continue;
+        };
+        let (series_name, set) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.strip_suffix('}').unwrap_or(rest)),
+            None => (series, ""),
+        };
+        if series_name != name {
+            continue;
+        }
+        let mut have = label_pairs(set);
+        have.sort();
+        if have == want {
+            return value
+                .parse()
+                .unwrap_or_else(|_| panic!("not a metric value: {line}"));
+        }
+    }
+    0.0
+}
+
+/// `a="x",b="y"` → `["a=\"x\"", "b=\"y\""]` (commas inside quoted values kept).
+fn label_pairs(set: &str) -> Vec<String> {
+    let mut pairs = Vec::new();
+    let mut current = String::new();
+    let (mut quoted, mut escaped) = (false, false);
+    for c in set.chars() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' && quoted {
+            escaped = true;
+        } else if c == '"' {
+            quoted = !quoted;
+        } else if c == ',' && !quoted {
+            pairs.push(std::mem::take(&mut current));
+            continue;
+        }
+        current.push(c);
+    }
+    if !current.is_empty() {
+        pairs.push(current);
+    }
+    pairs
 }

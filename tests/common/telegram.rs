@@ -2,6 +2,8 @@
 //! documented envelope (`{"ok":true,"result":…}` / `{"ok":false,"error_code","description",
 //! "parameters"}`). It records every call, serves queued updates to `getUpdates`, and fails the
 //! next calls of a method on request (429 with `retry_after`, 5xx, 403 "bot was blocked").
+//! Like Telegram, it keeps the webhook `setWebhook` registers until `deleteWebhook`, and refuses
+//! `getUpdates` (409 Conflict) while one is set.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -45,6 +47,8 @@ struct Inner {
     /// after a bot restarts before confirming).
     replays: usize,
     next_message_id: i64,
+    /// The registered webhook URL (`setWebhook`), until `deleteWebhook`.
+    webhook: Option<String>,
 }
 
 #[derive(Clone, Default)]
@@ -122,6 +126,17 @@ impl BotApi {
     /// Queues an update for `getUpdates`.
     pub fn push_update(&self, update: Value) {
         self.inner.lock().expect("lock").updates.push(update);
+    }
+
+    /// A webhook registered earlier (by another deployment, say): `getUpdates` is refused until
+    /// `deleteWebhook`.
+    pub fn register_webhook(&self, url: &str) {
+        self.inner.lock().expect("lock").webhook = Some(url.to_owned());
+    }
+
+    /// The webhook URL registered now, if any.
+    pub fn webhook(&self) -> Option<String> {
+        self.inner.lock().expect("lock").webhook.clone()
     }
 }
 
@@ -217,6 +232,7 @@ async fn handle(
             );
         }
     }
+    let webhook_active = api.inner.lock().expect("lock").webhook.is_some();
     let ok = |result: Value| {
         (
             StatusCode::OK,
@@ -239,10 +255,25 @@ async fn handle(
             };
             ok(message_result(id, &body["chat_id"], body.get("text")))
         }
+        "setWebhook" => {
+            // An empty URL removes the webhook, as in the Bot API.
+            let url = body["url"].as_str().unwrap_or_default().to_owned();
+            api.inner.lock().expect("lock").webhook = (!url.is_empty()).then_some(url);
+            ok(json!(true))
+        }
+        "deleteWebhook" => {
+            api.inner.lock().expect("lock").webhook = None;
+            ok(json!(true))
+        }
         "getFile" => ok(json!({
             "file_id": body["file_id"], "file_unique_id": "u1", "file_size": FILE_BYTES.len(),
             "file_path": format!("photos/{}.jpg", body["file_id"].as_str().unwrap_or("x")),
         })),
+        "getUpdates" if webhook_active => (
+            StatusCode::CONFLICT,
+            axum::Json(json!({ "ok": false, "error_code": 409,
+                "description": "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first" })),
+        ),
         "getUpdates" => {
             // A long poll: answer as soon as there is something after `offset`, or after a
             // short while (the real one waits up to `timeout` seconds).

@@ -47,11 +47,12 @@ impl ApiSender {
         if let Some(secret) = &config.signing_secret {
             request = request.header(SIGNATURE_HEADER, sign(secret.expose(), &body));
         }
-        let response = request
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| SendError::Transient(format!("callback request failed: {e}")))?;
+        let response = request.body(body).send().await.map_err(|e| {
+            SendError::Transient(format!(
+                "callback request failed: {}",
+                switchboard_channel::egress::describe(e)
+            ))
+        })?;
         let status = response.status();
         if status.is_success() {
             return Ok(Receipt::default());

@@ -7,6 +7,8 @@
 //!
 //! What it must never do: depend on the core, on a database, or on any one provider.
 
+pub mod egress;
+
 use std::fmt;
 use std::time::Duration;
 

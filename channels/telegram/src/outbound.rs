@@ -14,9 +14,11 @@
 //! Telegram has no idempotency key: a crash between Telegram's answer and our record of it means
 //! one repeat after the lease (documented in docs/ARCHITECTURE.md).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use switchboard_channel::egress::EgressPolicy;
 use switchboard_channel::{Content, OutboundMessage, Receipt, SendError};
 use teloxide_core::Bot;
 use teloxide_core::errors::{ApiError, RequestError};
@@ -105,13 +107,18 @@ pub fn classify(e: RequestError) -> SendError {
         RequestError::MigrateToChatId(id) => {
             SendError::Transient(format!("Telegram: the group moved to {id}"))
         }
-        RequestError::Network(e) => SendError::Transient(format!("Bot API request failed: {e}")),
-        RequestError::InvalidJson { source, raw } => {
-            let raw: String = raw.chars().take(200).collect();
-            SendError::Transient(format!(
-                "Bot API answered with something we cannot read ({source}): {raw}"
-            ))
-        }
+        // (the URL holds the token: `scrub` removes it from what this says)
+        RequestError::Network(e) => SendError::Transient(format!(
+            "Bot API request failed: {}",
+            switchboard_channel::egress::describe_chain(e.as_ref())
+        )),
+        // The body itself is never repeated: `api_url` is the tenant's, and what a server
+        // there answered is not for the tenant to read through us.
+        RequestError::InvalidJson { source, raw } => SendError::Transient(format!(
+            "Bot API answered {} bytes that are not its JSON ({})",
+            raw.len(),
+            source.classify_name()
+        )),
         RequestError::Io(e) => SendError::Transient(format!("Bot API I/O: {e}")),
         // teloxide keeps the description, not the HTTP code: 4xx descriptions are Telegram's
         // "Bad Request: …", "Forbidden: …", "Unauthorized", "Not Found"; anything else
@@ -260,8 +267,16 @@ fn receipt(message: &Message) -> Receipt {
 }
 
 impl TelegramSender {
-    pub fn new(http: reqwest::Client) -> Result<Self, String> {
+    /// `http` is the channels' client (egress policy applied); teloxide brings its own reqwest,
+    /// which gets the same policy here.
+    pub fn new(http: reqwest::Client, egress: EgressPolicy) -> Result<Self, String> {
+        let egress = Arc::new(egress);
+        let resolver = TeloxideResolver(egress.clone());
         let client = teloxide_core::net::default_reqwest_settings()
+            .dns_resolver(Arc::new(resolver))
+            .proxy(reqwest012::Proxy::custom(move |url| {
+                egress.refusal_proxy(url)
+            }))
             .build()
             .map_err(|e| format!("building the Bot API client: {e}"))?;
         Ok(TelegramSender {
@@ -451,7 +466,8 @@ impl TelegramSender {
     }
 
     /// Fetches a file the person sent (a photo, voice note, document…) by its `file_id`:
-    /// `getFile`, then the download (bots may fetch up to 20 MB). The token is in the download
+    /// `getFile`, then the download (bots may fetch up to 20 MB from Telegram; a self-hosted Bot
+    /// API serves larger files, capped at [`MAX_FILE_BYTES`]). The token is in the download
     /// URL: errors never carry it.
     pub async fn download(
         &self,
@@ -470,7 +486,10 @@ impl TelegramSender {
             file.path
         );
         let response = self.http.get(url).send().await.map_err(|e| {
-            SendError::Transient(format!("file download failed: {}", e.without_url()))
+            SendError::Transient(format!(
+                "file download failed: {}",
+                switchboard_channel::egress::describe(e)
+            ))
         })?;
         if !response.status().is_success() {
             return Err(SendError::from_status(
@@ -478,11 +497,9 @@ impl TelegramSender {
                 "the file download",
             ));
         }
-        response
-            .bytes()
+        switchboard_channel::egress::read_capped(response, MAX_FILE_BYTES)
             .await
-            .map(|b| b.to_vec())
-            .map_err(|e| SendError::Transient(format!("file download failed: {}", e.without_url())))
+            .map_err(|e| scrub(SendError::from(e), config))
     }
 
     /// "typing…" in the chat while the bot prepares an answer (it shows for up to 5 s).
@@ -508,10 +525,47 @@ impl TelegramSender {
     }
 
     /// The bot's @username (`getMe`); also proves the token works.
+    ///
+    /// Read leniently, as raw JSON: only `result.username` matters, and Telegram documents
+    /// several of `getMe`'s fields (`can_join_groups`, …) as optional, which a strict parse
+    /// refuses. A refusal with HTTP 401 or 404 (a wrong token) is permanent.
     pub async fn username(&self, config: &TelegramConfig) -> Result<Option<String>, SendError> {
-        let bot = self.bot(config)?;
-        let me = bot.get_me().await.map_err(|e| scrub(classify(e), config))?;
-        Ok(me.user.username.clone())
+        let response = self
+            .http
+            .post(config.method_url("getMe"))
+            .send()
+            .await
+            .map_err(|e| {
+                SendError::Transient(format!(
+                    "getMe failed: {}",
+                    switchboard_channel::egress::describe(e)
+                ))
+            })?;
+        let status = response.status().as_u16();
+        let body = switchboard_channel::egress::read_capped(response, 64 * 1024)
+            .await
+            .map_err(|e| scrub(SendError::from(e), config))?;
+        let Ok(answer) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            // Never repeated: what a server at `api_url` answered is not the tenant's to read.
+            return Err(SendError::from_status(
+                status,
+                "getMe (not the Bot API's JSON)",
+            ));
+        };
+        if answer["ok"] == true {
+            return Ok(answer["result"]["username"].as_str().map(str::to_owned));
+        }
+        let description: String = answer["description"]
+            .as_str()
+            .unwrap_or("no description")
+            .chars()
+            .take(120)
+            .collect();
+        let error = match status {
+            401 | 404 => SendError::Permanent(format!("getMe: {description}")),
+            _ => SendError::from_status(status, &format!("getMe ({description})")),
+        };
+        Err(scrub(error, config))
     }
 
     /// Registers `url` as the webhook with our secret token and the updates we handle.
@@ -633,5 +687,39 @@ mod tests {
             )))
             .is_retryable()
         );
+    }
+}
+
+/// A JSON error's category without its detail (which may quote the input).
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "I/O",
+            serde_json::error::Category::Syntax => "syntax error",
+            serde_json::error::Category::Data => "unexpected shape",
+            serde_json::error::Category::Eof => "cut short",
+        }
+    }
+}
+
+/// Largest file downloaded through the Bot API.
+pub const MAX_FILE_BYTES: usize = 50 * 1024 * 1024;
+
+/// The egress policy's resolver for teloxide's reqwest (another major version than ours).
+struct TeloxideResolver(Arc<EgressPolicy>);
+
+impl reqwest012::dns::Resolve for TeloxideResolver {
+    fn resolve(&self, name: reqwest012::dns::Name) -> reqwest012::dns::Resolving {
+        let policy = self.0.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let permitted = switchboard_channel::egress::resolve(&policy, &host).await?;
+            let addrs: reqwest012::dns::Addrs = Box::new(permitted.into_iter());
+            Ok(addrs)
+        })
     }
 }

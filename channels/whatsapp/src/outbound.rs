@@ -140,7 +140,12 @@ impl WhatsappSender {
             .bearer_auth(config.access_token.expose())
             .send()
             .await
-            .map_err(|e| SendError::Transient(format!("Graph API request failed: {e}")))?;
+            .map_err(|e| {
+                SendError::Transient(format!(
+                    "Graph API request failed: {}",
+                    switchboard_channel::egress::describe(e)
+                ))
+            })?;
         let status = response.status().as_u16();
         let answer: Value = response.json().await.unwrap_or(Value::Null);
         if !(200..300).contains(&status) {
@@ -149,24 +154,28 @@ impl WhatsappSender {
         let url = answer["url"]
             .as_str()
             .ok_or_else(|| SendError::Permanent("the Graph API gave no media url".into()))?;
+        media_url_allowed(config, url)?;
         let response = self
             .client
             .get(url)
             .bearer_auth(config.access_token.expose())
             .send()
             .await
-            .map_err(|e| SendError::Transient(format!("media download failed: {e}")))?;
+            .map_err(|e| {
+                SendError::Transient(format!(
+                    "media download failed: {}",
+                    switchboard_channel::egress::describe(e)
+                ))
+            })?;
         if !response.status().is_success() {
             return Err(SendError::from_status(
                 response.status().as_u16(),
                 "the media download",
             ));
         }
-        response
-            .bytes()
+        switchboard_channel::egress::read_capped(response, MAX_MEDIA_BYTES)
             .await
-            .map(|b| b.to_vec())
-            .map_err(|e| SendError::Transient(format!("media download failed: {e}")))
+            .map_err(SendError::from)
     }
 
     /// Marks an inbound message read (blue ticks) and shows a typing indicator while the bot
@@ -193,7 +202,12 @@ impl WhatsappSender {
             .json(body)
             .send()
             .await
-            .map_err(|e| SendError::Transient(format!("Graph API request failed: {e}")))?;
+            .map_err(|e| {
+                SendError::Transient(format!(
+                    "Graph API request failed: {}",
+                    switchboard_channel::egress::describe(e)
+                ))
+            })?;
         let status = response.status().as_u16();
         let retry_after = parse_retry_after(
             response
@@ -524,5 +538,36 @@ mod tests {
             classify(400, &transient, None),
             SendError::Transient(_)
         ));
+    }
+}
+
+/// Largest media file downloaded (WhatsApp's own limit for documents is 100 MB).
+pub const MAX_MEDIA_BYTES: usize = 100 * 1024 * 1024;
+
+/// Meta's media host: the Graph API answers media URLs on it.
+const META_MEDIA_HOSTS: [&str; 1] = ["lookaside.fbsbx.com"];
+
+/// The access token goes only where Meta keeps media: its media host, or the host of the
+/// configured `graph_url` (a proxy or a stand-in). A media URL anywhere else is refused, so a
+/// Graph server cannot send the token, or the gateway, to a host of its choosing.
+fn media_url_allowed(config: &WhatsappConfig, url: &str) -> Result<(), SendError> {
+    let parsed = reqwest::Url::parse(url).map_err(|_| {
+        SendError::Permanent("the Graph API gave a media url that does not parse".into())
+    })?;
+    let graph_host = reqwest::Url::parse(&config.graph_url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
+    let host = parsed.host_str().map(str::to_ascii_lowercase);
+    let allowed = matches!(parsed.scheme(), "https" | "http")
+        && host
+            .as_deref()
+            .is_some_and(|h| META_MEDIA_HOSTS.contains(&h) || graph_host.as_deref() == Some(h));
+    if allowed {
+        Ok(())
+    } else {
+        Err(SendError::Permanent(format!(
+            "the Graph API gave a media url on {}, which is neither Meta's media host nor graph_url's host",
+            host.as_deref().unwrap_or("no host")
+        )))
     }
 }
