@@ -638,6 +638,40 @@ impl TelegramSender {
     }
 }
 
+/// A JSON error's category without its detail (which may quote the input).
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "I/O",
+            serde_json::error::Category::Syntax => "syntax error",
+            serde_json::error::Category::Data => "unexpected shape",
+            serde_json::error::Category::Eof => "cut short",
+        }
+    }
+}
+
+/// Largest file downloaded through the Bot API.
+pub const MAX_FILE_BYTES: usize = 50 * 1024 * 1024;
+
+/// The egress policy's resolver for teloxide's reqwest (another major version than ours).
+struct TeloxideResolver(Arc<EgressPolicy>);
+
+impl reqwest012::dns::Resolve for TeloxideResolver {
+    fn resolve(&self, name: reqwest012::dns::Name) -> reqwest012::dns::Resolving {
+        let policy = self.0.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let permitted = switchboard_channel::egress::resolve(&policy, &host).await?;
+            let addrs: reqwest012::dns::Addrs = Box::new(permitted.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -687,39 +721,5 @@ mod tests {
             )))
             .is_retryable()
         );
-    }
-}
-
-/// A JSON error's category without its detail (which may quote the input).
-trait ClassifyName {
-    fn classify_name(&self) -> &'static str;
-}
-
-impl ClassifyName for serde_json::Error {
-    fn classify_name(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "I/O",
-            serde_json::error::Category::Syntax => "syntax error",
-            serde_json::error::Category::Data => "unexpected shape",
-            serde_json::error::Category::Eof => "cut short",
-        }
-    }
-}
-
-/// Largest file downloaded through the Bot API.
-pub const MAX_FILE_BYTES: usize = 50 * 1024 * 1024;
-
-/// The egress policy's resolver for teloxide's reqwest (another major version than ours).
-struct TeloxideResolver(Arc<EgressPolicy>);
-
-impl reqwest012::dns::Resolve for TeloxideResolver {
-    fn resolve(&self, name: reqwest012::dns::Name) -> reqwest012::dns::Resolving {
-        let policy = self.0.clone();
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let permitted = switchboard_channel::egress::resolve(&policy, &host).await?;
-            let addrs: reqwest012::dns::Addrs = Box::new(permitted.into_iter());
-            Ok(addrs)
-        })
     }
 }

@@ -399,6 +399,37 @@ pub fn classify(status: u16, answer: &Value, retry_after: Option<Duration>) -> S
     }
 }
 
+/// Largest media file downloaded (WhatsApp's own limit for documents is 100 MB).
+pub const MAX_MEDIA_BYTES: usize = 100 * 1024 * 1024;
+
+/// Meta's media host: the Graph API answers media URLs on it.
+const META_MEDIA_HOSTS: [&str; 1] = ["lookaside.fbsbx.com"];
+
+/// The access token goes only where Meta keeps media: its media host, or the host of the
+/// configured `graph_url` (a proxy or a stand-in). A media URL anywhere else is refused, so a
+/// Graph server cannot send the token, or the gateway, to a host of its choosing.
+fn media_url_allowed(config: &WhatsappConfig, url: &str) -> Result<(), SendError> {
+    let parsed = reqwest::Url::parse(url).map_err(|_| {
+        SendError::Permanent("the Graph API gave a media url that does not parse".into())
+    })?;
+    let graph_host = reqwest::Url::parse(&config.graph_url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
+    let host = parsed.host_str().map(str::to_ascii_lowercase);
+    let allowed = matches!(parsed.scheme(), "https" | "http")
+        && host
+            .as_deref()
+            .is_some_and(|h| META_MEDIA_HOSTS.contains(&h) || graph_host.as_deref() == Some(h));
+    if allowed {
+        Ok(())
+    } else {
+        Err(SendError::Permanent(format!(
+            "the Graph API gave a media url on {}, which is neither Meta's media host nor graph_url's host",
+            host.as_deref().unwrap_or("no host")
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,36 +569,5 @@ mod tests {
             classify(400, &transient, None),
             SendError::Transient(_)
         ));
-    }
-}
-
-/// Largest media file downloaded (WhatsApp's own limit for documents is 100 MB).
-pub const MAX_MEDIA_BYTES: usize = 100 * 1024 * 1024;
-
-/// Meta's media host: the Graph API answers media URLs on it.
-const META_MEDIA_HOSTS: [&str; 1] = ["lookaside.fbsbx.com"];
-
-/// The access token goes only where Meta keeps media: its media host, or the host of the
-/// configured `graph_url` (a proxy or a stand-in). A media URL anywhere else is refused, so a
-/// Graph server cannot send the token, or the gateway, to a host of its choosing.
-fn media_url_allowed(config: &WhatsappConfig, url: &str) -> Result<(), SendError> {
-    let parsed = reqwest::Url::parse(url).map_err(|_| {
-        SendError::Permanent("the Graph API gave a media url that does not parse".into())
-    })?;
-    let graph_host = reqwest::Url::parse(&config.graph_url)
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
-    let host = parsed.host_str().map(str::to_ascii_lowercase);
-    let allowed = matches!(parsed.scheme(), "https" | "http")
-        && host
-            .as_deref()
-            .is_some_and(|h| META_MEDIA_HOSTS.contains(&h) || graph_host.as_deref() == Some(h));
-    if allowed {
-        Ok(())
-    } else {
-        Err(SendError::Permanent(format!(
-            "the Graph API gave a media url on {}, which is neither Meta's media host nor graph_url's host",
-            host.as_deref().unwrap_or("no host")
-        )))
     }
 }
