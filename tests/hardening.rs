@@ -402,6 +402,23 @@ both_backends!(
     every_error_is_a_json_error_body
 );
 
+/// Connects the stand-in's bot with `config` (the token added); its channel id.
+async fn connect_telegram(app: &TestApp, mut config: Value) -> String {
+    config["bot_token"] = json!(common::telegram::TOKEN);
+    let (status, connected) = channels_request(
+        app,
+        reqwest::Method::POST,
+        "/v1/channels",
+        Some(json!({ "kind": "telegram", "config": config })),
+    )
+    .await;
+    assert_eq!(status, 201, "{connected}");
+    connected["channel_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 async fn channels_request(
     app: &TestApp,
     method: reqwest::Method,
@@ -484,18 +501,11 @@ async fn channels_can_be_changed_and_removed(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
     };
-    let (_, connected) = channels_request(
+    let id = connect_telegram(
         &app,
-        reqwest::Method::POST,
-        "/v1/channels",
-        Some(json!({ "kind": "telegram", "config": {
-            "bot_token": common::telegram::TOKEN, "webhook_secret": "s3cret", "api_url": api.base } })),
+        json!({ "webhook_secret": "s3cret", "api_url": api.base }),
     )
     .await;
-    let id = connected["channel_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
     let path = format!("/v1/channels/{id}");
     let webhooks_deleted = api.calls("deleteWebhook").len();
     let (status, body) = channels_request(&app, reqwest::Method::DELETE, &path, None).await;
@@ -545,18 +555,7 @@ async fn app_with_strict_egress_refuses_a_patch(
     api: &common::telegram::BotApi,
 ) -> Option<()> {
     let app = TestApp::spawn(backend).await?;
-    let (_, connected) = channels_request(
-        &app,
-        reqwest::Method::POST,
-        "/v1/channels",
-        Some(json!({ "kind": "telegram", "config": {
-            "bot_token": common::telegram::TOKEN, "mode": "polling", "api_url": api.base } })),
-    )
-    .await;
-    let id = connected["channel_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let id = connect_telegram(&app, json!({ "mode": "polling", "api_url": api.base })).await;
     let (tenant_id, admin_key) = (app.tenant_id.clone(), app.admin_key.clone());
     let db = app.stop().await;
     let mut config = test_config(&db);
