@@ -45,6 +45,9 @@ pub enum Command {
     /// Measure answer quality.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Coaching programs.
+    #[command(subcommand)]
+    Programs(ProgramsCommand),
     /// Talk to a tenant's bot from the terminal, through the same router, knowledge and model
     /// as the gateway (messages arrive on the tenant's `api` channel). `/quit` or end of input
     /// stops. Run it with the gateway stopped (it opens the same embedded vector store).
@@ -79,6 +82,24 @@ pub enum KnowledgeCommand {
         tenant: String,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProgramsCommand {
+    /// The next 10 messages a contact would get from a program, in their local time and UTC,
+    /// with quiet-hour shifts and DST changes marked.
+    Preview {
+        #[arg(long)]
+        tenant: String,
+        /// The program's id.
+        #[arg(long)]
+        program: String,
+        /// The contact's id.
+        #[arg(long)]
+        contact: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -233,6 +254,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Chat { tenant, contact } => chat(config, &tenant, &contact).await,
+        Command::Programs(ProgramsCommand::Preview {
+            tenant,
+            program,
+            contact,
+            json,
+        }) => {
+            let store = open_store(&config).await?;
+            let tenant = find_tenant(&store, &tenant).await?;
+            let programs = crate::programs::Programs::new(
+                store.clone(),
+                Arc::new(tokio::sync::Notify::new()),
+                &config.timezone,
+                None,
+            );
+            let fires = programs.preview(&tenant.id, &program, &contact).await?;
+            if json {
+                println!("{}", serde_json::json!({ "fires": fires }));
+            } else if fires.is_empty() {
+                println!(
+                    "nothing to send: the program is complete for this contact, or waits on an answer"
+                );
+            } else {
+                for f in fires {
+                    let mut line = format!(
+                        "{:<16} {}  ({} UTC, {})",
+                        f.step, f.at_local, f.at_utc, f.timezone
+                    );
+                    if let Some(s) = f.shifted_by {
+                        line.push_str(&format!("  shifted {s}"));
+                    }
+                    if let Some(d) = f.dst_change {
+                        line.push_str(&format!("  DST: {d}"));
+                    }
+                    println!("{line}");
+                }
+            }
+            Ok(())
+        }
         Command::Tenant(TenantCommand::List { json }) => {
             let store = open_store(&config).await?;
             let tenants = store.list_tenants().await?;
@@ -678,6 +737,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 String::new()
             }
         );
+        match crate::programs::load_demo(app.store(), &demo.tenant_id).await {
+            Ok(name) => eprintln!(
+                "demo program: \"{name}\" (send /join sleep in the widget or `switchboard chat`)"
+            ),
+            Err(e) => eprintln!("demo program: not loaded ({e:#})"),
+        }
         println!();
         println!("  export ADMIN_KEY={}", demo.admin_key);
         println!("  (the README's curl commands use $ADMIN_KEY)");

@@ -76,6 +76,7 @@ fn link_payload(payload: &str) -> Option<String> {
 
 pub const HELP: &str = "I answer questions from what this coach has shared. You can also send:\n\
 /human - ask for a person to take over\n\
+/join <program> - start a coaching program; /progress - see how you're doing\n\
 /link - use this chat and another app (Telegram, WhatsApp, ...) as one account\n\
 /stop - no more reminders or check-ins (you can still write to me)\n\
 /start - start again";

@@ -55,6 +55,9 @@ pub struct Config {
     pub egress_allow: Vec<String>,
     /// The `switchboard` binary that reads uploaded PDFs in a child process (default: this one).
     pub pdf_worker: Option<PathBuf>,
+    /// IANA time zone of contacts whose own and whose tenant's are not set
+    /// (`SWITCHBOARD_TIMEZONE`, default `UTC`).
+    pub timezone: String,
     /// HTTP connections open at once; more wait to be accepted.
     pub max_connections: usize,
     /// A request's head (request line and headers) must arrive within this.
@@ -182,6 +185,7 @@ impl Default for Config {
             widget: WidgetConfig::default(),
             egress_allow: Vec::new(),
             pdf_worker: None,
+            timezone: "UTC".to_owned(),
             max_connections: 10_000,
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
@@ -274,6 +278,14 @@ impl Config {
                         .collect()
                 }
                 "SWITCHBOARD_PDF_WORKER" => self.pdf_worker = Some(PathBuf::from(value)),
+                "SWITCHBOARD_TIMEZONE" => {
+                    if crate::programs::time::zone(&value).is_none() {
+                        anyhow::bail!(
+                            "SWITCHBOARD_TIMEZONE={value:?} is not an IANA time zone (e.g. Europe/Berlin)"
+                        );
+                    }
+                    self.timezone = value
+                }
                 "SWITCHBOARD_MAX_CONNECTIONS" => self.max_connections = num(name, value)?,
                 "SWITCHBOARD_HEADER_TIMEOUT_MS" => self.header_timeout_ms = num(name, value)?,
                 "SWITCHBOARD_BODY_TIMEOUT_MS" => self.body_timeout_ms = num(name, value)?,
@@ -390,6 +402,7 @@ impl Config {
 pub const ENV_VARS: &[&str] = &[
     "SWITCHBOARD_EGRESS_ALLOW",
     "SWITCHBOARD_PDF_WORKER",
+    "SWITCHBOARD_TIMEZONE",
     "SWITCHBOARD_MAX_CONNECTIONS",
     "SWITCHBOARD_HEADER_TIMEOUT_MS",
     "SWITCHBOARD_BODY_TIMEOUT_MS",

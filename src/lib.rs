@@ -41,6 +41,8 @@ pub mod outbox;
 pub mod pacer;
 /// Long polling for Telegram bots without a public URL.
 pub mod polling;
+/// Coaching programs and the proactive engine (durable fires in each contact's time).
+pub mod programs;
 /// Per-conversation, in-order processing of stored messages.
 pub mod router;
 /// Building and running the server (port 0 friendly) and its orderly shutdown.

@@ -67,6 +67,9 @@ struct Inner {
     shutdown: CancellationToken,
     outbox_wake: Arc<Notify>,
     waiters: Waiters,
+    /// Coaching programs: `/join`, `/progress`, keywords and answers to a program's questions
+    /// are handled there before the responder.
+    programs: Option<crate::programs::Programs>,
 }
 
 impl Router {
@@ -79,6 +82,7 @@ impl Router {
         max_concurrent_reads: usize,
         enabled: bool,
         channels: Option<Channels>,
+        programs: Option<crate::programs::Programs>,
     ) -> Router {
         Router {
             inner: Arc::new(Inner {
@@ -99,6 +103,7 @@ impl Router {
                 shutdown: CancellationToken::new(),
                 outbox_wake,
                 waiters: Waiters::default(),
+                programs,
             }),
         }
     }
@@ -218,6 +223,22 @@ impl Inner {
         let Some(turn) = next else {
             return Ok(false);
         };
+        // A program's question answered, `/join`, `/progress`, a program keyword: handled (and
+        // the turn completed with its replies) by the program engine.
+        if let Some(programs) = &self.programs {
+            match programs.handle_turn(&turn).await {
+                Ok(true) => {
+                    counter!("switchboard_processed_total", "outcome" => "program").increment(1);
+                    self.waiters.wake(&turn.message_id);
+                    return Ok(true);
+                }
+                Ok(false) => {}
+                Err(e) if give_up => {
+                    warn!(error = %format!("{e:#}"), "the program engine failed on this turn repeatedly; answering it normally");
+                }
+                Err(e) => return Err(e),
+            }
+        }
         // Commands are carried out whatever the conversation's status (opting out must always
         // work). Otherwise: a conversation handed to a human gets no bot reply (the turn is still
         // recorded as seen), and reactions, deletions, edits, notices and group chatter not

@@ -293,6 +293,20 @@ impl Application {
             wake.clone(),
         );
         let max_reads = (config.database_max_connections as usize).max(2);
+        let generator: Option<Arc<dyn crate::programs::Generator>> =
+            models.chat.clone().map(|model| {
+                Arc::new(crate::programs::ModelGenerator::new(
+                    knowledge.clone(),
+                    model,
+                    answer_settings(&config),
+                )) as Arc<dyn crate::programs::Generator>
+            });
+        let programs = crate::programs::Programs::new(
+            store.clone(),
+            wake.clone(),
+            &config.timezone,
+            generator,
+        );
         let router = Router::new(
             store.clone(),
             responder,
@@ -300,6 +314,7 @@ impl Application {
             max_reads,
             config.workers,
             Some(channels.clone()),
+            Some(programs.clone()),
         );
         let state = AppState {
             channels,
@@ -307,6 +322,7 @@ impl Application {
             knowledge,
             widget: Arc::new(crate::http::widget::WidgetRuntime::new(visitor_tokens)),
             ingest: Ingest::new(store.clone(), router.clone()),
+            programs,
             store,
             router,
             config: Arc::new(config),
@@ -346,6 +362,10 @@ impl Application {
 
     pub fn models(&self) -> &Models {
         &self.models
+    }
+
+    pub fn programs(&self) -> &crate::programs::Programs {
+        &self.state.programs
     }
 
     /// Serves until `shutdown` resolves, then shuts down in order (see the module docs).
@@ -392,6 +412,11 @@ impl Application {
                 tracing::info!(channels = started, "polling Telegram bots");
             }
         }
+        let engine = tokio_util::task::TaskTracker::new();
+        let programs = state.programs.clone();
+        if state.config.workers {
+            programs.spawn(&engine);
+        }
         // Widget sockets outlive their HTTP request: they are told to close (1001) as soon as
         // the shutdown begins, so that the server's graceful wait is not held by them.
         let widget = state.widget.clone();
@@ -409,6 +434,9 @@ impl Application {
             .context("HTTP server");
         widget.shutdown(Duration::from_secs(3)).await;
         pollers.shutdown().await;
+        programs.shutdown();
+        engine.close();
+        engine.wait().await;
         router.shutdown().await;
         workers.cancel();
         if let Some(task) = outbox_task {

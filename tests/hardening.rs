@@ -397,7 +397,54 @@ async fn every_error_is_a_json_error_body(backend: Backend) {
     app.stop().await;
 }
 
+/// A page whose origin the tenant has not allowed learns why its socket was refused (the widget
+/// asks `GET /v1/widget/config`, answered to any origin), instead of showing "Offline" for ever.
+async fn widget_config_tells_a_page_whether_it_may_chat(backend: Backend) {
+    let app = TestApp::spawn(backend).await.expect("app");
+    let saved = app
+        .http
+        .put(format!("{}/v1/widget/settings", app.base))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({"allowed_origins": ["https://shop.example"]}))
+        .send()
+        .await
+        .expect("put settings");
+    assert_eq!(saved.status().as_u16(), 200);
+    let ask = |key: String, origin: &'static str| {
+        app.http
+            .get(format!("{}/v1/widget/config?key={key}", app.base))
+            .header("origin", origin)
+            .send()
+    };
+    for (origin, allowed) in [
+        ("https://elsewhere.example", false),
+        ("https://shop.example", true),
+    ] {
+        let res = ask(app.widget_key.clone(), origin).await.expect("config");
+        assert_eq!(res.status().as_u16(), 200);
+        assert_eq!(
+            res.headers()
+                .get("access-control-allow-origin")
+                .and_then(|v| v.to_str().ok()),
+            Some("*")
+        );
+        let body: Value = res.json().await.expect("json");
+        assert_eq!(body, json!({"origin": origin, "origin_allowed": allowed}));
+    }
+    // The admin key is not a widget key, and an unknown key is named as such; both readable
+    // from any page.
+    for key in [app.admin_key.clone(), "sbw_nosuchkey".to_owned()] {
+        let res = ask(key, "https://shop.example").await.expect("config");
+        assert_eq!(res.status().as_u16(), 401);
+        assert!(res.headers().contains_key("access-control-allow-origin"));
+        let body: Value = res.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "invalid_key", "{body}");
+    }
+    app.stop().await;
+}
+
 both_backends!(
+    widget_config_tells_a_page_whether_it_may_chat,
     nul_characters_are_stripped_or_refused,
     every_error_is_a_json_error_body
 );

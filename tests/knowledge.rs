@@ -299,6 +299,9 @@ async fn the_bot_answers_from_knowledge_with_a_citation_when_no_model_is_connect
     let citations = &reply["reply"]["citations"];
     assert_eq!(citations[0]["document_id"], created["document_id"]);
     assert_eq!(citations[0]["title"], "Sleep");
+    // The widget lists it under the answer as "[1] Sleep — Caffeine".
+    assert_eq!(citations[0]["n"], 1, "{citations}");
+    assert_eq!(citations[0]["section"], "Caffeine", "{citations}");
     // Stored with the reply and returned by the API.
     let conversation = reply["conversation_id"].as_str().expect("conversation");
     let messages = app.messages(conversation).await;

@@ -3,9 +3,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use common::gateway::Gateway;
 use common::{Backend, CallbackReceiver, Mode, TestDb, eventually};
 use serde_json::{Value, json};
 
@@ -282,61 +283,6 @@ async fn cli_creates_tenants_and_keys_and_fails_with_one_line(backend: Backend) 
     .expect("n");
     assert_eq!(hits, 0);
     assert!(store.authenticate(admin_key).await.expect("auth").is_some());
-}
-
-/// A gateway child process on a free port.
-struct Gateway {
-    child: Child,
-    base: String,
-}
-
-impl Gateway {
-    async fn start(db: &TestDb) -> Gateway {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new(BIN)
-            .arg("serve")
-            .env("SWITCHBOARD_DATABASE_URL", &db.url)
-            .env("SWITCHBOARD_DATA_DIR", db.dir.path())
-            .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
-            .env("SWITCHBOARD_OUTBOX_BASE_DELAY_MS", "100")
-            .env("SWITCHBOARD_OUTBOX_MAX_DELAY_MS", "300")
-            .env("SWITCHBOARD_OUTBOX_MAX_ATTEMPTS", "1000")
-            .env("SWITCHBOARD_OUTBOX_LEASE_MS", "1500")
-            .env("SWITCHBOARD_OUTBOX_SEND_TIMEOUT_MS", "1000")
-            .env("SWITCHBOARD_OUTBOX_POLL_MS", "50")
-            // The callback receiver listens on loopback: the operator's exception.
-            .env("SWITCHBOARD_EGRESS_ALLOW", "127.0.0.0/8,localhost")
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn gateway");
-        let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        eventually("gateway ready", Duration::from_secs(20), || {
-            let http = http.clone();
-            let url = format!("{base}/readyz");
-            async move {
-                http.get(url)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-            }
-        })
-        .await;
-        Gateway { child, base }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn killed_after_ack_the_reply_is_delivered_exactly_once_after_restart(backend: Backend) {

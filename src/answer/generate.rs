@@ -206,7 +206,7 @@ impl KnowledgeResponder {
         let text = off_runtime(move || prompts.render("fallback", &context)).await??;
         Ok(Answer {
             text,
-            citations: vec![citation(best)],
+            citations: vec![citation(1, best)],
         })
     }
 }
@@ -232,10 +232,12 @@ fn section(hit: &Hit) -> String {
     }
 }
 
-fn citation(hit: &Hit) -> Citation {
+fn citation(n: usize, hit: &Hit) -> Citation {
     Citation {
+        n,
         document_id: hit.document_id.clone(),
         title: hit.title.clone(),
+        section: section(hit),
         chunk: hit.chunk,
     }
 }
@@ -260,16 +262,15 @@ pub fn cite(text: &str, sources: &[Hit]) -> Vec<Citation> {
             }
         }
     }
-    let picked: Vec<&Hit> = if named.is_empty() {
-        sources.iter().collect()
-    } else {
-        named.iter().map(|n| &sources[n - 1]).collect()
-    };
+    if named.is_empty() {
+        named = (1..=sources.len()).collect();
+    }
     let mut citations: Vec<Citation> = Vec::new();
-    for hit in picked {
-        let c = citation(hit);
-        if !citations.contains(&c) {
-            citations.push(c);
+    for n in named {
+        let hit = &sources[n - 1];
+        let same = |c: &Citation| c.document_id == hit.document_id && c.chunk == hit.chunk;
+        if !citations.iter().any(same) {
+            citations.push(citation(n, hit));
         }
     }
     citations
@@ -402,6 +403,10 @@ mod tests {
             ["doc1", "doc2", "doc3"]
         );
         assert_eq!(ids(cite("no markers", &hits[..1])), ["doc1"]);
+        // Each carries the number the text used for it and the passage's section.
+        let named = cite("Sleep more [3].", &hits);
+        assert_eq!(named.len(), 1);
+        assert_eq!((named[0].n, named[0].section.as_str()), (3, "Part 3"));
     }
 
     #[test]

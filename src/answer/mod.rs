@@ -33,8 +33,12 @@ pub struct Turn {
 /// Where a statement in an answer came from.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Citation {
+    /// The number the answer's text uses for this source (`[n]`).
+    pub n: usize,
     pub document_id: String,
     pub title: String,
+    /// The innermost heading above the passage; empty when it has none (or it is the title).
+    pub section: String,
     pub chunk: i64,
 }
 

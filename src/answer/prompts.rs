@@ -98,7 +98,13 @@ pub const MAX_OUTPUT_BYTES: usize = 256 * 1024;
 /// work, this bounds the wait whatever happens.
 pub const RENDER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-fn render_text(name: &str, body: &str, context: &Context) -> Result<String, PromptError> {
+/// Renders any template text (a program's message, say) with the same limits as the prompts:
+/// fuel, recursion, output size; an undefined variable is an error.
+pub fn render_text(
+    name: &str,
+    body: &str,
+    context: &impl Serialize,
+) -> Result<String, PromptError> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_trim_blocks(false);
@@ -125,6 +131,19 @@ fn render_text(name: &str, body: &str, context: &Context) -> Result<String, Prom
     let text = String::from_utf8(out.bytes)
         .map_err(|_| PromptError::Template("the template renders invalid UTF-8".into()))?;
     Ok(text.trim().to_owned())
+}
+
+/// The variables a template reads (dotted: `contact.name`, `fields.goal`), or why it does not
+/// parse.
+pub fn template_variables(body: &str) -> Result<std::collections::HashSet<String>, PromptError> {
+    let mut env = Environment::new();
+    env.set_recursion_limit(32);
+    env.add_template("t", body)
+        .map_err(|e| PromptError::Template(describe(&e)))?;
+    let template = env
+        .get_template("t")
+        .map_err(|e| PromptError::Template(describe(&e)))?;
+    Ok(template.undeclared_variables(true))
 }
 
 /// An output that refuses to grow past [`MAX_OUTPUT_BYTES`].

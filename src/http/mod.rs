@@ -7,6 +7,7 @@ pub mod contacts;
 pub mod error;
 pub mod knowledge;
 pub mod messages;
+pub mod programs;
 pub mod prompts;
 pub mod webhooks;
 pub mod widget;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub knowledge: crate::knowledge::Knowledge,
     /// The web widget's sockets: visitor tokens, limits, shutdown.
     pub widget: Arc<widget::WidgetRuntime>,
+    /// Coaching programs and the proactive engine.
+    pub programs: crate::programs::Programs,
 }
 
 /// The whole HTTP application.
@@ -69,7 +72,34 @@ pub fn app(state: AppState) -> HttpRouter {
             "/v1/messages/{id}/attachments/{index}",
             get(contacts::attachment),
         )
-        .route("/v1/contacts/{id}", get(contacts::get_contact))
+        .route(
+            "/v1/contacts/{id}",
+            get(contacts::get_contact).patch(programs::patch_contact),
+        )
+        .route(
+            "/v1/contacts/{id}/enrollments",
+            get(programs::contact_enrollments),
+        )
+        .route("/v1/programs", get(programs::list).post(programs::create))
+        .route(
+            "/v1/programs/settings",
+            get(programs::get_settings).put(programs::put_settings),
+        )
+        .route(
+            "/v1/programs/{id}",
+            get(programs::get_one)
+                .put(programs::put)
+                .delete(programs::delete),
+        )
+        .route("/v1/programs/{id}/publish", post(programs::publish))
+        .route("/v1/programs/{id}/enrollments", post(programs::enroll))
+        .route("/v1/programs/{id}/preview", get(programs::preview))
+        .route("/v1/programs/{id}/stats", get(programs::stats))
+        .route(
+            "/v1/enrollments/{id}",
+            axum::routing::patch(programs::patch_enrollment),
+        )
+        .route("/v1/events", post(programs::post_event))
         .route("/v1/contacts/{id}/messages", get(contacts::contact_history))
         .route(
             "/v1/channels",
@@ -100,6 +130,7 @@ pub fn app(state: AppState) -> HttpRouter {
             axum::routing::put(prompts::put).delete(prompts::delete),
         )
         .route("/v1/widget/ws", get(widget::socket))
+        .route("/v1/widget/config", get(widget::config))
         .route(
             "/v1/widget/settings",
             get(widget::get_settings).put(widget::put_settings),

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN};
+use axum::http::header::{ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -236,6 +236,72 @@ pub async fn socket(
             // Tracked so that shutdown can wait for the close frames.
             tracker.track_future(session.run(socket))
         }))
+}
+
+/// `GET /v1/widget/config?key=<widget key>`: whether the page asking may open this tenant's
+/// widget. Browsers do not tell a script why a WebSocket handshake was refused, so the widget asks
+/// here after a socket failed before it opened, and tells the visitor (and, in the console, the
+/// site owner) instead of reconnecting for ever. Answered to any origin (`Access-Control-Allow-
+/// Origin: *`, no credentials): it reveals only whether the caller's own origin is allowed.
+pub async fn config(
+    State(state): State<AppState>,
+    PeerIp(ip): PeerIp,
+    Query(params): Query<WsParams>,
+    headers: HeaderMap,
+) -> Response {
+    let open = [
+        (ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        (CACHE_CONTROL, "no-store"),
+    ];
+    if let Some(ip) = ip.map(address_key) {
+        let burst = state.config.widget.connect_burst_per_ip.max(1);
+        let rate = Rate {
+            count: 1,
+            per: Duration::from_secs(1),
+            burst,
+        };
+        if state
+            .widget
+            .limits
+            .reserve(&[(format!("config/{ip}"), rate)], Duration::ZERO)
+            .is_none()
+        {
+            let err = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "too many widget checks from this address; try again shortly",
+            );
+            return (open, err).into_response();
+        }
+    }
+    let result = async {
+        let key = params.key.filter(|k| !k.is_empty()).ok_or_else(|| {
+            ApiError::unauthorized(
+                "invalid_key",
+                "ask with ?key=<widget key> (a tenant's sbw_… key)",
+            )
+        })?;
+        let principal = state
+            .store
+            .authenticate(&key)
+            .await?
+            .filter(|p| p.role == Role::Widget)
+            .ok_or_else(|| {
+                ApiError::unauthorized("invalid_key", "this widget key is unknown or revoked")
+            })?;
+        let settings = state.store.widget_settings(&principal.tenant_id).await?;
+        let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
+        let allowed = settings.allows_origin(origin, &own_origins(&state, &headers));
+        Ok::<_, ApiError>(Json(serde_json::json!({
+            "origin": origin,
+            "origin_allowed": allowed,
+        })))
+    }
+    .await;
+    match result {
+        Ok(body) => (open, body).into_response(),
+        Err(err) => (open, err).into_response(),
+    }
 }
 
 /// The gateway's own origin, always allowed (its `/demo` page): `SWITCHBOARD_PUBLIC_URL` when

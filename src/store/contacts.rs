@@ -149,6 +149,11 @@ impl Store {
                 "contact.opt_in"
             };
             record_event(&mut w.tx, Some(&tenant), kind, Some(&contact), "{}").await?;
+            if opted_out {
+                // Nothing proactive from now on: programs stop and every pending fire goes.
+                super::programs::stop_contact_enrollments(&mut w, &contact, "opted_out", now)
+                    .await?;
+            }
         }
         w.commit().await
     }
@@ -301,6 +306,12 @@ impl Store {
             "UPDATE contact_identity SET contact_id = $1 WHERE contact_id = $2",
             "UPDATE conversation SET contact_id = $1 WHERE contact_id = $2",
             "UPDATE link_code SET contact_id = $1 WHERE contact_id = $2",
+            // One running enrolment per program: the source's duplicates stop, the rest move.
+            "UPDATE enrollment SET status = 'stopped', stopped_reason = 'merged into a linked contact', epoch = epoch + 1
+             WHERE contact_id = $2 AND status IN ('active', 'paused') AND program_id IN
+                   (SELECT program_id FROM enrollment WHERE contact_id = $1 AND status IN ('active', 'paused'))",
+            "UPDATE enrollment SET contact_id = $1 WHERE contact_id = $2",
+            "UPDATE fire SET contact_id = $1 WHERE contact_id = $2",
         ] {
             sqlx::query(sql)
                 .bind(&target)

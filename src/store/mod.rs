@@ -21,6 +21,7 @@ pub mod contacts;
 pub mod deliveries;
 pub mod knowledge;
 pub mod messages;
+pub mod programs;
 pub mod sealing;
 pub mod tenants;
 pub mod widget;

@@ -464,19 +464,20 @@ async function checkForeignOrigin(browser, key) {
       constructor(...args) { super(...args); window.__sbSockets += 1; }
     };
   });
-  // The widget asks GET /v1/widget/config?key=… why its socket was refused. A gateway without that
-  // endpoint (404) gets a stand-in answering as it would for this page.
-  const probe = await fetch(`${gateway}/v1/widget/config?key=${encodeURIComponent(key)}`)
-    .catch((err) => fail(`GET ${gateway}/v1/widget/config failed: ${err.message}`));
-  if (probe.status === 404) {
-    await context.route((url) => url.origin === gateway && url.pathname === '/v1/widget/config', (route) =>
-      route.fulfill({
-        status: 200,
-        headers: { 'access-control-allow-origin': '*', 'cache-control': 'no-store' },
-        contentType: 'application/json',
-        body: JSON.stringify({ origin: FOREIGN_ORIGIN, origin_allowed: false }),
-      }));
-    step('foreign origin: the gateway has no /v1/widget/config; the test answers for it');
+  // The widget asks GET /v1/widget/config?key=… why its socket was refused; the gateway answers
+  // any origin, and says this one is not allowed.
+  const probe = await fetch(`${gateway}/v1/widget/config?key=${encodeURIComponent(key)}`, {
+    headers: { origin: FOREIGN_ORIGIN },
+  }).catch((err) => fail(`GET ${gateway}/v1/widget/config failed: ${err.message}`));
+  const verdict = await probe.json().catch(() => null);
+  if (probe.status !== 200 || probe.headers.get('access-control-allow-origin') !== '*' ||
+      !verdict || verdict.origin_allowed !== false || verdict.origin !== FOREIGN_ORIGIN) {
+    fail(`GET /v1/widget/config from ${FOREIGN_ORIGIN}: ${probe.status} ${JSON.stringify(verdict)}`);
+  }
+  const badKey = await fetch(`${gateway}/v1/widget/config?key=sbw_nosuchkey`);
+  const badBody = await badKey.json().catch(() => null);
+  if (badKey.status !== 401 || !badBody || !badBody.error || badBody.error.code !== 'invalid_key') {
+    fail(`GET /v1/widget/config with an unknown key: ${badKey.status} ${JSON.stringify(badBody)}`);
   }
   const page = await context.newPage();
   const consoleErrors = [];

@@ -8,6 +8,7 @@
 //! a missing server a failure.
 #![allow(dead_code)]
 
+pub mod gateway;
 pub mod graph;
 pub mod llm;
 pub mod telegram;
@@ -164,6 +165,8 @@ pub struct TestApp {
     pub store: Store,
     /// The gateway's knowledge service (and through it the vector index itself).
     pub knowledge: Knowledge,
+    /// The program engine (its clock can be frozen and moved by hand).
+    pub programs: switchboard::programs::Programs,
     pub tenant_id: String,
     pub admin_key: String,
     pub widget_key: String,
@@ -217,6 +220,7 @@ impl TestApp {
         let addr = app.local_addr().expect("addr");
         let store = app.store().clone();
         let knowledge = app.knowledge().clone();
+        let programs = app.programs().clone();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
@@ -227,6 +231,7 @@ impl TestApp {
             http: reqwest::Client::new(),
             store,
             knowledge,
+            programs,
             tenant_id: String::new(),
             admin_key: String::new(),
             widget_key: String::new(),

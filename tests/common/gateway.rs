@@ -1,0 +1,74 @@
+//! The real `switchboard serve` as a child process on a free port (for `kill -9` and
+//! several-process stories).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{TestDb, eventually};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+
+/// A gateway child process on a free port.
+pub struct Gateway {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Gateway {
+    pub async fn start(db: &TestDb) -> Gateway {
+        Self::start_with(db, db.dir.path(), &[]).await
+    }
+
+    /// On `db`'s database with its own data directory and more environment.
+    pub async fn start_with(db: &TestDb, data_dir: &Path, env: &[(&str, &str)]) -> Gateway {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut command = Command::new(BIN);
+        command
+            .arg("serve")
+            .env("SWITCHBOARD_DATABASE_URL", &db.url)
+            .env("SWITCHBOARD_DATA_DIR", data_dir)
+            .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SWITCHBOARD_OUTBOX_BASE_DELAY_MS", "100")
+            .env("SWITCHBOARD_OUTBOX_MAX_DELAY_MS", "300")
+            .env("SWITCHBOARD_OUTBOX_MAX_ATTEMPTS", "1000")
+            .env("SWITCHBOARD_OUTBOX_LEASE_MS", "1500")
+            .env("SWITCHBOARD_OUTBOX_SEND_TIMEOUT_MS", "1000")
+            .env("SWITCHBOARD_OUTBOX_POLL_MS", "50")
+            // The callback receiver listens on loopback: the operator's exception.
+            .env("SWITCHBOARD_EGRESS_ALLOW", "127.0.0.0/8,localhost")
+            .env("SWITCHBOARD_LLM_PROVIDER", "none")
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("spawn gateway");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        eventually("gateway ready", Duration::from_secs(30), || {
+            let http = http.clone();
+            let url = format!("{base}/readyz");
+            async move {
+                http.get(url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            }
+        })
+        .await;
+        Gateway { child, base }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
