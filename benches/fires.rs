@@ -12,7 +12,7 @@ mod support;
 use std::time::Instant;
 
 use serde_json::json;
-use sqlx::{Connection, Executor, Row};
+use sqlx::Row;
 use support::env_or;
 use switchboard::core::TenantSlug;
 use switchboard::programs::Programs;
@@ -36,7 +36,11 @@ async fn main() -> anyhow::Result<()> {
     match std::env::var("SWITCHBOARD_BENCH_POSTGRES_URL") {
         Ok(admin) if !admin.is_empty() => {
             for engines in [1, 3] {
-                let url = fresh_postgres(&admin, engines).await?;
+                let url = support::fresh_postgres(
+                    &admin,
+                    &format!("sb_bench_fires_{}_{engines}", std::process::id()),
+                )
+                .await?;
                 run(
                     &format!("postgres, {engines} engine(s)"),
                     &url,
@@ -51,20 +55,6 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("peak RSS {} MiB", peak_rss_kib() / 1024);
     Ok(())
-}
-
-async fn fresh_postgres(admin: &str, n: usize) -> anyhow::Result<String> {
-    sqlx::any::install_default_drivers();
-    let name = format!("sb_bench_fires_{}_{n}", std::process::id());
-    let mut conn = sqlx::AnyConnection::connect(admin).await?;
-    conn.execute(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name}"
-    )))
-    .await?;
-    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await?;
-    let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
-    Ok(format!("{base}/{name}"))
 }
 
 fn peak_rss_kib() -> u64 {

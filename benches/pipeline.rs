@@ -62,7 +62,8 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     match std::env::var("SWITCHBOARD_BENCH_POSTGRES_URL") {
         Ok(admin) if !admin.is_empty() => {
-            let url = fresh_postgres(&admin).await?;
+            let url = support::fresh_postgres(&admin, &format!("sb_bench_{}", std::process::id()))
+                .await?;
             run(
                 Backend::Postgres,
                 &url,
@@ -76,20 +77,6 @@ async fn main() -> anyhow::Result<()> {
         _ => println!("postgres  skipped: set SWITCHBOARD_BENCH_POSTGRES_URL"),
     }
     Ok(())
-}
-
-async fn fresh_postgres(admin: &str) -> anyhow::Result<String> {
-    sqlx::any::install_default_drivers();
-    let name = format!("sb_bench_{}", std::process::id());
-    let mut conn = sqlx::AnyConnection::connect(admin).await?;
-    conn.execute(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name}"
-    )))
-    .await?;
-    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await?;
-    let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
-    Ok(format!("{base}/{name}"))
 }
 
 async fn run(
