@@ -17,7 +17,7 @@ use support::{env_or, ms, percentile};
 
 use axum::extract::State;
 use serde_json::{Value, json};
-use sqlx::{Connection, Executor, Row};
+use sqlx::{Executor, Row};
 use switchboard::config::Config;
 use switchboard::core::TenantSlug;
 use switchboard::startup::Application;
