@@ -788,7 +788,152 @@ async fn whatsapp_outside_the_window_sends_the_template_or_skips_visibly(backend
     app.stop().await;
 }
 
+/// A program for people on Telegram and WhatsApp: one question with buttons and keywords.
+fn mood() -> Value {
+    json!({ "name": "Mood", "slug": "mood", "channels": ["telegram", "whatsapp"], "fields": ["mood"],
+        "steps": [
+            { "id": "q", "type": "ask", "text": "How are you?", "field": "mood",
+              "buttons": [ { "id": "good", "title": "Good" }, { "id": "bad", "title": "Bad" } ],
+              "keywords": { "good": ["great", "fine"] },
+              "template": { "name": "mood_check", "language": "en" } },
+            { "id": "glad", "type": "message", "text": "Glad you're {{ fields.mood }}!" },
+            { "id": "end", "type": "complete" } ] })
+}
+
+/// On the Telegram stand-in: `/join mood` asks with an inline keyboard; pressing a button (a
+/// callback query carrying the button's id) answers it.
+async fn an_ask_with_buttons_on_telegram(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let api = common::telegram::BotApi::start().await;
+    published(&app, mood()).await;
+    let (status, body) = request(
+        &app,
+        reqwest::Method::POST,
+        "/v1/channels",
+        Some(json!({ "kind": "telegram", "config": {
+            "bot_token": common::telegram::TOKEN, "webhook_secret": "s3cret", "mode": "webhook",
+            "api_url": api.base } })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let webhook = format!(
+        "{}/webhooks/telegram/{}",
+        app.base,
+        body["channel_id"].as_str().expect("id")
+    );
+    let from = json!({ "id": 77, "is_bot": false, "first_name": "Ana" });
+    let chat = json!({ "id": 77, "type": "private", "first_name": "Ana" });
+    let updates = [
+        json!({ "update_id": 1, "message": { "message_id": 1, "date": 1_780_000_000,
+            "chat": chat, "from": from, "text": "/join mood",
+            "entities": [ { "type": "bot_command", "offset": 0, "length": 5 } ] } }),
+        json!({ "update_id": 2, "callback_query": { "id": "cb-1", "from": from, "data": "good",
+            "chat_instance": "1", "message": { "message_id": 2, "date": 1_780_000_001, "chat": chat,
+            "text": "How are you?" } } }),
+    ];
+    for (n, update) in updates.iter().enumerate() {
+        let res = app
+            .http
+            .post(&webhook)
+            .header("X-Telegram-Bot-Api-Secret-Token", "s3cret")
+            .json(update)
+            .send()
+            .await
+            .expect("webhook");
+        assert_eq!(res.status().as_u16(), 200);
+        let want = ["How are you?", "Glad you're good!"][n];
+        common::eventually(want, Duration::from_secs(20), || async {
+            api.texts().iter().any(|(_, t)| t == want).then_some(())
+        })
+        .await;
+    }
+    let question = api
+        .calls("sendMessage")
+        .into_iter()
+        .find(|c| c.body["text"] == "How are you?")
+        .expect("the question");
+    let keyboard = &question.body["reply_markup"]["inline_keyboard"];
+    assert_eq!(keyboard[0][0]["callback_data"], "good", "{}", question.body);
+    assert_eq!(keyboard[0][1]["text"], "Bad", "{}", question.body);
+    app.stop().await;
+}
+
+/// On the WhatsApp stand-in, driven by the Cloud API's own webhook payload (pywa's fixture):
+/// `/join mood`, then a keyword ("great") answers the question.
+async fn a_keyword_answer_on_whatsapp(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let (graph, sent) = common::graph::graph_stand_in().await;
+    published(&app, mood()).await;
+    const SECRET: &str = "1222e786b144d0e85b9f365372d93676";
+    let (status, body) = request(
+        &app,
+        reqwest::Method::POST,
+        "/v1/channels",
+        Some(json!({ "kind": "whatsapp", "config": {
+            "phone_number_id": "1122334455667", "access_token": "EAAtest",
+            "app_secret": SECRET, "verify_token": "verify", "graph_url": graph } })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let webhook = format!(
+        "{}/webhooks/whatsapp/{}",
+        app.base,
+        body["channel_id"].as_str().expect("id")
+    );
+    let fixture = std::fs::read(format!(
+        "{}/channels/whatsapp/tests/fixtures/pywa/message__text.json",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("fixture");
+    for (n, text) in ["/join mood", "great!"].into_iter().enumerate() {
+        let mut payload: Value = serde_json::from_slice(&fixture).expect("json");
+        let message = &mut payload["entry"][0]["changes"][0]["value"]["messages"][0];
+        message["text"]["body"] = json!(text);
+        message["id"] = json!(format!("wamid.program-{n}"));
+        message["timestamp"] = json!((switchboard::store::now_ms() / 1000).to_string());
+        let raw = serde_json::to_vec(&payload).expect("json");
+        let res = app
+            .http
+            .post(&webhook)
+            .header("content-type", "application/json")
+            .header(
+                "x-hub-signature-256",
+                switchboard_channel_api::outbound::sign(SECRET, &raw),
+            )
+            .body(raw)
+            .send()
+            .await
+            .expect("webhook");
+        assert_eq!(res.status().as_u16(), 200);
+        let want = ["How are you?", "Glad you're good!"][n];
+        common::eventually(want, Duration::from_secs(20), || async {
+            let sent = sent.lock().expect("lock").clone();
+            sent.iter()
+                .any(|(_, b)| b["interactive"]["body"]["text"] == want || b["text"]["body"] == want)
+                .then_some(())
+        })
+        .await;
+    }
+    let sent = sent.lock().expect("lock").clone();
+    let question = sent
+        .iter()
+        .map(|(_, b)| b)
+        .find(|b| b["interactive"]["body"]["text"] == "How are you?")
+        .expect("the question, as buttons");
+    assert_eq!(
+        question["interactive"]["action"]["buttons"][0]["reply"]["id"], "good",
+        "{question}"
+    );
+    app.stop().await;
+}
+
 both_backends!(
+    an_ask_with_buttons_on_telegram,
+    a_keyword_answer_on_whatsapp,
     whatsapp_outside_the_window_sends_the_template_or_skips_visibly,
     generate_without_a_model_sends_the_fallback,
     a_week_at_eight_in_each_zone,
