@@ -613,8 +613,102 @@ async fn a_hanging_model_times_out_into_the_fallback_and_the_conversation_goes_o
     app.stop().await;
 }
 
+/// A program's `generate` step written by the real small model from the step's prompt and the
+/// tenant's knowledge: the message is the model's text, not the fallback; with the model down
+/// (a dead address) the same step sends its fallback.
+async fn a_generate_step_is_written_by_the_real_model(backend: Backend) {
+    let Some(real) = real_models("a_generate_step_is_written_by_the_real_model") else {
+        return;
+    };
+    const FALLBACK: &str = "Fallback: keep a steady wake-up time.";
+    let dead = "http://127.0.0.1:9".to_owned();
+    for (url, expect_model) in [(real.ollama_url.clone(), true), (dead, false)] {
+        let Some(app) = TestApp::spawn_with(
+            backend,
+            |c| {
+                with_model(c, "ollama", &url, &real.ollama_model);
+                c.llm.context_tokens = 1024;
+                c.llm.max_tokens = 48;
+                c.llm.first_token_timeout_ms = 180_000;
+                c.llm.timeout_ms = 300_000;
+            },
+            None,
+        )
+        .await
+        else {
+            return;
+        };
+        upload(&app, "Sleep", &demo_sleep_notes()).await;
+        let created = app
+            .http
+            .post(format!("{}/v1/programs", app.base))
+            .bearer_auth(&app.admin_key)
+            .json(&json!({ "name": "Tips", "channels": ["api"], "steps": [
+                { "id": "tip", "type": "message", "generate": {
+                    "prompt": "Write a short good-morning message with one tip about coffee and sleep.",
+                    "fallback": FALLBACK } } ] }))
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(created.status(), 201);
+        let program: Value = created.json().await.expect("json");
+        let id = program["id"].as_str().expect("id");
+        let published = app
+            .http
+            .post(format!("{}/v1/programs/{id}/publish", app.base))
+            .bearer_auth(&app.admin_key)
+            .send()
+            .await
+            .expect("publish");
+        assert_eq!(published.status(), 200);
+        let hello = app.send("ana", "hello", json!({ "wait": true })).await;
+        let conversation = hello["conversation_id"].as_str().expect("conversation");
+        let channel = app
+            .store
+            .api_channel(&app.tenant_id)
+            .await
+            .expect("channel")
+            .id;
+        // The engine's clock frozen at noon UTC (outside the default quiet hours): the fire runs
+        // here, when asked, not in the background.
+        app.programs.clock().set(1_811_505_600_000);
+        let enrolled = app
+            .http
+            .post(format!("{}/v1/programs/{id}/enrollments", app.base))
+            .bearer_auth(&app.admin_key)
+            .json(&json!({ "channel_id": channel, "external_id": "ana" }))
+            .send()
+            .await
+            .expect("enrol");
+        assert_eq!(enrolled.status(), 201);
+        app.programs.run_due().await.expect("run");
+        let texts: Vec<String> = app
+            .messages(conversation)
+            .await
+            .iter()
+            .filter(|m| m["direction"] == "outbound")
+            .filter_map(|m| m["text"].as_str().map(str::to_owned))
+            .collect();
+        let tip = texts.last().expect("the program's message");
+        if expect_model {
+            assert_ne!(tip, FALLBACK, "written by the model");
+            assert!(!tip.trim().is_empty());
+            eprintln!("NOTICE the model wrote: {tip}");
+        } else {
+            assert_eq!(tip, FALLBACK, "the model is down: the fallback");
+        }
+        assert_eq!(
+            texts.iter().filter(|t| *t == tip).count(),
+            1,
+            "sent once: {texts:?}"
+        );
+        app.stop().await;
+    }
+}
+
 both_backends!(
     the_bot_answers_with_a_real_model,
+    a_generate_step_is_written_by_the_real_model,
     answers_cite_their_sources_and_carry_history_within_the_budget,
     a_model_outage_gets_quoted_answers_quickly_and_opens_the_breaker,
     a_hanging_model_times_out_into_the_fallback_and_the_conversation_goes_on,

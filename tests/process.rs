@@ -142,7 +142,6 @@ fn hybrid_retrieval_with_a_real_embedding_model_meets_its_target() {
 /// model the answers are quoted passages with their sources.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_chat_talks_to_the_bot_through_the_router() {
-    use std::io::Write;
     let Some(db) = TestDb::fresh(Backend::Sqlite).await else {
         return;
     };
@@ -155,24 +154,7 @@ async fn cli_chat_talks_to_the_bot_through_the_router() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut child = Command::new(BIN)
-        .args(["chat", "--tenant", "demo"])
-        .env("SWITCHBOARD_DATABASE_URL", &db.url)
-        .env("SWITCHBOARD_DATA_DIR", db.dir.path())
-        .env("SWITCHBOARD_LLM_PROVIDER", "none")
-        .env_remove("SWITCHBOARD_CONFIG")
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run switchboard chat");
-    if let Some(stdin) = child.stdin.as_mut() {
-        stdin
-            .write_all(b"When should I stop drinking coffee?\n/stop\n/quit\n")
-            .expect("write");
-    }
-    let out = child.wait_with_output().expect("chat ends");
+    let out = chat(&db, "When should I stop drinking coffee?\n/stop\n/quit\n");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -197,6 +179,27 @@ async fn cli_chat_talks_to_the_bot_through_the_router() {
         .expect("count");
     assert_eq!(count, 4, "two messages in, two replies out");
     store.close().await;
+}
+
+/// `switchboard chat --tenant demo` (no model) typing `input`; its output once it ends.
+fn chat(db: &TestDb, input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(["chat", "--tenant", "demo"])
+        .env("SWITCHBOARD_DATABASE_URL", &db.url)
+        .env("SWITCHBOARD_DATA_DIR", db.dir.path())
+        .env("SWITCHBOARD_LLM_PROVIDER", "none")
+        .env_remove("SWITCHBOARD_CONFIG")
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run switchboard chat");
+    if let Some(stdin) = child.stdin.as_mut() {
+        stdin.write_all(input.as_bytes()).expect("write");
+    }
+    child.wait_with_output().expect("chat ends")
 }
 
 fn cli(db: &TestDb, args: &[&str]) -> Output {
@@ -569,6 +572,20 @@ async fn the_first_hour_has_no_traps(backend: Backend) {
 
     let _ = serve.kill();
     let _ = serve.wait();
+
+    // The README's demo: `/join sleep` in `switchboard chat` enrols in the demo program, whose
+    // first message is the reply; `/progress` shows it.
+    let out = chat(&db, "/join sleep\n/progress\n/quit\n");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("Welcome to the 7-day sleep reset!"),
+        "the program's first message: {said}"
+    );
+    assert!(
+        said.contains("7-day sleep reset: ") && said.contains("steps done, active"),
+        "{said}"
+    );
 
     // Without serve: documents by id, and one document however a path is typed.
     let kb = tempfile::tempdir().expect("kb");

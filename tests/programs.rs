@@ -931,6 +931,278 @@ async fn a_keyword_answer_on_whatsapp(backend: Backend) {
     app.stop().await;
 }
 
+/// Recurring check-ins (Mon/Wed/Fri 18:30 in New York, across the start of DST): each at 18:30
+/// local, exactly once, shown in the preview; an answer is saved, acknowledged and counted in
+/// the streak and the stats; a pause skips what fell due in it (nothing sent twice on resume);
+/// none after the program completes.
+async fn recurring_checkins_keep_the_local_hour(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let program = published(
+        &app,
+        json!({ "name": "Evenings", "channels": ["api"],
+            "checkins": [ { "id": "evening", "schedule": "mon,wed,fri 18:30",
+                "text": "Evening check-in: how was today?",
+                "buttons": [ { "id": "good", "title": "Good" }, { "id": "meh", "title": "Meh" } ],
+                "field": "day_rating", "reply": "Thanks, noted: {{ fields.day_rating }}." } ],
+            "steps": [
+                { "id": "welcome", "type": "message", "text": "Two weeks of evening check-ins." },
+                { "id": "fortnight", "type": "wait", "for": "14d" },
+                { "id": "done", "type": "complete", "text": "That's the two weeks." } ] }),
+    )
+    .await;
+    // Monday 2027-03-08, 10:00 EST. DST starts on Sunday 2027-03-14.
+    let t0 = ms("2027-03-08T15:00:00Z");
+    app.programs.clock().set(t0);
+    let (ana, conversation) = contact(&app, "ana").await;
+    set_timezone(&app, &ana, "America/New_York").await;
+    let (status, preview) = app
+        .get(
+            &app.admin_key,
+            &format!("/v1/programs/{program}/preview?contact={ana}"),
+        )
+        .await;
+    assert_eq!(status, 200, "{preview}");
+    let locals: Vec<&str> = preview["fires"]
+        .as_array()
+        .expect("fires")
+        .iter()
+        .filter(|f| f["step"] == "checkin:evening")
+        .filter_map(|f| f["at_local"].as_str())
+        .collect();
+    assert_eq!(
+        locals[..4],
+        [
+            "2027-03-08T18:30:00-05:00",
+            "2027-03-10T18:30:00-05:00",
+            "2027-03-12T18:30:00-05:00",
+            "2027-03-15T18:30:00-04:00"
+        ],
+        "{preview}"
+    );
+    let enrollment = enroll(&app, &program, &ana).await;
+    // Ana answers the first check-in ten minutes after it (by button title).
+    run_until(&app, ms("2027-03-08T23:40:00Z")).await;
+    app.send("ana", "Good", json!({ "wait": true })).await;
+    let texts = outbound(&app, &conversation).await;
+    assert_eq!(
+        texts.last().map(String::as_str),
+        Some("Thanks, noted: good."),
+        "{texts:?}"
+    );
+    // Paused over Wednesday's and Friday's, resumed on Saturday: those two are not sent late.
+    let pause = |status: &'static str| {
+        let app = &app;
+        let enrollment = enrollment.clone();
+        async move {
+            let (code, body) = request(
+                app,
+                reqwest::Method::PATCH,
+                &format!("/v1/enrollments/{enrollment}"),
+                Some(json!({ "status": status })),
+            )
+            .await;
+            assert_eq!(code, 200, "{body}");
+        }
+    };
+    run_until(&app, ms("2027-03-09T12:00:00Z")).await;
+    pause("paused").await;
+    run_until(&app, ms("2027-03-13T12:00:00Z")).await;
+    pause("active").await;
+    run_until(&app, ms("2027-03-30T12:00:00Z")).await;
+    let checkins: Vec<i64> = proactive(&app, &conversation)
+        .await
+        .into_iter()
+        .filter(|(t, _)| t.starts_with("Evening check-in"))
+        .map(|(_, at)| at)
+        .collect();
+    let expected = [
+        "2027-03-08T23:30:00Z", // Mon 18:30 EST
+        "2027-03-15T22:30:00Z", // Mon 18:30 EDT
+        "2027-03-17T22:30:00Z",
+        "2027-03-19T22:30:00Z",
+    ];
+    assert_eq!(
+        checkins,
+        expected.iter().map(|t| ms(t)).collect::<Vec<_>>(),
+        "each once, at 18:30 local; none while paused or after the program completed"
+    );
+    let (_, enrollments) = app
+        .get(&app.admin_key, &format!("/v1/contacts/{ana}/enrollments"))
+        .await;
+    assert_eq!(enrollments["enrollments"][0]["status"], "completed");
+    assert_eq!(enrollments["enrollments"][0]["streak"], 1, "{enrollments}");
+    let (_, stats) = app
+        .get(&app.admin_key, &format!("/v1/programs/{program}/stats"))
+        .await;
+    assert_eq!(stats["checkins"][0]["id"], "evening", "{stats}");
+    assert_eq!(stats["checkins"][0]["sent"], 4, "{stats}");
+    assert_eq!(stats["checkins"][0]["answered"], 1, "{stats}");
+    let pending: i64 = sqlx::query(
+        "SELECT COUNT(*) AS n FROM fire f JOIN enrollment e ON e.id = f.enrollment_id
+         WHERE e.contact_id = $1 AND f.status = 'pending'",
+    )
+    .bind(&ana)
+    .fetch_one(app.store.pool())
+    .await
+    .expect("count")
+    .try_get("n")
+    .expect("n");
+    assert_eq!(pending, 0, "a completed enrolment leaves nothing pending");
+    app.stop().await;
+}
+
+/// Nudge lift: with `holdout`, some quiet episodes get no nudge (the control group); the stats
+/// compare how many of each group wrote within 24 hours.
+async fn nudge_lift_compares_nudged_and_held_back_episodes(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let program = published(
+        &app,
+        json!({ "name": "Lift", "channels": ["api"],
+            "inactivity": { "after": "1h", "nudges": ["Still there?"], "holdout": 0.5 },
+            "steps": [
+                { "id": "hi", "type": "message", "text": "Hi" },
+                { "id": "rest", "type": "wait", "for": "7d" } ] }),
+    )
+    .await;
+    let t0 = ms("2027-06-01T10:00:00Z");
+    app.programs.clock().set(t0);
+    let mut people = Vec::new();
+    for i in 0..24 {
+        let name = format!("p{i}");
+        let (id, conversation) = contact(&app, &name).await;
+        enroll(&app, &program, &id).await;
+        people.push((name, conversation));
+    }
+    run_until(&app, t0 + 2 * 3_600_000).await;
+    let mut nudged = Vec::new();
+    for (name, conversation) in &people {
+        let got = outbound(&app, conversation)
+            .await
+            .iter()
+            .any(|t| t == "Still there?");
+        nudged.push((name.clone(), got));
+    }
+    let n = nudged.iter().filter(|(_, got)| *got).count();
+    assert!(
+        n > 0 && n < people.len(),
+        "both groups are used: {n} nudged"
+    );
+    // Everyone nudged writes back within the day, and one of those held back.
+    app.programs.clock().set(t0 + 5 * 3_600_000);
+    let mut held_back_wrote = 0;
+    for (name, got) in &nudged {
+        if *got || held_back_wrote == 0 {
+            if !*got {
+                held_back_wrote += 1;
+            }
+            app.send(name, "back", json!({ "wait": true })).await;
+        }
+    }
+    let (_, stats) = app
+        .get(&app.admin_key, &format!("/v1/programs/{program}/stats"))
+        .await;
+    let lift = &stats["nudge_lift"];
+    assert_eq!(lift["nudged"]["episodes"], n as i64, "{stats}");
+    assert_eq!(lift["nudged"]["answered_24h"], n as i64, "{stats}");
+    assert_eq!(
+        lift["held_back"]["episodes"],
+        (people.len() - n) as i64,
+        "{stats}"
+    );
+    assert_eq!(lift["held_back"]["answered_24h"], 1, "{stats}");
+    let expected = (people.len() - n) as f64;
+    assert!(
+        (lift["lift"].as_f64().expect("lift") - expected).abs() < 1e-9,
+        "{stats}"
+    );
+    assert_eq!(stats["nudges_sent"], n as i64, "{stats}");
+    app.stop().await;
+}
+
+/// Events from the core: one starts a program (`events`), another ends a wait on it at once
+/// (`wait.event`); without the event the wait ends when its time is up.
+async fn events_start_programs_and_end_waits(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let program = published(
+        &app,
+        json!({ "name": "Onboarding", "channels": ["api"], "events": ["signed_up"],
+            "steps": [
+                { "id": "welcome", "type": "message", "text": "Welcome aboard." },
+                { "id": "pay", "type": "wait", "event": "paid", "for": "3d" },
+                { "id": "next", "type": "message", "text": "Next step." } ] }),
+    )
+    .await;
+    let t0 = ms("2027-06-01T10:00:00Z");
+    app.programs.clock().set(t0);
+    let (ana, ana_conv) = contact(&app, "ana").await;
+    let (bob, bob_conv) = contact(&app, "bob").await;
+    let event = |contact: String, name: &'static str| {
+        let app = &app;
+        async move {
+            let (status, body) = request(
+                app,
+                reqwest::Method::POST,
+                "/v1/events",
+                Some(json!({ "contact_id": contact, "name": name })),
+            )
+            .await;
+            assert_eq!(status, 202, "{body}");
+            body
+        }
+    };
+    for who in [&ana, &bob] {
+        let body = event(who.clone(), "signed_up").await;
+        assert_eq!(
+            body["enrollments"][0]["program_id"],
+            program.as_str(),
+            "{body}"
+        );
+        assert_eq!(body["enrollments"][0]["created"], true, "{body}");
+    }
+    // Enrolling again is idempotent.
+    let again = event(ana.clone(), "signed_up").await;
+    assert_eq!(again["enrollments"][0]["created"], false, "{again}");
+    run_until(&app, t0 + 60_000).await;
+    app.programs.clock().set(t0 + 3_600_000);
+    let paid = event(ana.clone(), "paid").await;
+    assert_eq!(paid["advanced"].as_array().map(Vec::len), Some(1), "{paid}");
+    run_until(&app, t0 + 3_600_000).await;
+    let ana_sent = proactive(&app, &ana_conv).await;
+    assert_eq!(
+        ana_sent,
+        [
+            ("Welcome aboard.".to_owned(), ana_sent[0].1),
+            ("Next step.".to_owned(), t0 + 3_600_000)
+        ],
+        "the event ended Ana's wait at once"
+    );
+    // An event nobody waits on moves nothing.
+    let stray = event(bob.clone(), "paid_twice").await;
+    assert_eq!(
+        stray["advanced"].as_array().map(Vec::len),
+        Some(0),
+        "{stray}"
+    );
+    run_until(&app, t0 + 4 * 86_400_000).await;
+    let bob_sent = proactive(&app, &bob_conv).await;
+    let bob_texts: Vec<&str> = bob_sent.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(bob_texts, ["Welcome aboard.", "Next step."]);
+    assert_eq!(
+        bob_sent[1].1,
+        t0 + 3 * 86_400_000,
+        "Bob's wait ended by its time"
+    );
+    let ana_again = proactive(&app, &ana_conv).await;
+    assert_eq!(ana_again.len(), 2, "nothing twice: {ana_again:?}");
+    app.stop().await;
+}
+
 both_backends!(
     an_ask_with_buttons_on_telegram,
     a_keyword_answer_on_whatsapp,
@@ -945,4 +1217,7 @@ both_backends!(
     preview_marks_shifts_and_dst,
     join_and_progress_from_the_chat,
     invalid_programs_name_their_errors,
+    recurring_checkins_keep_the_local_hour,
+    nudge_lift_compares_nudged_and_held_back_episodes,
+    events_start_programs_and_end_waits,
 );

@@ -177,6 +177,19 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view(&row))))
 }
 
+/// The tenant's program, or 404.
+async fn program_or_404(
+    state: &AppState,
+    tenant_id: &str,
+    id: &str,
+) -> Result<crate::store::programs::ProgramRow, ApiError> {
+    state
+        .store
+        .program(tenant_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("program"))
+}
+
 /// `GET /v1/programs/{id}`.
 pub async fn get_one(
     State(state): State<AppState>,
@@ -184,11 +197,7 @@ pub async fn get_one(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let principal = caller.require(&[Role::Admin, Role::Creator])?;
-    let row = state
-        .store
-        .program(&principal.tenant_id, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("program"))?;
+    let row = program_or_404(&state, &principal.tenant_id, &id).await?;
     Ok(Json(view(&row)))
 }
 
@@ -208,11 +217,7 @@ pub async fn put(
     {
         return Err(ApiError::not_found("program"));
     }
-    let row = state
-        .store
-        .program(&principal.tenant_id, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("program"))?;
+    let row = program_or_404(&state, &principal.tenant_id, &id).await?;
     Ok(Json(view(&row)))
 }
 
@@ -403,11 +408,7 @@ pub async fn preview(
     let contact = params.contact.filter(|c| !c.is_empty()).ok_or_else(|| {
         ApiError::bad_request("invalid_preview", "name the contact: ?contact=<contact id>")
     })?;
-    state
-        .store
-        .program(&principal.tenant_id, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("program"))?;
+    program_or_404(&state, &principal.tenant_id, &id).await?;
     state
         .store
         .contact_row(&contact)
@@ -428,11 +429,7 @@ pub async fn stats(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let principal = caller.require(&[Role::Admin, Role::Creator])?;
-    let row = state
-        .store
-        .program(&principal.tenant_id, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("program"))?;
+    let row = program_or_404(&state, &principal.tenant_id, &id).await?;
     let (statuses, funnel, mut durations) = state.store.program_stats(&id).await?;
     let count = |s: &str| {
         statuses
@@ -468,10 +465,42 @@ pub async fn stats(
                 "step": f.step,
                 "reached": f.reached,
                 "answered": f.answered,
-                "dropped": enrolled.saturating_sub(f.reached),
+                "dropped": f.dropped,
             })
         })
         .collect();
+    let engagement = state.store.program_engagement(&id).await?;
+    let rate = |answered: i64, n: i64| (n > 0).then(|| answered as f64 / n as f64);
+    let mut checkins: Vec<Value> = Vec::new();
+    for r in engagement.iter().filter(|r| r.kind == "checkin") {
+        checkins.push(json!({
+            "id": r.step,
+            "sent": r.count,
+            "answered": r.answered,
+            "answer_rate": rate(r.answered, r.count),
+        }));
+    }
+    // Nudge lift: first nudges sent against quiet episodes held back (`inactivity.holdout`),
+    // each answered when the contact wrote within 24 hours.
+    let first = |status: &str| {
+        engagement
+            .iter()
+            .filter(|r| r.kind == "nudge" && r.step == "nudge-0" && r.status == status)
+            .fold((0, 0), |(n, a), r| (n + r.count, a + r.answered))
+    };
+    let (nudged, nudged_answered) = first("done");
+    let (held, held_answered) = first("skipped");
+    let nudges_sent: i64 = engagement
+        .iter()
+        .filter(|r| r.kind == "nudge" && r.status == "done")
+        .map(|r| r.count)
+        .sum();
+    let nudged_rate = rate(nudged_answered, nudged);
+    let held_rate = rate(held_answered, held);
+    let lift = match (nudged_rate, held_rate) {
+        (Some(n), Some(h)) if h > 0.0 => Some(n / h),
+        _ => None,
+    };
     Ok(Json(json!({
         "enrolled": enrolled,
         "active": count("active"),
@@ -481,6 +510,13 @@ pub async fn stats(
         "completion_rate": if enrolled > 0 { count("completed") as f64 / enrolled as f64 } else { 0.0 },
         "median_time_to_complete_ms": median,
         "funnel": funnel,
+        "checkins": checkins,
+        "nudges_sent": nudges_sent,
+        "nudge_lift": {
+            "nudged": { "episodes": nudged, "answered_24h": nudged_answered, "rate": nudged_rate },
+            "held_back": { "episodes": held, "answered_24h": held_answered, "rate": held_rate },
+            "lift": lift,
+        },
     })))
 }
 
@@ -698,12 +734,13 @@ pub async fn post_event(
         .programs
         .on_event(&principal.tenant_id, &contact, name)
         .await?;
+    let (enrolled, advanced) = enrolled;
     let enrollments: Vec<Value> = enrolled
         .into_iter()
         .map(|(program_id, e)| json!({ "program_id": program_id, "enrollment_id": e.enrollment_id, "status": e.status, "created": e.created }))
         .collect();
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "contact_id": contact, "enrollments": enrollments })),
+        Json(json!({ "contact_id": contact, "enrollments": enrollments, "advanced": advanced })),
     ))
 }

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::time::{Duration, LocalTime, Offset, Until};
+use super::time::{Duration, LocalTime, Offset, Schedule, Until};
 
 /// Most steps in one program.
 pub const MAX_STEPS: usize = 200;
@@ -50,9 +50,41 @@ pub struct Definition {
     pub catch_up: CatchUp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inactivity: Option<Inactivity>,
+    /// Recurring check-ins in the contact's local time, sent while the enrolment is active.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkins: Vec<Checkin>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub badges: Vec<Badge>,
     pub steps: Vec<Step>,
+}
+
+/// A recurring check-in: `text` at each `schedule` time while the enrolment is active. The
+/// contact's next message (unless an ask is waiting) is its answer: it counts toward the
+/// streak, is saved to `field` (a button's id when it matches one), and is acknowledged with
+/// `reply`. With neither `field`, `reply` nor buttons the answer is also answered as usual.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkin {
+    pub id: String,
+    pub schedule: Schedule,
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buttons: Vec<ButtonDef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<CatchUp>,
+}
+
+impl Checkin {
+    /// Whether its answer is taken by the check-in (not also answered by the bot).
+    pub fn takes_answer(&self) -> bool {
+        self.field.is_some() || self.reply.is_some() || !self.buttons.is_empty()
+    }
 }
 
 /// After downtime: send the late fire now, skip its messages, or wait for the next time the
@@ -75,6 +107,14 @@ pub struct Inactivity {
     pub nudges: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<TemplateRef>,
+    /// The share (0 to 0.5) of quiet episodes sent no nudge, as the control group of the nudge
+    /// lift in the stats. Which episodes is decided by a hash of the enrolment and episode.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub holdout: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// A milestone: a streak of `streak` days, or `steps` steps done.
@@ -220,8 +260,9 @@ pub struct AskStep {
     pub next: Option<String>,
 }
 
-/// Exactly one of: `for` a duration; `until` a local time (`"08:00"`, `"mon 09:00"`); or a
-/// contact date `field` plus `offset`, delivered `at` a local time.
+/// One of: `for` a duration; `until` a local time (`"08:00"`, `"mon 09:00"`); or a contact
+/// date `field` plus `offset`, delivered `at` a local time. With `event`, a named event
+/// (`POST /v1/events`) for the contact ends the wait too — alone, it waits for the event only.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WaitStep {
@@ -236,6 +277,8 @@ pub struct WaitStep {
     pub offset: Option<Offset>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<LocalTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catch_up: Option<CatchUp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -423,6 +466,10 @@ impl Program {
             .map(|(i, s)| (s.id().to_owned(), i))
             .collect();
         Ok(Program { definition, index })
+    }
+
+    pub fn checkin(&self, id: &str) -> Option<&Checkin> {
+        self.definition.checkins.iter().find(|c| c.id == id)
     }
 
     pub fn step(&self, id: &str) -> Option<&Step> {
@@ -614,7 +661,38 @@ pub fn validate(d: &Definition) -> Vec<Problem> {
             _ => {}
         }
     }
+    fields.extend(d.checkins.iter().filter_map(|c| c.field.as_deref()));
     let mut texts: Vec<(String, &str)> = Vec::new();
+    // Check-ins: ids of their own, something to say, buttons and templates like a message's.
+    if d.checkins.len() > 20 {
+        p.push(Problem::new("checkins", "at most 20 check-ins"));
+    }
+    let mut checkin_ids = HashSet::new();
+    for (i, c) in d.checkins.iter().enumerate() {
+        let at = |f: &str| format!("checkins[{i}].{f}");
+        if !valid_id(&c.id) {
+            p.push(Problem::new(
+                at("id"),
+                "use 1-64 characters of a-z, 0-9, '-' and '_'",
+            ));
+        } else if !checkin_ids.insert(c.id.as_str()) {
+            p.push(Problem::new(
+                at("id"),
+                format!("check-in id {:?} is used twice", c.id),
+            ));
+        }
+        if c.text.trim().is_empty() {
+            p.push(Problem::new(at("text"), "a check-in needs a text"));
+        }
+        texts.push((at("text"), &c.text));
+        if let Some(r) = &c.reply {
+            texts.push((at("reply"), r));
+        }
+        check_buttons(&c.buttons, &at("buttons"), &mut p);
+        if let Some(t) = &c.template {
+            check_template(t, &at("template"), &mut texts, &mut p);
+        }
+    }
     for (i, step) in d.steps.iter().enumerate() {
         let at = |f: &str| format!("steps[{i}].{f}");
         if let Some(next) = step.explicit_next() {
@@ -701,11 +779,16 @@ pub fn validate(d: &Definition) -> Vec<Problem> {
                 let kinds = usize::from(w.duration.is_some())
                     + usize::from(w.until.is_some())
                     + usize::from(w.field.is_some());
-                if kinds != 1 {
+                if kinds > 1 || (kinds == 0 && w.event.is_none()) {
                     p.push(Problem::new(
                         at("for"),
-                        "a wait needs exactly one of `for` (a duration), `until` (a local time) or `field` (a contact date)",
+                        "a wait needs one of `for` (a duration), `until` (a local time) or `field` (a contact date), or an `event` (or an event and one of them)",
                     ));
+                }
+                if let Some(event) = &w.event
+                    && (event.trim().is_empty() || event.len() > 128)
+                {
+                    p.push(Problem::new(at("event"), "an event name of 1-128 bytes"));
                 }
                 if let Some(field) = &w.field {
                     if !fields.contains(field.as_str()) {
@@ -815,6 +898,12 @@ pub fn validate(d: &Definition) -> Vec<Problem> {
         }
         if let Some(t) = &inactivity.template {
             check_template(t, "inactivity.template", &mut texts, &mut p);
+        }
+        if !(0.0..=0.5).contains(&inactivity.holdout) {
+            p.push(Problem::new(
+                "inactivity.holdout",
+                "a share from 0 to 0.5 of quiet episodes held back from nudges",
+            ));
         }
     }
     for (i, b) in d.badges.iter().enumerate() {
@@ -1084,6 +1173,17 @@ fn graph_problems(d: &Definition, index: &HashMap<&str, usize>, p: &mut Vec<Prob
             ));
         }
     }
+    for (i, c) in d.checkins.iter().enumerate() {
+        if c.template.is_none() {
+            p.push(Problem::new(
+                format!("checkins[{i}].template"),
+                format!(
+                    "check-in {:?} goes out on a schedule, whether or not the contact wrote; on WhatsApp it needs an approved template (or leave whatsapp out of `channels`)",
+                    c.id
+                ),
+            ));
+        }
+    }
     if let Some(inactivity) = &d.inactivity
         && inactivity.template.is_none()
     {
@@ -1213,6 +1313,18 @@ mod tests {
             (
                 json!({ "name": "x", "channels": api, "badges": [ { "id": "b", "title": "B" } ], "steps": [msg("a")] }),
                 "badges[0]",
+            ),
+            (
+                json!({ "name": "x", "channels": api, "checkins": [ { "id": "c", "schedule": "funday 08:00", "text": "ok?" } ], "steps": [msg("a")] }),
+                "checkins[0].schedule",
+            ),
+            (
+                json!({ "name": "x", "channels": api, "checkins": [ { "id": "c", "schedule": "daily 08:00", "text": "{{ fields.nope }}" } ], "steps": [msg("a")] }),
+                "checkins[0].text",
+            ),
+            (
+                json!({ "name": "x", "checkins": [ { "id": "c", "schedule": "FREQ=DAILY;BYHOUR=8", "text": "ok?", "template": { "name": "t" } }, { "id": "d", "schedule": "08:00", "text": "ok?" } ], "steps": [msg("a")] }),
+                "checkins[1].template",
             ),
             (
                 json!({ "name": "x", "channels": api, "steps": [msg("a")], "surprise": 1 }),

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use switchboard_channel::{Button, Content, Media, Template};
 
-use super::definition::{AskStep, Condition, Program, Step, TemplateRef};
+use super::definition::{AskStep, Checkin, Condition, Program, Step, TemplateRef};
 use super::time;
 
 /// Most steps one run may take (validation rules out loops that never rest; this is a backstop).
@@ -74,7 +74,7 @@ pub struct Outgoing {
 /// A fire to add.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FireSpec {
-    /// `step` (a wait ends), `timeout` (an ask goes unanswered).
+    /// `step` (a wait ends), `timeout` (an ask goes unanswered), `nudge`, `checkin`.
     pub kind: &'static str,
     pub step: String,
     pub due_at: i64,
@@ -211,6 +211,44 @@ pub fn question(program: &Program, state: &State, ask: &AskStep, text: &str) -> 
     }
 }
 
+/// An answer as compared: trimmed, without closing punctuation, lower case.
+fn norm(s: &str) -> String {
+    s.trim()
+        .trim_end_matches(['.', '!', '?'])
+        .trim()
+        .to_lowercase()
+}
+
+/// A recurring check-in's message.
+pub fn checkin_message(program: &Program, state: &State, c: &Checkin) -> Outgoing {
+    let buttons = buttons(&c.buttons);
+    Outgoing {
+        step: format!("checkin:{}", c.id),
+        text: render(program, state, &c.text),
+        content: (!buttons.is_empty()).then(|| Content {
+            buttons,
+            ..Content::default()
+        }),
+        template: template(program, state, &c.template),
+    }
+}
+
+/// What a check-in's answer is: the button it names (by id or title), else the text itself.
+pub fn checkin_value(c: &Checkin, said: &[&str]) -> Option<Value> {
+    for s in said {
+        let n = norm(s);
+        if let Some(b) = c
+            .buttons
+            .iter()
+            .find(|b| !n.is_empty() && (norm(&b.id) == n || norm(&b.title) == n))
+        {
+            return Some(Value::String(b.id.clone()));
+        }
+    }
+    let text = said.first().map(|s| s.trim()).unwrap_or("");
+    (!text.is_empty()).then(|| Value::String(text.to_owned()))
+}
+
 /// Runs from step `from` (or completes the program when `None`) until it rests.
 pub fn run(
     program: &Program,
@@ -323,6 +361,12 @@ pub fn run(
                             due_at: due,
                             epoch: None,
                         });
+                        return out;
+                    }
+                    // Only an event ends this wait: it rests with no fire.
+                    None if w.event.is_some() => {
+                        state.waiting = Waiting::Wait;
+                        out.rest = Some((id.clone(), Waiting::Wait));
                         return out;
                     }
                     _ => current = program.next_of(&id).map(str::to_owned),
@@ -451,12 +495,6 @@ pub fn holds(c: &Condition, state: &State) -> bool {
 /// How a message answers an ask: the value to save, or `None` when it matches nothing expected.
 /// `said` is the message text and any ids it carries (a pressed button's).
 pub fn match_answer(ask: &AskStep, said: &[&str]) -> Option<Value> {
-    let norm = |s: &str| {
-        s.trim()
-            .trim_end_matches(['.', '!', '?'])
-            .trim()
-            .to_lowercase()
-    };
     for s in said {
         let s = norm(s);
         if s.is_empty() {

@@ -97,6 +97,11 @@ pub trait Generator: Send + Sync {
     /// The text, or `None` when the model is down, slow or wrote nothing (the step's fallback
     /// is sent).
     async fn generate(&self, tenant_id: &str, contact_id: &str, prompt: &str) -> Option<String>;
+
+    /// The longest the engine waits for one text before sending the fallback.
+    fn time_limit(&self) -> Duration {
+        Duration::from_secs(30)
+    }
 }
 
 /// Why an enrolment could not be made.
@@ -254,6 +259,25 @@ impl Programs {
     /// The rules for a contact: zone, quiet hours, daily cap (contact → tenant → defaults).
     async fn rules(&self, contact: &ContactRow) -> anyhow::Result<Rules> {
         let settings = sql::tenant_settings(&self.inner.store, &contact.tenant_id).await?;
+        Ok(self.rules_from(contact, &settings))
+    }
+
+    /// The rules, reading each tenant's settings once per batch of fires.
+    async fn batch_rules(
+        &self,
+        contact: &ContactRow,
+        tenants: &mut HashMap<String, Value>,
+    ) -> anyhow::Result<Rules> {
+        if let Some(settings) = tenants.get(&contact.tenant_id) {
+            return Ok(self.rules_from(contact, settings));
+        }
+        let settings = sql::tenant_settings(&self.inner.store, &contact.tenant_id).await?;
+        let rules = self.rules_from(contact, &settings);
+        tenants.insert(contact.tenant_id.clone(), settings);
+        Ok(rules)
+    }
+
+    fn rules_from(&self, contact: &ContactRow, settings: &Value) -> Rules {
         let tenant = settings.get("programs").cloned().unwrap_or(Value::Null);
         let timezone = contact
             .timezone
@@ -284,12 +308,12 @@ impl Programs {
             .get("max_proactive_per_day")
             .and_then(Value::as_i64)
             .unwrap_or(DEFAULT_DAILY_CAP);
-        Ok(Rules {
+        Rules {
             tz,
             timezone,
             quiet,
             cap,
-        })
+        }
     }
 
     fn state(e: &EnrollmentRow, contact: &ContactRow, rules: &Rules) -> State {
@@ -369,7 +393,7 @@ impl Programs {
         sql::insert_enrollment(&mut w, &e).await?;
         sql::add_fire(&mut w, &e, "start", parsed.start(), 0, now, now).await?;
         let rules = self.rules(&contact).await?;
-        first_nudge(&mut w, &e, &parsed, &rules, now).await?;
+        first_fires(&mut w, &e, &parsed, &rules, now).await?;
         sql::audit(
             &mut w,
             tenant_id,
@@ -408,7 +432,7 @@ impl Programs {
         let from = e.status.clone();
         match (from.as_str(), status) {
             ("active", "paused") => {
-                sql::cancel_enrollment_fires(&mut w, &e.id, "paused", now).await?;
+                sql::cancel_enrollment_fires(&mut w, &e.id, false, "paused", now).await?;
                 e.status = "paused".into();
             }
             ("paused", "active") => {
@@ -418,9 +442,16 @@ impl Programs {
                     // Nothing to put back (paused before its first fire was written): go on now.
                     sql::add_fire(&mut w, &e, "step", &e.step.clone(), e.epoch, now, now).await?;
                 }
+                let program = self.version(&e.program_id, e.version).await?;
+                if !program.definition.checkins.is_empty()
+                    && let Some(contact) = sql::contact_row(&mut *w.tx, &e.contact_id).await?
+                {
+                    let rules = self.rules(&contact).await?;
+                    schedule_checkins(&mut w, &e, &program, &rules, now).await?;
+                }
             }
             ("active" | "paused", "stopped") => {
-                sql::cancel_enrollment_fires(&mut w, &e.id, "stopped", now).await?;
+                sql::cancel_enrollment_fires(&mut w, &e.id, false, "stopped", now).await?;
                 e.status = "stopped".into();
                 e.stopped_reason = Some("stopped by an admin".into());
             }
@@ -442,8 +473,54 @@ impl Programs {
         Ok(Some(e))
     }
 
-    /// Enrols the contact of every published program that starts on `event`; the enrolments.
+    /// An event for a contact: every published program that starts on it enrols them, and each
+    /// of their enrolments waiting on it goes on (its step's fire falls due now, under the
+    /// proactive rules). The enrolments made, and the ids of those moved on.
     pub async fn on_event(
+        &self,
+        tenant_id: &str,
+        contact_id: &str,
+        event: &str,
+    ) -> anyhow::Result<(Vec<(String, Enrolled)>, Vec<String>)> {
+        let advanced = self.advance_on_event(contact_id, event).await?;
+        let enrolled = self.enroll_on_event(tenant_id, contact_id, event).await?;
+        Ok((enrolled, advanced))
+    }
+
+    async fn advance_on_event(&self, contact_id: &str, event: &str) -> anyhow::Result<Vec<String>> {
+        let now = self.inner.clock.now();
+        let mut w = self.inner.store.begin_write().await?;
+        let mut advanced = Vec::new();
+        for e in sql::active_enrollments(&mut w, contact_id).await? {
+            if e.waiting != "wait" {
+                continue;
+            }
+            let program = self.version(&e.program_id, e.version).await?;
+            let waits_on_it = matches!(
+                program.step(&e.step),
+                Some(Step::Wait(wait)) if wait.event.as_deref() == Some(event)
+            );
+            if waits_on_it {
+                sql::fire_step_now(&mut w, &e, now).await?;
+                sql::audit(
+                    &mut w,
+                    &e.tenant_id,
+                    "program.event",
+                    &e.id,
+                    json!({ "event": event, "step": e.step }),
+                )
+                .await?;
+                advanced.push(e.id.clone());
+            }
+        }
+        w.commit().await?;
+        if !advanced.is_empty() {
+            self.wake();
+        }
+        Ok(advanced)
+    }
+
+    async fn enroll_on_event(
         &self,
         tenant_id: &str,
         contact_id: &str,
@@ -543,7 +620,7 @@ impl Programs {
     ) -> String {
         let written = match &self.inner.generator {
             Some(g) => tokio::time::timeout(
-                Duration::from_secs(30),
+                g.time_limit(),
                 g.generate(tenant_id, contact_id, &request.prompt),
             )
             .await
@@ -576,6 +653,7 @@ impl Programs {
         }
         let mut failed: Vec<(String, String)> = Vec::new();
         let mut generate = Vec::new();
+        let mut tenants: HashMap<String, Value> = HashMap::new();
         let mut sent = 0usize;
         for fire in &fires {
             let generated = lock(&self.inner.generated)
@@ -584,7 +662,10 @@ impl Programs {
                 .unwrap_or_default();
             // A savepoint per fire: one that fails leaves the others' work in the batch.
             (&mut *w.tx).execute("SAVEPOINT fire").await?;
-            match self.process(&mut w, fire, now, &generated).await {
+            match self
+                .process(&mut w, fire, now, &generated, &mut tenants)
+                .await
+            {
                 Ok(Processed::NeedsGeneration(request)) => {
                     (&mut *w.tx).execute("ROLLBACK TO SAVEPOINT fire").await?;
                     generate.push((
@@ -634,6 +715,7 @@ impl Programs {
         fire: &FireRow,
         now: i64,
         generated: &Generated,
+        tenants: &mut HashMap<String, Value>,
     ) -> anyhow::Result<Processed> {
         let store = &self.inner.store;
         let Some(mut e) =
@@ -642,9 +724,11 @@ impl Programs {
             return dropped(w, fire, "stale", "no_enrollment", now).await;
         };
         let nudge = fire.kind == "nudge";
+        let checkin = fire.kind == "checkin";
+        // Check-ins recur beside the steps: keyed by their occurrence, not the enrolment's place.
         if e.status != "active"
             || e.version != fire.version
-            || (!nudge && e.epoch != fire.epoch)
+            || (!nudge && !checkin && e.epoch != fire.epoch)
             || (nudge && fire.step != format!("nudge-{}", e.nudges))
         {
             return dropped(w, fire, "stale", "moved_on", now).await;
@@ -675,13 +759,22 @@ impl Programs {
         if nudge && thread.last_inbound_at.is_some_and(|t| t > fire.created_at) {
             return dropped(w, fire, "cancelled", "replied", now).await;
         }
+        if nudge && fire.step == "nudge-0" {
+            let program = self.version(&e.program_id, e.version).await?;
+            if let Some(inactivity) = &program.definition.inactivity
+                && held_back(&e.id, fire.epoch, inactivity.holdout)
+            {
+                // The control group of the nudge lift: this quiet episode gets no nudge.
+                return dropped(w, fire, "skipped", "holdout", now).await;
+            }
+        }
         if thread.status == "human" {
             sql::defer_fire(w, &fire.id, now + HANDOFF_RECHECK_MS, "human_handoff").await?;
             counter!("switchboard_fires_total", "outcome" => "deferred_handoff").increment(1);
             return Ok(Processed::Deferred);
         }
         let program = self.version(&e.program_id, e.version).await?;
-        let rules = self.rules(&contact).await?;
+        let rules = self.batch_rules(&contact, tenants).await?;
         // Catch-up after downtime.
         let late = now - fire.due_at > LATE_AFTER_MS;
         let wait_step = match program.step(&fire.step) {
@@ -691,8 +784,32 @@ impl Programs {
         let policy = wait_step
             .as_ref()
             .and_then(|w| w.catch_up)
+            .or_else(|| {
+                checkin
+                    .then(|| program.checkin(&fire.step).and_then(|c| c.catch_up))
+                    .flatten()
+            })
             .unwrap_or(program.definition.catch_up);
         let mut silent = false;
+        if late && checkin {
+            if policy != CatchUp::SendLate {
+                // A missed check-in is not sent late: the next occurrence is the next window.
+                if let Some(c) = program.checkin(&fire.step)
+                    && let Some(at) = c.schedule.next_after(now, &rules.tz)
+                {
+                    sql::schedule_checkin(w, &e, &c.id, at, now).await?;
+                }
+                sql::audit(
+                    w,
+                    &e.tenant_id,
+                    "program.fire_skipped",
+                    &fire.id,
+                    json!({ "due_at": fire.due_at, "at": now, "policy": policy, "checkin": fire.step }),
+                )
+                .await?;
+                return dropped(w, fire, "skipped", "late", now).await;
+            }
+        }
         if late {
             match policy {
                 CatchUp::SendLate => {
@@ -787,6 +904,24 @@ impl Programs {
                 flow::run(&program, &mut state, next.as_deref(), now, generated)
             }
             "nudge" => self.nudge(&program, &mut e, &state, &rules, fire.epoch, now),
+            "checkin" => {
+                let Some(c) = program.checkin(&fire.step) else {
+                    return dropped(w, fire, "stale", "no_checkin", now).await;
+                };
+                e.checkin_open = Some(fire.id.clone());
+                let mut out = Outcome::default();
+                out.messages
+                    .push(flow::checkin_message(&program, &state, c));
+                if let Some(at) = c.schedule.next_after(now.max(fire.intended_at), &rules.tz) {
+                    out.schedule.push(flow::FireSpec {
+                        kind: "checkin",
+                        step: c.id.clone(),
+                        due_at: at,
+                        epoch: Some(at),
+                    });
+                }
+                out
+            }
             other => anyhow::bail!("unknown fire kind {other:?}"),
         };
         if let Some(request) = outcome.needs_generation.take() {
@@ -795,7 +930,8 @@ impl Programs {
         if silent {
             outcome.messages.clear();
         }
-        let bump = !nudge;
+        // Nudges and check-ins leave the enrolment where it is (its step's fire stays current).
+        let bump = !nudge && !checkin;
         let sent = self
             .apply(
                 w, &mut e, read_epoch, &program, &state, &outcome, &thread, None, now, bump,
@@ -874,7 +1010,7 @@ impl Programs {
         e.status = "stopped".into();
         e.stopped_reason = Some(reason.to_owned());
         e.epoch += 1;
-        sql::cancel_enrollment_fires(w, &e.id, "stopped", now).await?;
+        sql::cancel_enrollment_fires(w, &e.id, false, "stopped", now).await?;
         sql::save_enrollment(w, e, epoch, now).await?;
         sql::audit(
             w,
@@ -964,6 +1100,9 @@ impl Programs {
         if outcome.completed {
             e.status = "completed".into();
             e.completed_at = Some(now);
+            e.checkin_open = None;
+            // Its check-ins and nudges end with it (the fire being run, a step's, closes as done).
+            sql::cancel_enrollment_fires(w, &e.id, true, "completed", now).await?;
             sql::audit(w, &e.tenant_id, "program.completed", &e.id, json!({})).await?;
             counter!("switchboard_enrollments_completed_total").increment(1);
         }
@@ -1049,6 +1188,7 @@ impl Programs {
                 let program = self.version(&e.program_id, e.version).await?;
                 if let Some(inactivity) = &program.definition.inactivity {
                     sql::cancel_enrollment_nudges(&mut w, &e.id, turn.created_at, now).await?;
+                    sql::nudges_answered(&mut w, &e.id, now).await?;
                     let contact = sql::contact_row(&mut *w.tx, &contact_id).await?;
                     let tz = match &contact {
                         Some(c) => self.rules(c).await?.tz,
@@ -1066,8 +1206,21 @@ impl Programs {
             }
             if turn.conversation_status == "bot" {
                 let asking = enrollments.iter().find(|e| e.waiting == "ask").cloned();
-                if let Some(e) = asking
-                    && self.answer(&mut w, turn, e, now).await? == Some(true)
+                let asked = match asking {
+                    Some(e) => self.answer(&mut w, turn, e, now).await? == Some(true),
+                    None => false,
+                };
+                if asked {
+                    w.commit().await?;
+                    self.after_reply(turn);
+                    return Ok(true);
+                }
+                let open = enrollments
+                    .iter()
+                    .find(|e| e.checkin_open.is_some())
+                    .cloned();
+                if let Some(e) = open
+                    && self.checkin_answer(&mut w, turn, e, now).await?
                 {
                     w.commit().await?;
                     self.after_reply(turn);
@@ -1115,15 +1268,7 @@ impl Programs {
             return Ok(None);
         };
         let rules = self.rules(&contact).await?;
-        let mut said: Vec<String> = vec![turn.text.clone()];
-        if let Ok(Value::Array(items)) = serde_json::from_str::<Value>(&turn.attachments) {
-            said.extend(
-                items
-                    .iter()
-                    .filter_map(|a| a.get("reference").and_then(Value::as_str))
-                    .map(str::to_owned),
-            );
-        }
+        let said = said_values(turn);
         let said_refs: Vec<&str> = said.iter().map(String::as_str).collect();
         let matched = flow::match_answer(&ask, &said_refs);
         // Program messages go to the enrolment's channel; an answer from another channel is
@@ -1174,19 +1319,8 @@ impl Programs {
         }
         sql::record_answer(w, &e, &ask.id, now).await?;
         if ask.checkin {
-            let (today, _, _) = time::local_day(now, &rules.tz);
-            let today_s = today.to_string();
-            let yesterday = today.yesterday().map(|d| d.to_string()).ok();
-            if e.streak_day.as_deref() != Some(today_s.as_str()) {
-                e.streak = if e.streak_day.is_some() && e.streak_day == yesterday {
-                    e.streak + 1
-                } else {
-                    1
-                };
-                e.best_streak = e.best_streak.max(e.streak);
-                e.streak_day = Some(today_s);
-                state.streak = e.streak;
-            }
+            count_checkin(&mut e, &rules.tz, now);
+            state.streak = e.streak;
         }
         let next = program.next_of(&ask.id).map(str::to_owned);
         let (state, outcome) = self
@@ -1198,6 +1332,70 @@ impl Programs {
         .await?;
         counter!("switchboard_program_answers_total", "outcome" => "matched").increment(1);
         Ok(Some(true))
+    }
+
+    /// The turn's message answers the check-in its enrolment sent last: the streak counts it,
+    /// the fire is marked answered, the value saved to the check-in's field and its `reply`
+    /// sent. Whether the turn was taken here (`false`: the bot answers it as usual too).
+    async fn checkin_answer(
+        &self,
+        w: &mut WriteTx,
+        turn: &PendingTurn,
+        mut e: EnrollmentRow,
+        now: i64,
+    ) -> anyhow::Result<bool> {
+        let Some(fire_id) = e.checkin_open.take() else {
+            return Ok(false);
+        };
+        let program = self.version(&e.program_id, e.version).await?;
+        let Some(contact) = sql::contact_row(&mut *w.tx, &e.contact_id).await? else {
+            return Ok(false);
+        };
+        let Some(fire) = sql::fire(w, &fire_id).await? else {
+            return Ok(false);
+        };
+        let Some(checkin) = program.checkin(&fire.step).cloned() else {
+            return Ok(false);
+        };
+        let Some(thread) = sql::thread(w, &e.tenant_id, &e.contact_id, &e.channel_id, now).await?
+        else {
+            return Ok(false);
+        };
+        let takes = checkin.takes_answer();
+        if takes
+            && !sql::mark_turn_processed(w, &turn.conversation_id, &turn.message_id, now).await?
+        {
+            return Ok(true);
+        }
+        let rules = self.rules(&contact).await?;
+        let read_epoch = e.epoch;
+        count_checkin(&mut e, &rules.tz, now);
+        let mut state = Self::state(&e, &contact, &rules);
+        let said = said_values(turn);
+        let said_refs: Vec<&str> = said.iter().map(String::as_str).collect();
+        if let (Some(field), Some(value)) =
+            (&checkin.field, flow::checkin_value(&checkin, &said_refs))
+        {
+            state.fields.insert(field.clone(), value);
+        }
+        sql::fire_answered(w, &fire_id, now).await?;
+        let mut outcome = Outcome::default();
+        if let Some(reply) = &checkin.reply {
+            outcome.messages.push(flow::Outgoing {
+                step: format!("checkin:{}", checkin.id),
+                text: flow::render(&program, &state, reply),
+                content: None,
+                template: None,
+            });
+        }
+        let reply_to =
+            (thread.conversation_id == turn.conversation_id).then_some(turn.message_id.as_str());
+        self.apply(
+            w, &mut e, read_epoch, &program, &state, &outcome, &thread, reply_to, now, false,
+        )
+        .await?;
+        counter!("switchboard_program_answers_total", "outcome" => "checkin").increment(1);
+        Ok(takes)
     }
 
     /// `/join <slug>`: which program (or a text reply: no such program, opted out).
@@ -1356,7 +1554,7 @@ impl Programs {
             anyhow::bail!("the contact is gone");
         };
         let rules = self.rules(&contact).await?;
-        first_nudge(w, &e, program, &rules, now).await?;
+        first_fires(w, &e, program, &rules, now).await?;
         let Some(thread) = sql::thread(w, &e.tenant_id, contact_id, &e.channel_id, now).await?
         else {
             anyhow::bail!("the contact has no identity on this channel");
@@ -1528,8 +1726,10 @@ impl Programs {
             )
         });
         let mut state = Self::state(&e, &contact, &rules);
-        let mut fires = Vec::new();
-        let mut last_offset: Option<i32> = None;
+        // (when, what, how far quiet hours moved it)
+        let mut fires: Vec<(i64, String, i64)> = Vec::new();
+        let mut ends: Option<i64> = None;
+        let begin = at.min(self.inner.clock.now());
         for _ in 0..200 {
             if fires.len() >= 10 {
                 break;
@@ -1557,22 +1757,10 @@ impl Programs {
                 if fires.len() >= 10 {
                     break;
                 }
-                let offset = time::offset_seconds(at, &rules.tz);
-                let dst_change = last_offset
-                    .filter(|&o| o != offset)
-                    .map(|o| format!("UTC offset {} → {}", fmt_offset(o), fmt_offset(offset)));
-                last_offset = Some(offset);
-                fires.push(PreviewFire {
-                    step: m.step.clone(),
-                    at_utc: crate::store::messages::rfc3339(at),
-                    at_local: time::local_rfc3339(at, &rules.tz),
-                    timezone: rules.timezone.clone(),
-                    shifted_by: (shifted > 0)
-                        .then(|| format!("{} min (quiet hours)", shifted / 60_000)),
-                    dst_change,
-                });
+                fires.push((at, m.step.clone(), shifted));
             }
             if outcome.completed {
+                ends = Some(at);
                 break;
             }
             match outcome.rest {
@@ -1589,7 +1777,91 @@ impl Programs {
                 _ => break,
             }
         }
-        Ok(fires)
+        // Check-ins recur beside the steps until the program completes.
+        for c in &program.definition.checkins {
+            let mut t = begin;
+            for _ in 0..10 {
+                let Some(next) = c.schedule.next_after(t, &rules.tz) else {
+                    break;
+                };
+                if ends.is_some_and(|end| next > end) {
+                    break;
+                }
+                let release = rules
+                    .quiet
+                    .map(|q| q.release(next, &rules.tz))
+                    .unwrap_or(next);
+                fires.push((release, format!("checkin:{}", c.id), release - next));
+                t = next;
+            }
+        }
+        fires.sort_by_key(|f| f.0);
+        fires.truncate(10);
+        let mut last_offset: Option<i32> = None;
+        Ok(fires
+            .into_iter()
+            .map(|(at, step, shifted)| {
+                let offset = time::offset_seconds(at, &rules.tz);
+                let dst_change = last_offset
+                    .filter(|&o| o != offset)
+                    .map(|o| format!("UTC offset {} → {}", fmt_offset(o), fmt_offset(offset)));
+                last_offset = Some(offset);
+                PreviewFire {
+                    step,
+                    at_utc: crate::store::messages::rfc3339(at),
+                    at_local: time::local_rfc3339(at, &rules.tz),
+                    timezone: rules.timezone.clone(),
+                    shifted_by: (shifted > 0)
+                        .then(|| format!("{} min (quiet hours)", shifted / 60_000)),
+                    dst_change,
+                }
+            })
+            .collect())
+    }
+}
+
+/// Whether a quiet episode is in the nudge-lift control group: a stable hash (FNV-1a) of the
+/// enrolment and the episode, below `share`.
+fn held_back(enrollment_id: &str, episode: i64, share: f64) -> bool {
+    if share <= 0.0 {
+        return false;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in enrollment_id.bytes().chain(episode.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    ((h >> 11) as f64 / (1u64 << 53) as f64) < share
+}
+
+/// What a turn says: its text, and the ids of buttons pressed (attachment references).
+fn said_values(turn: &PendingTurn) -> Vec<String> {
+    let mut said: Vec<String> = vec![turn.text.clone()];
+    if let Ok(Value::Array(items)) = serde_json::from_str::<Value>(&turn.attachments) {
+        said.extend(
+            items
+                .iter()
+                .filter_map(|a| a.get("reference").and_then(Value::as_str))
+                .map(str::to_owned),
+        );
+    }
+    said
+}
+
+/// A check-in answered at `now`: the streak of consecutive local days grows (once a day), or
+/// starts again after a missed day. The day is the contact's own, in their zone at the time.
+fn count_checkin(e: &mut EnrollmentRow, tz: &jiff::tz::TimeZone, now: i64) {
+    let (today, _, _) = time::local_day(now, tz);
+    let today_s = today.to_string();
+    let yesterday = today.yesterday().map(|d| d.to_string()).ok();
+    if e.streak_day.as_deref() != Some(today_s.as_str()) {
+        e.streak = if e.streak_day.is_some() && e.streak_day == yesterday {
+            e.streak + 1
+        } else {
+            1
+        };
+        e.best_streak = e.best_streak.max(e.streak);
+        e.streak_day = Some(today_s);
     }
 }
 
@@ -1606,8 +1878,9 @@ async fn dropped(
     Ok(Processed::Dropped)
 }
 
-/// The first inactivity nudge of a new enrolment (its episode starts at enrolment).
-async fn first_nudge(
+/// The fires a new enrolment starts with besides its first step: the first inactivity nudge
+/// (its episode starts at enrolment) and each check-in's next occurrence.
+async fn first_fires(
     w: &mut WriteTx,
     e: &EnrollmentRow,
     program: &Program,
@@ -1618,6 +1891,22 @@ async fn first_nudge(
         && let Some(due) = inactivity.after.after(now, &rules.tz)
     {
         sql::add_fire(w, e, "nudge", "nudge-0", now, due, now).await?;
+    }
+    schedule_checkins(w, e, program, rules, now).await
+}
+
+/// Each check-in's next occurrence after `now`.
+async fn schedule_checkins(
+    w: &mut WriteTx,
+    e: &EnrollmentRow,
+    program: &Program,
+    rules: &Rules,
+    now: i64,
+) -> anyhow::Result<()> {
+    for c in &program.definition.checkins {
+        if let Some(at) = c.schedule.next_after(now, &rules.tz) {
+            sql::schedule_checkin(w, e, &c.id, at, now).await?;
+        }
     }
     Ok(())
 }
@@ -1660,6 +1949,7 @@ fn new_enrollment(
         stopped_reason: None,
         started_at: now,
         completed_at: None,
+        checkin_open: None,
     }
 }
 
@@ -1741,5 +2031,10 @@ impl Generator for ModelGenerator {
         let text = generated.text.replace('\0', "");
         let text = text.trim();
         (!text.is_empty()).then(|| text.to_owned())
+    }
+
+    /// The model's own limit (its guard ends a slower answer), and a little for the search.
+    fn time_limit(&self) -> Duration {
+        self.model.limits().total + Duration::from_secs(5)
     }
 }

@@ -212,6 +212,241 @@ impl fmt::Display for Until {
     }
 }
 
+/// A recurring local time: which weekdays, at which times of day, in the contact's zone.
+///
+/// Three spellings, all parsed here (a strict subset; jiff does the calendar, and the crates that
+/// parse full RRULE or cron bring chrono and its zone database beside jiff's):
+/// - plain: `"08:00"` or `"daily 08:00"`, `"mon,wed,fri 18:30"`, `"weekdays 07:30"`,
+///   `"weekends 10:00"`, several times `"daily 08:00,20:00"`;
+/// - RRULE (RFC 5545): `"FREQ=WEEKLY;BYDAY=MO,WE,FR;BYHOUR=18;BYMINUTE=30"` (`FREQ` DAILY or
+///   WEEKLY, `BYDAY`, `BYHOUR`, `BYMINUTE`, `INTERVAL=1`; an `RRULE:` prefix is allowed);
+/// - cron (five fields): `"30 18 * * 1,3,5"` (minute and hour lists, day of week as numbers
+///   0-7, names or ranges; day of month and month must be `*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    text: String,
+    /// Monday first.
+    days: [bool; 7],
+    /// Sorted, without repeats.
+    times: Vec<Time>,
+}
+
+/// Longest schedule text, and most times of day in one.
+const MAX_SCHEDULE_LEN: usize = 200;
+const MAX_TIMES: usize = 24;
+
+impl Schedule {
+    /// The first occurrence strictly after `from_ms`, in `tz` (a time skipped by DST is taken
+    /// as the same time after the jump, a repeated one as its first).
+    pub fn next_after(&self, from_ms: i64, tz: &TimeZone) -> Option<i64> {
+        let now = zoned(from_ms, tz);
+        let mut date = now.date();
+        for _ in 0..9 {
+            if self.days[date.weekday().to_monday_zero_offset() as usize] {
+                for t in &self.times {
+                    let at = date.to_datetime(*t).to_zoned(tz.clone()).ok()?;
+                    if at.timestamp() > now.timestamp() {
+                        return Some(millis(&at));
+                    }
+                }
+            }
+            date = date.tomorrow().ok()?;
+        }
+        None
+    }
+
+    fn build(text: &str, days: [bool; 7], mut times: Vec<Time>) -> Result<Schedule, String> {
+        if !days.iter().any(|d| *d) {
+            return Err(format!("{text:?}: no day of the week"));
+        }
+        times.sort();
+        times.dedup();
+        if times.is_empty() {
+            return Err(format!("{text:?}: no time of day"));
+        }
+        if times.len() > MAX_TIMES {
+            return Err(format!("{text:?}: at most {MAX_TIMES} times a day"));
+        }
+        Ok(Schedule {
+            text: text.to_owned(),
+            days,
+            times,
+        })
+    }
+
+    fn plain(s: &str) -> Result<Schedule, String> {
+        let (days_part, times_part) = match s.rsplit_once(' ') {
+            Some((d, t)) => (d.trim(), t),
+            None => ("daily", s),
+        };
+        let mut days = [false; 7];
+        match days_part.to_lowercase().as_str() {
+            "daily" | "every day" => days = [true; 7],
+            "weekdays" => days[..5].fill(true),
+            "weekends" => days[5..].fill(true),
+            list => {
+                for name in list.split(',') {
+                    let name = name.trim();
+                    let w = weekday(name).ok_or_else(|| {
+                        format!(
+                            "{name:?} is not a weekday (mon, tue, …; or daily, weekdays, weekends)"
+                        )
+                    })?;
+                    days[w.to_monday_zero_offset() as usize] = true;
+                }
+            }
+        }
+        let times = times_part
+            .split(',')
+            .map(|t| t.parse::<LocalTime>().map(|l| l.0))
+            .collect::<Result<Vec<_>, _>>()?;
+        Schedule::build(s, days, times)
+    }
+
+    fn rrule(s: &str) -> Result<Schedule, String> {
+        let body = s
+            .strip_prefix("RRULE:")
+            .or_else(|| s.strip_prefix("rrule:"))
+            .unwrap_or(s);
+        let mut freq = None;
+        let mut days = None;
+        let mut hours: Vec<i8> = Vec::new();
+        let mut minutes: Vec<i8> = vec![0];
+        for part in body.split(';').filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?}: RRULE parts are KEY=VALUE"))?;
+            match key.to_ascii_uppercase().as_str() {
+                "FREQ" => freq = Some(value.to_ascii_uppercase()),
+                "INTERVAL" if value == "1" => {}
+                "BYDAY" => {
+                    let mut d = [false; 7];
+                    for code in value.split(',') {
+                        let i = ["MO", "TU", "WE", "TH", "FR", "SA", "SU"]
+                            .iter()
+                            .position(|c| c.eq_ignore_ascii_case(code.trim()))
+                            .ok_or_else(|| {
+                                format!("BYDAY {code:?}: use MO, TU, WE, TH, FR, SA, SU")
+                            })?;
+                        d[i] = true;
+                    }
+                    days = Some(d);
+                }
+                "BYHOUR" => hours = numbers(value, 0, 23, "BYHOUR")?,
+                "BYMINUTE" => minutes = numbers(value, 0, 59, "BYMINUTE")?,
+                other => {
+                    return Err(format!(
+                        "RRULE {other}: not supported (FREQ=DAILY|WEEKLY, BYDAY, BYHOUR, BYMINUTE)"
+                    ));
+                }
+            }
+        }
+        let days = match freq.as_deref() {
+            Some("DAILY") => days.unwrap_or([true; 7]),
+            Some("WEEKLY") => days.ok_or("FREQ=WEEKLY needs BYDAY")?,
+            _ => return Err(format!("{s:?}: FREQ=DAILY or FREQ=WEEKLY")),
+        };
+        if hours.is_empty() {
+            return Err(format!("{s:?}: BYHOUR is needed (the local hour)"));
+        }
+        Schedule::build(s, days, cross(&hours, &minutes))
+    }
+
+    fn cron(s: &str) -> Result<Schedule, String> {
+        let fields: Vec<&str> = s.split_whitespace().collect();
+        let [minute, hour, dom, month, dow] = fields[..] else {
+            return Err(format!("{s:?}: cron has five fields"));
+        };
+        if dom != "*" || month != "*" {
+            return Err(format!(
+                "{s:?}: day of month and month must be `*` (use a date-field wait for dates)"
+            ));
+        }
+        let minutes = numbers(minute, 0, 59, "the cron minute")?;
+        let hours = numbers(hour, 0, 23, "the cron hour")?;
+        let mut days = [false; 7];
+        if dow == "*" {
+            days = [true; 7];
+        } else {
+            for item in dow.split(',') {
+                let day = |t: &str| -> Result<usize, String> {
+                    let n = match t.parse::<u8>() {
+                        Ok(n) if n <= 7 => n,
+                        Ok(_) => return Err(format!("cron day {t:?}: 0-7")),
+                        Err(_) => weekday(t)
+                            .map(|w| w.to_sunday_zero_offset() as u8)
+                            .ok_or_else(|| format!("cron day {t:?}: 0-7 or mon..sun"))?,
+                    };
+                    // cron: 0 and 7 are Sunday; ours start on Monday.
+                    Ok((usize::from(n) + 6) % 7)
+                };
+                match item.split_once('-') {
+                    Some((a, b)) => {
+                        let (a, b) = (day(a)?, day(b)?);
+                        let mut i = a;
+                        loop {
+                            days[i] = true;
+                            if i == b {
+                                break;
+                            }
+                            i = (i + 1) % 7;
+                        }
+                    }
+                    None => days[day(item)?] = true,
+                }
+            }
+        }
+        Schedule::build(s, days, cross(&hours, &minutes))
+    }
+}
+
+/// `"8"`, `"8,20"`: numbers in `min..=max` (a plain list, no steps or ranges).
+fn numbers(list: &str, min: i8, max: i8, what: &str) -> Result<Vec<i8>, String> {
+    list.split(',')
+        .map(|n| match n.trim().parse::<i8>() {
+            Ok(v) if (min..=max).contains(&v) => Ok(v),
+            _ => Err(format!("{what} {n:?}: a number {min}-{max} (a comma list)")),
+        })
+        .collect()
+}
+
+fn cross(hours: &[i8], minutes: &[i8]) -> Vec<Time> {
+    let mut times = Vec::new();
+    for h in hours {
+        for m in minutes {
+            if let Ok(t) = Time::new(*h, *m, 0, 0) {
+                times.push(t);
+            }
+        }
+    }
+    times
+}
+
+impl FromStr for Schedule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Schedule, String> {
+        let s = s.trim();
+        if s.len() > MAX_SCHEDULE_LEN {
+            return Err(format!("a schedule is at most {MAX_SCHEDULE_LEN} bytes"));
+        }
+        let upper = s.to_ascii_uppercase();
+        if upper.starts_with("RRULE:") || upper.starts_with("FREQ=") {
+            Schedule::rrule(s)
+        } else if s.split_whitespace().count() == 5 {
+            Schedule::cron(s)
+        } else {
+            Schedule::plain(s)
+        }
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// `field` date (`"2026-12-24"`, or a timestamp whose local date is taken) plus `offset`
 /// days, at local time `at`.
 pub fn field_date(value: &str, offset: Option<&Span>, at: LocalTime, tz: &TimeZone) -> Option<i64> {
@@ -349,6 +584,7 @@ string_serde!(Offset);
 string_serde!(LocalTime);
 string_serde!(Until);
 string_serde!(QuietHours);
+string_serde!(Schedule);
 
 #[cfg(test)]
 mod tests {
@@ -445,5 +681,80 @@ mod tests {
         assert_eq!(start, at("2026-12-03T11:00:00Z"));
         assert_eq!(next, at("2026-12-04T11:00:00Z"));
         assert_eq!(local_rfc3339(start, &auckland), "2026-12-04T00:00:00+13:00");
+    }
+
+    #[test]
+    fn schedules_in_three_spellings_agree_and_keep_the_local_hour() {
+        let ny = zone("America/New_York").expect("zone");
+        let plain: Schedule = "mon,wed,fri 18:30".parse().expect("plain");
+        let rrule: Schedule = "RRULE:FREQ=WEEKLY;BYDAY=MO,WE,FR;BYHOUR=18;BYMINUTE=30"
+            .parse()
+            .expect("rrule");
+        let cron: Schedule = "30 18 * * 1,3,5".parse().expect("cron");
+        let ranged: Schedule = "30 18 * * mon-fri".parse().expect("cron range");
+        // Thursday 2026-03-05, before DST (EST, -5): the next is Friday 18:30 EST = 23:30Z;
+        // after it, Monday 2026-03-09 18:30 EDT (-4) = 22:30Z.
+        let thursday = at("2026-03-05T12:00:00Z");
+        for s in [&plain, &rrule, &cron] {
+            let first = s.next_after(thursday, &ny).expect("first");
+            assert_eq!(first, at("2026-03-06T23:30:00Z"), "{s}");
+            let second = s.next_after(first, &ny).expect("second");
+            assert_eq!(second, at("2026-03-09T22:30:00Z"), "{s}");
+        }
+        assert_eq!(
+            ranged.next_after(at("2026-03-06T23:30:00Z"), &ny),
+            Some(at("2026-03-09T22:30:00Z")),
+            "mon-fri skips the weekend"
+        );
+        let twice: Schedule = "daily 08:00,20:00".parse().expect("twice");
+        let kolkata = zone("Asia/Kolkata").expect("zone");
+        // 08:00 IST = 02:30Z, 20:00 IST = 14:30Z.
+        assert_eq!(
+            twice.next_after(at("2026-12-03T03:00:00Z"), &kolkata),
+            Some(at("2026-12-03T14:30:00Z"))
+        );
+        let daily: Schedule = "FREQ=DAILY;BYHOUR=8".parse().expect("daily rrule");
+        assert_eq!(
+            daily.next_after(at("2026-12-03T03:00:00Z"), &kolkata),
+            Some(at("2026-12-04T02:30:00Z"))
+        );
+        let sunday: Schedule = "0 9 * * 0".parse().expect("sunday");
+        let seven: Schedule = "0 9 * * 7".parse().expect("sunday as 7");
+        assert_eq!(
+            sunday.next_after(thursday, &ny),
+            seven.next_after(thursday, &ny)
+        );
+    }
+
+    #[test]
+    fn bad_and_hostile_schedules_are_refused_with_a_reason() {
+        for bad in [
+            "",
+            "funday 08:00",
+            "daily 25:00",
+            "FREQ=MONTHLY;BYHOUR=8",
+            "FREQ=WEEKLY;BYHOUR=8",
+            "FREQ=DAILY;BYMINUTE=5",
+            "FREQ=DAILY;BYHOUR=8;COUNT=3",
+            "FREQ=DAILY;INTERVAL=2;BYHOUR=8",
+            "FREQ=DAILY;BYHOUR=99",
+            "*/5 * * * *",
+            "0 8 1 * *",
+            "0 8 * * 9",
+            "BYHOUR",
+        ] {
+            let e = bad.parse::<Schedule>().expect_err(bad);
+            assert!(!e.is_empty(), "{bad}: {e}");
+        }
+        // Long inputs are refused before any work; many times of day are capped.
+        let long = format!("daily {}", vec!["08:00"; 10_000].join(","));
+        assert!(long.parse::<Schedule>().is_err());
+        let hours: Vec<String> = (0..24).map(|h| h.to_string()).collect();
+        let many = format!("FREQ=DAILY;BYHOUR={};BYMINUTE=0,30", hours.join(","));
+        assert!(
+            many.parse::<Schedule>()
+                .expect_err("48 a day")
+                .contains("at most")
+        );
     }
 }

@@ -7,7 +7,7 @@ use sqlx::Row;
 use super::channels::Channel;
 use super::messages::{MessageView, message_from_row};
 use super::tenants::record_event;
-use super::{Store, new_id, now_ms};
+use super::{Store, now_ms};
 
 /// How long a link code can be redeemed.
 pub const LINK_CODE_TTL_MS: i64 = 15 * 60 * 1000;
@@ -499,37 +499,22 @@ impl Store {
         .fetch_one(&mut *w.tx)
         .await?
         .try_get("external_id")?;
-        let id = new_id();
-        sqlx::query(
-            "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction, author,
-                                  text, status, created_at)
-             VALUES ($1, $2, $3, $4, $5, 'outbound', 'agent', $6, 'queued', $7)",
+        let id = super::messages::insert_outbound(
+            &mut w,
+            super::messages::Outbound {
+                tenant_id,
+                conversation_id,
+                channel_id: &channel_id,
+                seq,
+                author: "agent",
+                text,
+                reply_to: None,
+                recipient: &recipient,
+                content,
+                created_at: now,
+                send_at: now,
+            },
         )
-        .bind(&id)
-        .bind(tenant_id)
-        .bind(conversation_id)
-        .bind(&channel_id)
-        .bind(seq)
-        .bind(text)
-        .bind(now)
-        .execute(&mut *w.tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id, message_id, seq,
-                                   recipient, body, content, next_attempt_at, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $10)",
-        )
-        .bind(new_id())
-        .bind(tenant_id)
-        .bind(&channel_id)
-        .bind(conversation_id)
-        .bind(&id)
-        .bind(seq)
-        .bind(&recipient)
-        .bind(text)
-        .bind(content)
-        .bind(now)
-        .execute(&mut *w.tx)
         .await?;
         let view = sqlx::query(
             "SELECT id, seq, direction, author, kind, text, status, created_at, citations, attachments

@@ -454,7 +454,18 @@ async fn conversation_for(
             row.try_get::<String, _>("contact_id")?,
             row.try_get::<Option<String>, _>("conversation_id")?,
         ),
-        None => (new_contact(w, tenant_id, channel_id, msg, now).await?, None),
+        None => (
+            new_contact(
+                w,
+                tenant_id,
+                channel_id,
+                &msg.contact.external_id,
+                msg.contact.display_name.as_deref(),
+                now,
+            )
+            .await?,
+            None,
+        ),
     };
     match open_conversation {
         Some(id) => Ok(id),
@@ -637,11 +648,71 @@ async fn complete_one(
 }
 
 /// Introduces a contact seen for the first time on this channel.
-async fn new_contact(
+/// An outbound message and its outbox row, written together.
+pub(crate) struct Outbound<'a> {
+    pub tenant_id: &'a str,
+    pub conversation_id: &'a str,
+    pub channel_id: &'a str,
+    pub seq: i64,
+    /// `bot` or `agent`.
+    pub author: &'a str,
+    pub text: &'a str,
+    pub reply_to: Option<&'a str>,
+    pub recipient: &'a str,
+    pub content: Option<&'a str>,
+    pub created_at: i64,
+    /// When the outbox may first send it (the wall clock).
+    pub send_at: i64,
+}
+
+/// Stores an outbound message (`queued`) with its delivery row; the message's id.
+pub(crate) async fn insert_outbound(
+    w: &mut WriteTx,
+    m: Outbound<'_>,
+) -> Result<String, sqlx::Error> {
+    let id = new_id();
+    sqlx::query(
+        "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction, author,
+                              text, reply_to, status, created_at)
+         VALUES ($1, $2, $3, $4, $5, 'outbound', $6, $7, $8, 'queued', $9)",
+    )
+    .bind(&id)
+    .bind(m.tenant_id)
+    .bind(m.conversation_id)
+    .bind(m.channel_id)
+    .bind(m.seq)
+    .bind(m.author)
+    .bind(m.text)
+    .bind(m.reply_to)
+    .bind(m.created_at)
+    .execute(&mut *w.tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id, message_id, seq,
+                               recipient, body, content, next_attempt_at, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $10)",
+    )
+    .bind(new_id())
+    .bind(m.tenant_id)
+    .bind(m.channel_id)
+    .bind(m.conversation_id)
+    .bind(&id)
+    .bind(m.seq)
+    .bind(m.recipient)
+    .bind(m.text)
+    .bind(m.content)
+    .bind(m.send_at)
+    .execute(&mut *w.tx)
+    .await?;
+    Ok(id)
+}
+
+pub(crate) async fn new_contact(
     w: &mut WriteTx,
     tenant_id: &str,
     channel_id: &str,
-    msg: &InboundMessage,
+    external_id: &str,
+    display_name: Option<&str>,
     now: i64,
 ) -> Result<String, sqlx::Error> {
     let select =
@@ -652,7 +723,7 @@ async fn new_contact(
     )
     .bind(&contact_id)
     .bind(tenant_id)
-    .bind(msg.contact.display_name.as_deref())
+    .bind(display_name)
     .bind(now)
     .execute(&mut *w.tx)
     .await?;
@@ -664,7 +735,7 @@ async fn new_contact(
     .bind(tenant_id)
     .bind(&contact_id)
     .bind(channel_id)
-    .bind(&msg.contact.external_id)
+    .bind(external_id)
     .bind(now)
     .execute(&mut *w.tx)
     .await?;
@@ -678,7 +749,7 @@ async fn new_contact(
         .await?;
     sqlx::query(select)
         .bind(channel_id)
-        .bind(&msg.contact.external_id)
+        .bind(external_id)
         .fetch_one(&mut *w.tx)
         .await?
         .try_get("contact_id")

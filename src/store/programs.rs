@@ -4,6 +4,8 @@
 //! functions on a [`WriteTx`], so the engine composes them into one transaction: the fire claimed,
 //! the messages and their outbox rows, the enrolment advanced, the next fire added.
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value};
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -64,9 +66,12 @@ pub struct EnrollmentRow {
     pub stopped_reason: Option<String>,
     pub started_at: i64,
     pub completed_at: Option<i64>,
+    /// The check-in fire whose answer this enrolment awaits.
+    #[serde(skip)]
+    pub checkin_open: Option<String>,
 }
 
-const ENROLLMENT_COLUMNS: &str = "id, tenant_id, program_id, version, contact_id, channel_id, status, step, waiting, epoch, reprompts, steps_done, nudges, at_risk, streak, best_streak, streak_day, badges, answers, stopped_reason, started_at, completed_at";
+const ENROLLMENT_COLUMNS: &str = "id, tenant_id, program_id, version, contact_id, channel_id, status, step, waiting, epoch, reprompts, steps_done, nudges, at_risk, streak, best_streak, streak_day, badges, answers, stopped_reason, started_at, completed_at, checkin_open";
 
 fn json_map(text: &str) -> Map<String, Value> {
     match serde_json::from_str(text) {
@@ -103,6 +108,7 @@ fn enrollment_row(r: &AnyRow) -> Result<EnrollmentRow, sqlx::Error> {
         stopped_reason: r.try_get("stopped_reason")?,
         started_at: r.try_get("started_at")?,
         completed_at: r.try_get("completed_at")?,
+        checkin_open: r.try_get("checkin_open")?,
     })
 }
 
@@ -178,6 +184,8 @@ pub struct FunnelRow {
     pub step: String,
     pub reached: i64,
     pub answered: i64,
+    /// Enrolments stopped while at this step.
+    pub dropped: i64,
 }
 
 impl Store {
@@ -495,36 +503,16 @@ impl Store {
         {
             return row.try_get("contact_id");
         }
-        let now = now_ms();
         let mut w = self.begin_write().await?;
-        let contact_id = new_id();
-        sqlx::query("INSERT INTO contact (id, tenant_id, created_at) VALUES ($1, $2, $3)")
-            .bind(&contact_id)
-            .bind(tenant_id)
-            .bind(now)
-            .execute(&mut *w.tx)
-            .await?;
-        let inserted = sqlx::query(
-            "INSERT INTO contact_identity (id, tenant_id, contact_id, channel_id, external_id, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (channel_id, external_id) DO NOTHING",
+        let contact_id = super::messages::new_contact(
+            &mut w,
+            tenant_id,
+            channel_id,
+            external_id,
+            None,
+            now_ms(),
         )
-        .bind(new_id())
-        .bind(tenant_id)
-        .bind(&contact_id)
-        .bind(channel_id)
-        .bind(external_id)
-        .bind(now)
-        .execute(&mut *w.tx)
         .await?;
-        if inserted.rows_affected() == 0 {
-            drop(w); // someone else made it first: theirs
-            return sqlx::query(select)
-                .bind(channel_id)
-                .bind(external_id)
-                .fetch_one(&self.pool)
-                .await?
-                .try_get("contact_id");
-        }
         w.commit().await?;
         Ok(contact_id)
     }
@@ -649,7 +637,7 @@ impl Store {
         .iter()
         .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
         .collect::<Result<Vec<(String, i64)>, sqlx::Error>>()?;
-        let funnel = sqlx::query(
+        let funnel: Vec<FunnelRow> = sqlx::query(
             "SELECT step, COUNT(*) AS reached, COUNT(answered_at) AS answered
              FROM step_visit WHERE program_id = $1 GROUP BY step",
         )
@@ -662,9 +650,27 @@ impl Store {
                 step: r.try_get("step")?,
                 reached: r.try_get("reached")?,
                 answered: r.try_get("answered")?,
+                dropped: 0,
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let stopped_at = sqlx::query(
+            "SELECT step, COUNT(*) AS n FROM enrollment
+             WHERE program_id = $1 AND status = 'stopped' GROUP BY step",
+        )
+        .bind(program_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get::<String, _>("step")?, r.try_get::<i64, _>("n")?)))
+        .collect::<Result<HashMap<String, i64>, sqlx::Error>>()?;
+        let funnel = funnel
+            .into_iter()
+            .map(|mut f| {
+                f.dropped = stopped_at.get(&f.step).copied().unwrap_or(0);
+                f
+            })
+            .collect();
         let durations = sqlx::query(
             "SELECT completed_at - started_at AS took FROM enrollment
              WHERE program_id = $1 AND status = 'completed' AND completed_at IS NOT NULL",
@@ -676,6 +682,49 @@ impl Store {
         .map(|r| r.try_get("took"))
         .collect::<Result<Vec<i64>, sqlx::Error>>()?;
         Ok((statuses, funnel, durations))
+    }
+}
+
+/// Proactive sends of one kind in a program, and how many the contact answered: by `step`
+/// (a check-in's id, or `nudge-0` … for nudges) and fire status/reason.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EngagementRow {
+    pub kind: String,
+    pub step: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub count: i64,
+    pub answered: i64,
+}
+
+impl Store {
+    /// Check-ins sent and answered; nudges sent, held back, and answered within a day.
+    pub async fn program_engagement(
+        &self,
+        program_id: &str,
+    ) -> Result<Vec<EngagementRow>, sqlx::Error> {
+        sqlx::query(
+            "SELECT f.kind, f.step, f.status, f.reason, COUNT(*) AS n, COUNT(f.answered_at) AS answered
+             FROM fire f JOIN enrollment e ON e.id = f.enrollment_id
+             WHERE e.program_id = $1 AND f.kind IN ('checkin', 'nudge')
+               AND ((f.status = 'done' AND f.sent = 1) OR (f.status = 'skipped' AND f.reason = 'holdout'))
+             GROUP BY f.kind, f.step, f.status, f.reason",
+        )
+        .bind(program_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(EngagementRow {
+                kind: r.try_get("kind")?,
+                step: r.try_get("step")?,
+                status: r.try_get("status")?,
+                reason: r.try_get("reason")?,
+                count: r.try_get("n")?,
+                answered: r.try_get("answered")?,
+            })
+        })
+        .collect()
     }
 }
 
@@ -797,7 +846,7 @@ pub async fn save_enrollment(
         "UPDATE enrollment SET status = $1, step = $2, waiting = $3, epoch = $4, reprompts = $5,
                 steps_done = $6, nudges = $7, at_risk = $8, streak = $9, best_streak = $10,
                 streak_day = $11, badges = $12, answers = $13, stopped_reason = $14,
-                completed_at = $15, updated_at = $16
+                completed_at = $15, updated_at = $16, checkin_open = $19
          WHERE id = $17 AND epoch = $18",
     )
     .bind(&e.status)
@@ -818,6 +867,7 @@ pub async fn save_enrollment(
     .bind(now)
     .bind(&e.id)
     .bind(read_epoch)
+    .bind(&e.checkin_open)
     .execute(&mut *w.tx)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -867,6 +917,104 @@ pub async fn add_fire(
     .bind(now)
     .execute(&mut *w.tx)
     .await?;
+    Ok(())
+}
+
+/// Schedules a check-in's occurrence `at` (keyed by it). The one a pause cancelled comes back
+/// when the enrolment resumes before it.
+pub async fn schedule_checkin(
+    w: &mut WriteTx,
+    e: &EnrollmentRow,
+    checkin: &str,
+    at: i64,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO fire (id, tenant_id, enrollment_id, contact_id, kind, step, version, epoch,
+                           intended_at, due_at, created_at)
+         VALUES ($1, $2, $3, $4, 'checkin', $5, $6, $7, $7, $7, $8)
+         ON CONFLICT (enrollment_id, kind, step, version, epoch) DO UPDATE
+         SET status = 'pending', reason = 'resumed', done_at = NULL
+         WHERE fire.status = 'cancelled' AND fire.reason = 'paused'",
+    )
+    .bind(new_id())
+    .bind(&e.tenant_id)
+    .bind(&e.id)
+    .bind(&e.contact_id)
+    .bind(checkin)
+    .bind(e.version)
+    .bind(at)
+    .bind(now)
+    .execute(&mut *w.tx)
+    .await?;
+    Ok(())
+}
+
+/// The contact wrote: nudges of the enrolment sent (or held back) within the last day count
+/// as answered, for the nudge lift.
+pub async fn nudges_answered(
+    w: &mut WriteTx,
+    enrollment_id: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE fire SET answered_at = $1
+         WHERE enrollment_id = $2 AND kind = 'nudge' AND answered_at IS NULL
+           AND done_at >= $3 AND done_at <= $1
+           AND ((status = 'done' AND sent = 1) OR (status = 'skipped' AND reason = 'holdout'))",
+    )
+    .bind(now)
+    .bind(enrollment_id)
+    .bind(now - 86_400_000)
+    .execute(&mut *w.tx)
+    .await?;
+    Ok(())
+}
+
+/// The enrolment's wait ends now: its pending step fire falls due now (added when the wait had
+/// none: an event-only wait).
+pub async fn fire_step_now(
+    w: &mut WriteTx,
+    e: &EnrollmentRow,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let moved = sqlx::query(
+        "UPDATE fire SET due_at = $1, reason = 'event'
+         WHERE enrollment_id = $2 AND kind = 'step' AND step = $3 AND version = $4 AND epoch = $5
+           AND status = 'pending'",
+    )
+    .bind(now)
+    .bind(&e.id)
+    .bind(&e.step)
+    .bind(e.version)
+    .bind(e.epoch)
+    .execute(&mut *w.tx)
+    .await?;
+    if moved.rows_affected() == 0 {
+        add_fire(w, e, "step", &e.step, e.epoch, now, now).await?;
+    }
+    Ok(())
+}
+
+/// One fire (inside a transaction).
+pub async fn fire(w: &mut WriteTx, id: &str) -> Result<Option<FireRow>, sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {FIRE_COLUMNS} FROM fire WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *w.tx)
+    .await?
+    .map(|r| fire_row(&r))
+    .transpose()
+}
+
+/// The contact answered what fire `id` sent.
+pub async fn fire_answered(w: &mut WriteTx, id: &str, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE fire SET answered_at = $1 WHERE id = $2 AND answered_at IS NULL")
+        .bind(now)
+        .bind(id)
+        .execute(&mut *w.tx)
+        .await?;
     Ok(())
 }
 
@@ -992,20 +1140,24 @@ pub async fn cancel_fires(
     Ok(done.rows_affected())
 }
 
-/// Cancels an enrolment's pending fires.
+/// Cancels an enrolment's pending fires: all, or (`side_only`) just its check-ins and nudges
+/// (it completed: the step fire being run closes as done).
 pub async fn cancel_enrollment_fires(
     w: &mut WriteTx,
     enrollment_id: &str,
+    side_only: bool,
     reason: &str,
     now: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE fire SET status = 'cancelled', reason = $1, done_at = $2
-         WHERE enrollment_id = $3 AND status = 'pending'",
+         WHERE enrollment_id = $3 AND status = 'pending'
+           AND ($4 = 0 OR kind IN ('checkin', 'nudge'))",
     )
     .bind(reason)
     .bind(now)
     .bind(enrollment_id)
+    .bind(i64::from(side_only))
     .execute(&mut *w.tx)
     .await?;
     Ok(())
@@ -1068,7 +1220,8 @@ pub async fn resume_fires(
     let done = sqlx::query(
         "UPDATE fire SET status = 'pending', reason = 'resumed', done_at = NULL,
                 due_at = CASE WHEN due_at < $1 THEN $1 ELSE due_at END
-         WHERE enrollment_id = $2 AND epoch = $3 AND status = 'cancelled' AND reason = 'paused'",
+         WHERE enrollment_id = $2 AND epoch = $3 AND kind <> 'checkin'
+           AND status = 'cancelled' AND reason = 'paused'",
     )
     .bind(now)
     .bind(enrollment_id)
@@ -1228,41 +1381,24 @@ pub async fn queue_message(
     .fetch_one(&mut *w.tx)
     .await?
     .try_get("last_seq")?;
-    let id = new_id();
-    sqlx::query(
-        "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction, author,
-                              text, reply_to, status, created_at)
-         VALUES ($1, $2, $3, $4, $5, 'outbound', 'bot', $6, $7, 'queued', $8)",
+    super::messages::insert_outbound(
+        w,
+        super::messages::Outbound {
+            tenant_id,
+            conversation_id: &thread.conversation_id,
+            channel_id,
+            seq,
+            author: "bot",
+            text,
+            reply_to,
+            recipient: &thread.recipient,
+            content: content_json,
+            created_at: now,
+            // The outbox runs on the wall clock (the engine's may be set by hand in tests).
+            send_at: now_ms(),
+        },
     )
-    .bind(&id)
-    .bind(tenant_id)
-    .bind(&thread.conversation_id)
-    .bind(channel_id)
-    .bind(seq)
-    .bind(text)
-    .bind(reply_to)
-    .bind(now)
-    .execute(&mut *w.tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id, message_id, seq,
-                               recipient, body, content, next_attempt_at, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $10)",
-    )
-    .bind(new_id())
-    .bind(tenant_id)
-    .bind(channel_id)
-    .bind(&thread.conversation_id)
-    .bind(&id)
-    .bind(seq)
-    .bind(&thread.recipient)
-    .bind(text)
-    .bind(content_json)
-    // The outbox runs on the wall clock (the engine's may be set by hand in tests and previews).
-    .bind(now_ms())
-    .execute(&mut *w.tx)
-    .await?;
-    Ok(id)
+    .await
 }
 
 /// Marks an inbound turn processed inside the caller's transaction; `false` if it already was.
