@@ -791,24 +791,22 @@ impl Programs {
             })
             .unwrap_or(program.definition.catch_up);
         let mut silent = false;
-        if late && checkin {
-            if policy != CatchUp::SendLate {
-                // A missed check-in is not sent late: the next occurrence is the next window.
-                if let Some(c) = program.checkin(&fire.step)
-                    && let Some(at) = c.schedule.next_after(now, &rules.tz)
-                {
-                    sql::schedule_checkin(w, &e, &c.id, at, now).await?;
-                }
-                sql::audit(
-                    w,
-                    &e.tenant_id,
-                    "program.fire_skipped",
-                    &fire.id,
-                    json!({ "due_at": fire.due_at, "at": now, "policy": policy, "checkin": fire.step }),
-                )
-                .await?;
-                return dropped(w, fire, "skipped", "late", now).await;
+        // A missed check-in is not sent late: the next occurrence is the next window.
+        if late && checkin && policy != CatchUp::SendLate {
+            if let Some(c) = program.checkin(&fire.step)
+                && let Some(at) = c.schedule.next_after(now, &rules.tz)
+            {
+                sql::schedule_checkin(w, &e, &c.id, at, now).await?;
             }
+            sql::audit(
+                w,
+                &e.tenant_id,
+                "program.fire_skipped",
+                &fire.id,
+                json!({ "due_at": fire.due_at, "at": now, "policy": policy, "checkin": fire.step }),
+            )
+            .await?;
+            return dropped(w, fire, "skipped", "late", now).await;
         }
         if late {
             match policy {
