@@ -35,6 +35,8 @@ pub mod knowledge;
 /// Language models (Ollama, OpenAI-compatible): streaming chat, embeddings, and the guard
 /// (concurrency limit, time limits, circuit breaker).
 pub mod llm;
+/// Moderation policies and their rules (word lists, regexes, personal-data detectors).
+pub mod moderation;
 /// Durable delivery of replies through the channels.
 pub mod outbox;
 /// Provider send-rate limits (per chat, per bot, per number).
