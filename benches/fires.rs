@@ -61,22 +61,23 @@ async fn main() -> anyhow::Result<()> {
             dir.path().join(format!("{name}.db")).display()
         )
     };
-    let mut setups = vec![
-        Setup {
+    let mut setups = Vec::new();
+    if env_or("BENCH_FIRES_SMALL", 1) == 1 {
+        setups.push(Setup {
             name: "sqlite, 100k fires".into(),
             url: sqlite("small"),
             processes: 1,
             scheduled: scheduled.min(100_000),
             baseline: false,
-        },
-        Setup {
-            name: "sqlite".into(),
-            url: sqlite("fires"),
-            processes: 1,
-            scheduled,
-            baseline: false,
-        },
-    ];
+        });
+    }
+    setups.extend([Setup {
+        name: "sqlite".into(),
+        url: sqlite("fires"),
+        processes: 1,
+        scheduled,
+        baseline: false,
+    }]);
     let admin = std::env::var("SWITCHBOARD_BENCH_POSTGRES_URL").unwrap_or_default();
     if admin.is_empty() {
         println!("postgres skipped: set SWITCHBOARD_BENCH_POSTGRES_URL");
