@@ -54,6 +54,8 @@ const HANDOFF_RECHECK_MS: i64 = 30 * 60_000;
 const WHATSAPP_WINDOW_MS: i64 = 24 * 3_600_000;
 /// Fires claimed per transaction.
 const CLAIM_BATCH: i64 = 64;
+/// Claimers at once in one process on PostgreSQL.
+const PG_CLAIMERS: usize = 8;
 /// Longest the engine sleeps without looking at the table.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// Default quiet hours and daily cap of a tenant that set none (SPEC §5).
@@ -590,8 +592,19 @@ impl Programs {
         }
     }
 
-    /// Runs every fire due now (by the engine's clock); how many were processed.
+    /// Runs every fire due now (by the engine's clock); how many were processed. On PostgreSQL
+    /// several claimers work at once (`SKIP LOCKED` gives each its own fires): a batch waits on
+    /// round trips, not on the CPU.
     pub async fn run_due(&self) -> anyhow::Result<usize> {
+        if self.inner.store.backend() == crate::store::Backend::Postgres {
+            let claimers = (0..PG_CLAIMERS).map(|_| self.run_due_alone());
+            let done = futures::future::try_join_all(claimers).await?;
+            return Ok(done.into_iter().sum());
+        }
+        self.run_due_alone().await
+    }
+
+    async fn run_due_alone(&self) -> anyhow::Result<usize> {
         let mut total = 0;
         loop {
             let (processed, generate) = self.run_batch().await?;
