@@ -1203,6 +1203,153 @@ async fn events_start_programs_and_end_waits(backend: Backend) {
     app.stop().await;
 }
 
+/// A batch of fires is read and written a few statements at a time; one fire whose write
+/// fails (a trigger refuses its message) fails alone and is retried, the rest of its batch is
+/// sent once. A contact's second due fire (another program) runs in the next batch of the same
+/// run; a contact whose conversation was closed gets a new one.
+async fn one_bad_fire_fails_alone_in_its_batch(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let later = |name: &str, text: &str| {
+        json!({ "name": name, "channels": ["api"], "steps": [
+            { "id": "w", "type": "wait", "for": "1h" },
+            { "id": "m", "type": "message", "text": text } ] })
+    };
+    let ping = published(&app, later("Ping", "ping")).await;
+    let pong = published(&app, later("Pong", "pong")).await;
+    let boom = published(&app, later("Boom", "boom")).await;
+    let t0 = ms("2027-06-01T10:00:00Z");
+    app.programs.clock().set(t0);
+    let mut conversations = Vec::new();
+    for i in 0..20 {
+        let (contact, conversation) = contact(&app, &format!("p{i}")).await;
+        enroll(&app, &ping, &contact).await;
+        conversations.push(conversation);
+    }
+    let (both, both_conv) = contact(&app, "both").await;
+    enroll(&app, &ping, &both).await;
+    enroll(&app, &pong, &both).await;
+    let (bad, bad_conv) = contact(&app, "bad").await;
+    enroll(&app, &boom, &bad).await;
+    app.programs.run_due().await.expect("start fires");
+    // The last contact's conversation is closed: the fire opens a new one.
+    let closed = conversations.pop().expect("a conversation");
+    sqlx::query("UPDATE conversation SET status = 'closed' WHERE id = $1")
+        .bind(&closed)
+        .execute(app.store.pool())
+        .await
+        .expect("close");
+    let refuse = match app.store.backend() {
+        switchboard::store::Backend::Sqlite => vec![
+            "CREATE TRIGGER boom BEFORE INSERT ON message WHEN NEW.text = 'boom'
+             BEGIN SELECT RAISE(ABORT, 'boom refused'); END",
+        ],
+        switchboard::store::Backend::Postgres => vec![
+            "CREATE FUNCTION boom() RETURNS trigger AS $$ BEGIN
+               IF NEW.text = 'boom' THEN RAISE EXCEPTION 'boom refused'; END IF; RETURN NEW;
+             END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER boom BEFORE INSERT ON message FOR EACH ROW EXECUTE FUNCTION boom()",
+        ],
+    };
+    for sql in refuse {
+        sqlx::query(sql)
+            .execute(app.store.pool())
+            .await
+            .expect("trigger");
+    }
+    app.programs.clock().set(t0 + 2 * 3_600_000);
+    let done = app.programs.run_due().await.expect("run_due");
+    assert_eq!(
+        done, 23,
+        "20 + both's two + the bad one (failed, counted as run)"
+    );
+    for conversation in &conversations {
+        let texts: Vec<String> = proactive(&app, conversation)
+            .await
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        assert_eq!(texts, ["ping"], "{conversation}");
+    }
+    let mut both_texts: Vec<String> = proactive(&app, &both_conv)
+        .await
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    both_texts.sort();
+    assert_eq!(both_texts, ["ping", "pong"], "both programs, once each");
+    let reopened: Vec<(String, String)> = sqlx::query(
+        "SELECT c.id, m.text FROM conversation c JOIN message m ON m.conversation_id = c.id
+         WHERE c.contact_id = (SELECT contact_id FROM conversation WHERE id = $1)
+           AND c.status <> 'closed' AND m.direction = 'outbound'",
+    )
+    .bind(&closed)
+    .fetch_all(app.store.pool())
+    .await
+    .expect("reopened")
+    .iter()
+    .map(|r| {
+        (
+            r.try_get("id").expect("id"),
+            r.try_get("text").expect("text"),
+        )
+    })
+    .collect();
+    assert_eq!(reopened.len(), 1, "{reopened:?}");
+    assert_ne!(reopened[0].0, closed);
+    assert_eq!(reopened[0].1, "ping");
+    assert!(proactive(&app, &bad_conv).await.is_empty());
+    let row = sqlx::query(
+        "SELECT f.status, f.attempts, f.reason, e.step FROM fire f JOIN enrollment e ON e.id = f.enrollment_id
+         WHERE e.program_id = $1 AND f.kind = 'step'",
+    )
+    .bind(&boom)
+    .fetch_one(app.store.pool())
+    .await
+    .expect("the bad fire");
+    let (status, attempts, reason, step): (String, i64, Option<String>, String) = (
+        row.try_get("status").expect("status"),
+        row.try_get("attempts").expect("attempts"),
+        row.try_get("reason").expect("reason"),
+        row.try_get("step").expect("step"),
+    );
+    assert_eq!(
+        (status.as_str(), attempts, step.as_str()),
+        ("pending", 1, "w")
+    );
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("boom refused")),
+        "{reason:?}"
+    );
+    // The store accepts it again: the retry sends it, once; nothing else twice.
+    let allow = match app.store.backend() {
+        switchboard::store::Backend::Sqlite => "DROP TRIGGER boom",
+        switchboard::store::Backend::Postgres => "DROP TRIGGER boom ON message",
+    };
+    sqlx::query(allow)
+        .execute(app.store.pool())
+        .await
+        .expect("drop trigger");
+    run_until(&app, t0 + 3 * 3_600_000).await;
+    let texts: Vec<String> = proactive(&app, &bad_conv)
+        .await
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    assert_eq!(texts, ["boom"]);
+    let pings: i64 = sqlx::query("SELECT COUNT(*) AS n FROM message WHERE text = 'ping'")
+        .fetch_one(app.store.pool())
+        .await
+        .expect("count")
+        .try_get("n")
+        .expect("n");
+    assert_eq!(pings, 21);
+    app.stop().await;
+}
+
 both_backends!(
     an_ask_with_buttons_on_telegram,
     a_keyword_answer_on_whatsapp,
@@ -1213,6 +1360,7 @@ both_backends!(
     asks_match_reprompt_time_out_and_replies_cancel_nudges,
     stop_on_another_channel_cancels_everything,
     due_fires_run_exactly_once_under_concurrent_engines,
+    one_bad_fire_fails_alone_in_its_batch,
     fires_survive_a_restart,
     preview_marks_shifts_and_dst,
     join_and_progress_from_the_chat,

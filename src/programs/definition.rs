@@ -1388,6 +1388,8 @@ mod tests {
             answers: Default::default(),
             fields: Default::default(),
             tags: Vec::new(),
+            fields_read: Default::default(),
+            tags_read: Vec::new(),
             contact_name: String::new(),
             timezone: "UTC".into(),
             tz: jiff::tz::TimeZone::UTC,

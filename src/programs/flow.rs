@@ -55,6 +55,9 @@ pub struct State {
     pub answers: Map<String, Value>,
     pub fields: Map<String, Value>,
     pub tags: Vec<String>,
+    /// The contact's fields and tags as read (they are written back only when a run changed them).
+    pub fields_read: Map<String, Value>,
+    pub tags_read: Vec<String>,
     pub contact_name: String,
     pub timezone: String,
     pub tz: TimeZone,

@@ -39,6 +39,7 @@ use switchboard_channel::Content;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::store::fire_batch::{self, Writes};
 use crate::store::messages::PendingTurn;
 use crate::store::programs::{self as sql, ContactRow, EnrollmentRow, FireRow, Thread};
 use crate::store::{Store, WriteTx, new_id, now_ms};
@@ -194,6 +195,20 @@ enum Processed {
     NeedsGeneration(flow::GenerateRequest),
 }
 
+/// What a batch of fires read, to decide each fire from.
+struct Batch {
+    loaded: fire_batch::Loaded,
+    /// (program, version) → the program, or why it could not be read.
+    programs: HashMap<(String, i64), Result<Arc<Program>, String>>,
+    /// Contact → its time rules.
+    rules: HashMap<String, Rules>,
+    /// Contact → proactive messages sent on its local day so far.
+    sent_today: HashMap<String, i64>,
+}
+
+/// The fire counter's name.
+const FIRES: &str = "switchboard_fires_total";
+
 /// The time rules for one contact.
 struct Rules {
     tz: jiff::tz::TimeZone,
@@ -264,21 +279,6 @@ impl Programs {
         Ok(self.rules_from(contact, &settings))
     }
 
-    /// The rules, reading each tenant's settings once per batch of fires.
-    async fn batch_rules(
-        &self,
-        contact: &ContactRow,
-        tenants: &mut HashMap<String, Value>,
-    ) -> anyhow::Result<Rules> {
-        if let Some(settings) = tenants.get(&contact.tenant_id) {
-            return Ok(self.rules_from(contact, settings));
-        }
-        let settings = sql::tenant_settings(&self.inner.store, &contact.tenant_id).await?;
-        let rules = self.rules_from(contact, &settings);
-        tenants.insert(contact.tenant_id.clone(), settings);
-        Ok(rules)
-    }
-
     fn rules_from(&self, contact: &ContactRow, settings: &Value) -> Rules {
         let tenant = settings.get("programs").cloned().unwrap_or(Value::Null);
         let timezone = contact
@@ -327,6 +327,8 @@ impl Programs {
             answers: e.answers.clone(),
             fields: contact.fields.clone(),
             tags: contact.tags.clone(),
+            fields_read: contact.fields.clone(),
+            tags_read: contact.tags.clone(),
             contact_name: contact.display_name.clone().unwrap_or_default(),
             timezone: rules.timezone.clone(),
             tz: rules.tz.clone(),
@@ -607,7 +609,7 @@ impl Programs {
     async fn run_due_alone(&self) -> anyhow::Result<usize> {
         let mut total = 0;
         loop {
-            let (processed, generate) = self.run_batch().await?;
+            let (processed, later, generate) = self.run_batch().await?;
             total += processed;
             if !generate.is_empty() {
                 for (fire_id, tenant_id, contact_id, request) in generate {
@@ -619,7 +621,8 @@ impl Programs {
                 }
                 continue;
             }
-            if processed < CLAIM_BATCH as usize {
+            // A full batch may leave more due; a contact's second fire waited for the next one.
+            if later == 0 && processed < CLAIM_BATCH as usize {
                 return Ok(total);
             }
         }
@@ -652,56 +655,122 @@ impl Programs {
         written.unwrap_or_else(|| request.fallback.clone())
     }
 
-    /// One transaction: claim due fires, run each (a failing one rolls back alone).
+    /// One transaction: claim due fires, read what they need in a few statements, decide each
+    /// in memory, write all their decisions in a few more (see `store::fire_batch`). A fire that
+    /// cannot be decided fails alone; a combined write that fails is written again fire by fire,
+    /// each in its own savepoint. Returns how many fires were done, how many wait for the next
+    /// batch (a contact's second fire in one batch waits: each batch moves a contact once), and
+    /// the texts to generate first.
     #[allow(clippy::type_complexity)]
     async fn run_batch(
         &self,
-    ) -> anyhow::Result<(usize, Vec<(String, String, String, flow::GenerateRequest)>)> {
+    ) -> anyhow::Result<(
+        usize,
+        usize,
+        Vec<(String, String, String, flow::GenerateRequest)>,
+    )> {
         let store = &self.inner.store;
+        let backend = store.backend();
         let now = self.inner.clock.now();
         let mut w = store.begin_write().await?;
-        let fires = sql::claim_due_fires(&mut w, store.backend(), now, CLAIM_BATCH).await?;
-        if fires.is_empty() {
-            return Ok((0, Vec::new()));
+        let claimed = sql::claim_due_fires(&mut w, backend, now, CLAIM_BATCH).await?;
+        if claimed.is_empty() {
+            return Ok((0, 0, Vec::new()));
         }
+        let mut contacts = std::collections::HashSet::new();
+        let (fires, later): (Vec<FireRow>, Vec<FireRow>) = claimed
+            .into_iter()
+            .partition(|f| contacts.insert(f.contact_id.clone()));
+        let ids: Vec<String> = fires.iter().map(|f| f.enrollment_id.clone()).collect();
+        let loaded = fire_batch::load(&mut w, backend, &ids).await?;
+        let batch = self.prepare(&mut w, loaded, now).await?;
+
         let mut failed: Vec<(String, String)> = Vec::new();
         let mut generate = Vec::new();
-        let mut tenants: HashMap<String, Value> = HashMap::new();
-        let mut sent = 0usize;
+        let mut decided: Vec<(&FireRow, Writes, usize)> = Vec::new();
         for fire in &fires {
             let generated = lock(&self.inner.generated)
                 .get(&fire.id)
                 .cloned()
                 .unwrap_or_default();
-            // A savepoint per fire: one that fails leaves the others' work in the batch.
-            (&mut *w.tx).execute("SAVEPOINT fire").await?;
-            match self
-                .process(&mut w, fire, now, &generated, &mut tenants)
-                .await
-            {
-                Ok(Processed::NeedsGeneration(request)) => {
-                    (&mut *w.tx).execute("ROLLBACK TO SAVEPOINT fire").await?;
-                    generate.push((
-                        fire.id.clone(),
-                        fire.tenant_id.clone(),
-                        fire.contact_id.clone(),
-                        request,
-                    ));
-                }
+            let mut fx = Writes::default();
+            match self.decide(fire, &batch, now, &generated, &mut fx) {
+                Ok(Processed::NeedsGeneration(request)) => generate.push((
+                    fire.id.clone(),
+                    fire.tenant_id.clone(),
+                    fire.contact_id.clone(),
+                    request,
+                )),
                 Ok(done) => {
-                    (&mut *w.tx).execute("RELEASE SAVEPOINT fire").await?;
-                    if let Processed::Done { sent: n } = done {
-                        sent += n;
-                    }
+                    let sent = match done {
+                        Processed::Done { sent } => sent,
+                        _ => 0,
+                    };
+                    decided.push((fire, fx, sent));
                 }
                 Err(e) => {
-                    (&mut *w.tx).execute("ROLLBACK TO SAVEPOINT fire").await?;
                     tracing::warn!(fire = %fire.id, error = %format!("{e:#}"), "a fire failed; it will be retried");
                     failed.push((fire.id.clone(), format!("{e:#}")));
                 }
             }
         }
+
+        // All at once; if that fails, fire by fire.
+        (&mut *w.tx).execute("SAVEPOINT batch").await?;
+        let mut all = Writes::default();
+        let mut written: Vec<(Vec<_>, usize)> = Vec::new();
+        for (_, fx, sent) in &mut decided {
+            let fx = std::mem::take(fx);
+            written.push((fx.counts().to_vec(), *sent));
+            all.merge(fx);
+        }
+        if let Err(e) = all.write(&mut w, backend, now).await {
+            tracing::warn!(error = %format!("{e:#}"), "a batch of fires failed to write; writing them one by one");
+            (&mut *w.tx).execute("ROLLBACK TO SAVEPOINT batch").await?;
+            written.clear();
+            for (fire, _, sent) in &decided {
+                // Decided again: the first decision's writes were consumed by the failed write.
+                let generated = lock(&self.inner.generated)
+                    .get(&fire.id)
+                    .cloned()
+                    .unwrap_or_default();
+                let mut fx = Writes::default();
+                if let Err(e) = self.decide(fire, &batch, now, &generated, &mut fx) {
+                    failed.push((fire.id.clone(), format!("{e:#}")));
+                    continue;
+                }
+                let counts = fx.counts().to_vec();
+                (&mut *w.tx).execute("SAVEPOINT fire").await?;
+                match fx.write(&mut w, backend, now).await {
+                    Ok(()) => {
+                        (&mut *w.tx).execute("RELEASE SAVEPOINT fire").await?;
+                        written.push((counts, *sent));
+                    }
+                    Err(e) => {
+                        (&mut *w.tx).execute("ROLLBACK TO SAVEPOINT fire").await?;
+                        tracing::warn!(fire = %fire.id, error = %format!("{e:#}"), "a fire failed; it will be retried");
+                        failed.push((fire.id.clone(), format!("{e:#}")));
+                    }
+                }
+            }
+        }
+        (&mut *w.tx).execute("RELEASE SAVEPOINT batch").await?;
+        for (id, error) in &failed {
+            let error: String = error.chars().take(500).collect();
+            sql::fail_fire(&mut w, id, &error, now).await?;
+        }
         w.commit().await?;
+
+        let mut sent = 0;
+        for (counts, n) in &written {
+            sent += n;
+            for (name, label) in counts {
+                match label {
+                    Some((key, value)) => counter!(*name, *key => *value).increment(1),
+                    None => counter!(*name).increment(1),
+                }
+            }
+        }
         {
             let mut generated = lock(&self.inner.generated);
             for fire in &fires {
@@ -710,32 +779,69 @@ impl Programs {
                 }
             }
         }
-        for (id, error) in failed {
-            counter!("switchboard_fires_total", "outcome" => "error").increment(1);
-            let error: String = error.chars().take(500).collect();
-            sql::fail_fire(store, &id, &error, now).await?;
+        for _ in &failed {
+            counter!(FIRES, "outcome" => "error").increment(1);
         }
         if sent > 0 {
             self.inner.outbox_wake.notify_one();
         }
-        Ok((fires.len() - generate.len(), generate))
+        Ok((fires.len() - generate.len(), later.len(), generate))
     }
 
-    /// One fire, inside the batch's transaction.
-    async fn process(
+    /// What deciding a batch needs besides the rows: the programs' versions, each tenant's
+    /// settings, each contact's rules and how many proactive messages it got on its local day.
+    async fn prepare(
         &self,
         w: &mut WriteTx,
+        loaded: fire_batch::Loaded,
+        now: i64,
+    ) -> anyhow::Result<Batch> {
+        let mut programs = HashMap::new();
+        for e in loaded.enrollments.values() {
+            let key = (e.program_id.clone(), e.version);
+            if !programs.contains_key(&key) {
+                let program = self
+                    .version(&e.program_id, e.version)
+                    .await
+                    .map_err(|e| format!("{e:#}"));
+                programs.insert(key, program);
+            }
+        }
+        let mut settings: HashMap<String, Value> = HashMap::new();
+        let mut rules = HashMap::new();
+        let mut windows = Vec::new();
+        for contact in loaded.contacts.values() {
+            if !settings.contains_key(&contact.tenant_id) {
+                let s = sql::tenant_settings(&self.inner.store, &contact.tenant_id).await?;
+                settings.insert(contact.tenant_id.clone(), s);
+            }
+            let r = self.rules_from(contact, &settings[&contact.tenant_id]);
+            let (_, day_start, next_day) = time::local_day(now, &r.tz);
+            windows.push((contact.id.clone(), day_start, next_day));
+            rules.insert(contact.id.clone(), r);
+        }
+        let sent_today = fire_batch::sent_between(w, &windows).await?;
+        Ok(Batch {
+            loaded,
+            programs,
+            rules,
+            sent_today,
+        })
+    }
+
+    /// Decides one fire from what the batch read: its writes go to `fx`, nothing is written.
+    fn decide(
+        &self,
         fire: &FireRow,
+        batch: &Batch,
         now: i64,
         generated: &Generated,
-        tenants: &mut HashMap<String, Value>,
+        fx: &mut Writes,
     ) -> anyhow::Result<Processed> {
-        let store = &self.inner.store;
-        let Some(mut e) =
-            sql::enrollment_for_update(w, store.backend(), &fire.enrollment_id).await?
-        else {
-            return dropped(w, fire, "stale", "no_enrollment", now).await;
+        let Some(e) = batch.loaded.enrollments.get(&fire.enrollment_id) else {
+            return Ok(dropped(fx, fire, "stale", "no_enrollment"));
         };
+        let mut e = e.clone();
         let nudge = fire.kind == "nudge";
         let checkin = fire.kind == "checkin";
         // Check-ins recur beside the steps: keyed by their occurrence, not the enrolment's place.
@@ -744,50 +850,51 @@ impl Programs {
             || (!nudge && !checkin && e.epoch != fire.epoch)
             || (nudge && fire.step != format!("nudge-{}", e.nudges))
         {
-            return dropped(w, fire, "stale", "moved_on", now).await;
+            return Ok(dropped(fx, fire, "stale", "moved_on"));
         }
-        let Some(contact) = sql::contact_row(&mut *w.tx, &e.contact_id).await? else {
-            return dropped(w, fire, "stale", "no_contact", now).await;
+        let (Some(contact), Some(rules)) = (
+            batch.loaded.contacts.get(&e.contact_id),
+            batch.rules.get(&e.contact_id),
+        ) else {
+            return Ok(dropped(fx, fire, "stale", "no_contact"));
         };
         if contact.opted_out_at.is_some() {
-            sql::stop_contact_enrollments(w, &contact.id, "opted_out", now).await?;
-            return dropped(w, fire, "cancelled", "opted_out", now).await;
+            fx.stop_contact(&contact.id, "opted_out");
+            return Ok(dropped(fx, fire, "cancelled", "opted_out"));
         }
-        let Some(thread) = sql::thread(w, &e.tenant_id, &e.contact_id, &e.channel_id, now).await?
-        else {
-            self.stop(
-                w,
+        let Some(thread) = batch.loaded.thread(&e.contact_id, &e.channel_id) else {
+            stop(
+                fx,
                 &mut e,
                 "the contact has no identity on the enrolment's channel",
-                now,
-            )
-            .await?;
-            return dropped(w, fire, "skipped", "no_identity", now).await;
+            );
+            return Ok(dropped(fx, fire, "skipped", "no_identity"));
         };
         if let Some(why) = &thread.unreachable {
-            let reason = format!("unreachable: {why}");
-            self.stop(w, &mut e, &reason, now).await?;
-            return dropped(w, fire, "skipped", "unreachable", now).await;
+            stop(fx, &mut e, &format!("unreachable: {why}"));
+            return Ok(dropped(fx, fire, "skipped", "unreachable"));
         }
         if nudge && thread.last_inbound_at.is_some_and(|t| t > fire.created_at) {
-            return dropped(w, fire, "cancelled", "replied", now).await;
+            return Ok(dropped(fx, fire, "cancelled", "replied"));
         }
-        if nudge && fire.step == "nudge-0" {
-            let program = self.version(&e.program_id, e.version).await?;
-            if let Some(inactivity) = &program.definition.inactivity
-                && held_back(&e.id, fire.epoch, inactivity.holdout)
-            {
-                // The control group of the nudge lift: this quiet episode gets no nudge.
-                return dropped(w, fire, "skipped", "holdout", now).await;
-            }
+        let program = match batch.programs.get(&(e.program_id.clone(), e.version)) {
+            Some(Ok(p)) => p.clone(),
+            Some(Err(why)) => anyhow::bail!("{why}"),
+            None => anyhow::bail!("program {} version {} not read", e.program_id, e.version),
+        };
+        if nudge
+            && fire.step == "nudge-0"
+            && let Some(inactivity) = &program.definition.inactivity
+            && held_back(&e.id, fire.epoch, inactivity.holdout)
+        {
+            // The control group of the nudge lift: this quiet episode gets no nudge.
+            return Ok(dropped(fx, fire, "skipped", "holdout"));
         }
         if thread.status == "human" {
-            sql::defer_fire(w, &fire.id, now + HANDOFF_RECHECK_MS, "human_handoff").await?;
-            counter!("switchboard_fires_total", "outcome" => "deferred_handoff").increment(1);
+            fx.defer(&fire.id, now + HANDOFF_RECHECK_MS, "human_handoff");
+            fx.count(FIRES, Some(("outcome", "deferred_handoff")));
             return Ok(Processed::Deferred);
         }
-        let program = self.version(&e.program_id, e.version).await?;
-        let rules = self.batch_rules(&contact, tenants).await?;
         // Catch-up after downtime.
         let late = now - fire.due_at > LATE_AFTER_MS;
         let wait_step = match program.step(&fire.step) {
@@ -809,44 +916,38 @@ impl Programs {
             if let Some(c) = program.checkin(&fire.step)
                 && let Some(at) = c.schedule.next_after(now, &rules.tz)
             {
-                sql::schedule_checkin(w, &e, &c.id, at, now).await?;
+                fx.schedule_checkin(&e, &c.id, at);
             }
-            sql::audit(
-                w,
+            fx.audit(
                 &e.tenant_id,
                 "program.fire_skipped",
                 &fire.id,
                 json!({ "due_at": fire.due_at, "at": now, "policy": policy, "checkin": fire.step }),
-            )
-            .await?;
-            return dropped(w, fire, "skipped", "late", now).await;
+            );
+            return Ok(dropped(fx, fire, "skipped", "late"));
         }
         if late {
             match policy {
                 CatchUp::SendLate => {
-                    counter!("switchboard_fires_total", "outcome" => "late").increment(1);
-                    sql::audit(
-                        w,
+                    fx.count(FIRES, Some(("outcome", "late")));
+                    fx.audit(
                         &e.tenant_id,
                         "program.fire_late",
                         &fire.id,
                         json!({ "due_at": fire.due_at, "sent_at": now, "policy": "send_late" }),
-                    )
-                    .await?;
+                    );
                 }
                 CatchUp::Skip => {
                     if nudge {
-                        return dropped(w, fire, "skipped", "late", now).await;
+                        return Ok(dropped(fx, fire, "skipped", "late"));
                     }
                     silent = true;
-                    sql::audit(
-                        w,
+                    fx.audit(
                         &e.tenant_id,
                         "program.fire_skipped",
                         &fire.id,
                         json!({ "due_at": fire.due_at, "at": now, "policy": "skip" }),
-                    )
-                    .await?;
+                    );
                 }
                 CatchUp::NextWindow => {
                     if let Some(next) = wait_step
@@ -854,17 +955,14 @@ impl Programs {
                         .and_then(|w| w.until)
                         .and_then(|u| u.next_after(now, &rules.tz))
                     {
-                        sql::defer_fire(w, &fire.id, next, "late: next window").await?;
-                        sql::audit(
-                            w,
+                        fx.defer(&fire.id, next, "late: next window");
+                        fx.audit(
                             &e.tenant_id,
                             "program.fire_rescheduled",
                             &fire.id,
                             json!({ "due_at": fire.due_at, "next": next, "policy": "next_window" }),
-                        )
-                        .await?;
-                        counter!("switchboard_fires_total", "outcome" => "rescheduled")
-                            .increment(1);
+                        );
+                        fx.count(FIRES, Some(("outcome", "rescheduled")));
                         return Ok(Processed::Deferred);
                     }
                 }
@@ -875,23 +973,24 @@ impl Programs {
             if let Some(quiet) = &rules.quiet {
                 let release = quiet.release(now, &rules.tz);
                 if release > now {
-                    sql::defer_fire(w, &fire.id, release, "quiet_hours").await?;
-                    counter!("switchboard_fires_total", "outcome" => "deferred_quiet").increment(1);
+                    fx.defer(&fire.id, release, "quiet_hours");
+                    fx.count(FIRES, Some(("outcome", "deferred_quiet")));
                     return Ok(Processed::Deferred);
                 }
             }
-            let (_, day_start, next_day) = time::local_day(now, &rules.tz);
-            if sql::sent_between(w, &contact.id, day_start, next_day).await? >= rules.cap {
+            let sent_today = batch.sent_today.get(&contact.id).copied().unwrap_or(0);
+            if sent_today >= rules.cap {
+                let (_, _, next_day) = time::local_day(now, &rules.tz);
                 let release = rules
                     .quiet
                     .map(|q| q.release(next_day, &rules.tz))
                     .unwrap_or(next_day);
-                sql::defer_fire(w, &fire.id, release, "daily_cap").await?;
-                counter!("switchboard_fires_total", "outcome" => "deferred_cap").increment(1);
+                fx.defer(&fire.id, release, "daily_cap");
+                fx.count(FIRES, Some(("outcome", "deferred_cap")));
                 return Ok(Processed::Deferred);
             }
         }
-        let mut state = Self::state(&e, &contact, &rules);
+        let mut state = Self::state(&e, contact, rules);
         let read_epoch = e.epoch;
         let mut outcome = match fire.kind.as_str() {
             "start" => flow::run(&program, &mut state, Some(program.start()), now, generated),
@@ -904,20 +1003,18 @@ impl Programs {
                     Some(Step::Ask(a)) => a.timeout.as_ref().map(|t| t.next.clone()),
                     _ => None,
                 };
-                sql::audit(
-                    w,
+                fx.audit(
                     &e.tenant_id,
                     "program.ask_timeout",
                     &e.id,
                     json!({ "step": fire.step }),
-                )
-                .await?;
+                );
                 flow::run(&program, &mut state, next.as_deref(), now, generated)
             }
-            "nudge" => self.nudge(&program, &mut e, &state, &rules, fire.epoch, now),
+            "nudge" => self.nudge(&program, &mut e, &state, rules, fire.epoch, now),
             "checkin" => {
                 let Some(c) = program.checkin(&fire.step) else {
-                    return dropped(w, fire, "stale", "no_checkin", now).await;
+                    return Ok(dropped(fx, fire, "stale", "no_checkin"));
                 };
                 e.checkin_open = Some(fire.id.clone());
                 let mut out = Outcome::default();
@@ -936,6 +1033,8 @@ impl Programs {
             other => anyhow::bail!("unknown fire kind {other:?}"),
         };
         if let Some(request) = outcome.needs_generation.take() {
+            // Nothing of this run is written: it runs again with the model's text.
+            *fx = Writes::default();
             return Ok(Processed::NeedsGeneration(request));
         }
         if silent {
@@ -943,19 +1042,19 @@ impl Programs {
         }
         // Nudges and check-ins leave the enrolment where it is (its step's fire stays current).
         let bump = !nudge && !checkin;
-        let sent = self
-            .apply(
-                w, &mut e, read_epoch, &program, &state, &outcome, &thread, None, now, bump,
-            )
-            .await?;
+        let sent = self.plan(
+            fx, &mut e, read_epoch, &program, &state, &outcome, &thread, None, now, bump,
+        );
         let reason = if silent {
             Some("late: messages skipped")
         } else {
             None
         };
-        sql::close_fire(w, &fire.id, "done", reason, sent > 0, now).await?;
-        counter!("switchboard_fires_total", "outcome" => if late { "sent_late" } else { "sent" })
-            .increment(1);
+        fx.close(&fire.id, "done", reason, sent > 0);
+        fx.count(
+            FIRES,
+            Some(("outcome", if late { "sent_late" } else { "sent" })),
+        );
         Ok(Processed::Done { sent })
     }
 
@@ -1010,33 +1109,7 @@ impl Programs {
         out
     }
 
-    async fn stop(
-        &self,
-        w: &mut WriteTx,
-        e: &mut EnrollmentRow,
-        reason: &str,
-        now: i64,
-    ) -> anyhow::Result<()> {
-        let epoch = e.epoch;
-        e.status = "stopped".into();
-        e.stopped_reason = Some(reason.to_owned());
-        e.epoch += 1;
-        sql::cancel_enrollment_fires(w, &e.id, false, "stopped", now).await?;
-        sql::save_enrollment(w, e, epoch, now).await?;
-        sql::audit(
-            w,
-            &e.tenant_id,
-            "program.stopped",
-            &e.id,
-            json!({ "reason": reason }),
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// Writes a run's outcome: messages with their outbox rows, the hand-off, the enrolment's new
-    /// place (guarded by the epoch it was read at), the contact's fields, the next fires. How many
-    /// messages were queued.
+    /// Writes a run's outcome now (a turn's reply; the engine writes its fires' together).
     #[allow(clippy::too_many_arguments)]
     async fn apply(
         &self,
@@ -1051,6 +1124,38 @@ impl Programs {
         now: i64,
         bump_epoch: bool,
     ) -> anyhow::Result<usize> {
+        let mut fx = Writes::default();
+        let queued = self.plan(
+            &mut fx, e, read_epoch, program, state, outcome, thread, reply_to, now, bump_epoch,
+        );
+        let counts = fx.counts().to_vec();
+        fx.write(w, self.inner.store.backend(), now).await?;
+        for (name, label) in counts {
+            match label {
+                Some((key, value)) => counter!(name, key => value).increment(1),
+                None => counter!(name).increment(1),
+            }
+        }
+        Ok(queued)
+    }
+
+    /// A run's outcome as writes: messages with their outbox rows, the hand-off, the enrolment's
+    /// new place (guarded by the epoch it was read at), the contact's fields, the next fires.
+    /// How many messages are queued.
+    #[allow(clippy::too_many_arguments)]
+    fn plan(
+        &self,
+        fx: &mut Writes,
+        e: &mut EnrollmentRow,
+        read_epoch: i64,
+        program: &Program,
+        state: &State,
+        outcome: &Outcome,
+        thread: &Thread,
+        reply_to: Option<&str>,
+        now: i64,
+        bump_epoch: bool,
+    ) -> usize {
         let mut queued = 0;
         // WhatsApp takes free-form messages only within 24 hours of the contact's last message.
         let window_closed = thread.channel_kind == "whatsapp"
@@ -1069,37 +1174,37 @@ impl Programs {
                         ..Content::default()
                     }),
                     None => {
-                        counter!("switchboard_program_messages_skipped_total", "reason" => "whatsapp_window").increment(1);
-                        sql::audit(
-                            w,
+                        fx.count(
+                            "switchboard_program_messages_skipped_total",
+                            Some(("reason", "whatsapp_window")),
+                        );
+                        fx.audit(
                             &e.tenant_id,
                             "program.message_skipped",
                             &e.id,
                             json!({ "step": m.step, "reason": "whatsapp_window_closed_no_template" }),
-                        )
-                        .await?;
+                        );
                         continue;
                     }
                 }
             } else {
                 m.content.clone()
             };
-            let content_json = content.as_ref().map(serde_json::to_string).transpose()?;
-            sql::queue_message(
-                w,
+            let content_json = content.as_ref().and_then(|c| serde_json::to_string(c).ok());
+            fx.use_thread(&e.tenant_id, &e.contact_id, &e.channel_id, thread);
+            fx.queue_message(
                 &e.tenant_id,
                 &e.channel_id,
                 thread,
                 &m.text,
-                content_json.as_deref(),
+                content_json,
                 reply_to,
-                now,
-            )
-            .await?;
+            );
             queued += 1;
         }
         if let Some(note) = &outcome.handoff {
-            sql::set_conversation_human(w, &e.tenant_id, &thread.conversation_id, note).await?;
+            fx.use_thread(&e.tenant_id, &e.contact_id, &e.channel_id, thread);
+            fx.handoff(&e.tenant_id, &thread.conversation_id, note);
         }
         if let Some((step, waiting)) = &outcome.rest {
             e.step = step.clone();
@@ -1113,42 +1218,39 @@ impl Programs {
             e.completed_at = Some(now);
             e.checkin_open = None;
             // Its check-ins and nudges end with it (the fire being run, a step's, closes as done).
-            sql::cancel_enrollment_fires(w, &e.id, true, "completed", now).await?;
-            sql::audit(w, &e.tenant_id, "program.completed", &e.id, json!({})).await?;
-            counter!("switchboard_enrollments_completed_total").increment(1);
+            fx.cancel_enrollment_fires(&e.id, true, "completed");
+            fx.audit(&e.tenant_id, "program.completed", &e.id, json!({}));
+            fx.count("switchboard_enrollments_completed_total", None);
         }
         for badge in &program.definition.badges {
             let earned = badge.streak.is_some_and(|n| e.streak >= i64::from(n))
                 || badge.steps.is_some_and(|n| e.steps_done >= i64::from(n));
             if earned && !e.badges.contains(&badge.id) {
                 e.badges.push(badge.id.clone());
-                sql::audit(
-                    w,
+                fx.audit(
                     &e.tenant_id,
                     "program.badge",
                     &e.id,
                     json!({ "badge": badge.id }),
-                )
-                .await?;
+                );
             }
         }
         if bump_epoch {
             e.epoch += 1;
         }
-        anyhow::ensure!(
-            sql::save_enrollment(w, e, read_epoch, now).await?,
-            "the enrolment moved meanwhile"
-        );
-        sql::save_contact_fields(w, &e.contact_id, &state.fields, &state.tags).await?;
+        fx.save_enrollment(e, read_epoch);
+        if state.fields != state.fields_read || state.tags != state.tags_read {
+            fx.contact_fields(&e.contact_id, &state.fields, &state.tags);
+        }
         for spec in &outcome.schedule {
             let epoch = spec.epoch.unwrap_or(e.epoch);
-            sql::add_fire(w, e, spec.kind, &spec.step, epoch, spec.due_at, now).await?;
+            fx.add_fire(e, spec.kind, &spec.step, epoch, spec.due_at);
         }
-        sql::record_visits(w, e, &outcome.reached, now).await?;
+        fx.visits(e, &outcome.reached);
         for note in &outcome.notes {
             tracing::info!(enrollment = %e.id, "{note}");
         }
-        Ok(queued)
+        queued
     }
 
     // ------------------------------------------------------------------ turns
@@ -1512,6 +1614,7 @@ impl Programs {
                 channel_kind: turn.channel_kind.clone(),
                 recipient: turn.recipient.clone(),
                 unreachable: None,
+                create: false,
             };
             sql::queue_message(
                 &mut w,
@@ -1877,16 +1980,26 @@ fn count_checkin(e: &mut EnrollmentRow, tz: &jiff::tz::TimeZone, now: i64) {
 }
 
 /// Closes a fire that is not to run (stale, cancelled, skipped), counting why.
-async fn dropped(
-    w: &mut WriteTx,
-    fire: &FireRow,
-    status: &'static str,
-    reason: &'static str,
-    now: i64,
-) -> anyhow::Result<Processed> {
-    counter!("switchboard_fires_total", "outcome" => reason).increment(1);
-    sql::close_fire(w, &fire.id, status, Some(reason), false, now).await?;
-    Ok(Processed::Dropped)
+fn dropped(fx: &mut Writes, fire: &FireRow, status: &str, reason: &'static str) -> Processed {
+    fx.count(FIRES, Some(("outcome", reason)));
+    fx.close(&fire.id, status, Some(reason), false);
+    Processed::Dropped
+}
+
+/// Stops an enrolment: its fires cancelled, its state saved, the reason audited.
+fn stop(fx: &mut Writes, e: &mut EnrollmentRow, reason: &str) {
+    let epoch = e.epoch;
+    e.status = "stopped".into();
+    e.stopped_reason = Some(reason.to_owned());
+    e.epoch += 1;
+    fx.cancel_enrollment_fires(&e.id, false, "stopped");
+    fx.save_enrollment(e, epoch);
+    fx.audit(
+        &e.tenant_id,
+        "program.stopped",
+        &e.id,
+        json!({ "reason": reason }),
+    );
 }
 
 /// The fires a new enrolment starts with besides its first step: the first inactivity nudge

@@ -18,13 +18,13 @@ use super::{Backend, Store, WriteTx, new_id};
 
 /// One SQL statement with a growing argument list; `$n` placeholders are numbered as values are
 /// pushed (sqlx's query builder writes `?` for `Any`, which Postgres does not accept).
-struct Statement {
+pub(super) struct Statement {
     sql: String,
     args: AnyArguments,
 }
 
 impl Statement {
-    fn new(sql: &str) -> Statement {
+    pub(super) fn new(sql: &str) -> Statement {
         Statement {
             sql: sql.to_owned(),
             args: AnyArguments::default(),
@@ -32,7 +32,7 @@ impl Statement {
     }
 
     /// Appends a placeholder for `value` to the SQL text.
-    fn bind<'q, T>(&mut self, value: T) -> &mut Self
+    pub(super) fn bind<'q, T>(&mut self, value: T) -> &mut Self
     where
         T: sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any> + 'q,
     {
@@ -42,13 +42,13 @@ impl Statement {
         self
     }
 
-    fn push(&mut self, sql: &str) -> &mut Self {
+    pub(super) fn push(&mut self, sql: &str) -> &mut Self {
         self.sql.push_str(sql);
         self
     }
 
     /// `(v1, v2, …)` — a list of placeholders, one per value.
-    fn bind_list<'q, T>(&mut self, values: impl IntoIterator<Item = T>) -> &mut Self
+    pub(super) fn bind_list<'q, T>(&mut self, values: impl IntoIterator<Item = T>) -> &mut Self
     where
         T: sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any> + 'q,
     {
@@ -62,14 +62,14 @@ impl Statement {
         self.push(")")
     }
 
-    fn query(self) -> sqlx::query::Query<'static, sqlx::Any, AnyArguments> {
+    pub(super) fn query(self) -> sqlx::query::Query<'static, sqlx::Any, AnyArguments> {
         sqlx::query_with(sqlx::AssertSqlSafe(self.sql), self.args)
     }
 }
 
 /// Postgres: lock the conversations' rows in id order before touching any of them, so that
 /// concurrent batches (which all do this) cannot deadlock. SQLite has one writer: nothing to do.
-async fn lock_conversations(
+pub(super) async fn lock_conversations(
     w: &mut WriteTx,
     backend: Backend,
     ids: &BTreeMap<String, usize>,

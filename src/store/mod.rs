@@ -19,6 +19,7 @@ pub mod cache;
 pub mod channels;
 pub mod contacts;
 pub mod deliveries;
+pub mod fire_batch;
 pub mod knowledge;
 pub mod messages;
 pub mod programs;

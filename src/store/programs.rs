@@ -71,7 +71,7 @@ pub struct EnrollmentRow {
     pub checkin_open: Option<String>,
 }
 
-const ENROLLMENT_COLUMNS: &str = "id, tenant_id, program_id, version, contact_id, channel_id, status, step, waiting, epoch, reprompts, steps_done, nudges, at_risk, streak, best_streak, streak_day, badges, answers, stopped_reason, started_at, completed_at, checkin_open";
+pub(super) const ENROLLMENT_COLUMNS: &str = "id, tenant_id, program_id, version, contact_id, channel_id, status, step, waiting, epoch, reprompts, steps_done, nudges, at_risk, streak, best_streak, streak_day, badges, answers, stopped_reason, started_at, completed_at, checkin_open";
 
 fn json_map(text: &str) -> Map<String, Value> {
     match serde_json::from_str(text) {
@@ -84,7 +84,7 @@ fn json_strings(text: &str) -> Vec<String> {
     serde_json::from_str(text).unwrap_or_default()
 }
 
-fn enrollment_row(r: &AnyRow) -> Result<EnrollmentRow, sqlx::Error> {
+pub(super) fn enrollment_row(r: &AnyRow) -> Result<EnrollmentRow, sqlx::Error> {
     Ok(EnrollmentRow {
         id: r.try_get("id")?,
         tenant_id: r.try_get("tenant_id")?,
@@ -176,6 +176,8 @@ pub struct Thread {
     pub channel_kind: String,
     pub recipient: String,
     pub unreachable: Option<String>,
+    /// The conversation is not open yet: it is opened (with this id) when written to.
+    pub create: bool,
 }
 
 /// Per-step counts for the funnel.
@@ -728,6 +730,22 @@ impl Store {
     }
 }
 
+pub(super) const CONTACT_COLUMNS: &str =
+    "id, tenant_id, display_name, timezone, fields, tags, quiet_hours, opted_out_at";
+
+pub(super) fn contact_from(r: &AnyRow) -> Result<ContactRow, sqlx::Error> {
+    Ok(ContactRow {
+        id: r.try_get("id")?,
+        tenant_id: r.try_get("tenant_id")?,
+        display_name: r.try_get("display_name")?,
+        timezone: r.try_get("timezone")?,
+        fields: json_map(&r.try_get::<String, _>("fields")?),
+        tags: json_strings(&r.try_get::<String, _>("tags")?),
+        quiet_hours: r.try_get("quiet_hours")?,
+        opted_out_at: r.try_get("opted_out_at")?,
+    })
+}
+
 pub async fn contact_row<'e, E>(
     exec: E,
     contact_id: &str,
@@ -735,25 +753,13 @@ pub async fn contact_row<'e, E>(
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    sqlx::query(
-        "SELECT id, tenant_id, display_name, timezone, fields, tags, quiet_hours, opted_out_at
-         FROM contact WHERE id = $1",
-    )
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {CONTACT_COLUMNS} FROM contact WHERE id = $1"
+    )))
     .bind(contact_id)
     .fetch_optional(exec)
     .await?
-    .map(|r| {
-        Ok(ContactRow {
-            id: r.try_get("id")?,
-            tenant_id: r.try_get("tenant_id")?,
-            display_name: r.try_get("display_name")?,
-            timezone: r.try_get("timezone")?,
-            fields: json_map(&r.try_get::<String, _>("fields")?),
-            tags: json_strings(&r.try_get::<String, _>("tags")?),
-            quiet_hours: r.try_get("quiet_hours")?,
-            opted_out_at: r.try_get("opted_out_at")?,
-        })
-    })
+    .map(|r| contact_from(&r))
     .transpose()
 }
 
@@ -871,21 +877,6 @@ pub async fn save_enrollment(
     .execute(&mut *w.tx)
     .await?;
     Ok(done.rows_affected() == 1)
-}
-
-pub async fn save_contact_fields(
-    w: &mut WriteTx,
-    contact_id: &str,
-    fields: &Map<String, Value>,
-    tags: &[String],
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE contact SET fields = $1, tags = $2 WHERE id = $3")
-        .bind(Value::Object(fields.clone()).to_string())
-        .bind(serde_json::to_string(tags).unwrap_or_else(|_| "[]".into()))
-        .bind(contact_id)
-        .execute(&mut *w.tx)
-        .await?;
-    Ok(())
 }
 
 /// Adds a fire (nothing if the same one — enrolment, kind, step, version, epoch — exists).
@@ -1043,48 +1034,14 @@ pub async fn claim_due_fires(
     .collect()
 }
 
-/// Closes a fire: `done` (`sent`: it sent a proactive message), `skipped`, `cancelled`, `stale`,
-/// `failed`, with why.
-pub async fn close_fire(
+/// A fire that failed to run: retried later, a dead letter (`failed`) after a few tries. In the
+/// transaction that claimed it, so that no other claimer takes it again meanwhile.
+pub async fn fail_fire(
     w: &mut WriteTx,
     id: &str,
-    status: &str,
-    reason: Option<&str>,
-    sent: bool,
+    error: &str,
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE fire SET status = $1, reason = $2, sent = $3, done_at = $4
-         WHERE id = $5 AND status = 'pending'",
-    )
-    .bind(status)
-    .bind(reason)
-    .bind(i64::from(sent))
-    .bind(now)
-    .bind(id)
-    .execute(&mut *w.tx)
-    .await?;
-    Ok(())
-}
-
-/// Moves a pending fire to a later time (quiet hours, the daily cap, a hand-off in progress).
-pub async fn defer_fire(
-    w: &mut WriteTx,
-    id: &str,
-    due_at: i64,
-    reason: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE fire SET due_at = $1, reason = $2 WHERE id = $3 AND status = 'pending'")
-        .bind(due_at)
-        .bind(reason)
-        .bind(id)
-        .execute(&mut *w.tx)
-        .await?;
-    Ok(())
-}
-
-/// A fire that failed to run: retried later, a dead letter (`failed`) after a few tries.
-pub async fn fail_fire(store: &Store, id: &str, error: &str, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE fire SET attempts = attempts + 1, reason = $1,
                 due_at = $2 + 1000 * (attempts + 1) * (attempts + 1) * 30,
@@ -1095,28 +1052,9 @@ pub async fn fail_fire(store: &Store, id: &str, error: &str, now: i64) -> Result
     .bind(error)
     .bind(now)
     .bind(id)
-    .execute(&store.writer)
+    .execute(&mut *w.tx)
     .await?;
     Ok(())
-}
-
-/// Proactive messages sent to a contact in `[from, to)`.
-pub async fn sent_between(
-    w: &mut WriteTx,
-    contact_id: &str,
-    from: i64,
-    to: i64,
-) -> Result<i64, sqlx::Error> {
-    sqlx::query(
-        "SELECT COUNT(*) AS n FROM fire
-         WHERE contact_id = $1 AND status = 'done' AND sent = 1 AND done_at >= $2 AND done_at < $3",
-    )
-    .bind(contact_id)
-    .bind(from)
-    .bind(to)
-    .fetch_one(&mut *w.tx)
-    .await?
-    .try_get("n")
 }
 
 /// Cancels a contact's pending fires (all, or of one kind), e.g. when they opt out.
@@ -1252,27 +1190,6 @@ pub async fn stop_contact_enrollments(
     Ok(done.rows_affected())
 }
 
-pub async fn record_visits(
-    w: &mut WriteTx,
-    e: &EnrollmentRow,
-    steps: &[String],
-    now: i64,
-) -> Result<(), sqlx::Error> {
-    for step in steps {
-        sqlx::query(
-            "INSERT INTO step_visit (enrollment_id, program_id, step, reached_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (enrollment_id, step) DO NOTHING",
-        )
-        .bind(&e.id)
-        .bind(&e.program_id)
-        .bind(step)
-        .bind(now)
-        .execute(&mut *w.tx)
-        .await?;
-    }
-    Ok(())
-}
-
 pub async fn record_answer(
     w: &mut WriteTx,
     e: &EnrollmentRow,
@@ -1357,6 +1274,7 @@ pub async fn thread(
         channel_kind,
         recipient,
         unreachable,
+        create: false,
     }))
 }
 
