@@ -799,12 +799,12 @@ impl Programs {
         let mut programs = HashMap::new();
         for e in loaded.enrollments.values() {
             let key = (e.program_id.clone(), e.version);
-            if !programs.contains_key(&key) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = programs.entry(key) {
                 let program = self
                     .version(&e.program_id, e.version)
                     .await
                     .map_err(|e| format!("{e:#}"));
-                programs.insert(key, program);
+                slot.insert(program);
             }
         }
         let mut settings: HashMap<String, Value> = HashMap::new();
