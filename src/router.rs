@@ -28,6 +28,7 @@ use tracing::{Instrument, info_span, warn};
 
 use crate::answer::{Answer, Responder, Turn};
 use crate::commands;
+use crate::moderation::{Inbound, Moderation, Outbound};
 use crate::outbox::Channels;
 use crate::store::batch::Batcher;
 use crate::store::messages::{PendingTurn, ReplyDraft};
@@ -70,11 +71,14 @@ struct Inner {
     /// Coaching programs: `/join`, `/progress`, keywords and answers to a program's questions
     /// are handled there before the responder.
     programs: Option<crate::programs::Programs>,
+    /// The tenants' moderation policies, applied to every inbound message and bot answer.
+    moderation: Option<Arc<Moderation>>,
 }
 
 impl Router {
     /// A router whose `kick`s start work only when `enabled` (tools and tests that drive turns
     /// by hand with [`Router::process_next`] pass `false`).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         responder: Arc<dyn Responder>,
@@ -83,6 +87,7 @@ impl Router {
         enabled: bool,
         channels: Option<Channels>,
         programs: Option<crate::programs::Programs>,
+        moderation: Option<Arc<Moderation>>,
     ) -> Router {
         Router {
             inner: Arc::new(Inner {
@@ -104,6 +109,7 @@ impl Router {
                 outbox_wake,
                 waiters: Waiters::default(),
                 programs,
+                moderation,
             }),
         }
     }
@@ -223,6 +229,47 @@ impl Inner {
         let Some(turn) = next else {
             return Ok(false);
         };
+        let answerable = !matches!(
+            turn.kind.as_str(),
+            "reaction" | "reaction_removed" | "revoke" | "edit" | "system" | "unaddressed"
+        );
+        // Moderation before anything answers: a crisis is answered at once with the safe
+        // message, a blocked contact gets nothing, a held message waits for a person. Commands
+        // are not moderated (STOP must always work).
+        let mut moderated: Option<Option<ReplyDraft>> = None;
+        if let Some(moderation) = &self.moderation
+            && turn.conversation_status != "closed"
+            && answerable
+            && commands::parse(&turn.kind, &turn.text).is_none()
+        {
+            match moderation.inbound(&turn).await {
+                Ok(Inbound::Continue) => {}
+                Ok(Inbound::Reply(text)) => {
+                    moderated = Some(Some(ReplyDraft {
+                        text,
+                        citations_json: "[]".to_owned(),
+                    }));
+                }
+                Ok(Inbound::Silent) => moderated = Some(None),
+                Err(e) if give_up => {
+                    warn!(error = %format!("{e:#}"), "moderation failed on this turn repeatedly; answering it unmoderated");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(reply) = moderated {
+            counter!("switchboard_processed_total", "outcome" => "moderated").increment(1);
+            if self
+                .completions
+                .submit((turn.clone(), reply))
+                .await?
+                .is_some()
+            {
+                self.outbox_wake.notify_one();
+            }
+            self.waiters.wake(&turn.message_id);
+            return Ok(true);
+        }
         // A program's question answered, `/join`, `/progress`, a program keyword: handled (and
         // the turn completed with its replies) by the program engine.
         if let Some(programs) = &self.programs {
@@ -250,10 +297,6 @@ impl Inner {
         } else {
             commands::parse(&turn.kind, &turn.text)
         };
-        let answerable = !matches!(
-            turn.kind.as_str(),
-            "reaction" | "reaction_removed" | "revoke" | "edit" | "system" | "unaddressed"
-        );
         let reply = if let Some(command) = command {
             self.acknowledge(&turn);
             // A command that keeps failing must not hold the conversation either.
@@ -298,12 +341,38 @@ impl Inner {
                 }
                 Err(e) => return Err(e),
             };
-            Some(ReplyDraft {
+            let draft = ReplyDraft {
                 // NUL is not storable text on PostgreSQL; a responder must not be able to wedge
                 // a conversation with it.
                 text: answer.text.replace('\0', ""),
                 citations_json: serde_json::to_string(&answer.citations)?,
-            })
+            };
+            // The answer is checked before it is stored: blocked → the safe fallback, held →
+            // nothing until a moderator releases it.
+            match &self.moderation {
+                Some(moderation) => {
+                    match moderation
+                        .outbound(&turn, &draft.text, &draft.citations_json)
+                        .await
+                    {
+                        Ok(Outbound::Send) => Some(draft),
+                        Ok(Outbound::Replace(text)) => Some(ReplyDraft {
+                            text,
+                            citations_json: "[]".to_owned(),
+                        }),
+                        Ok(Outbound::Hold) => None,
+                        Err(e) if give_up => {
+                            warn!(error = %format!("{e:#}"), "moderating the answer failed repeatedly; sending the safe fallback");
+                            Some(ReplyDraft {
+                                text: crate::moderation::Policy::default().safe_fallback,
+                                citations_json: "[]".to_owned(),
+                            })
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                None => Some(draft),
+            }
         } else {
             None
         };

@@ -307,6 +307,7 @@ impl Application {
             &config.timezone,
             generator,
         );
+        let moderation = Arc::new(crate::moderation::Moderation::new(store.clone()));
         let router = Router::new(
             store.clone(),
             responder,
@@ -315,6 +316,7 @@ impl Application {
             config.workers,
             Some(channels.clone()),
             Some(programs.clone()),
+            Some(moderation.clone()),
         );
         let state = AppState {
             channels,
@@ -323,6 +325,7 @@ impl Application {
             widget: Arc::new(crate::http::widget::WidgetRuntime::new(visitor_tokens)),
             ingest: Ingest::new(store.clone(), router.clone()),
             programs,
+            moderation,
             store,
             router,
             config: Arc::new(config),

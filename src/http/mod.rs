@@ -7,6 +7,7 @@ pub mod contacts;
 pub mod error;
 pub mod knowledge;
 pub mod messages;
+pub mod moderation;
 pub mod programs;
 pub mod prompts;
 pub mod webhooks;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub widget: Arc<widget::WidgetRuntime>,
     /// Coaching programs and the proactive engine.
     pub programs: crate::programs::Programs,
+    /// The tenants' moderation policies (cached; a `PUT` invalidates).
+    pub moderation: std::sync::Arc<crate::moderation::Moderation>,
 }
 
 /// The whole HTTP application.
@@ -100,6 +103,22 @@ pub fn app(state: AppState) -> HttpRouter {
             axum::routing::patch(programs::patch_enrollment),
         )
         .route("/v1/events", post(programs::post_event))
+        .route(
+            "/v1/moderation/policy",
+            get(moderation::get_policy).put(moderation::put_policy),
+        )
+        .route("/v1/moderation/stats", get(moderation::stats))
+        .route("/v1/flags", get(moderation::list_flags))
+        .route("/v1/flags/{id}", get(moderation::get_flag))
+        .route("/v1/flags/{id}/verdict", post(moderation::verdict))
+        .route(
+            "/v1/tickets",
+            get(moderation::list_tickets).post(moderation::create_ticket),
+        )
+        .route(
+            "/v1/tickets/{id}",
+            get(moderation::get_ticket).patch(moderation::patch_ticket),
+        )
         .route("/v1/contacts/{id}/messages", get(contacts::contact_history))
         .route(
             "/v1/channels",

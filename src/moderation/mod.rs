@@ -8,9 +8,17 @@
 
 pub mod rules;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use metrics::counter;
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::store::messages::PendingTurn;
+use crate::store::moderation as store;
+use crate::store::{WriteTx, now_ms};
 
 pub use rules::{Action, Hit, Pii, RuleDef, RuleSet};
 
@@ -254,6 +262,490 @@ impl Compiled {
         } else {
             format!("{}\n\n{}", c.message.trim_end(), c.resources.trim())
         }
+    }
+}
+
+/// Built-in crisis signals (self-harm, in the languages our users write in), checked whenever
+/// the tenant's crisis protocol is on — whatever its own rules say — so that a new tenant is
+/// covered from its first message. Whole words and phrases, without regard to case.
+const CRISIS_PHRASES: &[&str] = &[
+    "kill myself",
+    "killing myself",
+    "end my life",
+    "ending my life",
+    "take my own life",
+    "suicide",
+    "suicidal",
+    "want to die",
+    "wanna die",
+    "don't want to live",
+    "dont want to live",
+    "don't want to be alive",
+    "don't want to wake up",
+    "dont want to wake up",
+    "not wake up",
+    "better off without me",
+    "better off dead",
+    "hurt myself",
+    "hurting myself",
+    "cutting myself",
+    "cutting again",
+    "self harm",
+    "self-harm",
+    "end it all",
+    "want to end it",
+    "no reason to live",
+    "won't be around next week",
+    "take them all",
+    "jump off the bridge",
+    "overdose",
+    "quiero morir",
+    "quiero morirme",
+    "no quiero seguir viviendo",
+    "suicidarme",
+    "quitarme la vida",
+    "quero morrer",
+    "me matar",
+    "não quero mais viver",
+    "me suicider",
+    "envie de mourir",
+    "veux mourir",
+    "mich umbringen",
+    "will sterben",
+    "nicht mehr leben",
+    "jeena nahi chahta",
+    "jeena nahi chahti",
+    "mar jaana chahta",
+    "mar jaana chahti",
+    "khudkushi",
+    "sab khatam karna hai",
+];
+
+/// How long a tenant's compiled policy is reused before the store is asked again (a `PUT`
+/// through this process takes effect at once).
+const POLICY_TTL: Duration = Duration::from_secs(5);
+
+/// A tenant's policy as the router uses it: compiled, with the built-in crisis signals.
+pub struct Active {
+    /// 0: the default policy (the tenant saved none).
+    pub version: i64,
+    pub compiled: Compiled,
+    crisis: RuleSet,
+}
+
+/// What the policy decided about one text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// The strongest action of the hits that are not in shadow mode (`allow` when none).
+    pub action: Action,
+    /// A self-harm signal with the crisis protocol on.
+    pub crisis: bool,
+    /// Every hit, shadow ones included: the flag's evidence.
+    pub hits: Vec<Hit>,
+    pub policy_version: i64,
+}
+
+impl Verdict {
+    /// Whether the text is to be recorded as a flag (a hit of any kind).
+    pub fn flagged(&self) -> bool {
+        !self.hits.is_empty()
+    }
+
+    /// Only shadow hits: recorded, nothing done.
+    pub fn shadow_only(&self) -> bool {
+        !self.hits.is_empty() && self.hits.iter().all(|h| h.shadow)
+    }
+}
+
+impl Active {
+    pub fn new(version: i64, compiled: Compiled) -> Active {
+        let crisis = RuleSet::compile(&[RuleDef {
+            id: "crisis".into(),
+            words: CRISIS_PHRASES.iter().map(|p| (*p).to_owned()).collect(),
+            regex: None,
+            pii: None,
+            action: Action::Hold,
+            shadow: false,
+            applies_to: rules::Direction::Inbound,
+            category: Some("self_harm".into()),
+        }])
+        .unwrap_or_else(|_| RuleSet::empty());
+        Active {
+            version,
+            compiled,
+            crisis,
+        }
+    }
+
+    /// Runs the rules (and, inbound, the crisis signals) on a text.
+    pub fn check(&self, text: &str, inbound: bool) -> Verdict {
+        let policy = &self.compiled.policy;
+        let mut hits = self.compiled.rules.check(text, inbound);
+        if policy.shadow {
+            for h in &mut hits {
+                h.shadow = true;
+            }
+        }
+        let mut crisis = false;
+        if inbound && policy.crisis.enabled {
+            let found = self.crisis.check(text, true);
+            crisis = !found.is_empty();
+            hits.extend(found);
+        }
+        let action = hits
+            .iter()
+            .filter(|h| !h.shadow)
+            .map(|h| h.action)
+            .max()
+            .unwrap_or(Action::Allow);
+        Verdict {
+            action,
+            crisis,
+            hits,
+            policy_version: self.version,
+        }
+    }
+}
+
+/// The tenants' policies, compiled once per version and cached briefly.
+pub struct Moderation {
+    store: crate::store::Store,
+    cache: Mutex<HashMap<String, (Instant, Arc<Active>)>>,
+}
+
+impl Moderation {
+    pub fn new(store: crate::store::Store) -> Moderation {
+        Moderation {
+            store,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The tenant's active policy (the default when it saved none, or when the saved one no
+    /// longer compiles — it was validated when saved, so that would be a bug, and it is logged).
+    pub async fn active(&self, tenant_id: &str) -> anyhow::Result<Arc<Active>> {
+        if let Some((at, active)) = lock(&self.cache).get(tenant_id)
+            && at.elapsed() < POLICY_TTL
+        {
+            return Ok(active.clone());
+        }
+        let active = match self.store.moderation_policy(tenant_id).await? {
+            Some((version, text)) => {
+                let parsed = serde_json::from_str::<serde_json::Value>(&text)
+                    .map_err(|e| {
+                        vec![Problem {
+                            path: String::new(),
+                            message: e.to_string(),
+                        }]
+                    })
+                    .and_then(|v| Compiled::parse(&v));
+                match parsed {
+                    Ok(compiled) => Active::new(version, compiled),
+                    Err(problems) => {
+                        tracing::error!(
+                            tenant = tenant_id,
+                            version,
+                            ?problems,
+                            "a saved moderation policy does not compile; using the default"
+                        );
+                        Active::new(
+                            0,
+                            Compiled::new(Policy::default())
+                                .map_err(|p| anyhow::anyhow!("{p:?}"))?,
+                        )
+                    }
+                }
+            }
+            None => Active::new(
+                0,
+                Compiled::new(Policy::default()).map_err(|p| anyhow::anyhow!("{p:?}"))?,
+            ),
+        };
+        let active = Arc::new(active);
+        lock(&self.cache).insert(tenant_id.to_owned(), (Instant::now(), active.clone()));
+        Ok(active)
+    }
+
+    /// Forgets a tenant's cached policy (it saved a new one).
+    pub fn invalidate(&self, tenant_id: &str) {
+        lock(&self.cache).remove(tenant_id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What moderation decided about an inbound turn, for the router.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// Go on as usual (nothing found, a flag raised for review, or shadow hits recorded).
+    Continue,
+    /// Answer with this text and nothing else (the crisis protocol).
+    Reply(String),
+    /// Do not answer (held for a person, or the contact is blocked).
+    Silent,
+}
+
+/// What moderation decided about a bot answer before it is sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outbound {
+    /// Send it as it is (perhaps flagged for review).
+    Send,
+    /// Send this text instead (the answer was blocked: the tenant's safe fallback).
+    Replace(String),
+    /// Send nothing: a person decides (the answer is in the flag's evidence).
+    Hold,
+}
+
+/// SLA targets per priority: (first response, resolution), in ms.
+pub fn sla(priority: &str) -> (i64, i64) {
+    const MIN: i64 = 60_000;
+    match priority {
+        "urgent" => (15 * MIN, 4 * 60 * MIN),
+        "high" => (60 * MIN, 8 * 60 * MIN),
+        "low" => (24 * 60 * MIN, 5 * 24 * 60 * MIN),
+        _ => (4 * 60 * MIN, 24 * 60 * MIN),
+    }
+}
+
+impl Moderation {
+    /// Checks a contact's message before anything answers it, and does what the policy says:
+    /// records the flag with its evidence; for a crisis, opens an urgent ticket, hands the
+    /// conversation to a person and cancels the contact's pending nudges (the safe message is
+    /// the turn's reply); for `hold`, a ticket and the hand-off; for `block`, the contact is
+    /// blocked. Idempotent: a turn run again after a crash finds its flag and does nothing twice.
+    pub async fn inbound(&self, turn: &PendingTurn) -> anyhow::Result<Inbound> {
+        if turn.contact_blocked {
+            return Ok(Inbound::Silent);
+        }
+        if turn.text.trim().is_empty() {
+            return Ok(Inbound::Continue);
+        }
+        let active = self.active(&turn.tenant_id).await?;
+        let verdict = active.check(&turn.text, true);
+        if !verdict.flagged() {
+            return Ok(Inbound::Continue);
+        }
+        let shadow = verdict.shadow_only();
+        let action = if verdict.crisis {
+            "crisis"
+        } else if shadow {
+            verdict
+                .hits
+                .iter()
+                .map(|h| h.action)
+                .max()
+                .unwrap_or(Action::Allow)
+                .as_str()
+        } else {
+            verdict.action.as_str()
+        };
+        let evidence = json!({
+            "text": turn.text,
+            "hits": verdict.hits,
+            "policy_version": verdict.policy_version,
+            "classifier": null,
+            "crisis": verdict.crisis,
+        });
+        let now = now_ms();
+        let mut w = self.store.begin_write().await?;
+        let (flag_id, new) = store::insert_flag(
+            &mut w,
+            store::NewFlag {
+                tenant_id: &turn.tenant_id,
+                conversation_id: &turn.conversation_id,
+                contact_id: &turn.contact_id,
+                message_id: &turn.message_id,
+                direction: "inbound",
+                action,
+                shadow,
+                policy_version: verdict.policy_version,
+                evidence: &evidence,
+            },
+            now,
+        )
+        .await?;
+        counter!("switchboard_flags_total", "action" => action, "shadow" => if shadow { "yes" } else { "no" })
+            .increment(u64::from(new));
+        let decided = if verdict.crisis {
+            if new {
+                self.escalate(
+                    &mut w,
+                    turn,
+                    &flag_id,
+                    "crisis",
+                    "urgent",
+                    "Crisis signal",
+                    now,
+                )
+                .await?;
+                sqlx::query(
+                    "UPDATE fire SET status = 'cancelled', reason = 'crisis', done_at = $1
+                     WHERE contact_id = $2 AND kind = 'nudge' AND status = 'pending'",
+                )
+                .bind(now)
+                .bind(&turn.contact_id)
+                .execute(&mut *w.tx)
+                .await?;
+            }
+            Inbound::Reply(active.compiled.crisis_text())
+        } else if shadow {
+            Inbound::Continue
+        } else {
+            match verdict.action {
+                Action::Allow | Action::Flag => Inbound::Continue,
+                Action::Hold => {
+                    if new {
+                        self.escalate(
+                            &mut w,
+                            turn,
+                            &flag_id,
+                            "moderation_hold",
+                            "high",
+                            "Message held by moderation",
+                            now,
+                        )
+                        .await?;
+                    }
+                    Inbound::Silent
+                }
+                Action::Block => {
+                    store::block_contact(
+                        &mut w,
+                        &turn.tenant_id,
+                        &turn.contact_id,
+                        &format!("flag {flag_id}"),
+                        "moderation",
+                        now,
+                    )
+                    .await?;
+                    Inbound::Silent
+                }
+            }
+        };
+        w.commit().await?;
+        Ok(decided)
+    }
+
+    /// An urgent ticket (or a note on the open one) and the hand-off to a person.
+    #[allow(clippy::too_many_arguments)]
+    async fn escalate(
+        &self,
+        w: &mut WriteTx,
+        turn: &PendingTurn,
+        flag_id: &str,
+        source: &str,
+        priority: &str,
+        subject: &str,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        let (first, resolution) = sla(priority);
+        store::open_ticket(
+            w,
+            store::NewTicket {
+                tenant_id: &turn.tenant_id,
+                subject,
+                source,
+                priority,
+                conversation_id: Some(&turn.conversation_id),
+                contact_id: Some(&turn.contact_id),
+                flag_id: Some(flag_id),
+                created_by: Some("moderation"),
+                first_response_ms: first,
+                resolution_ms: resolution,
+            },
+            now,
+        )
+        .await?;
+        store::hand_off(
+            w,
+            &turn.tenant_id,
+            &turn.conversation_id,
+            "moderation",
+            source,
+            now,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Checks a bot answer before it is stored and sent: a flag (with the answer, its citations
+    /// and the rules hit) for anything found; `block` replaces it with the tenant's safe
+    /// fallback; `hold` sends nothing until a moderator approves or edits it.
+    pub async fn outbound(
+        &self,
+        turn: &PendingTurn,
+        answer: &str,
+        citations_json: &str,
+    ) -> anyhow::Result<Outbound> {
+        let active = self.active(&turn.tenant_id).await?;
+        let verdict = active.check(answer, false);
+        if !verdict.flagged() {
+            return Ok(Outbound::Send);
+        }
+        let shadow = verdict.shadow_only();
+        let action = if shadow {
+            verdict
+                .hits
+                .iter()
+                .map(|h| h.action)
+                .max()
+                .unwrap_or(Action::Allow)
+        } else {
+            verdict.action
+        };
+        let citations: Value = serde_json::from_str(citations_json).unwrap_or(Value::Null);
+        let evidence = json!({
+            "question": turn.text,
+            "answer": answer,
+            "citations": citations,
+            "hits": verdict.hits,
+            "policy_version": verdict.policy_version,
+        });
+        let now = now_ms();
+        let mut w = self.store.begin_write().await?;
+        let (flag_id, new) = store::insert_flag(
+            &mut w,
+            store::NewFlag {
+                tenant_id: &turn.tenant_id,
+                conversation_id: &turn.conversation_id,
+                contact_id: &turn.contact_id,
+                message_id: &turn.message_id,
+                direction: "outbound",
+                action: action.as_str(),
+                shadow,
+                policy_version: verdict.policy_version,
+                evidence: &evidence,
+            },
+            now,
+        )
+        .await?;
+        counter!("switchboard_flags_total", "action" => action.as_str(), "shadow" => if shadow { "yes" } else { "no" })
+            .increment(u64::from(new));
+        let decided = match (shadow, action) {
+            (true, _) | (false, Action::Allow | Action::Flag) => Outbound::Send,
+            (false, Action::Block) => {
+                Outbound::Replace(active.compiled.policy.safe_fallback.clone())
+            }
+            (false, Action::Hold) => {
+                if new {
+                    self.escalate(
+                        &mut w,
+                        turn,
+                        &flag_id,
+                        "answer_held",
+                        "normal",
+                        "Bot answer held by moderation",
+                        now,
+                    )
+                    .await?;
+                }
+                Outbound::Hold
+            }
+        };
+        w.commit().await?;
+        Ok(decided)
     }
 }
 

@@ -463,6 +463,20 @@ impl Store {
         text: &str,
         content: Option<&str>,
     ) -> Result<MessageView, AgentMessageError> {
+        self.post_message_as(tenant_id, conversation_id, text, content, "agent")
+            .await
+    }
+
+    /// A message by `author` (`agent`, or `bot` for an answer a moderator released) queued in a
+    /// conversation. A person's message is the first response of the conversation's open ticket.
+    pub async fn post_message_as(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+        text: &str,
+        content: Option<&str>,
+        author: &str,
+    ) -> Result<MessageView, AgentMessageError> {
         let now = now_ms();
         let mut w = self.begin_write().await?;
         let Some(row) = sqlx::query(
@@ -506,7 +520,7 @@ impl Store {
                 conversation_id,
                 channel_id: &channel_id,
                 seq,
-                author: "agent",
+                author,
                 text,
                 reply_to: None,
                 recipient: &recipient,
@@ -524,6 +538,9 @@ impl Store {
         .fetch_one(&mut *w.tx)
         .await
         .and_then(|r| message_from_row(&r))?;
+        if author == "agent" {
+            super::moderation::ticket_answered(&mut w, conversation_id, now).await?;
+        }
         w.commit().await?;
         Ok(view)
     }

@@ -46,6 +46,9 @@ pub struct PendingTurn {
     pub attachments: String,
     /// The channel's kind (`telegram`, `whatsapp`, …).
     pub channel_kind: String,
+    pub contact_id: String,
+    /// A moderator (or the policy) blocked the contact: nothing is answered.
+    pub contact_blocked: bool,
 }
 
 /// A reply to store with the turn that produced it.
@@ -240,9 +243,10 @@ impl Store {
         sqlx::query(
             "SELECT m.id, m.tenant_id, m.conversation_id, m.channel_id, m.seq, m.text, m.created_at,
                     m.kind, m.provider_id, m.attachments, c.status, ci.external_id,
-                    ch.kind AS channel_kind
+                    ch.kind AS channel_kind, c.contact_id, k.blocked_at
              FROM message m
              JOIN conversation c ON c.id = m.conversation_id
+             JOIN contact k ON k.id = c.contact_id
              JOIN contact_identity ci ON ci.contact_id = c.contact_id AND ci.channel_id = c.channel_id
              JOIN channel ch ON ch.id = m.channel_id
              WHERE m.conversation_id = $1 AND m.direction = 'inbound' AND m.processed_at IS NULL
@@ -266,6 +270,8 @@ impl Store {
                 provider_id: r.try_get("provider_id")?,
                 attachments: r.try_get("attachments")?,
                 channel_kind: r.try_get("channel_kind")?,
+                contact_id: r.try_get("contact_id")?,
+                contact_blocked: r.try_get::<Option<i64>, _>("blocked_at")?.is_some(),
             })
         })
         .transpose()

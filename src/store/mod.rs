@@ -22,6 +22,7 @@ pub mod deliveries;
 pub mod fire_batch;
 pub mod knowledge;
 pub mod messages;
+pub mod moderation;
 pub mod programs;
 pub mod sealing;
 pub mod tenants;

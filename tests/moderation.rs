@@ -1,0 +1,769 @@
+//! Moderation, hand-off and tickets (issue "Moderation, hand-off and tickets"), on both stores,
+//! through the front door: the policy API, messages on the `api` channel and on Telegram (the
+//! local Bot API stand-in), the flag queue and its verdicts, tickets. The bot here echoes the
+//! question, so a test decides what its answers say.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::telegram::{BotApi, TOKEN};
+use common::{Backend, TestApp};
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::Row;
+use switchboard::core::{Role, TenantSlug};
+
+both_backends!(
+    a_crisis_gets_the_safe_message_an_urgent_ticket_and_a_person,
+    a_shadow_rule_records_and_answers_then_acts_when_turned_on,
+    held_answers_are_released_edited_or_never_sent,
+    a_blocked_contact_gets_nothing_until_unblocked,
+    tickets_by_api_keep_their_sla,
+    roles_and_tenants_keep_the_queue_private,
+);
+
+/// Answers "echo: <question>".
+struct Echo;
+
+#[async_trait::async_trait]
+impl switchboard::answer::Responder for Echo {
+    async fn respond(
+        &self,
+        turn: &switchboard::answer::Turn,
+    ) -> anyhow::Result<switchboard::answer::Answer> {
+        Ok(switchboard::answer::Answer {
+            text: format!("echo: {}", turn.text),
+            citations: Vec::new(),
+        })
+    }
+}
+
+async fn spawn(backend: Backend) -> Option<TestApp> {
+    TestApp::spawn_with(backend, |_| {}, Some(Arc::new(Echo))).await
+}
+
+async fn call(
+    app: &TestApp,
+    key: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = app
+        .http
+        .request(method, format!("{}{path}", app.base))
+        .bearer_auth(key);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let res = req.send().await.expect("request");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn put_policy(app: &TestApp, policy: Value) -> Value {
+    let (status, body) = call(
+        app,
+        &app.admin_key,
+        Method::PUT,
+        "/v1/moderation/policy",
+        Some(policy),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn moderator(app: &TestApp) -> String {
+    app.store
+        .create_key(&TenantSlug::parse("acme").expect("slug"), Role::Moderator)
+        .await
+        .expect("moderator key")
+}
+
+async fn flags(app: &TestApp, key: &str, status: &str) -> Vec<Value> {
+    let (code, body) = call(
+        app,
+        key,
+        Method::GET,
+        &format!("/v1/flags?status={status}"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    body["flags"].as_array().cloned().unwrap_or_default()
+}
+
+async fn conversation_status(app: &TestApp, conversation: &str) -> String {
+    sqlx::query("SELECT status FROM conversation WHERE id = $1")
+        .bind(conversation)
+        .fetch_one(app.store.pool())
+        .await
+        .expect("conversation")
+        .try_get("status")
+        .expect("status")
+}
+
+/// A self-harm message: the safe message with the resources at once (nothing from the bot), an
+/// urgent ticket, the conversation with a person, the contact's pending nudges cancelled; the
+/// flag keeps the message and the spans that matched.
+async fn a_crisis_gets_the_safe_message_an_urgent_ticket_and_a_person(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let first = app.send("cara", "hi", json!({ "wait": true })).await;
+    let conversation = first["conversation_id"]
+        .as_str()
+        .expect("conversation")
+        .to_owned();
+    assert_eq!(first["reply"]["text"], "echo: hi");
+    // Enrolled in a program whose first inactivity nudge is pending.
+    let (status, program) = call(&app, &app.admin_key, Method::POST, "/v1/programs", Some(json!({
+        "name": "Sleep", "channels": ["api"],
+        "inactivity": { "after": "1d", "nudges": ["Still there?"] },
+        "steps": [ { "id": "w", "type": "wait", "for": "7d" }, { "id": "m", "type": "message", "text": "Week one done" } ] }))).await;
+    assert_eq!(status, 201, "{program}");
+    let program = program["id"].as_str().expect("id").to_owned();
+    let (status, _) = call(
+        &app,
+        &app.admin_key,
+        Method::POST,
+        &format!("/v1/programs/{program}/publish"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let contact: String = sqlx::query("SELECT contact_id FROM conversation WHERE id = $1")
+        .bind(&conversation)
+        .fetch_one(app.store.pool())
+        .await
+        .expect("contact")
+        .try_get("contact_id")
+        .expect("contact_id");
+    let (status, body) = call(
+        &app,
+        &app.admin_key,
+        Method::POST,
+        &format!("/v1/programs/{program}/enrollments"),
+        Some(json!({ "contact_id": contact })),
+    )
+    .await;
+    assert!(status == 201 || status == 200, "{body}");
+    let pending_nudges = || async {
+        sqlx::query("SELECT COUNT(*) AS n FROM fire WHERE contact_id = $1 AND kind = 'nudge' AND status = 'pending'")
+            .bind(&contact)
+            .fetch_one(app.store.pool())
+            .await
+            .expect("count")
+            .try_get::<i64, _>("n")
+            .expect("n")
+    };
+    assert_eq!(pending_nudges().await, 1);
+
+    let crisis = app
+        .send(
+            "cara",
+            "I want to end it. I can't do this anymore",
+            json!({ "wait": true }),
+        )
+        .await;
+    let text = crisis["reply"]["text"].as_str().expect("a reply");
+    assert!(text.contains("You don't have to face it alone"), "{text}");
+    assert!(text.contains("findahelpline.com"), "the resources: {text}");
+    assert!(!text.starts_with("echo:"));
+    assert_eq!(conversation_status(&app, &conversation).await, "human");
+    assert_eq!(pending_nudges().await, 0, "nudges paused");
+    let moderator = moderator(&app).await;
+    let (code, tickets) = call(
+        &app,
+        &moderator,
+        Method::GET,
+        "/v1/tickets?priority=urgent",
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{tickets}");
+    let tickets = tickets["tickets"].as_array().cloned().unwrap_or_default();
+    assert_eq!(tickets.len(), 1, "{tickets:?}");
+    assert_eq!(tickets[0]["source"], "crisis");
+    assert_eq!(tickets[0]["status"], "open");
+    assert_eq!(tickets[0]["conversation_id"], conversation.as_str());
+    assert_eq!(tickets[0]["sla"]["first_response_breached"], false);
+    let open = flags(&app, &moderator, "open").await;
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0]["action"], "crisis");
+    assert_eq!(
+        open[0]["evidence"]["text"],
+        "I want to end it. I can't do this anymore"
+    );
+    let hit = &open[0]["evidence"]["hits"][0];
+    assert_eq!(hit["rule"], "crisis");
+    // "want to end it" is characters 2..16.
+    assert_eq!(hit["spans"][0], json!([2, 16]), "{hit}");
+    assert_eq!(tickets[0]["flag_id"], open[0]["id"]);
+    // With a person now: the bot says nothing more.
+    let later = app.send("cara", "hello?", json!({ "wait": true })).await;
+    assert!(later.get("reply").is_none_or(Value::is_null), "{later}");
+    // The person answers: the ticket's first response is met.
+    assert_eq!(
+        app.agent_message(
+            &conversation,
+            json!({ "text": "I'm here. Can you tell me where you are?" })
+        )
+        .await,
+        201
+    );
+    let (_, ticket) = call(
+        &app,
+        &moderator,
+        Method::GET,
+        &format!("/v1/tickets/{}", tickets[0]["id"].as_str().expect("id")),
+        None,
+    )
+    .await;
+    assert!(ticket["sla"]["first_response_at"].is_string(), "{ticket}");
+    app.stop().await;
+}
+
+/// A rule in shadow mode records what it finds and changes nothing; turned on, it holds the
+/// message for a person. The moderator's verdict is recorded and measured.
+async fn a_shadow_rule_records_and_answers_then_acts_when_turned_on(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let rule = |shadow: bool| {
+        json!({ "rules": [ { "id": "insults", "words": ["idiot", "useless bot"],
+        "action": "hold", "shadow": shadow, "applies_to": "inbound", "category": "harassment" } ] })
+    };
+    let saved = put_policy(&app, rule(true)).await;
+    assert_eq!(saved["version"], 1);
+    let reply = app
+        .send("dan", "you idiot, that's wrong", json!({ "wait": true }))
+        .await;
+    assert_eq!(
+        reply["reply"]["text"], "echo: you idiot, that's wrong",
+        "answered as usual"
+    );
+    let conversation = reply["conversation_id"]
+        .as_str()
+        .expect("conversation")
+        .to_owned();
+    let moderator = moderator(&app).await;
+    let shadow = flags(&app, &moderator, "shadow").await;
+    assert_eq!(shadow.len(), 1, "{shadow:?}");
+    assert_eq!(shadow[0]["shadow"], true);
+    assert_eq!(shadow[0]["action"], "hold", "what it would have done");
+    assert_eq!(shadow[0]["policy_version"], 1);
+    assert_eq!(shadow[0]["evidence"]["hits"][0]["spans"][0], json!([4, 9]));
+    assert_eq!(conversation_status(&app, &conversation).await, "bot");
+    assert!(flags(&app, &moderator, "open").await.is_empty());
+
+    let saved = put_policy(&app, rule(false)).await;
+    assert_eq!(saved["version"], 2);
+    let held = app
+        .send("dan", "useless bot", json!({ "wait": true }))
+        .await;
+    assert!(held.get("reply").is_none_or(Value::is_null), "held: {held}");
+    assert_eq!(conversation_status(&app, &conversation).await, "human");
+    let open = flags(&app, &moderator, "open").await;
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(
+        (
+            open[0]["action"].as_str(),
+            open[0]["policy_version"].as_i64()
+        ),
+        (Some("hold"), Some(2))
+    );
+    let (_, tickets) = call(
+        &app,
+        &moderator,
+        Method::GET,
+        &format!("/v1/tickets?conversation_id={conversation}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        tickets["tickets"][0]["source"], "moderation_hold",
+        "{tickets}"
+    );
+    // The moderator finds it harmless: the conversation goes back to the bot.
+    let id = open[0]["id"].as_str().expect("id");
+    let (code, judged) = call(
+        &app,
+        &moderator,
+        Method::POST,
+        &format!("/v1/flags/{id}/verdict"),
+        Some(json!({ "action": "approve" })),
+    )
+    .await;
+    assert_eq!(code, 200, "{judged}");
+    assert_eq!(judged["status"], "approved");
+    assert!(judged["verdict_by"].is_string());
+    let (code, again) = call(
+        &app,
+        &moderator,
+        Method::POST,
+        &format!("/v1/flags/{id}/verdict"),
+        Some(json!({ "action": "reject" })),
+    )
+    .await;
+    assert_eq!(code, 409, "one verdict per flag: {again}");
+    assert_eq!(conversation_status(&app, &conversation).await, "bot");
+    let reply = app.send("dan", "ok thanks", json!({ "wait": true })).await;
+    assert_eq!(reply["reply"]["text"], "echo: ok thanks");
+    // The verdict is audited and measured: the rule's one judged hit was wrong.
+    let (_, stats) = call(&app, &moderator, Method::GET, "/v1/moderation/stats", None).await;
+    let insults = stats["rules"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["rule"] == "insults"))
+        .cloned()
+        .expect("the rule's stats");
+    assert_eq!(
+        (
+            insults["hits"].as_i64(),
+            insults["shadow_hits"].as_i64(),
+            insults["judged"].as_i64()
+        ),
+        (Some(2), Some(1), Some(1))
+    );
+    assert_eq!(insults["precision"], 0.0);
+    let audited: i64 =
+        sqlx::query("SELECT COUNT(*) AS n FROM event WHERE kind = 'flag.verdict' AND subject = $1")
+            .bind(id)
+            .fetch_one(app.store.pool())
+            .await
+            .expect("events")
+            .try_get("n")
+            .expect("n");
+    assert_eq!(audited, 1);
+    // The evidence cannot be changed, not even in SQL.
+    let tampered = sqlx::query("UPDATE flag SET evidence = '{}' WHERE id = $1")
+        .bind(id)
+        .execute(app.store.pool())
+        .await;
+    assert!(tampered.is_err(), "the evidence is immutable");
+    // A policy that does not validate names its problems.
+    let (code, body) = call(&app, &app.admin_key, Method::PUT, "/v1/moderation/policy",
+        Some(json!({ "rules": [ { "id": "r", "regex": "(", "action": "hold" } ], "classifier": { "timeout_ms": 5 } }))).await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_policy");
+    assert!(
+        body["error"]["errors"]
+            .as_array()
+            .is_some_and(|e| e.len() >= 2),
+        "{body}"
+    );
+    app.stop().await;
+}
+
+/// A bot answer an outbound rule holds is not sent; edited and approved it reaches Telegram
+/// once; a rejected one never does.
+async fn held_answers_are_released_edited_or_never_sent(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let api = BotApi::start().await;
+    let res = app
+        .http
+        .post(format!("{}/v1/channels", app.base))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({ "kind": "telegram", "config": {
+            "bot_token": TOKEN, "webhook_secret": "s3cret", "mode": "webhook", "api_url": api.base } }))
+        .send()
+        .await
+        .expect("connect");
+    assert_eq!(res.status(), 201);
+    let channel: Value = res.json().await.expect("json");
+    let path = format!(
+        "/webhooks/telegram/{}",
+        channel["channel_id"].as_str().expect("id")
+    );
+    put_policy(&app, json!({ "rules": [ { "id": "secrets", "words": ["secret"], "action": "hold", "applies_to": "outbound" } ] })).await;
+    let update = |id: i64, text: &str| {
+        json!({ "update_id": id, "message": {
+        "message_id": id, "date": 1_700_000_000,
+        "chat": { "id": 4242, "type": "private", "first_name": "Eve" },
+        "from": { "id": 4242, "is_bot": false, "first_name": "Eve" }, "text": text } })
+    };
+    let post = |body: Value| {
+        let req = app
+            .http
+            .post(format!("{}{path}", app.base))
+            .header("X-Telegram-Bot-Api-Secret-Token", "s3cret")
+            .json(&body);
+        async move { req.send().await.expect("webhook").status().as_u16() }
+    };
+    let moderator = moderator(&app).await;
+    assert_eq!(post(update(1, "tell me the secret")).await, 200);
+    let held = common::eventually(
+        "the held answer's flag",
+        Duration::from_secs(20),
+        || async {
+            let open = flags(&app, &moderator, "open").await;
+            (open.len() == 1).then_some(open)
+        },
+    )
+    .await;
+    assert_eq!(held[0]["direction"], "outbound");
+    assert_eq!(held[0]["evidence"]["answer"], "echo: tell me the secret");
+    assert_eq!(held[0]["evidence"]["question"], "tell me the secret");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        api.texts().is_empty(),
+        "nothing sent while held: {:?}",
+        api.texts()
+    );
+    let id = held[0]["id"].as_str().expect("id");
+    let (code, body) = call(
+        &app,
+        &moderator,
+        Method::POST,
+        &format!("/v1/flags/{id}/verdict"),
+        Some(json!({ "action": "edit" })),
+    )
+    .await;
+    assert_eq!(code, 400, "edit needs text: {body}");
+    let (code, body) = call(
+        &app,
+        &moderator,
+        Method::POST,
+        &format!("/v1/flags/{id}/verdict"),
+        Some(json!({ "action": "edit", "text": "That stays between you and your coach." })),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let texts = common::eventually(
+        "the edited answer on Telegram",
+        Duration::from_secs(20),
+        || async {
+            let texts = api.texts();
+            (!texts.is_empty()).then_some(texts)
+        },
+    )
+    .await;
+    assert_eq!(texts.len(), 1);
+    assert_eq!(texts[0].1, "That stays between you and your coach.");
+
+    assert_eq!(post(update(2, "another secret please")).await, 200);
+    let second = common::eventually("the second flag", Duration::from_secs(20), || async {
+        let open = flags(&app, &moderator, "open").await;
+        (open.len() == 1).then_some(open)
+    })
+    .await;
+    let id = second[0]["id"].as_str().expect("id");
+    let (code, body) = call(
+        &app,
+        &moderator,
+        Method::POST,
+        &format!("/v1/flags/{id}/verdict"),
+        Some(json!({ "action": "reject" })),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let texts = api.texts();
+    assert_eq!(
+        texts.len(),
+        1,
+        "the rejected answer never went out: {texts:?}"
+    );
+    assert!(
+        !texts.iter().any(|(_, t)| t.contains("secret")),
+        "{texts:?}"
+    );
+    app.stop().await;
+}
+
+/// A `block` rule blocks the contact: no answer, its program stopped; unblocked by a
+/// moderator, it is answered again.
+async fn a_blocked_contact_gets_nothing_until_unblocked(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    put_policy(&app, json!({ "rules": [ { "id": "threats", "regex": "(?i)\\bi will (hurt|find) you\\b", "action": "block", "category": "violence" } ] })).await;
+    let first = app.send("mal", "hello", json!({ "wait": true })).await;
+    assert_eq!(first["reply"]["text"], "echo: hello");
+    let threat = app
+        .send("mal", "I will find you", json!({ "wait": true }))
+        .await;
+    assert!(threat.get("reply").is_none_or(Value::is_null), "{threat}");
+    let after = app
+        .send("mal", "hello again", json!({ "wait": true }))
+        .await;
+    assert!(
+        after.get("reply").is_none_or(Value::is_null),
+        "blocked: {after}"
+    );
+    let moderator = moderator(&app).await;
+    let open = flags(&app, &moderator, "open").await;
+    assert_eq!(
+        open.len(),
+        1,
+        "one flag (the later message is not checked, only ignored): {open:?}"
+    );
+    assert_eq!(open[0]["action"], "block");
+    let id = open[0]["id"].as_str().expect("id");
+    let (code, body) = call(
+        &app,
+        &moderator,
+        Method::POST,
+        &format!("/v1/flags/{id}/verdict"),
+        Some(json!({ "action": "unblock" })),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let back = app.send("mal", "sorry", json!({ "wait": true })).await;
+    assert_eq!(back["reply"]["text"], "echo: sorry");
+    let (code, body) = call(
+        &app,
+        &moderator,
+        Method::POST,
+        &format!("/v1/flags/{id}/verdict"),
+        Some(json!({ "action": "shrug" })),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    app.stop().await;
+}
+
+/// Tickets by API: one open ticket per conversation, status and assignee changes with notes,
+/// first-response and resolution targets by priority with breach flags, filters, validation.
+async fn tickets_by_api_keep_their_sla(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let moderator = moderator(&app).await;
+    let sent = app
+        .send("ivy", "my order never came", json!({ "wait": true }))
+        .await;
+    let conversation = sent["conversation_id"]
+        .as_str()
+        .expect("conversation")
+        .to_owned();
+    let (code, ticket) = call(&app, &moderator, Method::POST, "/v1/tickets",
+        Some(json!({ "subject": "Missing order", "priority": "high", "conversation_id": conversation, "note": "Customer waited 2 weeks" }))).await;
+    assert_eq!(code, 201, "{ticket}");
+    let id = ticket["id"].as_str().expect("id").to_owned();
+    assert_eq!(ticket["status"], "open");
+    assert_eq!(ticket["priority"], "high");
+    assert!(
+        ticket["contact_id"].is_string(),
+        "the conversation's contact: {ticket}"
+    );
+    // High: first response within an hour, resolution within 8.
+    let created = ticket["created_at"]
+        .as_str()
+        .expect("created")
+        .parse::<jiff::Timestamp>()
+        .expect("ts");
+    let due = ticket["sla"]["first_response_due_at"]
+        .as_str()
+        .expect("due")
+        .parse::<jiff::Timestamp>()
+        .expect("ts");
+    assert_eq!(due.as_millisecond() - created.as_millisecond(), 3_600_000);
+    let (code, same) = call(
+        &app,
+        &moderator,
+        Method::POST,
+        "/v1/tickets",
+        Some(json!({ "subject": "Again", "conversation_id": conversation })),
+    )
+    .await;
+    assert_eq!(
+        (code, same["id"].as_str()),
+        (200, Some(id.as_str())),
+        "one open ticket per conversation"
+    );
+    let (code, patched) = call(
+        &app,
+        &moderator,
+        Method::PATCH,
+        &format!("/v1/tickets/{id}"),
+        Some(json!({ "status": "pending", "assignee": "mod-1", "note": "Asked the warehouse" })),
+    )
+    .await;
+    assert_eq!(code, 200, "{patched}");
+    assert_eq!(
+        (patched["status"].as_str(), patched["assignee"].as_str()),
+        (Some("pending"), Some("mod-1"))
+    );
+    let (_, full) = call(
+        &app,
+        &moderator,
+        Method::GET,
+        &format!("/v1/tickets/{id}"),
+        None,
+    )
+    .await;
+    let notes: Vec<&str> = full["notes"]
+        .as_array()
+        .expect("notes")
+        .iter()
+        .filter_map(|n| n["text"].as_str())
+        .collect();
+    assert_eq!(notes.len(), 3, "{notes:?}");
+    assert_eq!(notes[0], "Customer waited 2 weeks");
+    assert!(notes[1].starts_with("Raised again"), "{notes:?}");
+    assert_eq!(notes[2], "Asked the warehouse");
+    // Past its targets with no answer: both breached.
+    sqlx::query("UPDATE ticket SET first_response_due_at = 1, resolution_due_at = 2 WHERE id = $1")
+        .bind(&id)
+        .execute(app.store.pool())
+        .await
+        .expect("backdate");
+    let (_, late) = call(
+        &app,
+        &moderator,
+        Method::GET,
+        "/v1/tickets?status=pending",
+        None,
+    )
+    .await;
+    assert_eq!(
+        late["tickets"][0]["sla"]["first_response_breached"], true,
+        "{late}"
+    );
+    assert_eq!(late["tickets"][0]["sla"]["resolution_breached"], true);
+    let (_, none) = call(
+        &app,
+        &moderator,
+        Method::GET,
+        "/v1/tickets?status=open",
+        None,
+    )
+    .await;
+    assert_eq!(none["tickets"].as_array().map(Vec::len), Some(0));
+    let (code, solved) = call(
+        &app,
+        &moderator,
+        Method::PATCH,
+        &format!("/v1/tickets/{id}"),
+        Some(json!({ "status": "solved", "assignee": null })),
+    )
+    .await;
+    assert_eq!(code, 200, "{solved}");
+    assert!(
+        solved["solved_at"].is_string() && solved["assignee"].is_null(),
+        "{solved}"
+    );
+    for (body, what) in [
+        (json!({ "subject": "x", "priority": "asap" }), "priority"),
+        (json!({ "subject": "" }), "subject"),
+        (
+            json!({ "subject": "x", "conversation_id": "nope" }),
+            "conversation",
+        ),
+        (json!({ "subject": "x", "colour": "red" }), "unknown field"),
+    ] {
+        let (code, body) = call(&app, &moderator, Method::POST, "/v1/tickets", Some(body)).await;
+        assert!(code == 400 || code == 404, "{what}: {code} {body}");
+    }
+    let (code, _) = call(
+        &app,
+        &moderator,
+        Method::PATCH,
+        "/v1/tickets/nope",
+        Some(json!({ "status": "closed" })),
+    )
+    .await;
+    assert_eq!(code, 404);
+    let (code, _) = call(
+        &app,
+        &moderator,
+        Method::PATCH,
+        &format!("/v1/tickets/{id}"),
+        Some(json!({ "status": "done" })),
+    )
+    .await;
+    assert_eq!(code, 400);
+    app.stop().await;
+}
+
+/// A creator key cannot read flags or tickets; another tenant's flag or ticket is a 404.
+async fn roles_and_tenants_keep_the_queue_private(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    put_policy(
+        &app,
+        json!({ "rules": [ { "id": "r", "words": ["spam"], "action": "flag" } ] }),
+    )
+    .await;
+    let flagged = app
+        .send("sam", "buy spam now", json!({ "wait": true }))
+        .await;
+    assert_eq!(
+        flagged["reply"]["text"], "echo: buy spam now",
+        "a flag answers"
+    );
+    let moderator = moderator(&app).await;
+    let mut open = flags(&app, &moderator, "open").await;
+    // The rule covers both directions: the question and the answer that repeats it.
+    assert_eq!(open.len(), 2, "{open:?}");
+    open.sort_by_key(|f| f["direction"].as_str().map(str::to_owned));
+    assert_eq!(
+        (open[0]["direction"].as_str(), open[1]["direction"].as_str()),
+        (Some("inbound"), Some("outbound"))
+    );
+    let flag_id = open[0]["id"].as_str().expect("id").to_owned();
+    let (code, ticket) = call(
+        &app,
+        &moderator,
+        Method::POST,
+        "/v1/tickets",
+        Some(json!({ "subject": "Check sam" })),
+    )
+    .await;
+    assert_eq!(code, 201, "{ticket}");
+    let ticket_id = ticket["id"].as_str().expect("id").to_owned();
+    let creator = app
+        .store
+        .create_key(&TenantSlug::parse("acme").expect("slug"), Role::Creator)
+        .await
+        .expect("creator key");
+    for path in [
+        "/v1/flags".to_owned(),
+        format!("/v1/flags/{flag_id}"),
+        "/v1/tickets".to_owned(),
+        "/v1/moderation/stats".to_owned(),
+    ] {
+        let (code, _) = call(&app, &creator, Method::GET, &path, None).await;
+        assert_eq!(code, 403, "{path}");
+    }
+    let (code, _) = call(&app, &moderator, Method::GET, "/v1/moderation/policy", None).await;
+    assert_eq!(code, 403, "the policy is the admin's");
+    let other = app
+        .store
+        .create_tenant(&TenantSlug::parse("globex").expect("slug"), "Globex")
+        .await
+        .expect("tenant");
+    for path in [
+        format!("/v1/flags/{flag_id}"),
+        format!("/v1/tickets/{ticket_id}"),
+    ] {
+        let (code, _) = call(&app, &other.admin_key, Method::GET, &path, None).await;
+        assert_eq!(code, 404, "{path}");
+    }
+    let (code, _) = call(
+        &app,
+        &other.admin_key,
+        Method::POST,
+        &format!("/v1/flags/{flag_id}/verdict"),
+        Some(json!({ "action": "block" })),
+    )
+    .await;
+    assert_eq!(code, 404);
+    let (_, list) = call(
+        &app,
+        &other.admin_key,
+        Method::GET,
+        "/v1/flags?status=open",
+        None,
+    )
+    .await;
+    assert_eq!(list["flags"].as_array().map(Vec::len), Some(0));
+    app.stop().await;
+}
