@@ -98,9 +98,26 @@ pub async fn run(store: &Store, turn: &PendingTurn, command: &Command) -> anyhow
                 .to_owned()
         }
         Command::Human => {
-            store
-                .set_conversation_status(&turn.tenant_id, &turn.conversation_id, "human", "contact")
-                .await?;
+            // A ticket for the team (or a note on the open one) with the hand-off.
+            let now = crate::store::now_ms();
+            let mut w = store.begin_write().await?;
+            crate::store::moderation::escalate(
+                &mut w,
+                crate::store::moderation::Escalation {
+                    tenant_id: &turn.tenant_id,
+                    conversation_id: &turn.conversation_id,
+                    contact_id: &turn.contact_id,
+                    flag_id: None,
+                    source: "command",
+                    priority: "normal",
+                    subject: "The contact asked for a person (/human)",
+                    by: "contact",
+                    targets: crate::moderation::sla("normal"),
+                },
+                now,
+            )
+            .await?;
+            w.commit().await?;
             "I've asked a person to take over. They will answer here; until then I'll stay quiet."
                 .to_owned()
         }

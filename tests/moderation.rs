@@ -22,6 +22,7 @@ both_backends!(
     a_blocked_contact_gets_nothing_until_unblocked,
     tickets_by_api_keep_their_sla,
     roles_and_tenants_keep_the_queue_private,
+    asking_for_a_person_hands_over_with_a_ticket,
 );
 
 /// Answers "echo: <question>".
@@ -765,5 +766,100 @@ async fn roles_and_tenants_keep_the_queue_private(backend: Backend) {
     )
     .await;
     assert_eq!(list["flags"].as_array().map(Vec::len), Some(0));
+    app.stop().await;
+}
+
+/// "Can I talk to a real person?" hands the conversation over with a ticket and tells the
+/// contact; so does `/human`. With the policy's `on_request` off, the bot answers as usual.
+async fn asking_for_a_person_hands_over_with_a_ticket(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let moderator = moderator(&app).await;
+    let asked = app
+        .send(
+            "pia",
+            "can I talk to a real person please?",
+            json!({ "wait": true }),
+        )
+        .await;
+    let conversation = asked["conversation_id"]
+        .as_str()
+        .expect("conversation")
+        .to_owned();
+    assert!(
+        asked["reply"]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("a person from the team")),
+        "{asked}"
+    );
+    assert_eq!(conversation_status(&app, &conversation).await, "human");
+    let (_, tickets) = call(
+        &app,
+        &moderator,
+        Method::GET,
+        &format!("/v1/tickets?conversation_id={conversation}"),
+        None,
+    )
+    .await;
+    assert_eq!(tickets["tickets"][0]["source"], "request", "{tickets}");
+    assert!(
+        flags(&app, &moderator, "open").await.is_empty(),
+        "asking is not an offence"
+    );
+    // A person answers and hands back; asking again opens a new ticket after the first is solved.
+    let id = tickets["tickets"][0]["id"].as_str().expect("id").to_owned();
+    let (code, _) = call(
+        &app,
+        &moderator,
+        Method::PATCH,
+        &format!("/v1/tickets/{id}"),
+        Some(json!({ "status": "solved" })),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (code, _) = call(
+        &app,
+        &app.admin_key,
+        Method::PATCH,
+        &format!("/v1/conversations/{conversation}"),
+        Some(json!({ "status": "bot" })),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let slash = app.send("pia", "/human", json!({ "wait": true })).await;
+    assert!(
+        slash["reply"]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("a person")),
+        "{slash}"
+    );
+    let (_, tickets) = call(
+        &app,
+        &moderator,
+        Method::GET,
+        &format!("/v1/tickets?conversation_id={conversation}&status=open"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        tickets["tickets"].as_array().map(Vec::len),
+        Some(1),
+        "{tickets}"
+    );
+    assert_eq!(tickets["tickets"][0]["source"], "command");
+    // Turned off: the same words are just a question for the bot.
+    put_policy(&app, json!({ "handoff": { "on_request": false } })).await;
+    let plain = app
+        .send(
+            "quin",
+            "can I talk to a real person please?",
+            json!({ "wait": true }),
+        )
+        .await;
+    assert_eq!(
+        plain["reply"]["text"],
+        "echo: can I talk to a real person please?"
+    );
     app.stop().await;
 }

@@ -52,6 +52,34 @@ pub struct Policy {
     /// Every rule and category in shadow mode at once: detect and record, take no action.
     #[serde(default)]
     pub shadow: bool,
+    /// When the bot hands a conversation to a person by itself.
+    #[serde(default)]
+    pub handoff: Handoff,
+}
+
+/// Hand-off policies: a contact who asks for a person in plain words ("can I talk to a real
+/// person?", not only `/human`) is handed over with a ticket and told so.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Handoff {
+    #[serde(default = "yes")]
+    pub on_request: bool,
+    /// What the contact is told when the conversation goes to a person.
+    #[serde(default = "default_handoff_message")]
+    pub message: String,
+}
+
+fn default_handoff_message() -> String {
+    "I've asked a person from the team to take over. They will answer here; until then I'll stay quiet.".into()
+}
+
+impl Default for Handoff {
+    fn default() -> Self {
+        Handoff {
+            on_request: true,
+            message: default_handoff_message(),
+        }
+    }
 }
 
 /// The classifier on the tenant's model: per category, an action at or above a threshold.
@@ -162,6 +190,7 @@ impl Default for Policy {
             crisis: Crisis::default(),
             safe_fallback: default_safe_fallback(),
             shadow: false,
+            handoff: Handoff::default(),
         }
     }
 }
@@ -228,6 +257,7 @@ impl Compiled {
             ("crisis.message", &policy.crisis.message),
             ("crisis.resources", &policy.crisis.resources),
             ("safe_fallback", &policy.safe_fallback),
+            ("handoff.message", &policy.handoff.message),
         ] {
             if text.len() > MAX_TEXT {
                 problems.push(Problem {
@@ -240,6 +270,14 @@ impl Compiled {
             problems.push(Problem {
                 path: "crisis.message".into(),
                 message: "the crisis protocol needs a message (or `enabled: false`)".into(),
+            });
+        }
+        if policy.handoff.on_request && policy.handoff.message.trim().is_empty() {
+            problems.push(Problem {
+                path: "handoff.message".into(),
+                message:
+                    "what the contact is told when a person takes over (or `on_request: false`)"
+                        .into(),
             });
         }
         if policy.safe_fallback.trim().is_empty() {
@@ -321,6 +359,35 @@ const CRISIS_PHRASES: &[&str] = &[
     "sab khatam karna hai",
 ];
 
+/// A contact asking for a person in plain words (the hand-off policy `on_request`).
+const PERSON_PHRASES: &[&str] = &[
+    "talk to a human",
+    "speak to a human",
+    "talk to a person",
+    "speak to a person",
+    "talk to a real person",
+    "speak to a real person",
+    "talk to someone real",
+    "a real person",
+    "a real human",
+    "human agent",
+    "live agent",
+    "talk to an agent",
+    "speak to an agent",
+    "talk to a representative",
+    "speak to a representative",
+    "customer service",
+    "hablar con una persona",
+    "hablar con un humano",
+    "falar com uma pessoa",
+    "falar com um humano",
+    "parler à un humain",
+    "parler a un humain",
+    "parler à quelqu'un",
+    "mit einem menschen sprechen",
+    "mit einem mitarbeiter sprechen",
+];
+
 /// How long a tenant's compiled policy is reused before the store is asked again (a `PUT`
 /// through this process takes effect at once).
 const POLICY_TTL: Duration = Duration::from_secs(5);
@@ -331,6 +398,7 @@ pub struct Active {
     pub version: i64,
     pub compiled: Compiled,
     crisis: RuleSet,
+    person: RuleSet,
 }
 
 /// What the policy decided about one text.
@@ -370,11 +438,28 @@ impl Active {
             category: Some("self_harm".into()),
         }])
         .unwrap_or_else(|_| RuleSet::empty());
+        let person = RuleSet::compile(&[RuleDef {
+            id: "person".into(),
+            words: PERSON_PHRASES.iter().map(|p| (*p).to_owned()).collect(),
+            regex: None,
+            pii: None,
+            action: Action::Allow,
+            shadow: false,
+            applies_to: rules::Direction::Inbound,
+            category: None,
+        }])
+        .unwrap_or_else(|_| RuleSet::empty());
         Active {
             version,
             compiled,
             crisis,
+            person,
         }
+    }
+
+    /// Whether a contact's message asks for a person (and the policy hands over on request).
+    pub fn asks_for_person(&self, text: &str) -> bool {
+        self.compiled.policy.handoff.on_request && !self.person.check(text, true).is_empty()
     }
 
     /// Runs the rules (and, inbound, the crisis signals) on a text.
@@ -524,7 +609,15 @@ impl Moderation {
         }
         let active = self.active(&turn.tenant_id).await?;
         let verdict = active.check(&turn.text, true);
+        let asks_for_person =
+            turn.conversation_status == "bot" && active.asks_for_person(&turn.text);
         if !verdict.flagged() {
+            if asks_for_person {
+                let mut w = self.store.begin_write().await?;
+                let decided = self.on_request(&mut w, turn, &active).await?;
+                w.commit().await?;
+                return Ok(decided);
+            }
             return Ok(Inbound::Continue);
         }
         let shadow = verdict.shadow_only();
@@ -573,7 +666,7 @@ impl Moderation {
                 self.escalate(
                     &mut w,
                     turn,
-                    &flag_id,
+                    Some(&flag_id),
                     "crisis",
                     "urgent",
                     "Crisis signal",
@@ -600,7 +693,7 @@ impl Moderation {
                         self.escalate(
                             &mut w,
                             turn,
-                            &flag_id,
+                            Some(&flag_id),
                             "moderation_hold",
                             "high",
                             "Message held by moderation",
@@ -624,46 +717,63 @@ impl Moderation {
                 }
             }
         };
+        let decided = match decided {
+            Inbound::Continue if asks_for_person => self.on_request(&mut w, turn, &active).await?,
+            other => other,
+        };
         w.commit().await?;
         Ok(decided)
     }
 
-    /// An urgent ticket (or a note on the open one) and the hand-off to a person.
+    /// The contact asked for a person: a ticket, the hand-off, and they are told.
+    async fn on_request(
+        &self,
+        w: &mut WriteTx,
+        turn: &PendingTurn,
+        active: &Active,
+    ) -> anyhow::Result<Inbound> {
+        let now = now_ms();
+        self.escalate(
+            w,
+            turn,
+            None,
+            "request",
+            "normal",
+            "The contact asked for a person",
+            now,
+        )
+        .await?;
+        counter!("switchboard_handoffs_total", "reason" => "request").increment(1);
+        Ok(Inbound::Reply(
+            active.compiled.policy.handoff.message.clone(),
+        ))
+    }
+
+    /// A ticket (or a note on the open one) and the hand-off to a person.
     #[allow(clippy::too_many_arguments)]
     async fn escalate(
         &self,
         w: &mut WriteTx,
         turn: &PendingTurn,
-        flag_id: &str,
+        flag_id: Option<&str>,
         source: &str,
         priority: &str,
         subject: &str,
         now: i64,
     ) -> anyhow::Result<()> {
-        let (first, resolution) = sla(priority);
-        store::open_ticket(
+        store::escalate(
             w,
-            store::NewTicket {
+            store::Escalation {
                 tenant_id: &turn.tenant_id,
-                subject,
+                conversation_id: &turn.conversation_id,
+                contact_id: &turn.contact_id,
+                flag_id,
                 source,
                 priority,
-                conversation_id: Some(&turn.conversation_id),
-                contact_id: Some(&turn.contact_id),
-                flag_id: Some(flag_id),
-                created_by: Some("moderation"),
-                first_response_ms: first,
-                resolution_ms: resolution,
+                subject,
+                by: "moderation",
+                targets: sla(priority),
             },
-            now,
-        )
-        .await?;
-        store::hand_off(
-            w,
-            &turn.tenant_id,
-            &turn.conversation_id,
-            "moderation",
-            source,
             now,
         )
         .await?;
@@ -733,7 +843,7 @@ impl Moderation {
                     self.escalate(
                         &mut w,
                         turn,
-                        &flag_id,
+                        Some(&flag_id),
                         "answer_held",
                         "normal",
                         "Bot answer held by moderation",

@@ -792,3 +792,42 @@ impl Store {
             .transpose()
     }
 }
+
+/// A conversation escalated to a person.
+pub struct Escalation<'a> {
+    pub tenant_id: &'a str,
+    pub conversation_id: &'a str,
+    pub contact_id: &'a str,
+    pub flag_id: Option<&'a str>,
+    /// `crisis`, `moderation_hold`, `answer_held`, `request`, `command`, …
+    pub source: &'a str,
+    pub priority: &'a str,
+    pub subject: &'a str,
+    /// Who escalated: `moderation`, `contact`, a key id.
+    pub by: &'a str,
+    /// SLA targets in ms after opening: first response, resolution.
+    pub targets: (i64, i64),
+}
+
+/// A ticket (or a note on the conversation's open one) and the hand-off to a person.
+pub async fn escalate(w: &mut WriteTx, e: Escalation<'_>, now: i64) -> Result<String, sqlx::Error> {
+    let (ticket, _) = open_ticket(
+        w,
+        NewTicket {
+            tenant_id: e.tenant_id,
+            subject: e.subject,
+            source: e.source,
+            priority: e.priority,
+            conversation_id: Some(e.conversation_id),
+            contact_id: Some(e.contact_id),
+            flag_id: e.flag_id,
+            created_by: Some(e.by),
+            first_response_ms: e.targets.0,
+            resolution_ms: e.targets.1,
+        },
+        now,
+    )
+    .await?;
+    hand_off(w, e.tenant_id, e.conversation_id, e.by, e.source, now).await?;
+    Ok(ticket)
+}
