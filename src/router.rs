@@ -335,18 +335,30 @@ impl Inner {
                     warn!(error = %format!("{e:#}"), "no answer after repeated failures; apologising");
                     counter!("switchboard_processed_total", "outcome" => "apology").increment(1);
                     Answer {
+                        kind: crate::answer::AnswerKind::Fallback,
                         text: APOLOGY.to_owned(),
                         citations: Vec::new(),
                     }
                 }
                 Err(e) => return Err(e),
             };
-            let draft = ReplyDraft {
+            let mut draft = ReplyDraft {
                 // NUL is not storable text on PostgreSQL; a responder must not be able to wedge
                 // a conversation with it.
                 text: answer.text.replace('\0', ""),
                 citations_json: serde_json::to_string(&answer.citations)?,
             };
+            // The hand-off policies on what kind of answer it was (no answer, fallbacks).
+            if let Some(moderation) = &self.moderation {
+                match moderation.after_answer(&turn, answer.kind).await {
+                    Ok(Some(told)) => draft.text = format!("{}\n\n{told}", draft.text),
+                    Ok(None) => {}
+                    Err(e) if give_up => {
+                        warn!(error = %format!("{e:#}"), "the hand-off policies failed repeatedly; answering without them");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             // The answer is checked before it is stored: blocked → the safe fallback, held →
             // nothing until a moderator releases it.
             match &self.moderation {

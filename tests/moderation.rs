@@ -23,6 +23,7 @@ both_backends!(
     tickets_by_api_keep_their_sla,
     roles_and_tenants_keep_the_queue_private,
     asking_for_a_person_hands_over_with_a_ticket,
+    no_answer_and_repeated_fallbacks_hand_over,
 );
 
 /// Answers "echo: <question>".
@@ -35,6 +36,7 @@ impl switchboard::answer::Responder for Echo {
         turn: &switchboard::answer::Turn,
     ) -> anyhow::Result<switchboard::answer::Answer> {
         Ok(switchboard::answer::Answer {
+            kind: switchboard::answer::AnswerKind::Answered,
             text: format!("echo: {}", turn.text),
             citations: Vec::new(),
         })
@@ -861,5 +863,94 @@ async fn asking_for_a_person_hands_over_with_a_ticket(backend: Backend) {
         plain["reply"]["text"],
         "echo: can I talk to a real person please?"
     );
+    app.stop().await;
+}
+
+/// With the real knowledge responder (no model): a question outside the knowledge is handed to a
+/// person under `handoff.no_answer` (ticket, `human`, the contact told); under
+/// `handoff.after_fallbacks: 2`, the second quoted fallback in a row hands over, and an answer
+/// from the knowledge in between starts the count again.
+async fn no_answer_and_repeated_fallbacks_hand_over(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let moderator = moderator(&app).await;
+    put_policy(&app, json!({ "handoff": { "no_answer": true } })).await;
+    let asked = app
+        .send(
+            "ola",
+            "what is the capital of Peru?",
+            json!({ "wait": true }),
+        )
+        .await;
+    let conversation = asked["conversation_id"]
+        .as_str()
+        .expect("conversation")
+        .to_owned();
+    let text = asked["reply"]["text"].as_str().expect("a reply");
+    assert!(text.contains("a person from the team"), "told: {text}");
+    assert_eq!(conversation_status(&app, &conversation).await, "human");
+    let (_, tickets) = call(
+        &app,
+        &moderator,
+        Method::GET,
+        &format!("/v1/tickets?conversation_id={conversation}"),
+        None,
+    )
+    .await;
+    assert_eq!(tickets["tickets"][0]["source"], "no_answer", "{tickets}");
+
+    // Knowledge, but no model: every answer is a quoted fallback.
+    let doc = json!({ "title": "Sleep", "format": "markdown", "content":
+        "# Sleep\n\n## Caffeine\n\nStop coffee by early afternoon: caffeine stays in the body for many hours." });
+    let (code, body) = call(
+        &app,
+        &app.admin_key,
+        Method::POST,
+        "/v1/knowledge/documents",
+        Some(doc),
+    )
+    .await;
+    assert!(code == 201 || code == 200, "{body}");
+    put_policy(&app, json!({ "handoff": { "after_fallbacks": 2 } })).await;
+    let first = app
+        .send("uma", "when should I stop coffee?", json!({ "wait": true }))
+        .await;
+    let conversation = first["conversation_id"]
+        .as_str()
+        .expect("conversation")
+        .to_owned();
+    let first_text = first["reply"]["text"].as_str().expect("a reply");
+    assert!(
+        !first_text.contains("a person from the team"),
+        "one fallback is not enough: {first_text}"
+    );
+    assert_eq!(conversation_status(&app, &conversation).await, "bot");
+    let second = app
+        .send("uma", "and caffeine at night?", json!({ "wait": true }))
+        .await;
+    let second_text = second["reply"]["text"].as_str().expect("a reply");
+    assert!(
+        second_text.contains("a person from the team"),
+        "the second hands over: {second_text}"
+    );
+    assert_eq!(conversation_status(&app, &conversation).await, "human");
+    let (_, tickets) = call(
+        &app,
+        &moderator,
+        Method::GET,
+        &format!("/v1/tickets?conversation_id={conversation}"),
+        None,
+    )
+    .await;
+    assert_eq!(tickets["tickets"][0]["source"], "fallbacks", "{tickets}");
+    let count: i64 = sqlx::query("SELECT fallbacks FROM conversation WHERE id = $1")
+        .bind(&conversation)
+        .fetch_one(app.store.pool())
+        .await
+        .expect("conversation")
+        .try_get("fallbacks")
+        .expect("fallbacks");
+    assert_eq!(count, 0, "the count starts again after a hand-off");
     app.stop().await;
 }

@@ -45,6 +45,7 @@ fn full_answer(text: &str) -> String {
 impl Responder for StreamingEcho {
     async fn respond(&self, turn: &Turn) -> anyhow::Result<Answer> {
         Ok(Answer {
+            kind: switchboard::answer::AnswerKind::Answered,
             text: full_answer(&turn.text),
             citations: Vec::new(),
         })

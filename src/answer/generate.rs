@@ -23,7 +23,7 @@ use metrics::counter;
 use tracing::warn;
 
 use super::prompts::{Context, Prompts, Source, off_runtime};
-use super::{Answer, Citation, Deltas, Responder, Turn};
+use super::{Answer, AnswerKind, Citation, Deltas, Responder, Turn};
 use crate::knowledge::chunk::count_tokens;
 use crate::knowledge::{Hit, Knowledge};
 use crate::llm::guard::Guarded;
@@ -111,6 +111,7 @@ impl KnowledgeResponder {
             counter!("switchboard_answers_total", "kind" => "no_answer").increment(1);
             let text = off_runtime(move || prompts.render("no_answer", &context)).await??;
             return Ok(Answer {
+                kind: AnswerKind::NoAnswer,
                 text,
                 citations: Vec::new(),
             });
@@ -162,7 +163,11 @@ impl KnowledgeResponder {
                 if generated.finish_reason.as_deref() == Some("length") {
                     text.push('…');
                 }
-                Ok(Answer { text, citations })
+                Ok(Answer {
+                    text,
+                    citations,
+                    kind: AnswerKind::Answered,
+                })
             }
             other => {
                 let reason = match &other {
@@ -205,6 +210,7 @@ impl KnowledgeResponder {
             .increment(1);
         let text = off_runtime(move || prompts.render("fallback", &context)).await??;
         Ok(Answer {
+            kind: AnswerKind::Fallback,
             text,
             citations: vec![citation(1, best)],
         })

@@ -47,6 +47,20 @@ pub struct Citation {
 pub struct Answer {
     pub text: String,
     pub citations: Vec<Citation>,
+    /// What kind of answer it is (the hand-off policies act on `no_answer` and fallbacks).
+    pub kind: AnswerKind,
+}
+
+/// How an answer came about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AnswerKind {
+    /// Written from the knowledge (by the model).
+    #[default]
+    Answered,
+    /// Nothing relevant in the knowledge: the honest "I don't know".
+    NoAnswer,
+    /// The model failed or is absent: the best passage quoted, or an apology.
+    Fallback,
 }
 
 /// Where a streaming responder sends the answer's text as it is written (the web widget shows it

@@ -16,6 +16,7 @@ use metrics::counter;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::answer::AnswerKind;
 use crate::store::messages::PendingTurn;
 use crate::store::moderation as store;
 use crate::store::{WriteTx, now_ms};
@@ -64,6 +65,13 @@ pub struct Policy {
 pub struct Handoff {
     #[serde(default = "yes")]
     pub on_request: bool,
+    /// Hand over when the knowledge has nothing relevant (the bot's "I don't know").
+    #[serde(default)]
+    pub no_answer: bool,
+    /// Hand over after this many answers in a row that were not from the knowledge (no answer,
+    /// the model down or failing); 0: never.
+    #[serde(default)]
+    pub after_fallbacks: u32,
     /// What the contact is told when the conversation goes to a person.
     #[serde(default = "default_handoff_message")]
     pub message: String,
@@ -77,6 +85,8 @@ impl Default for Handoff {
     fn default() -> Self {
         Handoff {
             on_request: true,
+            no_answer: false,
+            after_fallbacks: 0,
             message: default_handoff_message(),
         }
     }
@@ -272,7 +282,16 @@ impl Compiled {
                 message: "the crisis protocol needs a message (or `enabled: false`)".into(),
             });
         }
-        if policy.handoff.on_request && policy.handoff.message.trim().is_empty() {
+        if policy.handoff.after_fallbacks > 20 {
+            problems.push(Problem {
+                path: "handoff.after_fallbacks".into(),
+                message: "0 (never) to 20".into(),
+            });
+        }
+        let hands_over = policy.handoff.on_request
+            || policy.handoff.no_answer
+            || policy.handoff.after_fallbacks > 0;
+        if hands_over && policy.handoff.message.trim().is_empty() {
             problems.push(Problem {
                 path: "handoff.message".into(),
                 message:
@@ -747,6 +766,63 @@ impl Moderation {
         Ok(Inbound::Reply(
             active.compiled.policy.handoff.message.clone(),
         ))
+    }
+
+    /// After the bot answered, the hand-off policies on what kind of answer it was: the
+    /// knowledge had nothing (`no_answer`), or too many answers in a row were not from it
+    /// (`after_fallbacks`). `Some(text)`: the conversation went to a person with a ticket, and
+    /// the contact is to be told `text` with the answer. Nothing is read or written for an
+    /// ordinary answer in a conversation without fallbacks.
+    pub async fn after_answer(
+        &self,
+        turn: &PendingTurn,
+        kind: AnswerKind,
+    ) -> anyhow::Result<Option<String>> {
+        let miss = kind != AnswerKind::Answered;
+        if !miss && turn.fallbacks == 0 {
+            return Ok(None);
+        }
+        let now = now_ms();
+        if !miss {
+            let mut w = self.store.begin_write().await?;
+            store::set_fallbacks(&mut w, &turn.conversation_id, 0).await?;
+            w.commit().await?;
+            return Ok(None);
+        }
+        let active = self.active(&turn.tenant_id).await?;
+        let handoff = &active.compiled.policy.handoff;
+        if !handoff.no_answer && handoff.after_fallbacks == 0 {
+            return Ok(None); // nothing counts them
+        }
+        let mut w = self.store.begin_write().await?;
+        let count = turn.fallbacks + 1;
+        let source = if kind == AnswerKind::NoAnswer && handoff.no_answer {
+            Some("no_answer")
+        } else if handoff.after_fallbacks > 0 && count >= i64::from(handoff.after_fallbacks) {
+            Some("fallbacks")
+        } else {
+            None
+        };
+        let told = match source {
+            Some(source) if turn.conversation_status == "bot" => {
+                store::set_fallbacks(&mut w, &turn.conversation_id, 0).await?;
+                let subject = if source == "no_answer" {
+                    "The knowledge had no answer"
+                } else {
+                    "The bot could not answer from the knowledge several times"
+                };
+                self.escalate(&mut w, turn, None, source, "normal", subject, now)
+                    .await?;
+                counter!("switchboard_handoffs_total", "reason" => source).increment(1);
+                Some(handoff.message.clone())
+            }
+            _ => {
+                store::set_fallbacks(&mut w, &turn.conversation_id, count).await?;
+                None
+            }
+        };
+        w.commit().await?;
+        Ok(told)
     }
 
     /// A ticket (or a note on the open one) and the hand-off to a person.

@@ -49,6 +49,8 @@ pub struct PendingTurn {
     pub contact_id: String,
     /// A moderator (or the policy) blocked the contact: nothing is answered.
     pub contact_blocked: bool,
+    /// The conversation's answers in a row that were not from the knowledge.
+    pub fallbacks: i64,
 }
 
 /// A reply to store with the turn that produced it.
@@ -243,7 +245,7 @@ impl Store {
         sqlx::query(
             "SELECT m.id, m.tenant_id, m.conversation_id, m.channel_id, m.seq, m.text, m.created_at,
                     m.kind, m.provider_id, m.attachments, c.status, ci.external_id,
-                    ch.kind AS channel_kind, c.contact_id, k.blocked_at
+                    ch.kind AS channel_kind, c.contact_id, k.blocked_at, c.fallbacks
              FROM message m
              JOIN conversation c ON c.id = m.conversation_id
              JOIN contact k ON k.id = c.contact_id
@@ -272,6 +274,7 @@ impl Store {
                 channel_kind: r.try_get("channel_kind")?,
                 contact_id: r.try_get("contact_id")?,
                 contact_blocked: r.try_get::<Option<i64>, _>("blocked_at")?.is_some(),
+                fallbacks: r.try_get("fallbacks")?,
             })
         })
         .transpose()

@@ -831,3 +831,17 @@ pub async fn escalate(w: &mut WriteTx, e: Escalation<'_>, now: i64) -> Result<St
     hand_off(w, e.tenant_id, e.conversation_id, e.by, e.source, now).await?;
     Ok(ticket)
 }
+
+/// Sets a conversation's count of answers in a row that were not from the knowledge.
+pub async fn set_fallbacks(
+    w: &mut WriteTx,
+    conversation_id: &str,
+    count: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE conversation SET fallbacks = $1 WHERE id = $2")
+        .bind(count)
+        .bind(conversation_id)
+        .execute(&mut *w.tx)
+        .await?;
+    Ok(())
+}
