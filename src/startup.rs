@@ -371,6 +371,10 @@ impl Application {
         &self.state.programs
     }
 
+    pub fn moderation(&self) -> &Arc<crate::moderation::Moderation> {
+        &self.state.moderation
+    }
+
     /// Serves until `shutdown` resolves, then shuts down in order (see the module docs).
     pub async fn run_until_stopped(
         self,
@@ -417,8 +421,10 @@ impl Application {
         }
         let engine = tokio_util::task::TaskTracker::new();
         let programs = state.programs.clone();
+        let moderation_stop = tokio_util::sync::CancellationToken::new();
         if state.config.workers {
             programs.spawn(&engine);
+            state.moderation.spawn(&engine, moderation_stop.clone());
         }
         // Widget sockets outlive their HTTP request: they are told to close (1001) as soon as
         // the shutdown begins, so that the server's graceful wait is not held by them.
@@ -438,6 +444,7 @@ impl Application {
         widget.shutdown(Duration::from_secs(3)).await;
         pollers.shutdown().await;
         programs.shutdown();
+        moderation_stop.cancel();
         engine.close();
         engine.wait().await;
         router.shutdown().await;

@@ -24,6 +24,7 @@ both_backends!(
     roles_and_tenants_keep_the_queue_private,
     asking_for_a_person_hands_over_with_a_ticket,
     no_answer_and_repeated_fallbacks_hand_over,
+    a_silent_hand_off_goes_back_to_the_bot,
 );
 
 /// Answers "echo: <question>".
@@ -952,5 +953,78 @@ async fn no_answer_and_repeated_fallbacks_hand_over(backend: Backend) {
         .try_get("fallbacks")
         .expect("fallbacks");
     assert_eq!(count, 0, "the count starts again after a hand-off");
+    app.stop().await;
+}
+
+/// With `handoff.timeout_minutes`, a conversation whose person stays silent goes back to the
+/// bot; a person who wrote recently keeps it.
+async fn a_silent_hand_off_goes_back_to_the_bot(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    put_policy(&app, json!({ "handoff": { "timeout_minutes": 30 } })).await;
+    let asked = app.send("rey", "/human", json!({ "wait": true })).await;
+    let conversation = asked["conversation_id"]
+        .as_str()
+        .expect("conversation")
+        .to_owned();
+    assert_eq!(conversation_status(&app, &conversation).await, "human");
+    let now = switchboard::store::now_ms();
+    assert_eq!(
+        app.moderation.resume_stale(now).await.expect("sweep"),
+        0,
+        "not yet"
+    );
+    let backdate = |minutes: i64| {
+        sqlx::query("UPDATE conversation SET handed_off_at = $1 WHERE id = $2")
+            .bind(now - minutes * 60_000)
+            .bind(conversation.clone())
+            .execute(app.store.pool())
+    };
+    backdate(31).await.expect("backdate");
+    assert_eq!(app.moderation.resume_stale(now).await.expect("sweep"), 1);
+    assert_eq!(conversation_status(&app, &conversation).await, "bot");
+    let events: i64 = sqlx::query(
+        "SELECT COUNT(*) AS n FROM event WHERE kind = 'conversation.handback' AND subject = $1",
+    )
+    .bind(&conversation)
+    .fetch_one(app.store.pool())
+    .await
+    .expect("events")
+    .try_get("n")
+    .expect("n");
+    assert_eq!(events, 1);
+    let back = app
+        .send("rey", "hello again", json!({ "wait": true }))
+        .await;
+    assert_eq!(back["reply"]["text"], "echo: hello again");
+    // Handed over again; a person wrote a minute ago: it stays with them.
+    app.send("rey", "/human", json!({ "wait": true })).await;
+    assert_eq!(
+        app.agent_message(
+            &conversation,
+            json!({ "text": "Hi, I'm Ana from the team." })
+        )
+        .await,
+        201
+    );
+    backdate(45).await.expect("backdate");
+    assert_eq!(
+        app.moderation
+            .resume_stale(switchboard::store::now_ms())
+            .await
+            .expect("sweep"),
+        0
+    );
+    assert_eq!(conversation_status(&app, &conversation).await, "human");
+    let (code, body) = call(
+        &app,
+        &app.admin_key,
+        Method::PUT,
+        "/v1/moderation/policy",
+        Some(json!({ "handoff": { "timeout_minutes": 100000 } })),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
     app.stop().await;
 }

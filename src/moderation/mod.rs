@@ -72,6 +72,11 @@ pub struct Handoff {
     /// the model down or failing); 0: never.
     #[serde(default)]
     pub after_fallbacks: u32,
+    /// The bot takes a handed-over conversation back after this many minutes without a message
+    /// from a person in it (counted from the hand-off, then from the person's last message);
+    /// 0: never, a person hands it back.
+    #[serde(default)]
+    pub timeout_minutes: u32,
     /// What the contact is told when the conversation goes to a person.
     #[serde(default = "default_handoff_message")]
     pub message: String,
@@ -87,6 +92,7 @@ impl Default for Handoff {
             on_request: true,
             no_answer: false,
             after_fallbacks: 0,
+            timeout_minutes: 0,
             message: default_handoff_message(),
         }
     }
@@ -280,6 +286,12 @@ impl Compiled {
             problems.push(Problem {
                 path: "crisis.message".into(),
                 message: "the crisis protocol needs a message (or `enabled: false`)".into(),
+            });
+        }
+        if policy.handoff.timeout_minutes > 10_080 {
+            problems.push(Problem {
+                path: "handoff.timeout_minutes".into(),
+                message: "0 (never) to 10080 (a week)".into(),
             });
         }
         if policy.handoff.after_fallbacks > 20 {
@@ -568,6 +580,48 @@ impl Moderation {
         let active = Arc::new(active);
         lock(&self.cache).insert(tenant_id.to_owned(), (Instant::now(), active.clone()));
         Ok(active)
+    }
+
+    /// Gives back to the bot the conversations whose person has been silent longer than their
+    /// tenant's `handoff.timeout_minutes`; how many.
+    pub async fn resume_stale(&self, now: i64) -> anyhow::Result<usize> {
+        let mut resumed = 0;
+        for (tenant_id, text) in self.store.current_moderation_policies().await? {
+            let Ok(policy) = serde_json::from_str::<Policy>(&text) else {
+                continue;
+            };
+            let minutes = i64::from(policy.handoff.timeout_minutes);
+            if minutes == 0 {
+                continue;
+            }
+            let mut w = self.store.begin_write().await?;
+            let ids = store::resume_stale_handoffs(&mut w, &tenant_id, now - minutes * 60_000, now)
+                .await?;
+            w.commit().await?;
+            counter!("switchboard_handoffs_resumed_total").increment(ids.len() as u64);
+            resumed += ids.len();
+        }
+        Ok(resumed)
+    }
+
+    /// Runs [`Moderation::resume_stale`] every minute until `shutdown`.
+    pub fn spawn(
+        self: &Arc<Self>,
+        tracker: &tokio_util::task::TaskTracker,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let this = self.clone();
+        tracker.spawn(async move {
+            loop {
+                if let Err(e) = this.resume_stale(now_ms()).await {
+                    tracing::warn!(error = %format!("{e:#}"), "resuming timed-out hand-offs failed");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                }
+            }
+        });
     }
 
     /// Forgets a tenant's cached policy (it saved a new one).

@@ -845,3 +845,57 @@ pub async fn set_fallbacks(
         .await?;
     Ok(())
 }
+
+impl Store {
+    /// Each tenant's current policy: (tenant, JSON text).
+    pub async fn current_moderation_policies(&self) -> Result<Vec<(String, String)>, sqlx::Error> {
+        sqlx::query(
+            "SELECT p.tenant_id, p.policy FROM moderation_policy p
+             WHERE p.version = (SELECT MAX(q.version) FROM moderation_policy q
+                                WHERE q.tenant_id = p.tenant_id)",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("tenant_id")?, r.try_get("policy")?)))
+        .collect()
+    }
+}
+
+/// Hands back to the bot the tenant's conversations with a person silent since before `before`
+/// (the hand-off, or the person's last message); their ids.
+pub async fn resume_stale_handoffs(
+    w: &mut WriteTx,
+    tenant_id: &str,
+    before: i64,
+    now: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    let ids: Vec<String> = sqlx::query(
+        "UPDATE conversation SET status = 'bot', assignee = NULL, handed_off_at = NULL,
+                updated_at = $1
+         WHERE tenant_id = $2 AND status = 'human' AND handed_off_at IS NOT NULL
+           AND COALESCE((SELECT MAX(m.created_at) FROM message m
+                         WHERE m.conversation_id = conversation.id AND m.author = 'agent'),
+                        handed_off_at) < $3
+         RETURNING id",
+    )
+    .bind(now)
+    .bind(tenant_id)
+    .bind(before)
+    .fetch_all(&mut *w.tx)
+    .await?
+    .iter()
+    .map(|r| r.try_get("id"))
+    .collect::<Result<_, _>>()?;
+    for id in &ids {
+        record_event(
+            &mut w.tx,
+            Some(tenant_id),
+            "conversation.handback",
+            Some(id),
+            &json!({ "by": "timeout" }).to_string(),
+        )
+        .await?;
+    }
+    Ok(ids)
+}

@@ -167,6 +167,8 @@ pub struct TestApp {
     pub knowledge: Knowledge,
     /// The program engine (its clock can be frozen and moved by hand).
     pub programs: switchboard::programs::Programs,
+    /// The tenants' moderation policies and the hand-off timeout's sweep.
+    pub moderation: Arc<switchboard::moderation::Moderation>,
     pub tenant_id: String,
     pub admin_key: String,
     pub widget_key: String,
@@ -221,6 +223,7 @@ impl TestApp {
         let store = app.store().clone();
         let knowledge = app.knowledge().clone();
         let programs = app.programs().clone();
+        let moderation = app.moderation().clone();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
@@ -232,6 +235,7 @@ impl TestApp {
             store,
             knowledge,
             programs,
+            moderation,
             tenant_id: String::new(),
             admin_key: String::new(),
             widget_key: String::new(),
