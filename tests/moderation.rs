@@ -100,6 +100,25 @@ async fn flags(app: &TestApp, key: &str, status: &str) -> Vec<Value> {
     body["flags"].as_array().cloned().unwrap_or_default()
 }
 
+/// The tickets of a conversation, newest first.
+async fn conversation_tickets(app: &TestApp, key: &str, conversation: &str) -> Value {
+    let path = format!("/v1/tickets?conversation_id={conversation}");
+    let (code, tickets) = call(app, key, Method::GET, &path, None).await;
+    assert_eq!(code, 200, "{tickets}");
+    tickets
+}
+
+/// `SELECT COUNT(*) AS n …` with one parameter.
+async fn count(app: &TestApp, sql: &'static str, param: &str) -> i64 {
+    sqlx::query(sql)
+        .bind(param)
+        .fetch_one(app.store.pool())
+        .await
+        .expect("count")
+        .try_get("n")
+        .expect("n")
+}
+
 async fn conversation_status(app: &TestApp, conversation: &str) -> String {
     sqlx::query("SELECT status FROM conversation WHERE id = $1")
         .bind(conversation)
@@ -156,13 +175,7 @@ async fn a_crisis_gets_the_safe_message_an_urgent_ticket_and_a_person(backend: B
     .await;
     assert!(status == 201 || status == 200, "{body}");
     let pending_nudges = || async {
-        sqlx::query("SELECT COUNT(*) AS n FROM fire WHERE contact_id = $1 AND kind = 'nudge' AND status = 'pending'")
-            .bind(&contact)
-            .fetch_one(app.store.pool())
-            .await
-            .expect("count")
-            .try_get::<i64, _>("n")
-            .expect("n")
+        count(&app, "SELECT COUNT(*) AS n FROM fire WHERE contact_id = $1 AND kind = 'nudge' AND status = 'pending'", &contact).await
     };
     assert_eq!(pending_nudges().await, 1);
 
@@ -280,14 +293,7 @@ async fn a_shadow_rule_records_and_answers_then_acts_when_turned_on(backend: Bac
         ),
         (Some("hold"), Some(2))
     );
-    let (_, tickets) = call(
-        &app,
-        &moderator,
-        Method::GET,
-        &format!("/v1/tickets?conversation_id={conversation}"),
-        None,
-    )
-    .await;
+    let tickets = conversation_tickets(&app, &moderator, &conversation).await;
     assert_eq!(
         tickets["tickets"][0]["source"], "moderation_hold",
         "{tickets}"
@@ -333,14 +339,12 @@ async fn a_shadow_rule_records_and_answers_then_acts_when_turned_on(backend: Bac
         (Some(2), Some(1), Some(1))
     );
     assert_eq!(insults["precision"], 0.0);
-    let audited: i64 =
-        sqlx::query("SELECT COUNT(*) AS n FROM event WHERE kind = 'flag.verdict' AND subject = $1")
-            .bind(id)
-            .fetch_one(app.store.pool())
-            .await
-            .expect("events")
-            .try_get("n")
-            .expect("n");
+    let audited: i64 = count(
+        &app,
+        "SELECT COUNT(*) AS n FROM event WHERE kind = 'flag.verdict' AND subject = $1",
+        id,
+    )
+    .await;
     assert_eq!(audited, 1);
     // The evidence cannot be changed, not even in SQL.
     let tampered = sqlx::query("UPDATE flag SET evidence = '{}' WHERE id = $1")
@@ -797,14 +801,7 @@ async fn asking_for_a_person_hands_over_with_a_ticket(backend: Backend) {
         "{asked}"
     );
     assert_eq!(conversation_status(&app, &conversation).await, "human");
-    let (_, tickets) = call(
-        &app,
-        &moderator,
-        Method::GET,
-        &format!("/v1/tickets?conversation_id={conversation}"),
-        None,
-    )
-    .await;
+    let tickets = conversation_tickets(&app, &moderator, &conversation).await;
     assert_eq!(tickets["tickets"][0]["source"], "request", "{tickets}");
     assert!(
         flags(&app, &moderator, "open").await.is_empty(),
@@ -891,14 +888,7 @@ async fn no_answer_and_repeated_fallbacks_hand_over(backend: Backend) {
     let text = asked["reply"]["text"].as_str().expect("a reply");
     assert!(text.contains("a person from the team"), "told: {text}");
     assert_eq!(conversation_status(&app, &conversation).await, "human");
-    let (_, tickets) = call(
-        &app,
-        &moderator,
-        Method::GET,
-        &format!("/v1/tickets?conversation_id={conversation}"),
-        None,
-    )
-    .await;
+    let tickets = conversation_tickets(&app, &moderator, &conversation).await;
     assert_eq!(tickets["tickets"][0]["source"], "no_answer", "{tickets}");
 
     // Knowledge, but no model: every answer is a quoted fallback.
@@ -936,14 +926,7 @@ async fn no_answer_and_repeated_fallbacks_hand_over(backend: Backend) {
         "the second hands over: {second_text}"
     );
     assert_eq!(conversation_status(&app, &conversation).await, "human");
-    let (_, tickets) = call(
-        &app,
-        &moderator,
-        Method::GET,
-        &format!("/v1/tickets?conversation_id={conversation}"),
-        None,
-    )
-    .await;
+    let tickets = conversation_tickets(&app, &moderator, &conversation).await;
     assert_eq!(tickets["tickets"][0]["source"], "fallbacks", "{tickets}");
     let count: i64 = sqlx::query("SELECT fallbacks FROM conversation WHERE id = $1")
         .bind(&conversation)
@@ -984,15 +967,12 @@ async fn a_silent_hand_off_goes_back_to_the_bot(backend: Backend) {
     backdate(31).await.expect("backdate");
     assert_eq!(app.moderation.resume_stale(now).await.expect("sweep"), 1);
     assert_eq!(conversation_status(&app, &conversation).await, "bot");
-    let events: i64 = sqlx::query(
+    let events: i64 = count(
+        &app,
         "SELECT COUNT(*) AS n FROM event WHERE kind = 'conversation.handback' AND subject = $1",
+        &conversation,
     )
-    .bind(&conversation)
-    .fetch_one(app.store.pool())
-    .await
-    .expect("events")
-    .try_get("n")
-    .expect("n");
+    .await;
     assert_eq!(events, 1);
     let back = app
         .send("rey", "hello again", json!({ "wait": true }))

@@ -378,6 +378,28 @@ impl Store {
     }
 }
 
+/// Records `kind` about `subject` when a change happened; whether it did.
+async fn audited(
+    w: &mut WriteTx,
+    changed: bool,
+    tenant_id: &str,
+    kind: &str,
+    subject: &str,
+    detail: Value,
+) -> Result<bool, sqlx::Error> {
+    if changed {
+        record_event(
+            &mut w.tx,
+            Some(tenant_id),
+            kind,
+            Some(subject),
+            &detail.to_string(),
+        )
+        .await?;
+    }
+    Ok(changed)
+}
+
 /// Raises a flag (one per message and direction: raising it again returns the first). Its id
 /// and whether it is new.
 pub async fn insert_flag(
@@ -464,17 +486,15 @@ pub async fn judge_flag(
     .await?
     .rows_affected()
         == 1;
-    if done {
-        record_event(
-            &mut w.tx,
-            Some(tenant_id),
-            "flag.verdict",
-            Some(id),
-            &json!({ "verdict": verdict, "by": by, "edited": text.is_some() }).to_string(),
-        )
-        .await?;
-    }
-    Ok(done)
+    audited(
+        w,
+        done,
+        tenant_id,
+        "flag.verdict",
+        id,
+        json!({ "verdict": verdict, "by": by, "edited": text.is_some() }),
+    )
+    .await
 }
 
 /// Opens a ticket; for a conversation with an open ticket already, that one (a note says why it
@@ -623,17 +643,15 @@ pub async fn hand_off(
     .await?
     .rows_affected()
         == 1;
-    if changed {
-        record_event(
-            &mut w.tx,
-            Some(tenant_id),
-            "conversation.handoff",
-            Some(conversation_id),
-            &json!({ "by": by, "reason": reason }).to_string(),
-        )
-        .await?;
-    }
-    Ok(changed)
+    audited(
+        w,
+        changed,
+        tenant_id,
+        "conversation.handoff",
+        conversation_id,
+        json!({ "by": by, "reason": reason }),
+    )
+    .await
 }
 
 /// Blocks a contact: nothing more is answered or sent proactively; its running enrolments stop.
@@ -659,16 +677,9 @@ pub async fn block_contact(
         == 1;
     if changed {
         super::programs::stop_contact_enrollments(w, contact_id, "blocked", now).await?;
-        record_event(
-            &mut w.tx,
-            Some(tenant_id),
-            "contact.blocked",
-            Some(contact_id),
-            &json!({ "by": by, "reason": reason }).to_string(),
-        )
-        .await?;
     }
-    Ok(changed)
+    let detail = json!({ "by": by, "reason": reason });
+    audited(w, changed, tenant_id, "contact.blocked", contact_id, detail).await
 }
 
 pub async fn unblock_contact(
@@ -687,17 +698,15 @@ pub async fn unblock_contact(
     .await?
     .rows_affected()
         == 1;
-    if changed {
-        record_event(
-            &mut w.tx,
-            Some(tenant_id),
-            "contact.unblocked",
-            Some(contact_id),
-            &json!({ "by": by }).to_string(),
-        )
-        .await?;
-    }
-    Ok(changed)
+    audited(
+        w,
+        changed,
+        tenant_id,
+        "contact.unblocked",
+        contact_id,
+        json!({ "by": by }),
+    )
+    .await
 }
 
 /// Gives a conversation back to the bot (a moderator approved what was held, or handed back).
@@ -720,17 +729,15 @@ pub async fn hand_back(
     .await?
     .rows_affected()
         == 1;
-    if changed {
-        record_event(
-            &mut w.tx,
-            Some(tenant_id),
-            "conversation.handback",
-            Some(conversation_id),
-            &json!({ "by": by }).to_string(),
-        )
-        .await?;
-    }
-    Ok(changed)
+    audited(
+        w,
+        changed,
+        tenant_id,
+        "conversation.handback",
+        conversation_id,
+        json!({ "by": by }),
+    )
+    .await
 }
 
 /// A moderator takes a conversation: `human`, assigned to them.
@@ -764,16 +771,17 @@ pub async fn take_over(
         .bind(conversation_id)
         .execute(&mut *w.tx)
         .await?;
-        record_event(
-            &mut w.tx,
-            Some(tenant_id),
-            "conversation.taken_over",
-            Some(conversation_id),
-            &json!({ "by": by }).to_string(),
-        )
-        .await?;
     }
-    Ok(changed)
+    let detail = json!({ "by": by });
+    audited(
+        w,
+        changed,
+        tenant_id,
+        "conversation.taken_over",
+        conversation_id,
+        detail,
+    )
+    .await
 }
 
 impl Store {
