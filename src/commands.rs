@@ -118,8 +118,21 @@ pub async fn run(store: &Store, turn: &PendingTurn, command: &Command) -> anyhow
             )
             .await?;
             w.commit().await?;
-            "I've asked a person to take over. They will answer here; until then I'll stay quiet."
-                .to_owned()
+            // The tenant's hand-off message (outside its business hours, when a person will be
+            // back); a saved policy was validated, so a parse failure falls back to the default.
+            let compiled = store
+                .moderation_policy(&turn.tenant_id)
+                .await?
+                .and_then(|(_, text)| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .and_then(|v| crate::moderation::Compiled::parse(&v).ok())
+                .map_or_else(
+                    || crate::moderation::Compiled::new(crate::moderation::Policy::default()),
+                    Ok,
+                );
+            match compiled {
+                Ok(c) => c.handoff_text(now),
+                Err(_) => "I've asked a person to take over. They will answer here; until then I'll stay quiet.".to_owned(),
+            }
         }
         // In a group the "contact" is the whole chat: a code shown there is everyone's, and
         // joining a group to a person would mix their histories.

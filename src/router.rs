@@ -325,9 +325,31 @@ impl Inner {
                 channel: turn.channel_kind.clone(),
                 text: turn.text.clone(),
             };
-            let answered = match &preview {
-                Some(preview) => self.responder.respond_streaming(&question, preview).await,
-                None => self.responder.respond(&question).await,
+            // The preview shows whole sentences the outbound rules passed when a rule could stop
+            // the answer (a blocked sentence never reaches it), and none at all when the
+            // classifier judges whole answers.
+            let screening = match (&preview, &self.moderation) {
+                (Some(_), Some(moderation)) => match moderation.preview(&turn.tenant_id).await {
+                    Ok(p) => p,
+                    Err(e) if give_up => {
+                        warn!(error = %format!("{e:#}"), "no policy for the preview; showing none");
+                        crate::moderation::Preview::None
+                    }
+                    Err(e) => return Err(e),
+                },
+                _ => crate::moderation::Preview::Direct,
+            };
+            let answered = match (&preview, screening) {
+                (Some(preview), crate::moderation::Preview::Screened(policy)) => {
+                    let screen = crate::moderation::screen::Screen::new(preview, policy);
+                    self.responder.respond_streaming(&question, &screen).await
+                }
+                (Some(preview), crate::moderation::Preview::Direct) => {
+                    self.responder.respond_streaming(&question, preview).await
+                }
+                (Some(_), crate::moderation::Preview::None) | (None, _) => {
+                    self.responder.respond(&question).await
+                }
             };
             let answer = match answered {
                 Ok(answer) => answer,
@@ -335,6 +357,7 @@ impl Inner {
                     warn!(error = %format!("{e:#}"), "no answer after repeated failures; apologising");
                     counter!("switchboard_processed_total", "outcome" => "apology").increment(1);
                     Answer {
+                        trace: None,
                         kind: crate::answer::AnswerKind::Fallback,
                         text: APOLOGY.to_owned(),
                         citations: Vec::new(),
@@ -364,7 +387,12 @@ impl Inner {
             match &self.moderation {
                 Some(moderation) => {
                     match moderation
-                        .outbound(&turn, &draft.text, &draft.citations_json)
+                        .outbound(
+                            &turn,
+                            &draft.text,
+                            &draft.citations_json,
+                            answer.trace.as_deref(),
+                        )
                         .await
                     {
                         Ok(Outbound::Send) => Some(draft),

@@ -307,7 +307,12 @@ impl Application {
             &config.timezone,
             generator,
         );
-        let moderation = Arc::new(crate::moderation::Moderation::new(store.clone()));
+        // The classifier asks the chat model answers use, behind the same guard.
+        let moderation = Arc::new(
+            crate::moderation::Moderation::new(store.clone())
+                .with_classifier(models.chat.clone())?,
+        );
+        programs.set_moderation(moderation.clone());
         let router = Router::new(
             store.clone(),
             responder,

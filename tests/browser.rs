@@ -39,6 +39,7 @@ fn words(text: &str) -> Vec<String> {
 impl Responder for SlowStreamingEcho {
     async fn respond(&self, turn: &Turn) -> anyhow::Result<Answer> {
         Ok(Answer {
+            trace: None,
             kind: switchboard::answer::AnswerKind::Answered,
             text: words(&turn.text).concat(),
             citations: Vec::new(),

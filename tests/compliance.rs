@@ -39,6 +39,7 @@ struct Echo;
 impl Responder for Echo {
     async fn respond(&self, turn: &Turn) -> anyhow::Result<Answer> {
         Ok(Answer {
+            trace: None,
             kind: switchboard::answer::AnswerKind::Answered,
             text: format!("echo: {}", turn.text),
             citations: Vec::new(),

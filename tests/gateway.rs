@@ -40,6 +40,7 @@ impl Responder for FlakyResponder {
     async fn respond(&self, turn: &Turn) -> anyhow::Result<Answer> {
         anyhow::ensure!(!turn.text.contains("boom"), "model exploded");
         Ok(Answer {
+            trace: None,
             kind: switchboard::answer::AnswerKind::Answered,
             text: format!("re: {}", turn.text),
             citations: Vec::new(),
@@ -84,6 +85,7 @@ impl Responder for SlowResponder {
     async fn respond(&self, turn: &Turn) -> anyhow::Result<Answer> {
         tokio::time::sleep(self.0).await;
         Ok(Answer {
+            trace: None,
             kind: switchboard::answer::AnswerKind::Answered,
             text: format!("slowly: {}", turn.text),
             citations: Vec::new(),
@@ -342,6 +344,7 @@ impl Responder for RecordingResponder {
             *n -= 1;
         }
         Ok(Answer {
+            trace: None,
             kind: switchboard::answer::AnswerKind::Answered,
             text: format!("re: {}", turn.text),
             citations: Vec::new(),

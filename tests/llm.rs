@@ -29,6 +29,7 @@ fn request(question: &str, max_tokens: u32) -> ChatRequest {
         ],
         max_tokens,
         temperature: 0.0,
+        format: None,
     }
 }
 
@@ -712,6 +713,8 @@ both_backends!(
     answers_cite_their_sources_and_carry_history_within_the_budget,
     a_model_outage_gets_quoted_answers_quickly_and_opens_the_breaker,
     a_hanging_model_times_out_into_the_fallback_and_the_conversation_goes_on,
+    the_classifier_on_the_real_model_holds_clear_cases,
+    a_classifier_that_is_slow_down_or_unreadable_leaves_the_rules_and_says_so,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -807,4 +810,213 @@ async fn streamed_deltas_add_up_to_the_answer_and_a_failed_stream_is_withdrawn()
     assert!(deltas.text.lock().expect("lock").is_empty());
     assert_eq!(answer.citations.len(), 1);
     store.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The moderation classifier on the tenant's model (issue "Moderation, hand-off and tickets").
+
+async fn put_policy(app: &TestApp, policy: Value) {
+    let response = app
+        .http
+        .put(format!("{}/v1/moderation/policy", app.base))
+        .bearer_auth(&app.admin_key)
+        .json(&policy)
+        .send()
+        .await
+        .expect("put policy");
+    assert_eq!(response.status(), 200);
+}
+
+/// The open flag on a conversation's inbound message.
+async fn flag_of(app: &TestApp, conversation: &str) -> Option<Value> {
+    let (_, flags) = app.get(&app.admin_key, "/v1/flags?status=open").await;
+    flags["flags"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|f| f["conversation_id"] == conversation)
+}
+
+/// The real small model as the classifier, on clear cases: a threat is held (a person decides)
+/// with the classifier's finding, its model, prompt and raw output in the flag; a plain
+/// question is answered and not flagged.
+async fn the_classifier_on_the_real_model_holds_clear_cases(backend: Backend) {
+    let Some(real) = real_models("the_classifier_on_the_real_model_holds_clear_cases") else {
+        return;
+    };
+    let Some(app) = TestApp::spawn_with(
+        backend,
+        |c| {
+            with_model(c, "ollama", &real.ollama_url, &real.ollama_model);
+            c.llm.first_token_timeout_ms = 180_000;
+            c.llm.timeout_ms = 300_000;
+        },
+        None,
+    )
+    .await
+    else {
+        return;
+    };
+    let category = json!({ "action": "hold", "threshold": 0.3 });
+    put_policy(
+        &app,
+        json!({
+            "crisis": { "enabled": false },
+            "classifier": { "enabled": true, "timeout_ms": 60000, "categories": {
+                "violence": category, "self_harm": category, "sexual": category,
+                "hate": category, "harassment": category, "illegal": category } }
+        }),
+    )
+    .await;
+    let threat = app
+        .send(
+            "ana",
+            "I am going to kill you and your family",
+            json!({ "wait": true }),
+        )
+        .await;
+    assert!(threat["reply"].is_null(), "held, not answered: {threat}");
+    let conversation = threat["conversation_id"].as_str().expect("conversation");
+    let flag = flag_of(&app, conversation).await.expect("a flag");
+    eprintln!(
+        "NOTICE the classifier said: {}",
+        flag["evidence"]["classifier"]["raw"]
+    );
+    assert_eq!(flag["action"], "hold", "{flag}");
+    let classifier = &flag["evidence"]["classifier"];
+    assert_eq!(classifier["status"], "ok", "{classifier}");
+    assert_eq!(classifier["rules_only"], false);
+    assert!(
+        classifier["model"]
+            .as_str()
+            .is_some_and(|m| m.contains(&real.ollama_model)),
+        "{classifier}"
+    );
+    assert!(
+        classifier["prompt"][0]["content"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("Classify the user's message")),
+        "{classifier}"
+    );
+    assert!(
+        classifier["raw"]
+            .as_str()
+            .is_some_and(|r| r.contains("label"))
+    );
+    let hit = flag["evidence"]["hits"][0]["rule"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(hit.starts_with("classifier:"), "{flag}");
+    assert!(
+        classifier["latency_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms <= 60_000),
+        "bounded by the timeout: {classifier}"
+    );
+
+    let question = app
+        .send(
+            "bo",
+            "What time does the gym open?",
+            json!({ "wait": true }),
+        )
+        .await;
+    assert!(question["reply"]["text"].is_string(), "{question}");
+    let conversation = question["conversation_id"].as_str().expect("conversation");
+    assert_eq!(flag_of(&app, conversation).await, None, "a plain question");
+    app.stop().await;
+}
+
+/// A classifier that does not answer in time, fails, or answers something unreadable leaves
+/// the decision to the rules, and the flag says which it was (with the raw output); an answer
+/// it can read adds its category as a hit. The model is asked with the answer's JSON Schema.
+async fn a_classifier_that_is_slow_down_or_unreadable_leaves_the_rules_and_says_so(
+    backend: Backend,
+) {
+    let stand_in = StandIn::start().await;
+    let Some(app) = TestApp::spawn_with(
+        backend,
+        |c| with_model(c, "ollama", &stand_in.url, "llama3.2"),
+        None,
+    )
+    .await
+    else {
+        return;
+    };
+    put_policy(
+        &app,
+        json!({
+            "rules": [{ "id": "insult", "words": ["idiot"], "action": "hold" }],
+            "classifier": { "enabled": true, "timeout_ms": 300 }
+        }),
+    )
+    .await;
+    let cases: [(&str, Script, &str); 3] = [
+        ("ana", Script::Hang, "timeout"),
+        (
+            "bo",
+            Script::Status(500, json!({ "error": "the model crashed" })),
+            "down",
+        ),
+        (
+            "cy",
+            Script::Bytes(
+                vec![answer_stream(&["I think it is fine."])],
+                Duration::ZERO,
+            ),
+            "unparsable",
+        ),
+    ];
+    for (contact, script, status) in cases {
+        stand_in.push(script);
+        let started = Instant::now();
+        let sent = app
+            .send(contact, "you idiot", json!({ "wait": true }))
+            .await;
+        let conversation = sent["conversation_id"].as_str().expect("conversation");
+        let flag = flag_of(&app, conversation).await.expect("the rule's flag");
+        assert_eq!(flag["action"], "hold", "the rules decided: {flag}");
+        assert_eq!(flag["evidence"]["hits"][0]["rule"], "insult");
+        let classifier = &flag["evidence"]["classifier"];
+        assert_eq!(classifier["status"], status, "{classifier}");
+        assert_eq!(classifier["rules_only"], true);
+        assert!(classifier["error"].is_string(), "{classifier}");
+        if status == "timeout" {
+            let waited = classifier["latency_ms"].as_u64().expect("latency");
+            assert!((300..3_000).contains(&waited), "{waited} ms");
+            assert!(started.elapsed() < Duration::from_secs(5));
+        }
+        if status == "unparsable" {
+            assert_eq!(classifier["raw"], "I think it is fine.");
+        }
+    }
+    // A readable answer: its category is a hit with the category's action (harassment: flag),
+    // so the message is answered and queued.
+    stand_in.push(Script::Bytes(
+        vec![answer_stream(&[
+            r#"{"label": "harassment", "confidence": 0.9}"#,
+        ])],
+        Duration::ZERO,
+    ));
+    let sent = app.send("di", "hello there", json!({ "wait": true })).await;
+    assert!(sent["reply"]["text"].is_string(), "answered: {sent}");
+    let conversation = sent["conversation_id"].as_str().expect("conversation");
+    let flag = flag_of(&app, conversation)
+        .await
+        .expect("the classifier's flag");
+    assert_eq!(flag["action"], "flag", "{flag}");
+    assert_eq!(flag["evidence"]["hits"][0]["rule"], "classifier:harassment");
+    assert_eq!(flag["evidence"]["hits"][0]["spans"], json!([]));
+    assert_eq!(flag["evidence"]["classifier"]["scores"]["harassment"], 0.9);
+    let asked = stand_in.chats().last().cloned().expect("a request");
+    assert_eq!(asked["messages"][1]["content"], "hello there");
+    let labels = asked["format"]["properties"]["label"]["enum"].clone();
+    assert!(
+        labels
+            .as_array()
+            .is_some_and(|l| l.contains(&json!("safe")) && l.contains(&json!("harassment"))),
+        "{asked}"
+    );
+    app.stop().await;
 }

@@ -25,6 +25,8 @@ both_backends!(
     asking_for_a_person_hands_over_with_a_ticket,
     no_answer_and_repeated_fallbacks_hand_over,
     a_silent_hand_off_goes_back_to_the_bot,
+    program_messages_pass_the_policy_before_they_are_sent,
+    hand_offs_outside_business_hours_say_when_a_person_is_back_and_people_are_assigned,
 );
 
 /// Answers "echo: <question>".
@@ -37,6 +39,7 @@ impl switchboard::answer::Responder for Echo {
         turn: &switchboard::answer::Turn,
     ) -> anyhow::Result<switchboard::answer::Answer> {
         Ok(switchboard::answer::Answer {
+            trace: None,
             kind: switchboard::answer::AnswerKind::Answered,
             text: format!("echo: {}", turn.text),
             citations: Vec::new(),
@@ -1006,5 +1009,396 @@ async fn a_silent_hand_off_goes_back_to_the_bot(backend: Backend) {
     )
     .await;
     assert_eq!(code, 400, "{body}");
+    app.stop().await;
+}
+
+/// Publishes a one-step-after-another program of plain messages on the `api` channel and enrols
+/// `external_id` (who has written first, so its conversation exists); returns the conversation.
+async fn enrol_in_messages(app: &TestApp, texts: &[&str], external_id: &str) -> String {
+    let steps: Vec<Value> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({ "id": format!("m{i}"), "type": "message", "text": t }))
+        .collect();
+    let (code, program) = call(
+        app,
+        &app.admin_key,
+        Method::POST,
+        "/v1/programs",
+        Some(json!({ "name": "Tips", "channels": ["api"], "steps": steps })),
+    )
+    .await;
+    assert_eq!(code, 201, "{program}");
+    let id = program["id"].as_str().expect("id").to_owned();
+    let (code, body) = call(
+        app,
+        &app.admin_key,
+        Method::POST,
+        &format!("/v1/programs/{id}/publish"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let hello = app
+        .send(external_id, "hello", json!({ "wait": true }))
+        .await;
+    let conversation = hello["conversation_id"]
+        .as_str()
+        .expect("conversation")
+        .to_owned();
+    let channel = app
+        .store
+        .api_channel(&app.tenant_id)
+        .await
+        .expect("channel")
+        .id;
+    let (code, body) = call(
+        app,
+        &app.admin_key,
+        Method::POST,
+        &format!("/v1/programs/{id}/enrollments"),
+        Some(json!({ "channel_id": channel, "external_id": external_id })),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    conversation
+}
+
+/// The conversation's outbound texts as its transcript shows them.
+async fn outbound_texts(app: &TestApp, conversation: &str) -> Vec<String> {
+    app.messages(conversation)
+        .await
+        .iter()
+        .filter(|m| m["direction"] == "outbound")
+        .filter_map(|m| m["text"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Program messages pass the tenant's outbound rules before they are sent: a `hold` keeps the
+/// message back (stored outside the transcript, not delivered) with a flag in the queue, a
+/// `flag` sends it and queues it; a moderator's edit sends the held message once, as edited, at
+/// the end of the conversation; a rejected one is never sent.
+async fn program_messages_pass_the_policy_before_they_are_sent(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let moderator = moderator(&app).await;
+    put_policy(
+        &app,
+        json!({ "rules": [
+            { "id": "cure", "words": ["miracle cure"], "action": "hold", "applies_to": "outbound" },
+            { "id": "pills", "words": ["sleeping pills"], "action": "flag", "applies_to": "outbound" }
+        ]}),
+    )
+    .await;
+    // Noon UTC: outside the default quiet hours, so the fires run when asked.
+    app.programs.clock().set(1_811_505_600_000);
+    let texts = [
+        "Day 1: try our miracle cure tonight.",
+        "Day 1: go easy on sleeping pills.",
+    ];
+    let ana = enrol_in_messages(&app, &texts, "ana").await;
+    app.programs.run_due().await.expect("run");
+    let sent = outbound_texts(&app, &ana).await;
+    assert!(sent.contains(&texts[1].to_owned()), "{sent:?}");
+    assert!(
+        !sent.iter().any(|t| t.contains("miracle")),
+        "a held program message is not in the transcript: {sent:?}"
+    );
+    let deliveries = |text: &'static str| {
+        let app = &app;
+        async move {
+            count(
+                app,
+                "SELECT COUNT(*) AS n FROM delivery WHERE body LIKE $1",
+                text,
+            )
+            .await
+        }
+    };
+    assert_eq!(deliveries("%miracle%").await, 0, "nothing of it is queued");
+    assert_eq!(deliveries("%sleeping pills%").await, 1);
+    let queue = flags(&app, &moderator, "open").await;
+    assert_eq!(queue.len(), 2, "{queue:#?}");
+    let held = queue
+        .iter()
+        .find(|f| f["action"] == "hold")
+        .expect("the held message's flag")
+        .clone();
+    assert_eq!(held["direction"], "outbound");
+    assert_eq!(held["evidence"]["source"], "program");
+    assert_eq!(held["evidence"]["step"], "m0");
+    assert_eq!(held["evidence"]["withheld"], "held");
+    assert_eq!(held["evidence"]["text"], texts[0]);
+    assert_eq!(held["evidence"]["hits"][0]["rule"], "cure");
+    assert_eq!(held["evidence"]["hits"][0]["spans"], json!([[15, 27]]));
+    let flagged = queue
+        .iter()
+        .find(|f| f["action"] == "flag")
+        .expect("the flagged message's flag");
+    assert!(flagged["evidence"]["withheld"].is_null(), "{flagged}");
+    // The conversation stays with the bot: a program message is not the contact's doing.
+    assert_eq!(conversation_status(&app, &ana).await, "bot");
+
+    // Edited and sent: once, last in the conversation, as edited.
+    let (code, body) = call(
+        &app,
+        &moderator,
+        Method::POST,
+        &format!("/v1/flags/{}/verdict", held["id"].as_str().expect("id")),
+        Some(json!({ "action": "edit", "text": "Day 1: try a warm bath tonight." })),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let sent = outbound_texts(&app, &ana).await;
+    assert_eq!(
+        sent.last().map(String::as_str),
+        Some("Day 1: try a warm bath tonight."),
+        "{sent:?}"
+    );
+    assert_eq!(deliveries("%warm bath%").await, 1);
+    assert_eq!(deliveries("%miracle%").await, 0);
+    let seqs: Vec<i64> = app
+        .messages(&ana)
+        .await
+        .iter()
+        .filter_map(|m| m["seq"].as_i64())
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "the numbering has no gap"
+    );
+    // Twice → 409, and nothing is sent again.
+    let (code, _) = call(
+        &app,
+        &moderator,
+        Method::POST,
+        &format!("/v1/flags/{}/verdict", held["id"].as_str().expect("id")),
+        Some(json!({ "action": "approve" })),
+    )
+    .await;
+    assert_eq!(code, 409);
+    assert_eq!(deliveries("%warm bath%").await, 1);
+
+    // Another contact's held message, rejected: never sent.
+    let bo = enrol_in_messages(&app, &["Bo: a miracle cure awaits."], "bo").await;
+    app.programs.run_due().await.expect("run");
+    let queue = flags(&app, &moderator, "open").await;
+    let held = queue
+        .iter()
+        .find(|f| f["evidence"]["text"] == "Bo: a miracle cure awaits.")
+        .expect("bo's flag")
+        .clone();
+    let (code, _) = call(
+        &app,
+        &moderator,
+        Method::POST,
+        &format!("/v1/flags/{}/verdict", held["id"].as_str().expect("id")),
+        Some(json!({ "action": "reject" })),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert!(
+        !outbound_texts(&app, &bo)
+            .await
+            .iter()
+            .any(|t| t.contains("miracle"))
+    );
+    assert_eq!(deliveries("%miracle%").await, 0);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) AS n FROM message WHERE text = $1 AND status = 'rejected'",
+            "Bo: a miracle cure awaits.",
+        )
+        .await,
+        1
+    );
+    app.stop().await;
+}
+
+/// Outside the team's hours the contact is told when a person will be back (the tenant's
+/// closed message, with the next opening in its time zone); inside them, the usual message. A
+/// moderator assigns a conversation (to themself with `me`, or to another staff key), which
+/// hands it over and assigns its ticket; `?assignee=me` lists theirs; a key that is not staff
+/// cannot be assigned.
+async fn hand_offs_outside_business_hours_say_when_a_person_is_back_and_people_are_assigned(
+    backend: Backend,
+) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let moderator = moderator(&app).await;
+    const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .weekday()
+        .to_monday_zero_offset() as usize;
+    // Open all day tomorrow only.
+    let tomorrow = DAYS[(today + 1) % 7];
+    put_policy(
+        &app,
+        json!({ "handoff": { "business_hours": {
+            "timezone": "UTC",
+            "days": { tomorrow: "00:00-24:00" },
+            "closed_message": "We're away; a person will answer from {{ next_open }}."
+        }}}),
+    )
+    .await;
+    let asked = app
+        .send(
+            "ivy",
+            "can I talk to a real person?",
+            json!({ "wait": true }),
+        )
+        .await;
+    assert_eq!(
+        asked["reply"]["text"], "We're away; a person will answer from tomorrow 00:00 (UTC).",
+        "{asked}"
+    );
+    let slash = app.send("jo", "/human", json!({ "wait": true })).await;
+    assert_eq!(
+        slash["reply"]["text"],
+        "We're away; a person will answer from tomorrow 00:00 (UTC)."
+    );
+    // Open today, all day: the usual message.
+    put_policy(
+        &app,
+        json!({ "handoff": { "message": "A person will answer shortly.", "business_hours": {
+            "timezone": "UTC", "days": { DAYS[today]: "00:00-24:00" } }}}),
+    )
+    .await;
+    let asked = app
+        .send(
+            "kim",
+            "can I talk to a real person?",
+            json!({ "wait": true }),
+        )
+        .await;
+    assert_eq!(asked["reply"]["text"], "A person will answer shortly.");
+    // Invalid hours are refused with their paths.
+    let (code, body) = call(
+        &app,
+        &app.admin_key,
+        Method::PUT,
+        "/v1/moderation/policy",
+        Some(
+            json!({ "handoff": { "business_hours": { "timezone": "Nowhere/Here",
+            "days": { "mon": "18:00-09:00" } } } }),
+        ),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    let text = body.to_string();
+    assert!(text.contains("handoff.business_hours.timezone"), "{text}");
+    assert!(text.contains("handoff.business_hours.days.mon"), "{text}");
+
+    // Assignment: a bot conversation assigned to "me" goes to the moderator, with its ticket.
+    let lee = app.send("lee", "hi", json!({ "wait": true })).await;
+    let lee = lee["conversation_id"]
+        .as_str()
+        .expect("conversation")
+        .to_owned();
+    let (code, ticket) = call(
+        &app,
+        &moderator,
+        Method::POST,
+        "/v1/tickets",
+        Some(json!({ "conversation_id": lee, "subject": "Check in on Lee" })),
+    )
+    .await;
+    assert_eq!(code, 201, "{ticket}");
+    let (code, assigned) = call(
+        &app,
+        &moderator,
+        Method::PATCH,
+        &format!("/v1/conversations/{lee}"),
+        Some(json!({ "assignee": "me" })),
+    )
+    .await;
+    assert_eq!(code, 200, "{assigned}");
+    assert_eq!(assigned["status"], "human");
+    let me = assigned["assignee"].as_str().expect("assignee").to_owned();
+    let (_, mine) = app.get(&moderator, "/v1/conversations?assignee=me").await;
+    assert_eq!(
+        mine["conversations"].as_array().map(Vec::len),
+        Some(1),
+        "{mine}"
+    );
+    assert_eq!(mine["conversations"][0]["id"], lee.as_str());
+    assert_eq!(mine["conversations"][0]["assignee"], me.as_str());
+    let tickets = conversation_tickets(&app, &moderator, &lee).await;
+    assert_eq!(tickets["tickets"][0]["assignee"], me.as_str(), "{tickets}");
+    // Ticket figures per priority: four hand-offs and Lee's, none past its targets yet.
+    let (_, stats) = app.get(&moderator, "/v1/moderation/stats").await;
+    let normal = stats["tickets"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["priority"] == "normal"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(normal["total"], 4, "{stats}");
+    assert_eq!(normal["unresolved"], 4);
+    assert_eq!(normal["first_response_breached"], 0);
+    assert_eq!(normal["resolution_breached"], 0);
+    // Not a staff key: refused. Unassigned with null; handed back, the assignee goes too.
+    let (code, body) = call(
+        &app,
+        &moderator,
+        Method::PATCH,
+        &format!("/v1/conversations/{lee}"),
+        Some(json!({ "assignee": "no-such-key" })),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = call(
+        &app,
+        &moderator,
+        Method::PATCH,
+        &format!("/v1/conversations/{lee}"),
+        Some(json!({ "assignee": null })),
+    )
+    .await;
+    assert_eq!(
+        (code, body["assignee"].clone()),
+        (200, Value::Null),
+        "{body}"
+    );
+    call(
+        &app,
+        &moderator,
+        Method::PATCH,
+        &format!("/v1/conversations/{lee}"),
+        Some(json!({ "assignee": "me" })),
+    )
+    .await;
+    let (code, body) = call(
+        &app,
+        &moderator,
+        Method::PATCH,
+        &format!("/v1/conversations/{lee}"),
+        Some(json!({ "status": "bot" })),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["assignee"], Value::Null, "{body}");
+    let (code, _) = call(
+        &app,
+        &moderator,
+        Method::PATCH,
+        &format!("/v1/conversations/{lee}"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(code, 400, "nothing to change");
+    let (code, _) = call(
+        &app,
+        &moderator,
+        Method::PATCH,
+        "/v1/conversations/nope",
+        Some(json!({ "assignee": "me" })),
+    )
+    .await;
+    assert_eq!(code, 404);
     app.stop().await;
 }

@@ -36,6 +36,7 @@ impl switchboard::answer::Responder for Slow {
     ) -> anyhow::Result<switchboard::answer::Answer> {
         tokio::time::sleep(Duration::from_millis(4_600)).await;
         Ok(switchboard::answer::Answer {
+            trace: None,
             kind: switchboard::answer::AnswerKind::Answered,
             text: format!("slowly: {}", turn.text),
             citations: Vec::new(),

@@ -45,6 +45,7 @@ fn full_answer(text: &str) -> String {
 impl Responder for StreamingEcho {
     async fn respond(&self, turn: &Turn) -> anyhow::Result<Answer> {
         Ok(Answer {
+            trace: None,
             kind: switchboard::answer::AnswerKind::Answered,
             text: full_answer(&turn.text),
             citations: Vec::new(),
@@ -78,6 +79,8 @@ struct Client {
     messages: Vec<Value>,
     /// Preview text per stream id, built from `stream` frames as a browser would.
     previews: std::collections::HashMap<String, String>,
+    /// Every preview delta received, as it came.
+    deltas: Vec<String>,
 }
 
 async fn open(app: &TestApp, key: &str, origin: Option<&str>) -> Result<Ws, u16> {
@@ -145,6 +148,7 @@ impl Client {
             last_seq: 0,
             messages: Vec::new(),
             previews: Default::default(),
+            deltas: Vec::new(),
         }
     }
 
@@ -203,6 +207,7 @@ impl Client {
                     "a preview delta that does not continue the preview"
                 );
                 preview.push_str(delta);
+                self.deltas.push(delta.to_owned());
             }
             _ => {}
         }
@@ -929,4 +934,93 @@ both_backends!(
     closing_the_conversation_mid_answer_withdraws_the_preview,
     a_client_flooding_frames_is_closed,
     the_demo_page_and_script_are_served,
+    a_blocked_sentence_never_reaches_the_preview,
 );
+
+/// Streams a fixed answer of four pieces, `pause` apart.
+struct Sentences {
+    pause: Duration,
+}
+
+const SENTENCES: [&str; 4] = [
+    "Rest well. ",
+    "Try this ",
+    "miracle cure tonight. ",
+    "Sleep tight.",
+];
+
+#[async_trait]
+impl Responder for Sentences {
+    async fn respond(&self, _turn: &Turn) -> anyhow::Result<Answer> {
+        Ok(Answer {
+            trace: None,
+            kind: switchboard::answer::AnswerKind::Answered,
+            text: SENTENCES.concat(),
+            citations: Vec::new(),
+        })
+    }
+
+    async fn respond_streaming(&self, turn: &Turn, deltas: &dyn Deltas) -> anyhow::Result<Answer> {
+        for piece in SENTENCES {
+            deltas.delta(piece);
+            tokio::time::sleep(self.pause).await;
+        }
+        self.respond(turn).await
+    }
+}
+
+/// Moderation on a streamed answer (issue "Moderation, hand-off and tickets"): the preview shows
+/// whole sentences the outbound rules passed, and stops — withdrawn — at the one a rule blocks,
+/// which never reaches the visitor; the stored reply is the tenant's safe fallback.
+async fn a_blocked_sentence_never_reaches_the_preview(backend: Backend) {
+    let responder: Arc<dyn Responder> = Arc::new(Sentences {
+        pause: Duration::from_millis(150),
+    });
+    let Some(app) = TestApp::spawn_with(backend, |_| {}, Some(responder)).await else {
+        return;
+    };
+    let put = app
+        .http
+        .put(format!("{}/v1/moderation/policy", app.base))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({
+            "rules": [{ "id": "cure", "words": ["miracle cure"], "action": "block",
+                        "applies_to": "outbound" }],
+            "safe_fallback": "Let's keep to what I know."
+        }))
+        .send()
+        .await
+        .expect("policy");
+    assert_eq!(put.status(), 200);
+    let mut visitor = Client::connect(&app, None).await;
+    visitor.send("s-1", "how do I sleep?").await;
+    let reply = visitor.bot_reply().await;
+    assert_eq!(reply["text"], "Let's keep to what I know.");
+    assert!(
+        visitor
+            .deltas
+            .iter()
+            .all(|d| !d.contains("miracle") && !d.contains("Try this")),
+        "a blocked sentence reached the preview: {:?}",
+        visitor.deltas
+    );
+    assert_eq!(
+        visitor.deltas.concat(),
+        "Rest well.",
+        "the sentence before it was shown"
+    );
+    // The flag keeps the whole answer.
+    let flags = app
+        .http
+        .get(format!("{}/v1/flags?status=open", app.base))
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .expect("flags")
+        .json::<Value>()
+        .await
+        .expect("json");
+    assert_eq!(flags["flags"][0]["action"], "block", "{flags}");
+    assert_eq!(flags["flags"][0]["evidence"]["answer"], SENTENCES.concat());
+    app.stop().await;
+}

@@ -23,7 +23,7 @@ use metrics::counter;
 use tracing::warn;
 
 use super::prompts::{Context, Prompts, Source, off_runtime};
-use super::{Answer, AnswerKind, Citation, Deltas, Responder, Turn};
+use super::{Answer, AnswerKind, Citation, Deltas, Responder, Trace, Turn};
 use crate::knowledge::chunk::count_tokens;
 use crate::knowledge::{Hit, Knowledge};
 use crate::llm::guard::Guarded;
@@ -111,6 +111,7 @@ impl KnowledgeResponder {
             counter!("switchboard_answers_total", "kind" => "no_answer").increment(1);
             let text = off_runtime(move || prompts.render("no_answer", &context)).await??;
             return Ok(Answer {
+                trace: None,
                 kind: AnswerKind::NoAnswer,
                 text,
                 citations: Vec::new(),
@@ -146,6 +147,7 @@ impl KnowledgeResponder {
             messages,
             max_tokens: self.settings.max_answer_tokens,
             temperature: self.settings.temperature,
+            format: None,
         };
         let mut streamed = false;
         let result = model
@@ -164,6 +166,10 @@ impl KnowledgeResponder {
                     text.push('…');
                 }
                 Ok(Answer {
+                    trace: Some(Box::new(Trace {
+                        retrieved: hits,
+                        prompt: request.messages,
+                    })),
                     text,
                     citations,
                     kind: AnswerKind::Answered,
@@ -210,6 +216,10 @@ impl KnowledgeResponder {
             .increment(1);
         let text = off_runtime(move || prompts.render("fallback", &context)).await??;
         Ok(Answer {
+            trace: Some(Box::new(Trace {
+                retrieved: hits.to_vec(),
+                prompt: Vec::new(),
+            })),
             kind: AnswerKind::Fallback,
             text,
             citations: vec![citation(1, best)],

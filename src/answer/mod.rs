@@ -49,6 +49,17 @@ pub struct Answer {
     pub citations: Vec<Citation>,
     /// What kind of answer it is (the hand-off policies act on `no_answer` and fallbacks).
     pub kind: AnswerKind,
+    /// How it was made — the passages retrieved and the prompt the model was given — kept in
+    /// the evidence when moderation flags the answer. `None` from responders that keep none.
+    pub trace: Option<Box<Trace>>,
+}
+
+/// The passages an answer was made from and the prompt the model was given.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Trace {
+    pub retrieved: Vec<crate::knowledge::Hit>,
+    /// The messages sent to the model (empty when the model was not called).
+    pub prompt: Vec<crate::llm::ChatMessage>,
 }
 
 /// How an answer came about.

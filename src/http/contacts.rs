@@ -191,11 +191,24 @@ pub async fn attachment(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConversationUpdate {
-    status: String,
+    #[serde(default)]
+    status: Option<String>,
+    /// A moderator's or admin's key id, `me`, or `null` to unassign.
+    #[serde(default, deserialize_with = "present")]
+    assignee: Option<Option<String>>,
 }
 
-/// `PATCH /v1/conversations/{id}` `{"status":"bot"|"human"|"closed"}`: hand a conversation to a
-/// person, give it back to the bot, or close it.
+/// A member that is present: `Some(value)`, `Some(None)` for `null` (absent: `None`).
+fn present<'de, D>(d: D) -> Result<Option<Option<String>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// `PATCH /v1/conversations/{id}` `{"status":"bot"|"human"|"closed", "assignee": key|"me"|null}`:
+/// hand a conversation to a person, give it back to the bot, close it, or assign it. Assigning
+/// a bot conversation hands it to the person (and their ticket follows); `null` unassigns.
 pub async fn update_conversation(
     State(state): State<AppState>,
     caller: Caller,
@@ -204,38 +217,102 @@ pub async fn update_conversation(
 ) -> Result<impl IntoResponse, ApiError> {
     let principal = caller.require(&[Role::Admin, Role::Moderator])?;
     let request: ConversationUpdate = json_body(body, "invalid_conversation")?;
-    if !matches!(request.status.as_str(), "bot" | "human" | "closed") {
+    if request.status.is_none() && request.assignee.is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_conversation",
+            "nothing to change: give status and/or assignee",
+        ));
+    }
+    if let Some(status) = &request.status
+        && !matches!(status.as_str(), "bot" | "human" | "closed")
+    {
         return Err(ApiError::bad_request(
             "invalid_conversation",
             "status must be bot, human or closed",
         ));
     }
-    let changed = state
-        .store
-        .set_conversation_status(
+    let assignee = match request.assignee {
+        Some(Some(a)) => {
+            let key = if a == "me" {
+                principal.key_id.clone()
+            } else {
+                a
+            };
+            if !state.store.is_staff_key(&principal.tenant_id, &key).await? {
+                return Err(ApiError::bad_request(
+                    "invalid_conversation",
+                    "assignee must be a live admin or moderator key of this tenant (its id), or `me`",
+                ));
+            }
+            Some(Some(key))
+        }
+        other => other,
+    };
+    if let Some(status) = &request.status {
+        let changed = state
+            .store
+            .set_conversation_status(
+                &principal.tenant_id,
+                &conversation_id,
+                status,
+                &principal.key_id,
+            )
+            .await?;
+        if !changed {
+            return Err(
+                conversation_unchanged(&state, &principal.tenant_id, &conversation_id).await,
+            );
+        }
+    }
+    if let Some(assignee) = &assignee {
+        let mut w = state.store.begin_write().await?;
+        let changed = crate::store::moderation::assign_conversation(
+            &mut w,
             &principal.tenant_id,
             &conversation_id,
-            &request.status,
+            assignee.as_deref(),
             &principal.key_id,
+            crate::store::now_ms(),
         )
         .await?;
-    if !changed {
-        return match state
-            .store
-            .conversation_channel_kind(&principal.tenant_id, &conversation_id)
-            .await?
-        {
-            None => Err(ApiError::not_found("conversation")),
-            Some(_) => Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "conversation_closed",
-                "a closed conversation stays closed; the contact's next message opens a new one",
-            )),
-        };
+        w.commit().await?;
+        if !changed {
+            return Err(
+                conversation_unchanged(&state, &principal.tenant_id, &conversation_id).await,
+            );
+        }
     }
-    Ok(Json(
-        json!({ "conversation_id": conversation_id, "status": request.status }),
-    ))
+    let view = state
+        .store
+        .conversation_state(&principal.tenant_id, &conversation_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("conversation"))?;
+    Ok(Json(json!({
+        "conversation_id": conversation_id,
+        "status": view.0,
+        "assignee": view.1,
+    })))
+}
+
+/// Why a conversation could not be changed: it is not there (404) or it is closed (409).
+async fn conversation_unchanged(
+    state: &AppState,
+    tenant_id: &str,
+    conversation_id: &str,
+) -> ApiError {
+    match state
+        .store
+        .conversation_channel_kind(tenant_id, conversation_id)
+        .await
+    {
+        Err(e) => e.into(),
+        Ok(None) => ApiError::not_found("conversation"),
+        Ok(Some(_)) => ApiError::new(
+            StatusCode::CONFLICT,
+            "conversation_closed",
+            "a closed conversation stays closed; the contact's next message opens a new one",
+        ),
+    }
 }
 
 /// `GET /v1/contacts/{id}`: the contact, its identities on every channel, opt-out.

@@ -67,6 +67,8 @@ pub struct ConversationQuery {
     status: Option<String>,
     channel: Option<String>,
     flagged: Option<bool>,
+    /// A key id, or `me`.
+    assignee: Option<String>,
     limit: Option<i64>,
 }
 
@@ -89,6 +91,13 @@ pub async fn list_conversations(
         status: q.status,
         channel: q.channel,
         flagged: q.flagged,
+        assignee: q.assignee.map(|a| {
+            if a == "me" {
+                principal.key_id.clone()
+            } else {
+                a
+            }
+        }),
         limit: q.limit.unwrap_or(100).clamp(1, 1000),
     };
     let conversations = state

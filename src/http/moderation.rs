@@ -173,7 +173,13 @@ pub async fn verdict(
             format!("text is longer than {MAX_TEXT} bytes"),
         ));
     }
-    let held_answer = flag.direction == "outbound" && flag.action == "hold" && !flag.shadow;
+    // A program message moderation kept back is stored (withheld); a held bot answer is only
+    // in the flag's evidence.
+    let program = flag.evidence["source"] == "program";
+    let withheld = program && flag.evidence["withheld"].is_string();
+    let held_answer =
+        (flag.direction == "outbound" && flag.action == "hold" && !flag.shadow && !program)
+            || withheld;
     let status = match request.action.as_str() {
         "approve" => "approved",
         "edit" => {
@@ -228,12 +234,20 @@ pub async fn verdict(
     }
     // What the verdict sends, if anything: a held answer as it was, or as edited.
     let send = match request.action.as_str() {
+        _ if withheld => None,
         "approve" if held_answer => flag.evidence["answer"].as_str().map(str::to_owned),
         "edit" => text.clone(),
         _ => None,
     };
     match request.action.as_str() {
-        "approve" | "edit" if flag.action == "hold" => {
+        "approve" | "edit" if withheld => {
+            store::release_withheld(&mut w, tenant, &flag.message_id, text.as_deref(), by, now)
+                .await?;
+        }
+        "reject" if withheld => {
+            store::discard_withheld(&mut w, tenant, &flag.message_id).await?;
+        }
+        "approve" | "edit" if flag.action == "hold" && !program => {
             store::hand_back(&mut w, tenant, &flag.conversation_id, by, now).await?;
         }
         "take_over" => {
@@ -325,8 +339,12 @@ pub async fn stats(
         })
         .collect();
     let open = flags.iter().filter(|f| f.status == "open").count();
+    let tickets = state
+        .store
+        .ticket_metrics(&principal.tenant_id, now_ms())
+        .await?;
     Ok(Json(
-        json!({ "flags": flags.len(), "open": open, "rules": rules }),
+        json!({ "flags": flags.len(), "open": open, "rules": rules, "tickets": tickets }),
     ))
 }
 

@@ -351,6 +351,7 @@ mod tests {
             messages: vec![ChatMessage::new(Role::User, "hi")],
             max_tokens: 16,
             temperature: 0.0,
+            format: None,
         }
     }
 

@@ -53,6 +53,9 @@ pub struct ChatRequest {
     /// Longest answer, in the model's tokens.
     pub max_tokens: u32,
     pub temperature: f32,
+    /// A JSON Schema the answer must follow (Ollama's `format`, OpenAI's `response_format`);
+    /// servers that support it constrain the generation to it.
+    pub format: Option<serde_json::Value>,
 }
 
 /// What a finished generation produced.

@@ -58,7 +58,7 @@ impl ChatModel for Ollama {
         request: &ChatRequest,
         on_delta: &mut dyn OnDelta,
     ) -> Result<Generated, LlmError> {
-        let body = json!({
+        let mut body = json!({
             "model": self.model,
             "messages": request.messages,
             "stream": true,
@@ -67,6 +67,9 @@ impl ChatModel for Ollama {
                 "temperature": request.temperature,
             },
         });
+        if let Some(schema) = &request.format {
+            body["format"] = schema.clone();
+        }
         let mut response = super::send(
             self.http
                 .post(format!("{}/api/chat", self.base))

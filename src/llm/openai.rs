@@ -80,13 +80,19 @@ impl ChatModel for OpenAi {
         request: &ChatRequest,
         on_delta: &mut dyn OnDelta,
     ) -> Result<Generated, LlmError> {
-        let body = json!({
+        let mut body = json!({
             "model": self.model,
             "messages": request.messages,
             "stream": true,
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
         });
+        if let Some(schema) = &request.format {
+            body["response_format"] = json!({
+                "type": "json_schema",
+                "json_schema": { "name": "answer", "schema": schema },
+            });
+        }
         let mut response = super::send(
             self.request(reqwest::Method::POST, "/chat/completions")
                 .json(&body),

@@ -6,7 +6,10 @@
 //! A policy is versioned: each saved policy gets the next version, and every flag records the
 //! version it was raised under, so a verdict is always read against the rules that made it.
 
+pub mod classifier;
+pub mod hours;
 pub mod rules;
+pub mod screen;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -80,6 +83,9 @@ pub struct Handoff {
     /// What the contact is told when the conversation goes to a person.
     #[serde(default = "default_handoff_message")]
     pub message: String,
+    /// The team's hours: outside them the contact is told when a person will be back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub business_hours: Option<hours::BusinessHours>,
 }
 
 fn default_handoff_message() -> String {
@@ -94,6 +100,7 @@ impl Default for Handoff {
             after_fallbacks: 0,
             timeout_minutes: 0,
             message: default_handoff_message(),
+            business_hours: None,
         }
     }
 }
@@ -107,6 +114,10 @@ pub struct Classifier {
     /// How long a turn waits for it; slower → rules only, recorded on the flag.
     #[serde(default = "default_classifier_timeout")]
     pub timeout_ms: u64,
+    /// Also classify the bot's answers (each answer then waits for it, and the widget shows no
+    /// streamed preview: a sentence cannot be shown before the whole answer is judged).
+    #[serde(default)]
+    pub outbound: bool,
     #[serde(default = "default_categories")]
     pub categories: BTreeMap<String, Category>,
 }
@@ -181,6 +192,7 @@ impl Default for Classifier {
         Classifier {
             enabled: false,
             timeout_ms: default_classifier_timeout(),
+            outbound: false,
             categories: default_categories(),
         }
     }
@@ -222,6 +234,7 @@ pub struct Problem {
 pub struct Compiled {
     pub policy: Policy,
     pub rules: RuleSet,
+    pub hours: Option<hours::Hours>,
 }
 
 impl Compiled {
@@ -311,6 +324,11 @@ impl Compiled {
                         .into(),
             });
         }
+        let hours = policy
+            .handoff
+            .business_hours
+            .as_ref()
+            .and_then(|h| hours::Hours::new(h, "handoff.business_hours", &mut problems));
         if policy.safe_fallback.trim().is_empty() {
             problems.push(Problem {
                 path: "safe_fallback".into(),
@@ -318,9 +336,22 @@ impl Compiled {
             });
         }
         match rules {
-            Some(rules) if problems.is_empty() => Ok(Compiled { policy, rules }),
+            Some(rules) if problems.is_empty() => Ok(Compiled {
+                policy,
+                rules,
+                hours,
+            }),
             _ => Err(problems),
         }
+    }
+
+    /// What the contact is told when a person takes over at `now`: the hand-off message, or
+    /// outside business hours the closed message with the next opening.
+    pub fn handoff_text(&self, now: i64) -> String {
+        self.hours
+            .as_ref()
+            .and_then(|h| h.closed_text(now))
+            .unwrap_or_else(|| self.policy.handoff.message.clone())
     }
 
     /// The crisis text as sent: the message, then the resources.
@@ -523,10 +554,75 @@ impl Active {
     }
 }
 
+impl Active {
+    /// Whether the classifier is to be asked about a text in this direction.
+    pub fn classifies(&self, inbound: bool) -> bool {
+        let c = &self.compiled.policy.classifier;
+        c.enabled && (inbound || c.outbound)
+    }
+
+    /// Whether a rule can hold or block a bot answer (one that acts, on outbound text).
+    pub fn stops_answers(&self) -> bool {
+        let policy = &self.compiled.policy;
+        !policy.shadow
+            && policy.rules.iter().any(|r| {
+                !r.shadow
+                    && matches!(r.action, Action::Hold | Action::Block)
+                    && r.applies_to != rules::Direction::Inbound
+            })
+    }
+
+    /// The policy's categories, in order (what the classifier is asked about).
+    pub fn categories(&self) -> Vec<&str> {
+        self.compiled
+            .policy
+            .classifier
+            .categories
+            .keys()
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// Adds the classifier's findings to a verdict: each category scored at or above its
+    /// threshold is a hit (`classifier:<category>`, no spans) with the category's action and
+    /// shadow mode; `self_harm` on an inbound message starts the crisis protocol.
+    pub fn merge(&self, verdict: &mut Verdict, found: &classifier::Classification, inbound: bool) {
+        let policy = &self.compiled.policy;
+        for (name, score) in &found.scores {
+            let Some(category) = policy.classifier.categories.get(name) else {
+                continue;
+            };
+            if *score < category.threshold {
+                continue;
+            }
+            let shadow = category.shadow || policy.shadow;
+            if name == "self_harm" && inbound && policy.crisis.enabled && !shadow {
+                verdict.crisis = true;
+            }
+            verdict.hits.push(Hit {
+                rule: format!("classifier:{name}"),
+                action: category.action,
+                shadow,
+                category: Some(name.clone()),
+                spans: Vec::new(),
+            });
+        }
+        verdict.action = verdict
+            .hits
+            .iter()
+            .filter(|h| !h.shadow)
+            .map(|h| h.action)
+            .max()
+            .unwrap_or(Action::Allow);
+    }
+}
+
 /// The tenants' policies, compiled once per version and cached briefly.
 pub struct Moderation {
     store: crate::store::Store,
     cache: Mutex<HashMap<String, (Instant, Arc<Active>)>>,
+    /// The classifier on the gateway's chat model (none without a model).
+    classifier: Option<classifier::Classifier>,
 }
 
 impl Moderation {
@@ -534,7 +630,40 @@ impl Moderation {
         Moderation {
             store,
             cache: Mutex::new(HashMap::new()),
+            classifier: None,
         }
+    }
+
+    /// With the classifier on `model` (the chat model answers use, behind the same guard).
+    pub fn with_classifier(
+        mut self,
+        model: Option<Arc<crate::llm::guard::Guarded>>,
+    ) -> anyhow::Result<Moderation> {
+        self.classifier = model.map(classifier::Classifier::new).transpose()?;
+        Ok(self)
+    }
+
+    /// The rules, and the classifier when the policy asks for it in this direction: the
+    /// verdict, and the classification (`None` when the classifier was not asked).
+    pub async fn judge(
+        &self,
+        active: &Active,
+        text: &str,
+        inbound: bool,
+    ) -> (Verdict, Option<classifier::Classification>) {
+        let mut verdict = active.check(text, inbound);
+        if !active.classifies(inbound) {
+            return (verdict, None);
+        }
+        let found = match &self.classifier {
+            Some(c) => {
+                let timeout = Duration::from_millis(active.compiled.policy.classifier.timeout_ms);
+                c.classify(text, &active.categories(), timeout).await
+            }
+            None => classifier::no_model(),
+        };
+        active.merge(&mut verdict, &found, inbound);
+        (verdict, Some(found))
     }
 
     /// The tenant's active policy (the default when it saved none, or when the saved one no
@@ -624,6 +753,18 @@ impl Moderation {
         });
     }
 
+    /// How a streamed answer may be previewed under the tenant's policy.
+    pub async fn preview(&self, tenant_id: &str) -> anyhow::Result<Preview> {
+        let active = self.active(tenant_id).await?;
+        Ok(if active.classifies(false) {
+            Preview::None
+        } else if active.stops_answers() {
+            Preview::Screened(active)
+        } else {
+            Preview::Direct
+        })
+    }
+
     /// Forgets a tenant's cached policy (it saved a new one).
     pub fn invalidate(&self, tenant_id: &str) {
         lock(&self.cache).remove(tenant_id);
@@ -632,6 +773,16 @@ impl Moderation {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How the widget may preview an answer while it is written.
+pub enum Preview {
+    /// As it comes: nothing in the policy can stop an answer.
+    Direct,
+    /// Whole sentences the outbound rules passed ([`screen::Screen`]).
+    Screened(Arc<Active>),
+    /// Not at all ("typing…" only): the classifier judges whole answers.
+    None,
 }
 
 /// What moderation decided about an inbound turn, for the router.
@@ -681,7 +832,7 @@ impl Moderation {
             return Ok(Inbound::Continue);
         }
         let active = self.active(&turn.tenant_id).await?;
-        let verdict = active.check(&turn.text, true);
+        let (verdict, classification) = self.judge(&active, &turn.text, true).await;
         let asks_for_person =
             turn.conversation_status == "bot" && active.asks_for_person(&turn.text);
         if !verdict.flagged() {
@@ -711,7 +862,7 @@ impl Moderation {
             "text": turn.text,
             "hits": verdict.hits,
             "policy_version": verdict.policy_version,
-            "classifier": null,
+            "classifier": classification,
             "crisis": verdict.crisis,
         });
         let now = now_ms();
@@ -817,9 +968,7 @@ impl Moderation {
         )
         .await?;
         counter!("switchboard_handoffs_total", "reason" => "request").increment(1);
-        Ok(Inbound::Reply(
-            active.compiled.policy.handoff.message.clone(),
-        ))
+        Ok(Inbound::Reply(active.compiled.handoff_text(now)))
     }
 
     /// After the bot answered, the hand-off policies on what kind of answer it was: the
@@ -868,7 +1017,7 @@ impl Moderation {
                 self.escalate(&mut w, turn, None, source, "normal", subject, now)
                     .await?;
                 counter!("switchboard_handoffs_total", "reason" => source).increment(1);
-                Some(handoff.message.clone())
+                Some(active.compiled.handoff_text(now))
             }
             _ => {
                 store::set_fallbacks(&mut w, &turn.conversation_id, count).await?;
@@ -918,9 +1067,10 @@ impl Moderation {
         turn: &PendingTurn,
         answer: &str,
         citations_json: &str,
+        trace: Option<&crate::answer::Trace>,
     ) -> anyhow::Result<Outbound> {
         let active = self.active(&turn.tenant_id).await?;
-        let verdict = active.check(answer, false);
+        let (verdict, classification) = self.judge(&active, answer, false).await;
         if !verdict.flagged() {
             return Ok(Outbound::Send);
         }
@@ -940,8 +1090,11 @@ impl Moderation {
             "question": turn.text,
             "answer": answer,
             "citations": citations,
+            "retrieved": trace.map(|t| &t.retrieved),
+            "prompt": trace.map(|t| &t.prompt),
             "hits": verdict.hits,
             "policy_version": verdict.policy_version,
+            "classifier": classification,
         });
         let now = now_ms();
         let mut w = self.store.begin_write().await?;
@@ -993,6 +1146,33 @@ impl Moderation {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_acting_outbound_rules_screen_the_preview() {
+        let stops = |policy: serde_json::Value| {
+            let compiled = Compiled::parse(&policy).expect("valid");
+            Active::new(1, compiled).stops_answers()
+        };
+        assert!(!stops(json!({})));
+        let rule = |action: &str, applies_to: &str, shadow: bool| {
+            json!({ "rules": [{ "id": "r", "words": ["x"], "action": action,
+                                "applies_to": applies_to, "shadow": shadow }] })
+        };
+        assert!(stops(rule("block", "outbound", false)));
+        assert!(stops(rule("hold", "both", false)));
+        assert!(
+            !stops(rule("flag", "outbound", false)),
+            "a flag sends the answer anyway"
+        );
+        assert!(!stops(rule("block", "inbound", false)));
+        assert!(
+            !stops(rule("block", "outbound", true)),
+            "shadow only records"
+        );
+        let mut shadowed = rule("block", "outbound", false);
+        shadowed["shadow"] = json!(true);
+        assert!(!stops(shadowed));
+    }
 
     #[test]
     fn the_default_policy_is_valid_and_has_the_crisis_protocol_on() {

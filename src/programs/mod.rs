@@ -183,7 +183,23 @@ struct Inner {
     generator: Option<Arc<dyn Generator>>,
     /// Texts written for `generate` steps of fires waiting to run again: fire id → texts.
     generated: Mutex<HashMap<String, Generated>>,
+    /// The tenants' moderation policies, applied to every program message before it is sent.
+    moderation: std::sync::OnceLock<Arc<crate::moderation::Moderation>>,
+    /// What moderation found in texts the model wrote, until their message is written:
+    /// (contact, step) → the finding.
+    screened: Mutex<HashMap<(String, String), Screened>>,
     shutdown: CancellationToken,
+}
+
+/// Moderation's finding on a `generate` step's text.
+struct Screened {
+    at: std::time::Instant,
+    /// What the model wrote.
+    text: String,
+    hits: Vec<crate::moderation::Hit>,
+    classifier: Option<crate::moderation::classifier::Classification>,
+    /// The step's fallback was sent instead (the text was held or blocked).
+    replaced: bool,
 }
 
 /// What processing one fire did.
@@ -204,6 +220,8 @@ struct Batch {
     rules: HashMap<String, Rules>,
     /// Contact → proactive messages sent on its local day so far.
     sent_today: HashMap<String, i64>,
+    /// Tenant → its moderation policy (none without moderation).
+    policies: HashMap<String, Arc<crate::moderation::Active>>,
 }
 
 /// The fire counter's name.
@@ -238,6 +256,8 @@ impl Programs {
                 outbox_wake,
                 generator,
                 generated: Mutex::new(HashMap::new()),
+                moderation: std::sync::OnceLock::new(),
+                screened: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
             }),
         }
@@ -245,6 +265,22 @@ impl Programs {
 
     pub fn clock(&self) -> &Clock {
         &self.inner.clock
+    }
+
+    /// Moderates program messages with the tenants' policies from now on.
+    pub fn set_moderation(&self, moderation: Arc<crate::moderation::Moderation>) {
+        let _ = self.inner.moderation.set(moderation);
+    }
+
+    /// The tenant's moderation policy (none without moderation).
+    async fn policy(
+        &self,
+        tenant_id: &str,
+    ) -> anyhow::Result<Option<Arc<crate::moderation::Active>>> {
+        match self.inner.moderation.get() {
+            Some(m) => Ok(Some(m.active(tenant_id).await?)),
+            None => Ok(None),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -652,7 +688,53 @@ impl Programs {
             "fallback"
         };
         counter!("switchboard_program_generated_total", "outcome" => outcome).increment(1);
-        written.unwrap_or_else(|| request.fallback.clone())
+        let Some(text) = written else {
+            return request.fallback.clone();
+        };
+        // The model's text passes the tenant's policy (the rules, and the classifier when it
+        // checks answers) before anyone sees it: held or blocked, the step's fallback is sent
+        // instead, and the flag on that message keeps what the model wrote.
+        let Some(moderation) = self.inner.moderation.get() else {
+            return text;
+        };
+        let active = match moderation.active(tenant_id).await {
+            Ok(active) => active,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "no moderation policy for a generated text; sending the step's fallback");
+                return request.fallback.clone();
+            }
+        };
+        let (verdict, classifier) = moderation.judge(&active, &text, false).await;
+        if !verdict.flagged() {
+            return text;
+        }
+        let replaced = matches!(
+            verdict.action,
+            crate::moderation::Action::Hold | crate::moderation::Action::Block
+        );
+        let mut screened = lock(&self.inner.screened);
+        // Findings whose message was never written (its fire went stale) do not pile up.
+        screened.retain(|_, s| s.at.elapsed() < Duration::from_secs(3600));
+        screened.insert(
+            (contact_id.to_owned(), request.step.clone()),
+            Screened {
+                at: std::time::Instant::now(),
+                text: text.clone(),
+                hits: verdict
+                    .hits
+                    .into_iter()
+                    .filter(|h| replaced || h.rule.starts_with("classifier:"))
+                    .collect(),
+                classifier,
+                replaced,
+            },
+        );
+        if replaced {
+            counter!("switchboard_program_generated_total", "outcome" => "moderated").increment(1);
+            request.fallback.clone()
+        } else {
+            text
+        }
     }
 
     /// One transaction: claim due fires, read what they need in a few statements, decide each
@@ -821,11 +903,18 @@ impl Programs {
             rules.insert(contact.id.clone(), r);
         }
         let sent_today = fire_batch::sent_between(w, &windows).await?;
+        let mut policies = HashMap::new();
+        for tenant in settings.keys() {
+            if let Some(policy) = self.policy(tenant).await? {
+                policies.insert(tenant.clone(), policy);
+            }
+        }
         Ok(Batch {
             loaded,
             programs,
             rules,
             sent_today,
+            policies,
         })
     }
 
@@ -1042,8 +1131,9 @@ impl Programs {
         }
         // Nudges and check-ins leave the enrolment where it is (its step's fire stays current).
         let bump = !nudge && !checkin;
+        let policy = batch.policies.get(&e.tenant_id).map(Arc::as_ref);
         let sent = self.plan(
-            fx, &mut e, read_epoch, &program, &state, &outcome, &thread, None, now, bump,
+            fx, &mut e, read_epoch, &program, &state, &outcome, &thread, None, now, bump, policy,
         );
         let reason = if silent {
             Some("late: messages skipped")
@@ -1125,8 +1215,19 @@ impl Programs {
         bump_epoch: bool,
     ) -> anyhow::Result<usize> {
         let mut fx = Writes::default();
+        let policy = self.policy(&e.tenant_id).await?;
         let queued = self.plan(
-            &mut fx, e, read_epoch, program, state, outcome, thread, reply_to, now, bump_epoch,
+            &mut fx,
+            e,
+            read_epoch,
+            program,
+            state,
+            outcome,
+            thread,
+            reply_to,
+            now,
+            bump_epoch,
+            policy.as_deref(),
         );
         let counts = fx.counts().to_vec();
         fx.write(w, self.inner.store.backend(), now).await?;
@@ -1137,6 +1238,71 @@ impl Programs {
             }
         }
         Ok(queued)
+    }
+
+    /// Moderation of one program message as it is about to be queued: the outbound rules on its
+    /// text, and what was found in the model's text of a `generate` step (see
+    /// [`Programs::generate`]). `None`: nothing found. A message the rules `hold` or `block` is
+    /// withheld (stored, not sent) until a moderator releases it; `flag` and shadow hits are
+    /// sent and recorded.
+    fn screen(
+        &self,
+        policy: Option<&crate::moderation::Active>,
+        e: &EnrollmentRow,
+        m: &flow::Outgoing,
+    ) -> Option<fire_batch::QueuedFlag> {
+        use crate::moderation::Action;
+        let generated = lock(&self.inner.screened).remove(&(e.contact_id.clone(), m.step.clone()));
+        let policy = policy?;
+        let verdict = policy.check(&m.text, false);
+        if verdict.hits.is_empty() && generated.is_none() {
+            return None;
+        }
+        let withheld = match verdict.action {
+            Action::Hold => Some("held"),
+            Action::Block => Some("blocked"),
+            Action::Allow | Action::Flag => None,
+        };
+        let mut hits = verdict.hits.clone();
+        let mut evidence = json!({
+            "source": "program",
+            "program": e.program_id,
+            "version": e.version,
+            "enrollment": e.id,
+            "step": m.step,
+            "text": m.text,
+            "policy_version": verdict.policy_version,
+            "withheld": withheld,
+            "classifier": null,
+        });
+        if let Some(g) = generated {
+            hits.extend(g.hits.iter().cloned());
+            evidence["generated"] = json!({
+                "text": g.text,
+                "hits": g.hits,
+                "replaced": g.replaced,
+            });
+            evidence["classifier"] = json!(g.classifier);
+        }
+        if hits.is_empty() {
+            return None;
+        }
+        let shadow = hits.iter().all(|h| h.shadow);
+        let action = hits
+            .iter()
+            .filter(|h| shadow || !h.shadow)
+            .map(|h| h.action)
+            .max()
+            .unwrap_or(Action::Allow);
+        evidence["hits"] = json!(hits);
+        Some(fire_batch::QueuedFlag {
+            contact_id: e.contact_id.clone(),
+            action: action.as_str(),
+            shadow,
+            withheld,
+            policy_version: verdict.policy_version,
+            evidence,
+        })
     }
 
     /// A run's outcome as writes: messages with their outbox rows, the hand-off, the enrolment's
@@ -1155,6 +1321,7 @@ impl Programs {
         reply_to: Option<&str>,
         now: i64,
         bump_epoch: bool,
+        policy: Option<&crate::moderation::Active>,
     ) -> usize {
         let mut queued = 0;
         // WhatsApp takes free-form messages only within 24 hours of the contact's last message.
@@ -1191,6 +1358,14 @@ impl Programs {
                 m.content.clone()
             };
             let content_json = content.as_ref().and_then(|c| serde_json::to_string(c).ok());
+            let flag = self.screen(policy, e, m);
+            let withheld = flag.as_ref().is_some_and(|f| f.withheld.is_some());
+            if let Some(flag) = &flag {
+                fx.count(
+                    "switchboard_program_messages_flagged_total",
+                    Some(("action", flag.action)),
+                );
+            }
             fx.use_thread(&e.tenant_id, &e.contact_id, &e.channel_id, thread);
             fx.queue_message(
                 &e.tenant_id,
@@ -1199,8 +1374,11 @@ impl Programs {
                 &m.text,
                 content_json,
                 reply_to,
+                flag,
             );
-            queued += 1;
+            if !withheld {
+                queued += 1;
+            }
         }
         if let Some(note) = &outcome.handoff {
             fx.use_thread(&e.tenant_id, &e.contact_id, &e.channel_id, thread);
@@ -2150,6 +2328,7 @@ impl Generator for ModelGenerator {
             ],
             max_tokens: self.settings.max_answer_tokens.min(200),
             temperature: self.settings.temperature,
+            format: None,
         };
         let generated = self.model.chat(&request, &mut |_: &str| {}).await.ok()?;
         let text = generated.text.replace('\0', "");

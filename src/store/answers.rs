@@ -34,7 +34,7 @@ impl Store {
     ) -> Result<Vec<HistoryLine>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT author, text FROM message
-             WHERE conversation_id = $1 AND seq < $2 AND text <> ''
+             WHERE conversation_id = $1 AND seq < $2 AND seq > 0 AND text <> ''
                AND author IN ('contact', 'bot', 'agent')
                AND kind NOT IN ('reaction', 'reaction_removed', 'revoke', 'edit', 'system', 'unaddressed')
              ORDER BY seq DESC LIMIT $3",

@@ -170,7 +170,10 @@ impl Store {
         let now = now_ms();
         let mut w = self.begin_write().await?;
         let changed = sqlx::query(
-            "UPDATE conversation SET status = $1, updated_at = $2
+            "UPDATE conversation SET status = $1, updated_at = $2,
+                    assignee = CASE WHEN $1 = 'bot' THEN NULL ELSE assignee END,
+                    handed_off_at = CASE WHEN $1 = 'human' THEN COALESCE(handed_off_at, $2)
+                                         WHEN $1 = 'bot' THEN NULL ELSE handed_off_at END
              WHERE id = $3 AND tenant_id = $4 AND (status <> 'closed' OR $1 = 'closed')",
         )
         .bind(status)

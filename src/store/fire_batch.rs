@@ -202,6 +202,21 @@ struct Queued {
     text: String,
     content: Option<String>,
     reply_to: Option<String>,
+    /// What moderation found in it (a flag to record with it), if anything.
+    flag: Option<QueuedFlag>,
+}
+
+/// A program message's flag: recorded with the message it is about. A `withheld` message is
+/// stored (status `held` or `blocked`, outside the conversation's numbering: a negative `seq`)
+/// and not sent until a moderator releases it.
+#[derive(Debug, Clone)]
+pub struct QueuedFlag {
+    pub contact_id: String,
+    pub action: &'static str,
+    pub shadow: bool,
+    pub withheld: Option<&'static str>,
+    pub policy_version: i64,
+    pub evidence: Value,
 }
 
 /// A fire to add; `checkin`: a check-in occurrence, which a pause's cancellation gives back.
@@ -297,6 +312,7 @@ impl Writes {
         text: &str,
         content_json: Option<String>,
         reply_to: Option<&str>,
+        flag: Option<QueuedFlag>,
     ) {
         self.messages.push(Queued {
             tenant_id: tenant_id.to_owned(),
@@ -306,6 +322,7 @@ impl Writes {
             text: text.to_owned(),
             content: content_json,
             reply_to: reply_to.map(str::to_owned),
+            flag,
         });
     }
 
@@ -622,11 +639,15 @@ impl Writes {
         if self.messages.is_empty() {
             return Ok(());
         }
+        let withheld = |m: &Queued| m.flag.as_ref().is_some_and(|f| f.withheld.is_some());
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        for m in &self.messages {
+        for m in self.messages.iter().filter(|m| !withheld(m)) {
             *counts.entry(m.conversation_id.clone()).or_default() += 1;
         }
-        lock_conversations(w, backend, &counts).await?;
+        // Only withheld messages: no conversation is numbered (an empty lock list is not SQL).
+        if !counts.is_empty() {
+            lock_conversations(w, backend, &counts).await?;
+        }
         let mut by_count: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         for (id, k) in &counts {
             by_count.entry(*k).or_default().push(id.clone());
@@ -653,7 +674,12 @@ impl Writes {
         );
         // The outbox runs on the wall clock (the engine's may be set by hand in tests).
         let send_at = now_ms();
+        // Withheld messages take a negative `seq`, unique in the conversation and below every
+        // other: no visitor or history sees them, and the numbering keeps no gap.
+        let mut withheld_seq = -(send_at.max(1) * 1000);
+        let mut flags: Vec<(String, &Queued, &QueuedFlag)> = Vec::new();
         for chunk in self.messages.chunks(CHUNK) {
+            let mut queued_rows = 0;
             let mut messages = Statement::new(
                 "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction,
                                       author, text, reply_to, status, created_at) VALUES ",
@@ -664,14 +690,44 @@ impl Writes {
                                        updated_at) VALUES ",
             );
             for (i, m) in chunk.iter().enumerate() {
-                let seq = next_seq
-                    .get_mut(&m.conversation_id)
-                    .ok_or(sqlx::Error::RowNotFound)?;
                 let id = new_id();
                 if i > 0 {
                     messages.push(", ");
+                }
+                if let Some(flag) = &m.flag {
+                    flags.push((id.clone(), m, flag));
+                }
+                if let Some(status) = m.flag.as_ref().and_then(|f| f.withheld) {
+                    withheld_seq -= 1;
+                    messages
+                        .push("(")
+                        .bind(id.clone())
+                        .push(", ")
+                        .bind(m.tenant_id.clone())
+                        .push(", ")
+                        .bind(m.conversation_id.clone())
+                        .push(", ")
+                        .bind(m.channel_id.clone())
+                        .push(", ")
+                        .bind(withheld_seq)
+                        .push(", 'outbound', 'bot', ")
+                        .bind(m.text.clone())
+                        .push(", ")
+                        .bind(m.reply_to.clone())
+                        .push(", ")
+                        .bind(status)
+                        .push(", ")
+                        .bind(now)
+                        .push(")");
+                    continue;
+                }
+                let seq = next_seq
+                    .get_mut(&m.conversation_id)
+                    .ok_or(sqlx::Error::RowNotFound)?;
+                if queued_rows > 0 {
                     deliveries.push(", ");
                 }
+                queued_rows += 1;
                 messages
                     .push("(")
                     .bind(id.clone())
@@ -719,7 +775,28 @@ impl Writes {
                 *seq += 1;
             }
             messages.query().execute(&mut *w.tx).await?;
-            deliveries.query().execute(&mut *w.tx).await?;
+            if queued_rows > 0 {
+                deliveries.query().execute(&mut *w.tx).await?;
+            }
+        }
+        // Flags are rare: one statement each.
+        for (message_id, m, flag) in flags {
+            super::moderation::insert_flag(
+                w,
+                super::moderation::NewFlag {
+                    tenant_id: &m.tenant_id,
+                    conversation_id: &m.conversation_id,
+                    contact_id: &flag.contact_id,
+                    message_id: &message_id,
+                    direction: "outbound",
+                    action: flag.action,
+                    shadow: flag.shadow,
+                    policy_version: flag.policy_version,
+                    evidence: &flag.evidence,
+                },
+                now,
+            )
+            .await?;
         }
         Ok(())
     }

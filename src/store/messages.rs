@@ -92,6 +92,8 @@ pub struct ConversationView {
     pub contact_external_id: Option<String>,
     pub status: String,
     pub flagged: bool,
+    /// The key of the person it is assigned to.
+    pub assignee: Option<String>,
     pub last_seq: i64,
     pub updated_at: String,
 }
@@ -102,6 +104,8 @@ pub struct ConversationFilter {
     pub status: Option<String>,
     pub channel: Option<String>,
     pub flagged: Option<bool>,
+    /// A key id: the conversations assigned to it.
+    pub assignee: Option<String>,
     pub limit: i64,
 }
 
@@ -386,7 +390,7 @@ impl Store {
         filter: &ConversationFilter,
     ) -> Result<Vec<ConversationView>, sqlx::Error> {
         sqlx::query(
-            "SELECT c.id, ch.kind, c.contact_id, c.status, c.flagged, c.last_seq, c.updated_at,
+            "SELECT c.id, ch.kind, c.contact_id, c.status, c.flagged, c.assignee, c.last_seq, c.updated_at,
                     (SELECT ci.external_id FROM contact_identity ci
                       WHERE ci.contact_id = c.contact_id AND ci.channel_id = c.channel_id) AS external_id
              FROM conversation c JOIN channel ch ON ch.id = c.channel_id
@@ -394,6 +398,7 @@ impl Store {
                AND ($2 IS NULL OR c.status = $2)
                AND ($3 IS NULL OR ch.kind = $3)
                AND ($4 IS NULL OR c.flagged = $4)
+               AND ($6 IS NULL OR c.assignee = $6)
              ORDER BY c.updated_at DESC, c.id DESC LIMIT $5",
         )
         .bind(tenant_id)
@@ -401,6 +406,7 @@ impl Store {
         .bind(filter.channel.as_deref())
         .bind(filter.flagged.map(i64::from))
         .bind(filter.limit)
+        .bind(filter.assignee.as_deref())
         .fetch_all(&self.pool)
         .await?
         .iter()
@@ -412,6 +418,7 @@ impl Store {
                 contact_external_id: r.try_get("external_id")?,
                 status: r.try_get("status")?,
                 flagged: r.try_get::<i64, _>("flagged")? != 0,
+                assignee: r.try_get("assignee")?,
                 last_seq: r.try_get("last_seq")?,
                 updated_at: rfc3339(r.try_get("updated_at")?),
             })

@@ -136,6 +136,17 @@ pub struct TicketChange {
     pub note: Option<String>,
 }
 
+/// One priority's ticket figures (`GET /v1/moderation/stats`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TicketMetrics {
+    pub priority: String,
+    pub total: i64,
+    pub unresolved: i64,
+    pub first_response_breached: i64,
+    pub resolution_breached: i64,
+    pub mean_first_response_ms: Option<i64>,
+}
+
 /// Filters of the ticket list.
 #[derive(Debug, Default)]
 pub struct TicketFilter {
@@ -239,6 +250,43 @@ impl Store {
         .await?
         .iter()
         .map(flag_row)
+        .collect()
+    }
+
+    /// Per priority: tickets, how many are unresolved, how many missed their first-response and
+    /// resolution targets (an unmet target past due counts), and the mean first-response time
+    /// of those answered.
+    pub async fn ticket_metrics(
+        &self,
+        tenant_id: &str,
+        now: i64,
+    ) -> Result<Vec<TicketMetrics>, sqlx::Error> {
+        sqlx::query(
+            "SELECT priority, COUNT(*) AS total,
+                    CAST(SUM(CASE WHEN status IN ('open', 'pending') THEN 1 ELSE 0 END) AS BIGINT) AS unresolved,
+                    CAST(SUM(CASE WHEN COALESCE(first_response_at, $2) > first_response_due_at
+                                  THEN 1 ELSE 0 END) AS BIGINT) AS first_breached,
+                    CAST(SUM(CASE WHEN COALESCE(solved_at, closed_at, $2) > resolution_due_at
+                                  THEN 1 ELSE 0 END) AS BIGINT) AS resolution_breached,
+                    CAST(AVG(CASE WHEN first_response_at IS NOT NULL
+                                  THEN first_response_at - created_at END) AS BIGINT) AS mean_first_ms
+             FROM ticket WHERE tenant_id = $1 GROUP BY priority ORDER BY priority",
+        )
+        .bind(tenant_id)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(TicketMetrics {
+                priority: r.try_get("priority")?,
+                total: r.try_get("total")?,
+                unresolved: r.try_get("unresolved")?,
+                first_response_breached: r.try_get("first_breached")?,
+                resolution_breached: r.try_get("resolution_breached")?,
+                mean_first_response_ms: r.try_get("mean_first_ms")?,
+            })
+        })
         .collect()
     }
 
@@ -709,6 +757,106 @@ pub async fn unblock_contact(
     .await
 }
 
+/// Releases a withheld program message (a moderator approved it, or edited it to `text`): it
+/// takes the conversation's next `seq` and is queued for delivery. `false` when it is not
+/// withheld any more, or its conversation is closed.
+pub async fn release_withheld(
+    w: &mut WriteTx,
+    tenant_id: &str,
+    message_id: &str,
+    text: Option<&str>,
+    by: &str,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let Some(held) = sqlx::query(
+        "SELECT conversation_id, channel_id, text FROM message
+         WHERE id = $1 AND tenant_id = $2 AND status IN ('held', 'blocked')",
+    )
+    .bind(message_id)
+    .bind(tenant_id)
+    .fetch_optional(&mut *w.tx)
+    .await?
+    else {
+        return Ok(false);
+    };
+    let conversation_id: String = held.try_get("conversation_id")?;
+    let channel_id: String = held.try_get("channel_id")?;
+    let text = text.map_or_else(|| held.try_get::<String, _>("text"), |t| Ok(t.to_owned()))?;
+    let Some(row) = sqlx::query(
+        "UPDATE conversation SET last_seq = last_seq + 1, updated_at = $1
+         WHERE id = $2 AND status <> 'closed' RETURNING last_seq, contact_id",
+    )
+    .bind(now)
+    .bind(&conversation_id)
+    .fetch_optional(&mut *w.tx)
+    .await?
+    else {
+        return Ok(false);
+    };
+    let seq: i64 = row.try_get("last_seq")?;
+    let contact_id: String = row.try_get("contact_id")?;
+    let recipient: String = sqlx::query(
+        "SELECT external_id FROM contact_identity WHERE contact_id = $1 AND channel_id = $2",
+    )
+    .bind(&contact_id)
+    .bind(&channel_id)
+    .fetch_one(&mut *w.tx)
+    .await?
+    .try_get("external_id")?;
+    sqlx::query(
+        "UPDATE message SET seq = $1, text = $2, status = 'queued', created_at = $3 WHERE id = $4",
+    )
+    .bind(seq)
+    .bind(&text)
+    .bind(now)
+    .bind(message_id)
+    .execute(&mut *w.tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id, message_id, seq,
+                               recipient, body, next_attempt_at, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9)",
+    )
+    .bind(new_id())
+    .bind(tenant_id)
+    .bind(&channel_id)
+    .bind(&conversation_id)
+    .bind(message_id)
+    .bind(seq)
+    .bind(&recipient)
+    .bind(&text)
+    .bind(now)
+    .execute(&mut *w.tx)
+    .await?;
+    audited(
+        w,
+        true,
+        tenant_id,
+        "message.released",
+        message_id,
+        json!({ "by": by, "edited": text != held.try_get::<String, _>("text")? }),
+    )
+    .await
+}
+
+/// A withheld program message is never to be sent (a moderator rejected it).
+pub async fn discard_withheld(
+    w: &mut WriteTx,
+    tenant_id: &str,
+    message_id: &str,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE message SET status = 'rejected'
+         WHERE id = $1 AND tenant_id = $2 AND status IN ('held', 'blocked')",
+    )
+    .bind(message_id)
+    .bind(tenant_id)
+    .execute(&mut *w.tx)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
 /// Gives a conversation back to the bot (a moderator approved what was held, or handed back).
 pub async fn hand_back(
     w: &mut WriteTx,
@@ -738,6 +886,94 @@ pub async fn hand_back(
         json!({ "by": by }),
     )
     .await
+}
+
+/// Assigns a conversation to a person's key (`None` unassigns). A conversation with the bot
+/// goes to the person; its open ticket, if any, is assigned with it. `false` when the
+/// conversation is not the tenant's or is closed.
+pub async fn assign_conversation(
+    w: &mut WriteTx,
+    tenant_id: &str,
+    conversation_id: &str,
+    assignee: Option<&str>,
+    by: &str,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let changed = match assignee {
+        Some(key) => sqlx::query(
+            "UPDATE conversation SET assignee = $1, status = 'human',
+                    handed_off_at = COALESCE(handed_off_at, $2), updated_at = $2
+             WHERE id = $3 AND tenant_id = $4 AND status <> 'closed'",
+        )
+        .bind(key)
+        .bind(now)
+        .bind(conversation_id)
+        .bind(tenant_id)
+        .execute(&mut *w.tx)
+        .await?
+        .rows_affected(),
+        None => sqlx::query(
+            "UPDATE conversation SET assignee = NULL, updated_at = $1
+             WHERE id = $2 AND tenant_id = $3 AND status <> 'closed'",
+        )
+        .bind(now)
+        .bind(conversation_id)
+        .bind(tenant_id)
+        .execute(&mut *w.tx)
+        .await?
+        .rows_affected(),
+    } == 1;
+    if changed {
+        sqlx::query(
+            "UPDATE ticket SET assignee = $1, updated_at = $2
+             WHERE conversation_id = $3 AND tenant_id = $4 AND status IN ('open', 'pending')",
+        )
+        .bind(assignee)
+        .bind(now)
+        .bind(conversation_id)
+        .bind(tenant_id)
+        .execute(&mut *w.tx)
+        .await?;
+    }
+    audited(
+        w,
+        changed,
+        tenant_id,
+        "conversation.assigned",
+        conversation_id,
+        json!({ "assignee": assignee, "by": by }),
+    )
+    .await
+}
+
+impl Store {
+    /// Whether `key_id` is a live admin or moderator key of the tenant (who can be assigned).
+    pub async fn is_staff_key(&self, tenant_id: &str, key_id: &str) -> Result<bool, sqlx::Error> {
+        Ok(sqlx::query(
+            "SELECT 1 FROM api_key WHERE id = $1 AND tenant_id = $2
+               AND role IN ('admin', 'moderator') AND revoked_at IS NULL",
+        )
+        .bind(key_id)
+        .bind(tenant_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .is_some())
+    }
+
+    /// A conversation's status and assignee.
+    pub async fn conversation_state(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+    ) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
+        sqlx::query("SELECT status, assignee FROM conversation WHERE id = $1 AND tenant_id = $2")
+            .bind(conversation_id)
+            .bind(tenant_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| Ok((r.try_get("status")?, r.try_get("assignee")?)))
+            .transpose()
+    }
 }
 
 /// A moderator takes a conversation: `human`, assigned to them.

@@ -221,6 +221,13 @@ class Handler(BaseHTTPRequestHandler):
                              ("top_p", "top_p"), ("seed", "seed"), ("stop", "stop")):
             if options.get(ours) is not None:
                 upstream_body[theirs] = options[ours]
+        # Ollama's `format`: "json", or a JSON Schema the answer must follow; llama.cpp's server
+        # constrains the generation with a grammar built from it.
+        fmt = body.get("format")
+        if fmt == "json":
+            upstream_body["response_format"] = {"type": "json_object"}
+        elif isinstance(fmt, dict):
+            upstream_body["response_format"] = {"type": "json_object", "schema": fmt}
         started = time.monotonic_ns()
         url = urllib.parse.urlparse(cfg.openai_url)
         try:
