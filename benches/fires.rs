@@ -340,6 +340,7 @@ impl Gateway {
             .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
             .env("SWITCHBOARD_LLM_PROVIDER", "none")
             .env_remove("SWITCHBOARD_CONFIG")
+            .env("SWITCHBOARD_EMBED_MODEL", "none")
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

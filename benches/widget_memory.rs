@@ -67,6 +67,8 @@ async fn switchboard() -> Server {
         .arg("serve")
         .env("SWITCHBOARD_DATA_DIR", dir.path())
         .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
+        // BM25 retrieval: the embedding model's ~90 MB of weights are not what this measures.
+        .env("SWITCHBOARD_EMBED_MODEL", "none")
         .env("SWITCHBOARD_WIDGET_MAX_SOCKETS_PER_IP", "10000000")
         .env("SWITCHBOARD_WIDGET_CONNECT_BURST_PER_IP", "10000000")
         .env("RUST_LOG", "warn")

@@ -116,6 +116,21 @@ pub enum EvalCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Grounded or honest: on a BEIR-style folder and a file of off-topic questions, the share
+    /// of off-topic questions answered "no answer", recall@5 of what the bot answers from (with
+    /// and without the documents' titles), a sweep of relevance floors, and — with
+    /// `--generate N` and a language model — how many written answers their citations support.
+    Answers {
+        dir: PathBuf,
+        /// JSON lines with `text`: questions the knowledge does not cover.
+        #[arg(long)]
+        off_topic: PathBuf,
+        /// On-topic questions to answer with the configured language model.
+        #[arg(long, default_value_t = 0)]
+        generate: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -250,6 +265,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     "ingest {:.1} s; query p50 {:.2} ms, p99 {:.2} ms",
                     report.ingest_seconds, report.query_p50_ms, report.query_p99_ms
                 );
+            }
+            Ok(())
+        }
+        Command::Eval(EvalCommand::Answers {
+            dir,
+            off_topic,
+            generate,
+            json,
+        }) => {
+            let report = eval_answers(&config, &dir, &off_topic, generate).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print_answers_report(&report);
             }
             Ok(())
         }
@@ -488,6 +517,121 @@ async fn eval_retrieval(
     .await;
     let _ = std::fs::remove_dir_all(&scratch);
     result
+}
+
+/// `switchboard eval answers`: a fresh SQLite store and vector index in a temporary folder
+/// (the built-in embedding model is read from, or fetched into, the configured data directory).
+async fn eval_answers(
+    config: &Config,
+    dir: &std::path::Path,
+    off_topic: &std::path::Path,
+    generate: usize,
+) -> anyhow::Result<crate::knowledge::eval::AnswersReport> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let scratch =
+        std::env::temp_dir().join(format!("switchboard-eval-{}-{nanos}", std::process::id()));
+    let mut scratch_config = config.clone();
+    scratch_config.data_dir = scratch.clone();
+    scratch_config.database_url = None;
+    scratch_config.qdrant_url = None;
+    if crate::startup::EmbedChoice::of(config) == crate::startup::EmbedChoice::Builtin {
+        let dir = crate::startup::builtin_model(config).await?;
+        scratch_config.embed_model = Some(dir.to_string_lossy().into_owned());
+    }
+    let result = async {
+        let store = open_store(&scratch_config).await?;
+        let mut tenants = Vec::new();
+        for slug in ["eval", "eval-untitled"] {
+            tenants.push(
+                store
+                    .create_tenant(
+                        &TenantSlug::parse(slug).map_err(anyhow::Error::msg)?,
+                        "Evaluation",
+                    )
+                    .await?
+                    .tenant_id,
+            );
+        }
+        let knowledge = crate::startup::knowledge_for(&scratch_config, &store).await?;
+        let models = crate::startup::models_for(&scratch_config)?;
+        let responder = models.chat.clone().map(|chat| {
+            crate::answer::KnowledgeResponder::new(
+                knowledge.clone(),
+                Some(chat),
+                crate::startup::answer_settings(&scratch_config),
+            )
+        });
+        let report = crate::knowledge::eval::answers(
+            &knowledge,
+            &tenants[0],
+            &tenants[1],
+            dir,
+            off_topic,
+            responder.as_ref(),
+            generate,
+        )
+        .await;
+        drop(responder);
+        drop(knowledge);
+        store.close().await;
+        report
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+fn print_answers_report(r: &crate::knowledge::eval::AnswersReport) {
+    println!(
+        "{} documents ({} chunks), {} retrieval, relevance floor: similarity ≥ {:.2}",
+        r.documents, r.chunks, r.mode, r.min_similarity
+    );
+    println!(
+        "off-topic  {:>4} questions   no_answer {:.1} %",
+        r.off_topic,
+        r.off_topic_no_answer * 100.0
+    );
+    println!(
+        "on-topic   {:>4} questions   recall@5 {:.3} (untitled {:.3})   no_answer {:.1} % (untitled {:.1} %)",
+        r.on_topic,
+        r.recall_at_5,
+        r.untitled_recall_at_5,
+        r.on_topic_no_answer * 100.0,
+        r.untitled_no_answer * 100.0
+    );
+    if !r.sweep.is_empty() {
+        println!("floor   off-topic no_answer   recall@5   untitled recall@5");
+        for s in &r.sweep {
+            println!(
+                "{:.2}    {:>6.1} %             {:.3}      {:.3}",
+                s.min_similarity,
+                s.off_topic_no_answer * 100.0,
+                s.recall_at_5,
+                s.untitled_recall_at_5
+            );
+        }
+    }
+    for q in &r.off_topic_answered {
+        println!("  off-topic but answered from the knowledge: {q}");
+    }
+    if let Some(g) = &r.generated {
+        println!(
+            "generated  {} answers: {} written by the model, {} cite a source, {} grounded; {:.1} % of {} checked sentences supported",
+            g.answers,
+            g.written,
+            g.citing,
+            g.grounded,
+            g.sentences_supported_share * 100.0,
+            g.sentences_checked
+        );
+    }
+    println!(
+        "ingest {:.1} s; retrieval p50 {:.2} ms, p99 {:.2} ms",
+        r.ingest_seconds, r.query_p50_ms, r.query_p99_ms
+    );
 }
 
 /// Where `switchboard chat` writes its log lines.

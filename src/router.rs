@@ -248,6 +248,7 @@ impl Inner {
                     moderated = Some(Some(ReplyDraft {
                         text,
                         citations_json: "[]".to_owned(),
+                        grounding_json: None,
                     }));
                 }
                 Ok(Inbound::Silent) => moderated = Some(None),
@@ -312,6 +313,7 @@ impl Inner {
             Some(ReplyDraft {
                 text,
                 citations_json: "[]".to_owned(),
+                grounding_json: None,
             })
         } else if turn.conversation_status == "bot" && answerable {
             // Held until the answer is ready: Telegram's "typing…" lasts 5 s, so it is renewed.
@@ -358,6 +360,7 @@ impl Inner {
                     counter!("switchboard_processed_total", "outcome" => "apology").increment(1);
                     Answer {
                         trace: None,
+                        grounding: None,
                         kind: crate::answer::AnswerKind::Fallback,
                         text: APOLOGY.to_owned(),
                         citations: Vec::new(),
@@ -370,10 +373,22 @@ impl Inner {
                 // a conversation with it.
                 text: answer.text.replace('\0', ""),
                 citations_json: serde_json::to_string(&answer.citations)?,
+                grounding_json: answer
+                    .grounding
+                    .as_ref()
+                    .map(serde_json::to_string)
+                    .transpose()?,
             };
             // The hand-off policies on what kind of answer it was (no answer, fallbacks).
             if let Some(moderation) = &self.moderation {
-                match moderation.after_answer(&turn, answer.kind).await {
+                let ungrounded_handoff = answer
+                    .grounding
+                    .as_ref()
+                    .is_some_and(|g| g.action == "handoff");
+                match moderation
+                    .after_answer(&turn, answer.kind, ungrounded_handoff)
+                    .await
+                {
                     Ok(Some(told)) => draft.text = format!("{}\n\n{told}", draft.text),
                     Ok(None) => {}
                     Err(e) if give_up => {
@@ -399,6 +414,7 @@ impl Inner {
                         Ok(Outbound::Replace(text)) => Some(ReplyDraft {
                             text,
                             citations_json: "[]".to_owned(),
+                            grounding_json: None,
                         }),
                         Ok(Outbound::Hold) => None,
                         Err(e) if give_up => {
@@ -406,6 +422,7 @@ impl Inner {
                             Some(ReplyDraft {
                                 text: crate::moderation::Policy::default().safe_fallback,
                                 citations_json: "[]".to_owned(),
+                                grounding_json: None,
                             })
                         }
                         Err(e) => return Err(e),

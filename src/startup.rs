@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -136,41 +136,168 @@ impl Models {
     }
 }
 
-/// The knowledge service on `store`, with the vector index the configuration names.
-///
-/// With `SWITCHBOARD_EMBED_MODEL`, the model is asked for one embedding to learn its size; the
-/// index lives in `$DATA_DIR/vectors/<model>-<size>/` (BM25 alone: `vectors/bm25/`), so another
-/// model gets a fresh index, and documents are indexed into it at start. A model that does not
-/// answer then leaves retrieval lexical for this run, said in the log.
-pub async fn knowledge_for(config: &Config, store: &Store) -> anyhow::Result<Knowledge> {
-    let embedder = match (&config.embed_model, llm_endpoint(config)) {
-        (Some(model), Some(endpoint)) => {
-            let embedder: Arc<dyn crate::llm::Embedder> =
-                Arc::from(crate::llm::embedder(llm_http()?, &endpoint, model));
-            let probe = ["dimension probe".to_owned()];
-            match tokio::time::timeout(Duration::from_secs(10), embedder.embed(&probe)).await {
-                Ok(Ok(v)) if v.first().is_some_and(|v| !v.is_empty()) => {
-                    Some((embedder, v[0].len()))
-                }
-                outcome => {
-                    let why = match outcome {
-                        Ok(Err(e)) => e.to_string(),
-                        Ok(Ok(_)) => "an empty embedding".to_owned(),
-                        Err(_) => "no answer within 10 s".to_owned(),
-                    };
-                    tracing::warn!(model = %model, error = %why, "the embedding model is not answering: retrieval is BM25 only until a restart finds it");
-                    None
-                }
+/// How hybrid retrieval's embedding model is chosen (see [`Config::embed_model`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmbedChoice {
+    /// BM25 alone.
+    None,
+    /// all-MiniLM-L6-v2 in this process, from the data directory (fetched once).
+    Builtin,
+    /// A model folder read in this process.
+    Folder(PathBuf),
+    /// A model on the LLM server, by name.
+    Server(String),
+}
+
+impl EmbedChoice {
+    pub fn of(config: &Config) -> EmbedChoice {
+        match config.embed_model.as_deref().map(str::trim) {
+            None | Some("") | Some("builtin") => EmbedChoice::Builtin,
+            Some(name) if name.eq_ignore_ascii_case(crate::knowledge::embed::BUILTIN) => {
+                EmbedChoice::Builtin
             }
+            Some("none" | "off") => EmbedChoice::None,
+            Some(path) if path.contains('/') || path.contains('\\') || Path::new(path).is_dir() => {
+                EmbedChoice::Folder(PathBuf::from(path))
+            }
+            Some(name) => EmbedChoice::Server(name.to_owned()),
         }
-        (Some(_), None) => {
-            tracing::warn!(
-                "SWITCHBOARD_EMBED_MODEL is set but the LLM provider is none: BM25 retrieval only"
-            );
+    }
+}
+
+/// The embedding model and the size of its vectors, or `None` (BM25 alone) with the reason
+/// logged.
+async fn embedder_for(config: &Config) -> Option<(Arc<dyn crate::llm::Embedder>, usize)> {
+    use crate::knowledge::embed;
+    let bm25_only = |why: String| {
+        tracing::warn!(
+            "hybrid retrieval is OFF: {why}. Retrieval is BM25 (words) alone: off-topic questions that share a word with the knowledge may be answered from it, and questions in other words than the knowledge's are missed. Set SWITCHBOARD_EMBED_MODEL to a model folder (config.json, tokenizer.json, model.safetensors) to turn it on"
+        );
+    };
+    let folder = match EmbedChoice::of(config) {
+        EmbedChoice::None => {
+            tracing::info!("SWITCHBOARD_EMBED_MODEL=none: BM25 retrieval alone");
+            return None;
+        }
+        EmbedChoice::Server(model) => return server_embedder(config, &model).await,
+        EmbedChoice::Folder(dir) => (
+            dir.clone(),
+            format!(
+                "local-{}",
+                dir.file_name()
+                    .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned())
+            ),
+        ),
+        EmbedChoice::Builtin => match builtin_model(config).await {
+            Ok(dir) => (dir, embed::BUILTIN.to_owned()),
+            Err(e) => {
+                bm25_only(format!("the embedding model could not be fetched ({e:#})"));
+                return None;
+            }
+        },
+    };
+    let (dir, name) = folder;
+    let loaded =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(embed::LocalEmbedder, usize)> {
+            let model = embed::LocalEmbedder::load(&dir, &name)?;
+            let probe = model.embed_blocking(&["dimension probe".to_owned()])?;
+            let size = probe.first().map_or(0, Vec::len);
+            anyhow::ensure!(size > 0, "the model gave an empty embedding");
+            Ok((model, size))
+        })
+        .await;
+    match loaded {
+        Ok(Ok((model, size))) => Some((Arc::new(model), size)),
+        Ok(Err(e)) => {
+            bm25_only(format!("the embedding model did not load ({e:#})"));
             None
         }
-        _ => None,
+        Err(e) => {
+            bm25_only(format!("loading the embedding model failed ({e})"));
+            None
+        }
+    }
+}
+
+/// The built-in embedding model's folder in the data directory, fetched (once) and verified
+/// if it is not there yet.
+pub async fn builtin_model(config: &Config) -> anyhow::Result<PathBuf> {
+    use crate::knowledge::embed;
+    let dir = embed::builtin_dir(&config.data_dir);
+    if embed::is_model_dir(&dir) {
+        return Ok(dir);
+    }
+    let (url, sha) = match (&config.embed_model_url, &config.embed_model_sha256) {
+        (Some(url), Some(sha)) => (url.clone(), sha.clone()),
+        _ => (
+            embed::BUILTIN_URL.to_owned(),
+            embed::BUILTIN_SHA256.to_owned(),
+        ),
     };
+    tracing::info!(url = %url, into = %dir.display(), "fetching the embedding model {} (about 84 MB, once)", embed::BUILTIN);
+    let started = std::time::Instant::now();
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(600))
+        .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+        .build()?;
+    embed::fetch(&http, &url, &sha, &dir).await?;
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        "fetched the embedding model and verified its SHA-256"
+    );
+    Ok(dir)
+}
+
+/// A model on the LLM server, asked for one embedding to learn its size.
+async fn server_embedder(
+    config: &Config,
+    model: &str,
+) -> Option<(Arc<dyn crate::llm::Embedder>, usize)> {
+    let Some(endpoint) = llm_endpoint(config) else {
+        tracing::warn!(
+            "SWITCHBOARD_EMBED_MODEL names a server model but the LLM provider is none: BM25 retrieval only"
+        );
+        return None;
+    };
+    let http = match llm_http() {
+        Ok(http) => http,
+        Err(e) => {
+            tracing::warn!(error = %e, "no HTTP client for the embedding model: BM25 retrieval only");
+            return None;
+        }
+    };
+    let embedder: Arc<dyn crate::llm::Embedder> =
+        Arc::from(crate::llm::embedder(http, &endpoint, model));
+    let probe = ["dimension probe".to_owned()];
+    match tokio::time::timeout(Duration::from_secs(10), embedder.embed(&probe)).await {
+        Ok(Ok(v)) if v.first().is_some_and(|v| !v.is_empty()) => {
+            let size = v[0].len();
+            Some((embedder, size))
+        }
+        outcome => {
+            let why = match outcome {
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(_)) => "an empty embedding".to_owned(),
+                Err(_) => "no answer within 10 s".to_owned(),
+            };
+            tracing::warn!(model = %model, error = %why, "the embedding model is not answering: retrieval is BM25 only until a restart finds it");
+            None
+        }
+    }
+}
+
+/// The knowledge service on `store`, with the vector index the configuration names.
+///
+/// The embedding model ([`Config::embed_model`]): by default all-MiniLM-L6-v2 in this process
+/// (fetched once into `$DATA_DIR/models/`, checked against its SHA-256); a folder path, a model
+/// in this process from there; `none`, BM25 alone; another name, that model on the LLM server,
+/// asked for one embedding to learn its size. The index lives in
+/// `$DATA_DIR/vectors/<model>-<size>/` (BM25 alone: `vectors/bm25/`), so another model gets a
+/// fresh index, and documents are indexed into it at start. A model that cannot be had leaves
+/// retrieval lexical for this run, said in the log.
+pub async fn knowledge_for(config: &Config, store: &Store) -> anyhow::Result<Knowledge> {
+    let embedder = embedder_for(config).await;
     let profile = match &embedder {
         Some((e, size)) => format!("{}-{size}", sanitize(e.model())),
         None => "bm25".to_owned(),

@@ -40,6 +40,7 @@ impl Responder for SlowStreamingEcho {
     async fn respond(&self, turn: &Turn) -> anyhow::Result<Answer> {
         Ok(Answer {
             trace: None,
+            grounding: None,
             kind: switchboard::answer::AnswerKind::Answered,
             text: words(&turn.text).concat(),
             citations: Vec::new(),

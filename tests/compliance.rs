@@ -40,6 +40,7 @@ impl Responder for Echo {
     async fn respond(&self, turn: &Turn) -> anyhow::Result<Answer> {
         Ok(Answer {
             trace: None,
+            grounding: None,
             kind: switchboard::answer::AnswerKind::Answered,
             text: format!("echo: {}", turn.text),
             citations: Vec::new(),

@@ -41,6 +41,7 @@ impl Responder for FlakyResponder {
         anyhow::ensure!(!turn.text.contains("boom"), "model exploded");
         Ok(Answer {
             trace: None,
+            grounding: None,
             kind: switchboard::answer::AnswerKind::Answered,
             text: format!("re: {}", turn.text),
             citations: Vec::new(),
@@ -86,6 +87,7 @@ impl Responder for SlowResponder {
         tokio::time::sleep(self.0).await;
         Ok(Answer {
             trace: None,
+            grounding: None,
             kind: switchboard::answer::AnswerKind::Answered,
             text: format!("slowly: {}", turn.text),
             citations: Vec::new(),
@@ -345,6 +347,7 @@ impl Responder for RecordingResponder {
         }
         Ok(Answer {
             trace: None,
+            grounding: None,
             kind: switchboard::answer::AnswerKind::Answered,
             text: format!("re: {}", turn.text),
             citations: Vec::new(),

@@ -40,6 +40,7 @@ impl switchboard::answer::Responder for Echo {
     ) -> anyhow::Result<switchboard::answer::Answer> {
         Ok(switchboard::answer::Answer {
             trace: None,
+            grounding: None,
             kind: switchboard::answer::AnswerKind::Answered,
             text: format!("echo: {}", turn.text),
             citations: Vec::new(),

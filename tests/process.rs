@@ -32,8 +32,9 @@ fn retrieval_evaluation_meets_the_bm25_target() {
         .args(["eval", "retrieval", dir, "--json"])
         .env("TMPDIR", scratch.path())
         .env_remove("SWITCHBOARD_CONFIG")
+        .env("SWITCHBOARD_EMBED_MODEL", "none")
         .env_remove("SWITCHBOARD_DATABASE_URL")
-        .env_remove("SWITCHBOARD_EMBED_MODEL")
+        .env("SWITCHBOARD_EMBED_MODEL", "none")
         .env("SWITCHBOARD_LLM_PROVIDER", "none")
         .output()
         .expect("run switchboard");
@@ -122,6 +123,7 @@ fn hybrid_retrieval_with_a_real_embedding_model_meets_its_target() {
         .args(["eval", "retrieval", dir, "--json"])
         .env("TMPDIR", scratch.path())
         .env_remove("SWITCHBOARD_CONFIG")
+        .env("SWITCHBOARD_EMBED_MODEL", "none")
         .env_remove("SWITCHBOARD_DATABASE_URL")
         .env("SWITCHBOARD_LLM_PROVIDER", "ollama")
         .env("SWITCHBOARD_LLM_URL", &real.ollama_url)
@@ -136,6 +138,50 @@ fn hybrid_retrieval_with_a_real_embedding_model_meets_its_target() {
         report["recall_at_5"].as_f64().unwrap_or(0.0) >= 0.90,
         "{report}"
     );
+}
+
+/// Grounded or honest (`switchboard eval answers`) with the in-process embedding model: the
+/// 240 off-topic questions of `tests/fixtures/rag_eval/offtopic` get "no answer" (≥ 95 %) while
+/// the 1,249 StackFAQ questions still find their thread among what the bot answers from
+/// (recall@5 ≥ 0.95; ≥ 0.90 with the documents' titles left out).
+#[test]
+fn grounded_or_honest_with_the_in_process_model_meets_its_targets() {
+    let Ok(model) = std::env::var("SWITCHBOARD_TEST_EMBED_DIR") else {
+        assert!(
+            std::env::var("SWITCHBOARD_TEST_REQUIRE_LLM").is_err(),
+            "SWITCHBOARD_TEST_REQUIRE_LLM is set but SWITCHBOARD_TEST_EMBED_DIR is not"
+        );
+        eprintln!("NOTICE: skipped: no embedding model folder (run .ci/llm-setup)");
+        return;
+    };
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/rag_eval");
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(BIN)
+        .args([
+            "eval",
+            "answers",
+            &format!("{fixtures}/stackfaq"),
+            "--off-topic",
+            &format!("{fixtures}/offtopic/queries.jsonl"),
+            "--json",
+        ])
+        .env("TMPDIR", scratch.path())
+        .env_remove("SWITCHBOARD_CONFIG")
+        .env_remove("SWITCHBOARD_DATABASE_URL")
+        .env("SWITCHBOARD_LLM_PROVIDER", "none")
+        .env("SWITCHBOARD_EMBED_MODEL", &model)
+        .output()
+        .expect("run switchboard");
+    let report = stdout_json(&out);
+    println!("{report}");
+    assert_eq!(report["mode"], "hybrid");
+    assert_eq!(report["on_topic"], 1249);
+    assert_eq!(report["off_topic"], 240);
+    let figure = |name: &str| report[name].as_f64().unwrap_or(0.0);
+    assert!(figure("off_topic_no_answer") >= 0.95, "{report}");
+    assert!(figure("recall_at_5") >= 0.95, "{report}");
+    assert!(figure("untitled_recall_at_5") >= 0.90, "{report}");
+    assert_eq!(report["sweep"].as_array().map(Vec::len), Some(7));
 }
 
 /// `switchboard chat`: the terminal talks to the tenant's bot through the router; without a
@@ -190,6 +236,7 @@ fn chat(db: &TestDb, input: &str) -> Output {
         .env("SWITCHBOARD_DATA_DIR", db.dir.path())
         .env("SWITCHBOARD_LLM_PROVIDER", "none")
         .env_remove("SWITCHBOARD_CONFIG")
+        .env("SWITCHBOARD_EMBED_MODEL", "none")
         .env("RUST_LOG", "error")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -208,6 +255,7 @@ fn cli(db: &TestDb, args: &[&str]) -> Output {
         .env("SWITCHBOARD_DATABASE_URL", &db.url)
         .env("SWITCHBOARD_DATA_DIR", db.dir.path())
         .env_remove("SWITCHBOARD_CONFIG")
+        .env("SWITCHBOARD_EMBED_MODEL", "none")
         .output()
         .expect("run switchboard")
 }
@@ -422,6 +470,7 @@ async fn the_first_hour_has_no_traps(backend: Backend) {
         .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
         .env("SWITCHBOARD_LLM_PROVIDER", "none")
         .env_remove("SWITCHBOARD_CONFIG")
+        .env("SWITCHBOARD_EMBED_MODEL", "none")
         .env("RUST_LOG", "error")
         .stdout(std::fs::File::create(&out_path).expect("out"))
         .stderr(std::fs::File::create(&err_path).expect("err"))
@@ -486,6 +535,7 @@ async fn the_first_hour_has_no_traps(backend: Backend) {
             .env("SWITCHBOARD_LISTEN", "127.0.0.1:0")
             .env("SWITCHBOARD_LLM_PROVIDER", "none")
             .env_remove("SWITCHBOARD_CONFIG")
+            .env("SWITCHBOARD_EMBED_MODEL", "none")
             .stdin(Stdio::null())
             .output()
             .expect("run");
@@ -618,6 +668,7 @@ async fn the_first_hour_has_no_traps(backend: Backend) {
             .env("SWITCHBOARD_DATA_DIR", db.dir.path())
             .env("SWITCHBOARD_LLM_PROVIDER", "none")
             .env_remove("SWITCHBOARD_CONFIG")
+            .env("SWITCHBOARD_EMBED_MODEL", "none")
             .output()
             .expect("ingest");
         assert!(

@@ -37,6 +37,7 @@ impl switchboard::answer::Responder for Slow {
         tokio::time::sleep(Duration::from_millis(4_600)).await;
         Ok(switchboard::answer::Answer {
             trace: None,
+            grounding: None,
             kind: switchboard::answer::AnswerKind::Answered,
             text: format!("slowly: {}", turn.text),
             citations: Vec::new(),

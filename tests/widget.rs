@@ -46,6 +46,7 @@ impl Responder for StreamingEcho {
     async fn respond(&self, turn: &Turn) -> anyhow::Result<Answer> {
         Ok(Answer {
             trace: None,
+            grounding: None,
             kind: switchboard::answer::AnswerKind::Answered,
             text: full_answer(&turn.text),
             citations: Vec::new(),
@@ -954,6 +955,7 @@ impl Responder for Sentences {
     async fn respond(&self, _turn: &Turn) -> anyhow::Result<Answer> {
         Ok(Answer {
             trace: None,
+            grounding: None,
             kind: switchboard::answer::AnswerKind::Answered,
             text: SENTENCES.concat(),
             citations: Vec::new(),

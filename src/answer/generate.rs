@@ -11,8 +11,10 @@
 //!    relevant, history from the oldest.
 //! 3. Generate through the guard (concurrency limit, time limits, circuit breaker), streaming
 //!    the text to the channel's preview.
-//! 4. Citations: the sources the answer names (`[2]`); if it names none, every source it was
-//!    given (it was told to answer from them only).
+//! 4. Citations: only the sources the answer names (`[2]`), one per document and section. Then
+//!    the grounding check ([`grounding`]): an answer that names none, or whose sentences its
+//!    cited passages do not support, is ungrounded and follows the tenant's policy (quote the
+//!    best passage instead, append a note, hand off, or keep), recorded on the message.
 //! 5. The model unreachable, failing, silent or empty → the `fallback` template: the best passage
 //!    quoted as it is, marked as such. A preview already shown is withdrawn first.
 
@@ -23,8 +25,9 @@ use metrics::counter;
 use tracing::warn;
 
 use super::prompts::{Context, Prompts, Source, off_runtime};
-use super::{Answer, AnswerKind, Citation, Deltas, Responder, Trace, Turn};
+use super::{Answer, AnswerKind, Citation, Deltas, Responder, Trace, Turn, grounding};
 use crate::knowledge::chunk::count_tokens;
+use crate::knowledge::settings::Ungrounded;
 use crate::knowledge::{Hit, Knowledge};
 use crate::llm::guard::Guarded;
 use crate::llm::{ChatMessage, ChatRequest, LlmError, Role};
@@ -112,6 +115,7 @@ impl KnowledgeResponder {
             let text = off_runtime(move || prompts.render("no_answer", &context)).await??;
             return Ok(Answer {
                 trace: None,
+                grounding: None,
                 kind: AnswerKind::NoAnswer,
                 text,
                 citations: Vec::new(),
@@ -159,20 +163,58 @@ impl KnowledgeResponder {
         match result {
             Ok(generated) if !generated.text.trim().is_empty() => {
                 counter!("switchboard_answers_total", "kind" => "generated").increment(1);
-                let citations = cite(&generated.text, &hits[..used]);
+                let sources = &hits[..used];
+                let cited = cited_numbers(&generated.text, sources.len());
+                let citations = cite(&generated.text, sources);
                 let mut text = generated.text.trim().to_owned();
                 // Cut by the answer's token cap: shown as cut, not as a finished sentence.
                 if generated.finish_reason.as_deref() == Some("length") {
                     text.push('…');
                 }
+                let settings = self.knowledge.settings(&turn.tenant_id).await?;
+                let policy = &settings.grounding;
+                let mut grounding = grounding::check(
+                    &text,
+                    &cited,
+                    sources,
+                    policy.max_unsupported,
+                    self.knowledge
+                        .embedder()
+                        .map(|e| e.as_ref() as &dyn crate::llm::Embedder),
+                )
+                .await;
+                let trace = Some(Box::new(Trace {
+                    retrieved: hits.clone(),
+                    prompt: request.messages,
+                }));
+                if !grounding.grounded {
+                    grounding.action = policy.ungrounded.as_str();
+                    counter!("switchboard_answers_ungrounded_total", "action" => grounding.action)
+                        .increment(1);
+                    match policy.ungrounded {
+                        Ungrounded::Keep => {}
+                        Ungrounded::Note => {
+                            text.push_str("\n\n");
+                            text.push_str(&policy.note);
+                        }
+                        Ungrounded::Quote | Ungrounded::Handoff => {
+                            if streamed {
+                                deltas.reset();
+                            }
+                            let mut quoted =
+                                self.fallback(prompts, context, &hits, "ungrounded").await?;
+                            quoted.trace = trace;
+                            quoted.grounding = Some(grounding);
+                            return Ok(quoted);
+                        }
+                    }
+                }
                 Ok(Answer {
-                    trace: Some(Box::new(Trace {
-                        retrieved: hits,
-                        prompt: request.messages,
-                    })),
+                    trace,
                     text,
                     citations,
                     kind: AnswerKind::Answered,
+                    grounding: Some(grounding),
                 })
             }
             other => {
@@ -216,6 +258,7 @@ impl KnowledgeResponder {
             .increment(1);
         let text = off_runtime(move || prompts.render("fallback", &context)).await??;
         Ok(Answer {
+            grounding: None,
             trace: Some(Box::new(Trace {
                 retrieved: hits.to_vec(),
                 prompt: Vec::new(),
@@ -258,35 +301,40 @@ fn citation(n: usize, hit: &Hit) -> Citation {
     }
 }
 
-/// The sources an answer names as `[n]` (also `[1, 3]` and `[1][2]`), in the order first named;
-/// all of them when it names none.
-pub fn cite(text: &str, sources: &[Hit]) -> Vec<Citation> {
+/// The source numbers an answer names as `[n]` (also `[1, 3]` and `[1][2]`), in the order first
+/// named; numbers outside `1..=sources` are not citations.
+pub fn cited_numbers(text: &str, sources: usize) -> Vec<usize> {
     let mut named: Vec<usize> = Vec::new();
     let mut rest = text;
     while let Some(open) = rest.find('[') {
         rest = &rest[open + 1..];
-        let Some(close) = rest.find(']') else { break };
-        let inside = &rest[..close];
-        if inside.len() <= 20 {
-            for part in inside.split([',', ' ']).filter(|p| !p.is_empty()) {
-                if let Ok(n) = part.trim().parse::<usize>()
-                    && (1..=sources.len()).contains(&n)
-                    && !named.contains(&n)
-                {
-                    named.push(n);
-                }
+        let Some((inside, len)) = grounding::marker(rest) else {
+            continue;
+        };
+        for part in inside.split([',', ' ']).filter(|p| !p.is_empty()) {
+            if let Ok(n) = part.parse::<usize>()
+                && (1..=sources).contains(&n)
+                && !named.contains(&n)
+            {
+                named.push(n);
             }
         }
+        rest = &rest[len..];
     }
-    if named.is_empty() {
-        named = (1..=sources.len()).collect();
-    }
+    named
+}
+
+/// The citations of an answer: only the sources it names (`[n]`), one per document and section
+/// (the first number naming it). An answer that names none has none: it is ungrounded.
+pub fn cite(text: &str, sources: &[Hit]) -> Vec<Citation> {
     let mut citations: Vec<Citation> = Vec::new();
-    for n in named {
-        let hit = &sources[n - 1];
-        let same = |c: &Citation| c.document_id == hit.document_id && c.chunk == hit.chunk;
-        if !citations.iter().any(same) {
-            citations.push(citation(n, hit));
+    for n in cited_numbers(text, sources.len()) {
+        let c = citation(n, &sources[n - 1]);
+        if !citations
+            .iter()
+            .any(|o| o.document_id == c.document_id && o.section == c.section)
+        {
+            citations.push(c);
         }
     }
     citations
@@ -401,11 +449,12 @@ mod tests {
             heading: format!("Doc {n} > Part {n}"),
             text: text.to_owned(),
             score: 1.0 / n as f32,
+            similarity: None,
         }
     }
 
     #[test]
-    fn citations_follow_the_numbers_named_or_all_sources() {
+    fn citations_are_only_the_sources_named_once_per_document_and_section() {
         let hits = [hit(1, "a"), hit(2, "b"), hit(3, "c")];
         let ids = |c: Vec<Citation>| c.into_iter().map(|c| c.document_id).collect::<Vec<_>>();
         assert_eq!(
@@ -413,16 +462,30 @@ mod tests {
             ["doc2", "doc3"]
         );
         assert_eq!(ids(cite("See [1, 3].", &hits)), ["doc1", "doc3"]);
-        // Out of range and non-numbers are not citations.
-        assert_eq!(
-            ids(cite("[7] [link](x) [a]", &hits)),
-            ["doc1", "doc2", "doc3"]
-        );
-        assert_eq!(ids(cite("no markers", &hits[..1])), ["doc1"]);
+        // Out of range and non-numbers are not citations; naming none cites nothing.
+        assert!(cite("[7] [link](x) [a] [0]", &hits).is_empty());
+        assert!(cite("no markers", &hits[..1]).is_empty());
+        assert_eq!(cited_numbers("[7] [2] [1,2] [x]", 3), [2, 1]);
         // Each carries the number the text used for it and the passage's section.
         let named = cite("Sleep more [3].", &hits);
         assert_eq!(named.len(), 1);
         assert_eq!((named[0].n, named[0].section.as_str()), (3, "Part 3"));
+        // Two chunks of one document and section are one citation (the first number).
+        let mut same = hit(1, "more of a");
+        same.chunk = 9;
+        let sources = [hit(1, "a"), same, hit(2, "b")];
+        let c = cite("One [2]. Two [1]. Three [3].", &sources);
+        assert_eq!(
+            c.iter()
+                .map(|c| (c.n, c.document_id.as_str()))
+                .collect::<Vec<_>>(),
+            [(2, "doc1"), (3, "doc2")]
+        );
+        // Many brackets stay linear.
+        let hostile = "[".repeat(300_000);
+        let started = std::time::Instant::now();
+        assert!(cite(&hostile, &hits).is_empty());
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
     }
 
     #[test]

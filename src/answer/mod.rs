@@ -10,6 +10,7 @@
 //! says so, and when nothing matches it says that instead of inventing.
 
 pub mod generate;
+pub mod grounding;
 pub mod prompts;
 
 use async_trait::async_trait;
@@ -52,6 +53,9 @@ pub struct Answer {
     /// How it was made — the passages retrieved and the prompt the model was given — kept in
     /// the evidence when moderation flags the answer. `None` from responders that keep none.
     pub trace: Option<Box<Trace>>,
+    /// How a written answer stood against the passages it cites (recorded on the message);
+    /// `None` for answers that were not written by a model.
+    pub grounding: Option<grounding::Grounding>,
 }
 
 /// The passages an answer was made from and the prompt the model was given.

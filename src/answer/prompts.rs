@@ -9,7 +9,7 @@
 //! | `persona` | the start of the system message | `assistant`, `channel` |
 //! | `answer` | the rest of the system message | `assistant`, `channel`, `question`, `sources` (`n`, `title`, `section`, `text`) |
 //! | `no_answer` | the reply when no knowledge matches | `assistant`, `channel`, `question`, `reason` (`no_documents`, `no_match`) |
-//! | `fallback` | the reply quoting the best passage when the model is not answering | `assistant`, `channel`, `question`, `source` (`title`, `section`, `text`), `reason` (`no_model`, `unavailable`, `timeout`, `error`, `empty`) |
+//! | `fallback` | the reply quoting the best passage when the model is not answering | `assistant`, `channel`, `question`, `source` (`title`, `section`, `text`), `reason` (`no_model`, `unavailable`, `timeout`, `error`, `empty`, `ungrounded`: the written answer did not match its sources) |
 
 use std::collections::HashMap;
 

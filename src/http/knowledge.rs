@@ -2,6 +2,8 @@
 //! bot would retrieve for a question (the retrieval debugger).
 
 use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
@@ -209,6 +211,43 @@ pub async fn search(
         .k
         .unwrap_or(state.knowledge.config().k)
         .clamp(1, MAX_K);
-    let hits = state.knowledge.search(&principal.tenant_id, &q, k).await?;
-    Ok(Json(json!({ "hits": hits })))
+    let retrieval = state
+        .knowledge
+        .retrieve(&principal.tenant_id, &q, k)
+        .await?;
+    Ok(Json(retrieval))
+}
+
+/// `GET /v1/knowledge/settings`: the tenant's relevance floor and grounding policy (the
+/// defaults filled in).
+pub async fn get_settings(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    let principal = caller.require(EDITORS)?;
+    let settings = state.knowledge.settings(&principal.tenant_id).await?;
+    Ok(Json(json!({ "settings": *settings })))
+}
+
+/// `PUT /v1/knowledge/settings`: replaces them (400 `invalid_settings` with the field's path).
+pub async fn put_settings(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let principal = caller.require(&[Role::Admin])?;
+    let body = body?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("invalid_settings", "the body is not UTF-8 JSON"))?;
+    let settings = crate::knowledge::settings::Settings::parse(text).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_settings",
+            format!("the settings are not valid: {e}"),
+        )
+    })?;
+    state
+        .knowledge
+        .put_settings(&principal.tenant_id, settings.clone())
+        .await?;
+    Ok(Json(json!({ "settings": settings })))
 }

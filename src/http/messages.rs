@@ -51,10 +51,14 @@ pub async fn post_message(
         .await?;
     match outcome {
         Some(reply) => {
-            body["reply"] = reply.map_or(
-                serde_json::Value::Null,
-                |r| json!({ "message_id": r.id, "text": r.text, "citations": r.citations }),
-            );
+            body["reply"] = reply.map_or(serde_json::Value::Null, |r| {
+                let mut reply =
+                    json!({ "message_id": r.id, "text": r.text, "citations": r.citations });
+                if let Some(grounding) = r.grounding {
+                    reply["grounding"] = grounding;
+                }
+                reply
+            });
             Ok((StatusCode::OK, Json(body)))
         }
         // Stored and acknowledged, but not answered within the wait: the reply will still come.

@@ -143,6 +143,10 @@ pub fn app(state: AppState) -> HttpRouter {
             axum::routing::delete(knowledge::delete),
         )
         .route("/v1/knowledge/search", get(knowledge::search))
+        .route(
+            "/v1/knowledge/settings",
+            get(knowledge::get_settings).put(knowledge::put_settings),
+        )
         .route("/v1/prompts", get(prompts::list))
         .route(
             "/v1/prompts/{name}",

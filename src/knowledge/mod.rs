@@ -6,21 +6,27 @@
 //! chunks in SQL (the source of truth), then indexes each chunk's BM25 sparse vector in the
 //! tenant's vector shard ([`vectors`]). Retrieval ([`Knowledge::search`]) is one code path for
 //! the bot, the retrieval debugger (`GET /v1/knowledge/search`) and the evaluation command, so
-//! what is measured is what answers.
+//! what is measured is what answers. In hybrid mode ([`embed`]: an embedding model in this
+//! process by default) the BM25 and embedding rankings are fused by rank here, and a relevance
+//! floor ([`settings::Relevance`]) keeps off-topic questions on the honest "no answer" path.
 //!
 //! BM25 uses Qdrant's own embedder (`qdrant_edge::bm25_embed`: word tokenizer, English stop
 //! words and stemming, murmur3 token ids; the IDF is applied by the index at query time), so the
 //! same vectors would serve a Qdrant server.
 
 pub mod chunk;
+pub mod embed;
 pub mod eval;
 pub mod extract;
 pub mod files;
 pub mod pdf_worker;
 pub mod qdrant_server;
+pub mod settings;
 pub mod vectors;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use qdrant_edge::bm25_embed::{EdgeBm25, EdgeBm25Config};
 use qdrant_edge::external::ordered_float::NotNan;
@@ -80,7 +86,49 @@ pub struct Hit {
     pub chunk: i64,
     pub heading: String,
     pub text: String,
+    /// The rank-fused score (hybrid), or the BM25 score (BM25 alone).
     pub score: f32,
+    /// Cosine similarity of the chunk's embedding to the question's, when it was among the
+    /// nearest (hybrid).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub similarity: Option<f32>,
+}
+
+/// A chunk retrieval considered, and whether it passed the relevance floor (the retrieval
+/// debugger shows these).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Candidate {
+    pub document_id: String,
+    pub title: String,
+    pub chunk: i64,
+    pub heading: String,
+    /// Its place among the BM25 matches (1 = best), and the BM25 score.
+    pub lexical_rank: Option<usize>,
+    pub lexical_score: Option<f32>,
+    /// Its place among the nearest embeddings (1 = nearest), and the cosine similarity.
+    pub dense_rank: Option<usize>,
+    pub similarity: Option<f32>,
+    /// The rank-fused score (RRF).
+    pub fused: f32,
+    pub passed: bool,
+    /// Why it passed or not, in words.
+    pub why: String,
+}
+
+/// What retrieval found for a question, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Retrieval {
+    /// `bm25`, `hybrid`, or `bm25 (embedding failed)`.
+    pub mode: String,
+    /// The floor applied (hybrid).
+    pub relevance: settings::Relevance,
+    /// The best similarity of any chunk to the question; below the floor the question is off
+    /// the knowledge's topic.
+    pub best_similarity: Option<f32>,
+    /// What the bot answers from, best first.
+    pub hits: Vec<Hit>,
+    /// Every chunk considered, best fused first.
+    pub candidates: Vec<Candidate>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +152,9 @@ pub enum KnowledgeError {
 const QUERY_EMBED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Chunks per embedding request.
 const EMBED_BATCH: usize = 32;
+/// How long a tenant's settings are used before they are read again (a save through this
+/// process applies at once).
+const SETTINGS_TTL: Duration = Duration::from_secs(10);
 
 /// The knowledge service. Cheap to clone.
 #[derive(Clone)]
@@ -117,6 +168,8 @@ pub struct Knowledge {
     embedder: Option<Arc<dyn crate::llm::Embedder>>,
     /// Reads uploaded PDFs in bounded child processes.
     pdf: pdf_worker::PdfReader,
+    /// Tenants' settings, as last read.
+    settings: Arc<Mutex<HashMap<String, (Instant, Arc<settings::Settings>)>>>,
 }
 
 impl Knowledge {
@@ -139,6 +192,7 @@ impl Knowledge {
             config,
             embedder: None,
             pdf: pdf_worker::PdfReader::default(),
+            settings: Arc::default(),
         })
     }
 
@@ -171,11 +225,15 @@ impl Knowledge {
     pub fn describe(&self) -> String {
         match &self.embedder {
             Some(e) => format!(
-                "{}; hybrid retrieval: BM25 + embeddings of {} fused by rank (RRF)",
+                "{}; hybrid retrieval: BM25 + embeddings of {} fused by rank (RRF), relevance floor: similarity ≥ {} unless the tenant sets another",
                 self.index.describe(),
-                e.model()
+                e.model(),
+                settings::DEFAULT_MIN_SIMILARITY
             ),
-            None => format!("{}; BM25 retrieval", self.index.describe()),
+            None => format!(
+                "{}; BM25 retrieval alone (no embedding model: SWITCHBOARD_EMBED_MODEL)",
+                self.index.describe()
+            ),
         }
     }
 
@@ -348,6 +406,46 @@ impl Knowledge {
         Ok(self.store.document_count(tenant_id).await? > 0)
     }
 
+    /// The embedding model, when retrieval is hybrid.
+    pub fn embedder(&self) -> Option<&Arc<dyn crate::llm::Embedder>> {
+        self.embedder.as_ref()
+    }
+
+    /// A tenant's settings (the defaults when it saved none; a stored value that no longer
+    /// parses is logged and replaced by the defaults rather than failing every answer).
+    pub async fn settings(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Arc<settings::Settings>, KnowledgeError> {
+        if let Some((at, s)) = lock(&self.settings).get(tenant_id)
+            && at.elapsed() < SETTINGS_TTL
+        {
+            return Ok(s.clone());
+        }
+        let parsed = match self.store.knowledge_settings(tenant_id).await? {
+            None => settings::Settings::default(),
+            Some(json) => settings::Settings::parse(&json).unwrap_or_else(|e| {
+                tracing::warn!(tenant = %tenant_id, error = %e, "stored knowledge settings do not parse; using the defaults");
+                settings::Settings::default()
+            }),
+        };
+        let parsed = Arc::new(parsed);
+        lock(&self.settings).insert(tenant_id.to_owned(), (Instant::now(), parsed.clone()));
+        Ok(parsed)
+    }
+
+    /// Saves a tenant's settings (already checked by [`settings::Settings::parse`]).
+    pub async fn put_settings(
+        &self,
+        tenant_id: &str,
+        settings: settings::Settings,
+    ) -> Result<(), KnowledgeError> {
+        let json = serde_json::to_string(&settings).map_err(anyhow::Error::from)?;
+        self.store.put_knowledge_settings(tenant_id, &json).await?;
+        lock(&self.settings).insert(tenant_id.to_owned(), (Instant::now(), Arc::new(settings)));
+        Ok(())
+    }
+
     /// The tenant's best chunks for `query`, best first: exactly what the bot retrieves.
     pub async fn search(
         &self,
@@ -355,14 +453,31 @@ impl Knowledge {
         query: &str,
         k: usize,
     ) -> Result<Vec<Hit>, KnowledgeError> {
+        Ok(self.retrieve(tenant_id, query, k).await?.hits)
+    }
+
+    /// Retrieval with its reasons: the chunks the bot answers from, and every chunk considered
+    /// with why it passed the relevance floor or not.
+    ///
+    /// BM25 and (with a model) the embedding side are asked separately, `depth` deep, and fused
+    /// here by rank (RRF, `vectors::RRF_K`), so each chunk's BM25 score and cosine similarity
+    /// are known and the floor ([`settings::Relevance`]) can be applied to them.
+    pub async fn retrieve(
+        &self,
+        tenant_id: &str,
+        query: &str,
+        k: usize,
+    ) -> Result<Retrieval, KnowledgeError> {
+        let relevance = self.settings(tenant_id).await?.relevance;
         let sparse = to_sparse(self.bm25.embed_query(query));
         let min = (self.config.min_score > 0.0).then_some(self.config.min_score);
-        let dense = match &self.embedder {
-            None => None,
+        let depth = (k * 4).max(20);
+        let (dense, mode) = match &self.embedder {
+            None => (None, "bm25".to_owned()),
             Some(embedder) => {
                 let input = [query.to_owned()];
                 match tokio::time::timeout(QUERY_EMBED_TIMEOUT, embedder.embed(&input)).await {
-                    Ok(Ok(mut vectors)) => vectors.pop(),
+                    Ok(Ok(mut vectors)) => (vectors.pop(), "hybrid".to_owned()),
                     outcome => {
                         let why = match outcome {
                             Ok(Err(e)) => e.to_string(),
@@ -370,30 +485,178 @@ impl Knowledge {
                         };
                         tracing::warn!(error = %why, "embedding the question failed; retrieving with BM25 alone");
                         metrics::counter!("switchboard_retrieval_degraded_total").increment(1);
-                        None
+                        (None, "bm25 (embedding failed)".to_owned())
                     }
                 }
             }
         };
-        let vector_query = VectorQuery { sparse, dense };
-        let scored = self.index.search(tenant_id, &vector_query, k, min).await?;
-        let ids: Vec<String> = scored.iter().map(|s| s.id.clone()).collect();
+        let lexical = if sparse.indices.is_empty() {
+            Vec::new()
+        } else {
+            let q = VectorQuery {
+                sparse: sparse.clone(),
+                dense: None,
+            };
+            self.index.search(tenant_id, &q, depth, min).await?
+        };
+        let semantic = match dense {
+            Some(d) if !d.is_empty() => {
+                let q = VectorQuery {
+                    sparse: Sparse {
+                        indices: Vec::new(),
+                        values: Vec::new(),
+                    },
+                    dense: Some(d),
+                };
+                self.index.search(tenant_id, &q, depth, None).await?
+            }
+            _ => Vec::new(),
+        };
+        let hybrid = mode == "hybrid";
+        let judged = judge(&lexical, &semantic, hybrid, relevance);
+        let ids: Vec<String> = judged.iter().map(|j| j.id.clone()).collect();
         let chunks = self.store.chunks_by_id(tenant_id, &ids).await?;
-        // In score order; a vector without its SQL row (a delete half done) is skipped.
-        Ok(scored
-            .iter()
-            .filter_map(|s| {
-                chunks.iter().find(|c| c.id == s.id).map(|c| Hit {
+        let mut candidates = Vec::with_capacity(judged.len());
+        let mut hits = Vec::new();
+        // In fused order; a vector without its SQL row (a delete half done) is skipped.
+        for j in &judged {
+            let Some(c) = chunks.iter().find(|c| c.id == j.id) else {
+                continue;
+            };
+            if j.passed && hits.len() < k {
+                hits.push(Hit {
                     document_id: c.document_id.clone(),
                     title: c.title.clone(),
                     chunk: c.idx,
                     heading: c.heading.clone(),
                     text: c.text.clone(),
-                    score: s.score,
-                })
-            })
-            .collect())
+                    score: if hybrid {
+                        j.fused
+                    } else {
+                        j.lexical_score.unwrap_or(0.0)
+                    },
+                    similarity: j.similarity,
+                });
+            }
+            candidates.push(Candidate {
+                document_id: c.document_id.clone(),
+                title: c.title.clone(),
+                chunk: c.idx,
+                heading: c.heading.clone(),
+                lexical_rank: j.lexical_rank,
+                lexical_score: j.lexical_score,
+                dense_rank: j.dense_rank,
+                similarity: j.similarity,
+                fused: j.fused,
+                passed: j.passed,
+                why: j.why.clone(),
+            });
+        }
+        Ok(Retrieval {
+            mode,
+            relevance,
+            best_similarity: semantic.first().map(|s| s.score),
+            hits,
+            candidates,
+        })
     }
+}
+
+/// One chunk's standing after fusion and the floor.
+#[derive(Debug, Clone, PartialEq)]
+struct Judged {
+    id: String,
+    lexical_rank: Option<usize>,
+    lexical_score: Option<f32>,
+    dense_rank: Option<usize>,
+    similarity: Option<f32>,
+    fused: f32,
+    passed: bool,
+    why: String,
+}
+
+/// Fuses the BM25 and embedding rankings by rank (RRF) and applies the relevance floor, best
+/// fused first. Without the embedding side (`hybrid` false) every BM25 match passes.
+fn judge(
+    lexical: &[vectors::ScoredChunk],
+    semantic: &[vectors::ScoredChunk],
+    hybrid: bool,
+    floor: settings::Relevance,
+) -> Vec<Judged> {
+    let rrf = |rank: usize| 1.0 / (vectors::RRF_K as f32 + rank as f32);
+    let mut out: Vec<Judged> = Vec::new();
+    for (i, s) in lexical.iter().enumerate() {
+        out.push(Judged {
+            id: s.id.clone(),
+            lexical_rank: Some(i + 1),
+            lexical_score: Some(s.score),
+            dense_rank: None,
+            similarity: None,
+            fused: rrf(i + 1),
+            passed: false,
+            why: String::new(),
+        });
+    }
+    for (i, s) in semantic.iter().enumerate() {
+        match out.iter_mut().find(|j| j.id == s.id) {
+            Some(j) => {
+                j.dense_rank = Some(i + 1);
+                j.similarity = Some(s.score);
+                j.fused += rrf(i + 1);
+            }
+            None => out.push(Judged {
+                id: s.id.clone(),
+                lexical_rank: None,
+                lexical_score: None,
+                dense_rank: Some(i + 1),
+                similarity: Some(s.score),
+                fused: rrf(i + 1),
+                passed: false,
+                why: String::new(),
+            }),
+        }
+    }
+    let best = semantic.first().map(|s| s.score);
+    let min = floor.min_similarity;
+    for j in &mut out {
+        let decision = if hybrid {
+            floor.decide(j.lexical_score, j.similarity, best)
+        } else {
+            settings::Decision::StrongWords
+        };
+        j.passed = decision != settings::Decision::Fails;
+        j.why = match decision {
+            _ if !hybrid => "matches words of the question (BM25 alone)".to_owned(),
+            settings::Decision::Near => format!(
+                "near the question in meaning ({:.3} ≥ {min:.3})",
+                j.similarity.unwrap_or_default()
+            ),
+            settings::Decision::StrongWords => format!(
+                "a strong word match (BM25 {:.2} ≥ {:.2})",
+                j.lexical_score.unwrap_or_default(),
+                floor.min_lexical.unwrap_or_default()
+            ),
+            settings::Decision::OnTopicWords => format!(
+                "matches words of the question, and the question is on the knowledge's topic (best similarity {:.3} ≥ {min:.3})",
+                best.unwrap_or_default()
+            ),
+            settings::Decision::Fails => {
+                let near = match j.similarity {
+                    Some(sim) => format!("{sim:.3} < {min:.3}"),
+                    None => "not among the nearest".to_owned(),
+                };
+                let topic = match best {
+                    Some(b) if f64::from(b) < min => format!(
+                        "; no passage is near the question (best {b:.3}): off the knowledge's topic"
+                    ),
+                    _ => String::new(),
+                };
+                format!("not near the question in meaning ({near}){topic}")
+            }
+        };
+    }
+    out.sort_by(|a, b| b.fused.total_cmp(&a.fused));
+    out
 }
 
 /// A document ready to store: text extracted, chunked, hashed.
@@ -494,6 +757,10 @@ fn file_stem(path: &str) -> String {
     name.rsplit_once('.')
         .map_or(name, |(stem, _)| stem)
         .to_owned()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Knowledge {

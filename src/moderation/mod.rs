@@ -976,16 +976,39 @@ impl Moderation {
     /// (`after_fallbacks`). `Some(text)`: the conversation went to a person with a ticket, and
     /// the contact is to be told `text` with the answer. Nothing is read or written for an
     /// ordinary answer in a conversation without fallbacks.
+    ///
+    /// `ungrounded_handoff`: the answer did not match its sources and the tenant's grounding
+    /// policy hands such answers to a person (docs/KNOWLEDGE.md) — handed off whatever the
+    /// hand-off policies say.
     pub async fn after_answer(
         &self,
         turn: &PendingTurn,
         kind: AnswerKind,
+        ungrounded_handoff: bool,
     ) -> anyhow::Result<Option<String>> {
         let miss = kind != AnswerKind::Answered;
+        let now = now_ms();
+        if ungrounded_handoff && turn.conversation_status == "bot" {
+            let active = self.active(&turn.tenant_id).await?;
+            let mut w = self.store.begin_write().await?;
+            store::set_fallbacks(&mut w, &turn.conversation_id, 0).await?;
+            self.escalate(
+                &mut w,
+                turn,
+                None,
+                "ungrounded",
+                "normal",
+                "The bot's answer did not match its sources",
+                now,
+            )
+            .await?;
+            w.commit().await?;
+            counter!("switchboard_handoffs_total", "reason" => "ungrounded").increment(1);
+            return Ok(Some(active.compiled.handoff_text(now)));
+        }
         if !miss && turn.fallbacks == 0 {
             return Ok(None);
         }
-        let now = now_ms();
         if !miss {
             let mut w = self.store.begin_write().await?;
             store::set_fallbacks(&mut w, &turn.conversation_id, 0).await?;

@@ -237,7 +237,7 @@ impl Store {
         let mut out = vec![None; turns.len()];
         let mut messages = Statement::new(
             "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction, author,
-                                  text, citations, reply_to, status, created_at) VALUES ",
+                                  text, citations, grounding, reply_to, status, created_at) VALUES ",
         );
         let mut deliveries = Statement::new(
             "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id, message_id, seq,
@@ -271,6 +271,8 @@ impl Store {
                 .bind(reply.text.clone())
                 .push(", ")
                 .bind(reply.citations_json.clone())
+                .push(", ")
+                .bind(reply.grounding_json.clone())
                 .push(", ")
                 .bind(turn.message_id.clone())
                 .push(", 'queued', ")

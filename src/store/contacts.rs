@@ -433,7 +433,7 @@ impl Store {
     ) -> Result<Vec<HistoryItem>, sqlx::Error> {
         sqlx::query(
             "SELECT m.id, m.seq, m.direction, m.author, m.kind, m.text, m.status, m.created_at,
-                    m.citations, m.attachments, m.conversation_id, ch.kind AS channel
+                    m.citations, m.attachments, m.grounding, m.conversation_id, ch.kind AS channel
              FROM message m
              JOIN conversation c ON c.id = m.conversation_id
              JOIN channel ch ON ch.id = m.channel_id
@@ -534,7 +534,7 @@ impl Store {
         )
         .await?;
         let view = sqlx::query(
-            "SELECT id, seq, direction, author, kind, text, status, created_at, citations, attachments
+            "SELECT id, seq, direction, author, kind, text, status, created_at, citations, attachments, grounding
              FROM message WHERE id = $1",
         )
         .bind(&id)

@@ -362,3 +362,35 @@ async fn store_one(
     }
     Ok(outcome)
 }
+
+impl Store {
+    /// A tenant's knowledge settings as saved (JSON), if it saved any.
+    pub async fn knowledge_settings(&self, tenant_id: &str) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query("SELECT settings FROM knowledge_settings WHERE tenant_id = $1")
+            .bind(tenant_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get("settings"))
+            .transpose()
+    }
+
+    /// Saves a tenant's knowledge settings (JSON), replacing what was there.
+    pub async fn put_knowledge_settings(
+        &self,
+        tenant_id: &str,
+        settings: &str,
+    ) -> Result<(), sqlx::Error> {
+        let mut w = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO knowledge_settings (tenant_id, settings, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (tenant_id) DO UPDATE SET settings = excluded.settings,
+                                                   updated_at = excluded.updated_at",
+        )
+        .bind(tenant_id)
+        .bind(settings)
+        .bind(now_ms())
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await
+    }
+}

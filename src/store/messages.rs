@@ -58,6 +58,8 @@ pub struct PendingTurn {
 pub struct ReplyDraft {
     pub text: String,
     pub citations_json: String,
+    /// How the answer stood against its sources (JSON), for generated answers.
+    pub grounding_json: Option<String>,
 }
 
 /// A stored message, as the API shows it.
@@ -77,6 +79,9 @@ pub struct MessageView {
     /// is at `GET /v1/messages/{id}/attachments/{index}`.
     #[serde(skip_serializing_if = "is_empty_array")]
     pub attachments: serde_json::Value,
+    /// For a generated answer: how it stood against the passages it cites (docs/KNOWLEDGE.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grounding: Option<serde_json::Value>,
 }
 
 fn is_empty_array(v: &serde_json::Value) -> bool {
@@ -136,6 +141,11 @@ pub(crate) fn message_from_row(row: &AnyRow) -> Result<MessageView, sqlx::Error>
             .ok()
             .and_then(|a| serde_json::from_str(&a).ok())
             .unwrap_or(serde_json::Value::Array(vec![])),
+        grounding: row
+            .try_get::<Option<String>, _>("grounding")
+            .ok()
+            .flatten()
+            .and_then(|g| serde_json::from_str(&g).ok()),
     })
 }
 
@@ -337,7 +347,7 @@ impl Store {
             return Ok(None);
         }
         let reply = sqlx::query(
-            "SELECT id, seq, direction, author, kind, text, status, created_at, citations, attachments
+            "SELECT id, seq, direction, author, kind, text, status, created_at, citations, attachments, grounding
              FROM message WHERE reply_to = $1 AND tenant_id = $2 ORDER BY seq LIMIT 1",
         )
         .bind(inbound_id)
@@ -367,7 +377,7 @@ impl Store {
             return Ok(None);
         }
         sqlx::query(
-            "SELECT id, seq, direction, author, kind, text, status, created_at, citations, attachments
+            "SELECT id, seq, direction, author, kind, text, status, created_at, citations, attachments, grounding
              FROM message WHERE conversation_id = $1 AND tenant_id = $2 AND seq > $3
              ORDER BY seq LIMIT $4",
         )
@@ -630,8 +640,8 @@ async fn complete_one(
     let reply_id = new_id();
     sqlx::query(
         "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction, author,
-                              text, citations, reply_to, status, created_at)
-         VALUES ($1, $2, $3, $4, $5, 'outbound', 'bot', $6, $7, $8, 'queued', $9)",
+                              text, citations, grounding, reply_to, status, created_at)
+         VALUES ($1, $2, $3, $4, $5, 'outbound', 'bot', $6, $7, $8, $9, 'queued', $10)",
     )
     .bind(&reply_id)
     .bind(&turn.tenant_id)
@@ -640,6 +650,7 @@ async fn complete_one(
     .bind(seq)
     .bind(&reply.text)
     .bind(&reply.citations_json)
+    .bind(&reply.grounding_json)
     .bind(&turn.message_id)
     .bind(now)
     .execute(&mut *w.tx)

@@ -41,6 +41,7 @@ impl Gateway {
             // The callback receiver listens on loopback: the operator's exception.
             .env("SWITCHBOARD_EGRESS_ALLOW", "127.0.0.0/8,localhost")
             .env("SWITCHBOARD_LLM_PROVIDER", "none")
+            .env("SWITCHBOARD_EMBED_MODEL", "none")
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::null());

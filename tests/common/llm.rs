@@ -133,7 +133,7 @@ async fn chat(State(inner): State<Arc<Mutex<Inner>>>, body: String) -> Response 
             .or_else(|| inner.default.clone())
             .unwrap_or_else(|| {
                 Script::Bytes(
-                    vec![answer_stream(&["Keep ", "a regular ", "bedtime [1]."])],
+                    vec![answer_stream(&["Sleep ", "well ", "[1]."])],
                     Duration::ZERO,
                 )
             })

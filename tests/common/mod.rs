@@ -142,6 +142,9 @@ pub fn test_config(db: &TestDb) -> Config {
         wait_timeout_ms: 10_000,
         // No model unless a test connects one: answers quote the knowledge, deterministically.
         llm_provider: "none".into(),
+        // BM25 retrieval unless a test names an embedding model (the built-in one would be
+        // fetched into every test's data directory).
+        embed_model: Some("none".into()),
         // The provider stand-ins listen on loopback: the operator's exception, as in SPEC §5.
         egress_allow: vec!["127.0.0.0/8".into(), "::1".into(), "localhost".into()],
         // PDFs are read by the binary cargo built for this package (the test binary is not one).
