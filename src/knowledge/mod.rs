@@ -156,6 +156,9 @@ const EMBED_BATCH: usize = 32;
 /// process applies at once).
 const SETTINGS_TTL: Duration = Duration::from_secs(10);
 
+/// Tenants' settings and when each was read.
+type SettingsCache = HashMap<String, (Instant, Arc<settings::Settings>)>;
+
 /// The knowledge service. Cheap to clone.
 #[derive(Clone)]
 pub struct Knowledge {
@@ -169,7 +172,7 @@ pub struct Knowledge {
     /// Reads uploaded PDFs in bounded child processes.
     pdf: pdf_worker::PdfReader,
     /// Tenants' settings, as last read.
-    settings: Arc<Mutex<HashMap<String, (Instant, Arc<settings::Settings>)>>>,
+    settings: Arc<Mutex<SettingsCache>>,
 }
 
 impl Knowledge {
