@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::llm::{Script, StandIn, answer_stream};
-use common::{Backend, TestApp, TestDb};
+use common::{Backend, TestApp, TestDb, urlencode};
 use serde_json::{Value, json};
 use switchboard::answer::prompts::{self, Prompts};
 use switchboard::knowledge::embed::LocalEmbedder;
@@ -237,28 +237,6 @@ fn demo(name: &str) -> String {
         .expect("demo knowledge")
 }
 
-async fn upload(app: &TestApp, title: &str, content: &str) -> Value {
-    let response = app
-        .http
-        .post(format!("{}/v1/knowledge/documents", app.base))
-        .bearer_auth(&app.admin_key)
-        .json(&json!({"title": title, "content": content, "format": "markdown"}))
-        .send()
-        .await
-        .expect("upload");
-    assert!(response.status().is_success(), "{}", response.status());
-    response.json().await.expect("json")
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 async fn debug(app: &TestApp, q: &str) -> Value {
     let (status, body) = app
         .get(
@@ -312,7 +290,7 @@ async fn off_topic_questions_get_the_honest_no_answer_with_hybrid_retrieval(back
         ("Goals", "goals.md"),
         ("Habits", "habits.md"),
     ] {
-        upload(&app, title, &demo(file)).await;
+        app.upload_markdown(title, &demo(file)).await;
     }
 
     // The example: BM25 finds words of it, but nothing is near it in meaning.
@@ -444,7 +422,7 @@ async fn answers_cite_only_what_they_use_and_ungrounded_answers_follow_the_polic
     else {
         return;
     };
-    let created = upload(&app, "Sleep", &demo("sleep.md")).await;
+    let created = app.upload_markdown("Sleep", &demo("sleep.md")).await;
     let say = |pieces: &[&str]| Script::Bytes(vec![answer_stream(pieces)], Default::default());
 
     // Grounded: the passage says it, the answer names it (twice: one citation).

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use switchboard::answer::prompts::{self, Prompts};
 use switchboard::core::TenantSlug;
 
-use common::{Backend, TestApp};
+use common::{Backend, TestApp, urlencode};
 
 const SLEEP: &str = "# Sleep for energy\n\n## Caffeine\n\nStop coffee by early afternoon: caffeine stays in the body for many hours.\n\n## Wake-up time\n\nWake up at the same time every day, weekends included.";
 
@@ -52,15 +52,6 @@ async fn indexed_points(app: &TestApp) -> usize {
         .count(&app.tenant_id)
         .await
         .expect("count the index")
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 async fn documents_are_stored_once_replaced_when_changed_and_deleted_with_their_vectors(

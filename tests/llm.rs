@@ -240,19 +240,6 @@ fn with_model(config: &mut Config, provider: &str, url: &str, model: &str) {
     config.chat_model = model.into();
 }
 
-async fn upload(app: &TestApp, title: &str, content: &str) -> Value {
-    let response = app
-        .http
-        .post(format!("{}/v1/knowledge/documents", app.base))
-        .bearer_auth(&app.admin_key)
-        .json(&json!({"title": title, "content": content, "format": "markdown"}))
-        .send()
-        .await
-        .expect("upload");
-    assert!(response.status().is_success(), "{}", response.status());
-    response.json().await.expect("json")
-}
-
 fn demo_sleep_notes() -> String {
     std::fs::read_to_string(format!("{}/knowledge/sleep.md", env!("CARGO_MANIFEST_DIR")))
         .expect("knowledge/sleep.md")
@@ -285,7 +272,7 @@ async fn a_real_model_answers_from_knowledge_with_citations(backend: Backend, re
         else {
             return;
         };
-        let created = upload(&app, "Sleep", &demo_sleep_notes()).await;
+        let created = app.upload_markdown("Sleep", &demo_sleep_notes()).await;
         // What the model wrote is kept (and its grounding recorded) whatever it cites: this
         // test reads the model's own text. The policies are tests/grounding.rs's.
         let response = app
@@ -396,7 +383,7 @@ async fn answers_cite_their_sources_and_carry_history_within_the_budget(backend:
     else {
         return;
     };
-    let created = upload(&app, "Sleep", &demo_sleep_notes()).await;
+    let created = app.upload_markdown("Sleep", &demo_sleep_notes()).await;
     // A persona of the tenant's own reaches the model.
     let response = app
         .http
@@ -504,7 +491,7 @@ async fn a_model_outage_gets_quoted_answers_quickly_and_opens_the_breaker(backen
     else {
         return;
     };
-    let created = upload(&app, "Sleep", &demo_sleep_notes()).await;
+    let created = app.upload_markdown("Sleep", &demo_sleep_notes()).await;
     // Metrics are per process, shared by the tests running in it: what this test adds is the
     // increase of each series, at least (others may add to it too, never take away).
     async fn requests(app: &TestApp, outcome: &str) -> f64 {
@@ -606,7 +593,7 @@ async fn a_hanging_model_times_out_into_the_fallback_and_the_conversation_goes_o
     else {
         return;
     };
-    upload(&app, "Sleep", &demo_sleep_notes()).await;
+    app.upload_markdown("Sleep", &demo_sleep_notes()).await;
     let started = Instant::now();
     let reply = app
         .send(
@@ -655,7 +642,7 @@ async fn a_generate_step_is_written_by_the_real_model(backend: Backend) {
         else {
             return;
         };
-        upload(&app, "Sleep", &demo_sleep_notes()).await;
+        app.upload_markdown("Sleep", &demo_sleep_notes()).await;
         let created = app
             .http
             .post(format!("{}/v1/programs", app.base))

@@ -55,6 +55,46 @@ fn jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> 
         .collect()
 }
 
+/// A BEIR-style set: the corpus, the questions, and the relevant documents of each question.
+struct BeirSet {
+    corpus: Vec<Doc>,
+    queries: Vec<QueryLine>,
+    relevant: HashMap<String, HashSet<String>>,
+}
+
+impl BeirSet {
+    /// Reads `dir` (a BEIR folder, or a folder holding `beir/`).
+    fn read(dir: &Path) -> anyhow::Result<BeirSet> {
+        let dir = if dir.join("beir").is_dir() {
+            dir.join("beir")
+        } else {
+            dir.to_path_buf()
+        };
+        let corpus: Vec<Doc> = jsonl(&dir.join("corpus.jsonl"))?;
+        let queries: Vec<QueryLine> = jsonl(&dir.join("queries.jsonl"))?;
+        let qrels_path = dir.join("qrels/test.tsv");
+        let qrels_text = std::fs::read_to_string(&qrels_path)
+            .with_context(|| format!("reading {}", qrels_path.display()))?;
+        let mut relevant: HashMap<String, HashSet<String>> = HashMap::new();
+        for line in qrels_text.lines().skip(1) {
+            let mut cols = line.split('\t');
+            if let (Some(q), Some(d), Some(score)) = (cols.next(), cols.next(), cols.next())
+                && score.trim().parse::<f64>().unwrap_or(0.0) > 0.0
+            {
+                relevant
+                    .entry(q.to_owned())
+                    .or_default()
+                    .insert(d.to_owned());
+            }
+        }
+        Ok(BeirSet {
+            corpus,
+            queries,
+            relevant,
+        })
+    }
+}
+
 /// Runs the evaluation of `dir` (a BEIR folder, or a folder holding `beir/`) with `knowledge`
 /// (on an empty tenant `tenant_id`), retrieving `depth` chunks per query.
 pub async fn retrieval(
@@ -63,28 +103,11 @@ pub async fn retrieval(
     dir: &Path,
     depth: usize,
 ) -> anyhow::Result<Report> {
-    let dir = if dir.join("beir").is_dir() {
-        dir.join("beir")
-    } else {
-        dir.to_path_buf()
-    };
-    let corpus: Vec<Doc> = jsonl(&dir.join("corpus.jsonl"))?;
-    let queries: Vec<QueryLine> = jsonl(&dir.join("queries.jsonl"))?;
-    let qrels_path = dir.join("qrels/test.tsv");
-    let qrels_text = std::fs::read_to_string(&qrels_path)
-        .with_context(|| format!("reading {}", qrels_path.display()))?;
-    let mut relevant: HashMap<String, HashSet<String>> = HashMap::new();
-    for line in qrels_text.lines().skip(1) {
-        let mut cols = line.split('\t');
-        if let (Some(q), Some(d), Some(score)) = (cols.next(), cols.next(), cols.next())
-            && score.trim().parse::<f64>().unwrap_or(0.0) > 0.0
-        {
-            relevant
-                .entry(q.to_owned())
-                .or_default()
-                .insert(d.to_owned());
-        }
-    }
+    let BeirSet {
+        corpus,
+        queries,
+        relevant,
+    } = BeirSet::read(dir)?;
 
     let started = Instant::now();
     let mut by_document: HashMap<String, String> = HashMap::new();
@@ -269,29 +292,12 @@ pub async fn answers(
     generate: usize,
 ) -> anyhow::Result<AnswersReport> {
     const K: usize = 5;
-    let dir = if dir.join("beir").is_dir() {
-        dir.join("beir")
-    } else {
-        dir.to_path_buf()
-    };
-    let corpus: Vec<Doc> = jsonl(&dir.join("corpus.jsonl"))?;
-    let queries: Vec<QueryLine> = jsonl(&dir.join("queries.jsonl"))?;
+    let BeirSet {
+        corpus,
+        queries,
+        relevant,
+    } = BeirSet::read(dir)?;
     let off: Vec<QueryLine> = jsonl(off_topic)?;
-    let qrels_path = dir.join("qrels/test.tsv");
-    let qrels_text = std::fs::read_to_string(&qrels_path)
-        .with_context(|| format!("reading {}", qrels_path.display()))?;
-    let mut relevant: HashMap<String, HashSet<String>> = HashMap::new();
-    for line in qrels_text.lines().skip(1) {
-        let mut cols = line.split('\t');
-        if let (Some(q), Some(d), Some(score)) = (cols.next(), cols.next(), cols.next())
-            && score.trim().parse::<f64>().unwrap_or(0.0) > 0.0
-        {
-            relevant
-                .entry(q.to_owned())
-                .or_default()
-                .insert(d.to_owned());
-        }
-    }
 
     let started = Instant::now();
     let mut by_document: HashMap<String, String> = HashMap::new();

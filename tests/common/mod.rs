@@ -306,6 +306,20 @@ impl TestApp {
         json
     }
 
+    /// Uploads a Markdown document as admin; the answer body.
+    pub async fn upload_markdown(&self, title: &str, content: &str) -> Value {
+        let response = self
+            .http
+            .post(format!("{}/v1/knowledge/documents", self.base))
+            .bearer_auth(&self.admin_key)
+            .json(&json!({"title": title, "content": content, "format": "markdown"}))
+            .send()
+            .await
+            .expect("upload");
+        assert!(response.status().is_success(), "{}", response.status());
+        response.json().await.expect("json")
+    }
+
     pub async fn get(&self, key: &str, path: &str) -> (StatusCode, Value) {
         let res = self
             .http
@@ -652,4 +666,14 @@ fn label_pairs(set: &str) -> Vec<String> {
         pairs.push(current);
     }
     pairs
+}
+
+/// `s` percent-encoded for a query string.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
