@@ -97,6 +97,21 @@ fn main() {
         latencies.push(t.elapsed());
     }
     latencies.sort_unstable();
+    // The tokenizer's share of a question's time.
+    let tokenizer =
+        tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).expect("tokenizer");
+    let mut tokenizing = Vec::with_capacity(queries.len());
+    for q in &queries {
+        let t = Instant::now();
+        let _ = tokenizer.encode(q.text.as_str(), true);
+        tokenizing.push(t.elapsed());
+    }
+    tokenizing.sort_unstable();
+    println!(
+        "tokenizing alone: p50 {:.3} ms, p99 {:.3} ms",
+        pct(&tokenizing, 0.5),
+        pct(&tokenizing, 0.99)
+    );
     println!(
         "question embedding: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} questions, one at a time)",
         pct(&latencies, 0.5),
