@@ -483,12 +483,11 @@ async fn ingest_files(
     failed
 }
 
-/// `switchboard eval retrieval`: a fresh SQLite store and vector index in a temporary folder.
-async fn eval_retrieval(
-    config: &Config,
-    dir: &std::path::Path,
-    depth: usize,
-) -> anyhow::Result<crate::knowledge::eval::Report> {
+/// A throw-away configuration for an evaluation: SQLite and embedded vectors in a fresh folder
+/// under the temporary directory (returned, to be removed), the rest as configured. The built-in
+/// embedding model is read from (or fetched into) the configured data directory, not the
+/// scratch one.
+async fn scratch_config(config: &Config) -> anyhow::Result<(PathBuf, Config)> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -499,6 +498,20 @@ async fn eval_retrieval(
     scratch_config.data_dir = scratch.clone();
     scratch_config.database_url = None;
     scratch_config.qdrant_url = None;
+    if crate::startup::EmbedChoice::of(config) == crate::startup::EmbedChoice::Builtin {
+        let dir = crate::startup::builtin_model(config).await?;
+        scratch_config.embed_model = Some(dir.to_string_lossy().into_owned());
+    }
+    Ok((scratch, scratch_config))
+}
+
+/// `switchboard eval retrieval`: a fresh SQLite store and vector index in a temporary folder.
+async fn eval_retrieval(
+    config: &Config,
+    dir: &std::path::Path,
+    depth: usize,
+) -> anyhow::Result<crate::knowledge::eval::Report> {
+    let (scratch, scratch_config) = scratch_config(config).await?;
     let result = async {
         let store = open_store(&scratch_config).await?;
         let tenant = store
@@ -527,20 +540,7 @@ async fn eval_answers(
     off_topic: &std::path::Path,
     generate: usize,
 ) -> anyhow::Result<crate::knowledge::eval::AnswersReport> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let scratch =
-        std::env::temp_dir().join(format!("switchboard-eval-{}-{nanos}", std::process::id()));
-    let mut scratch_config = config.clone();
-    scratch_config.data_dir = scratch.clone();
-    scratch_config.database_url = None;
-    scratch_config.qdrant_url = None;
-    if crate::startup::EmbedChoice::of(config) == crate::startup::EmbedChoice::Builtin {
-        let dir = crate::startup::builtin_model(config).await?;
-        scratch_config.embed_model = Some(dir.to_string_lossy().into_owned());
-    }
+    let (scratch, scratch_config) = scratch_config(config).await?;
     let result = async {
         let store = open_store(&scratch_config).await?;
         let mut tenants = Vec::new();
