@@ -29,8 +29,13 @@ pub enum Command {
 
 /// The command in a message, if it is one. Only `text` and `command` messages can be commands.
 pub fn parse(kind: &str, text: &str) -> Option<Command> {
-    if !matches!(kind, "text" | "command") {
-        return None;
+    // Keywords a channel recognised by its provider's rules (SMS: STOP, CANCEL, QUIT, YES, INFO…).
+    match kind {
+        "opt_out" => return Some(Command::Stop),
+        "opt_in" => return Some(Command::Start(None)),
+        "help" => return Some(Command::Help),
+        "text" | "command" => {}
+        _ => return None,
     }
     let text = text.trim();
     let (head, rest) = match text.split_once(char::is_whitespace) {

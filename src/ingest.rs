@@ -6,9 +6,10 @@
 //! the answer: acknowledging fast is what keeps providers from redelivering.
 
 use metrics::counter;
-use switchboard_channel::{InboundEvent, InboundMessage};
+use switchboard_channel::{InboundEvent, InboundMessage, Mail};
 use tracing::instrument;
 
+use crate::registry::StoredOriginal;
 use crate::router::Router;
 use crate::store::Store;
 use crate::store::batch::Batcher;
@@ -59,12 +60,41 @@ impl Ingest {
         channel: &Channel,
         events: Vec<InboundEvent>,
     ) -> Result<EventCounts, sqlx::Error> {
+        self.apply_with_original(channel, events, None).await
+    }
+
+    /// [`Ingest::apply`], keeping `original` (the request as received) with the mails it carried.
+    pub async fn apply_with_original(
+        &self,
+        channel: &Channel,
+        events: Vec<InboundEvent>,
+        original: Option<&StoredOriginal>,
+    ) -> Result<EventCounts, sqlx::Error> {
         let mut counts = EventCounts::default();
         for event in events {
             match event {
                 InboundEvent::Message(message) => {
                     self.accept(channel, message).await?;
                     counts.messages += 1;
+                }
+                InboundEvent::Mail(mail) => {
+                    if let Some(original) = original {
+                        self.store
+                            .keep_original(&channel.id, &mail.message.provider_id, original)
+                            .await?;
+                    }
+                    self.accept_mail(channel, *mail).await?;
+                    counts.messages += 1;
+                }
+                InboundEvent::Subscription {
+                    external_id,
+                    subscribed,
+                    reason,
+                } => {
+                    self.store
+                        .set_subscription(channel, &external_id, subscribed, &reason)
+                        .await?;
+                    counts.notices += 1;
                 }
                 InboundEvent::Status(status) => {
                     self.store.apply_status(&channel.id, &status).await?;
@@ -90,12 +120,50 @@ impl Ingest {
         Ok(counts)
     }
 
+    /// Stores an email in its thread: the open conversation one of our Message-IDs (or a
+    /// `reply+<token>` address) in it names, or the one holding a mail it answers; otherwise a
+    /// new conversation whose thread is this mail's Message-ID.
+    pub async fn accept_mail(
+        &self,
+        channel: &Channel,
+        mail: Mail,
+    ) -> Result<Ingested, sqlx::Error> {
+        let ours: Vec<String> = mail
+            .references
+            .iter()
+            .filter_map(|id| switchboard_channel_email::conversation_of(id).map(str::to_owned))
+            .chain(mail.reply_tokens.iter().cloned())
+            .collect();
+        let thread = self
+            .store
+            .email_thread(
+                &channel.id,
+                &mail.message.contact.external_id,
+                &ours,
+                &mail.references,
+            )
+            .await?
+            .unwrap_or_else(|| mail.message.provider_id.clone());
+        self.submit(channel, mail.message, thread, mail.subject)
+            .await
+    }
+
     /// Stores `msg` once (durably, before returning) and queues its conversation for the router.
-    #[instrument(skip_all, fields(tenant = %channel.tenant_id, channel = %channel.kind))]
     pub async fn accept(
         &self,
         channel: &Channel,
+        msg: InboundMessage,
+    ) -> Result<Ingested, sqlx::Error> {
+        self.submit(channel, msg, String::new(), None).await
+    }
+
+    #[instrument(skip_all, fields(tenant = %channel.tenant_id, channel = %channel.kind))]
+    async fn submit(
+        &self,
+        channel: &Channel,
         mut msg: InboundMessage,
+        thread: String,
+        subject: Option<String>,
     ) -> Result<Ingested, sqlx::Error> {
         // NUL is valid in JSON but not storable on every backend: never let it fail a webhook.
         strip_nul(&mut msg.text);
@@ -114,6 +182,8 @@ impl Ingest {
                 tenant_id: channel.tenant_id.clone(),
                 channel_id: channel.id.clone(),
                 message: msg,
+                thread,
+                subject,
             })
             .await?;
         let outcome = if ingested.duplicate {

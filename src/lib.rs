@@ -45,6 +45,9 @@ pub mod pacer;
 pub mod polling;
 /// Coaching programs and the proactive engine (durable fires in each contact's time).
 pub mod programs;
+/// The channel registry: one home per channel kind (its configuration, webhooks, sends,
+/// pacing, acknowledgements, what it renders, its secrets).
+pub mod registry;
 /// Per-conversation, in-order processing of stored messages.
 pub mod router;
 /// Building and running the server (port 0 friendly) and its orderly shutdown.

@@ -20,18 +20,16 @@ use std::time::Duration;
 
 use metrics::{counter, histogram};
 use rand::Rng;
-use switchboard_channel::{ChannelKind, Content, OutboundMessage, Receipt, SendError};
-use switchboard_channel_api::{ApiChannelConfig, ApiSender};
-use switchboard_channel_telegram::{TelegramConfig, TelegramSender};
-use switchboard_channel_whatsapp::{WhatsappConfig, WhatsappSender};
-use switchboard_channel_widget::{Hub, WidgetSender};
+use switchboard_channel::{Content, OutboundMessage, SendError};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
 
 use crate::config::OutboxConfig;
-use crate::pacer::{Pacer, limits};
+use crate::pacer::Pacer;
+pub use crate::registry::Channels;
+use crate::registry::SendContext;
 use crate::store::deliveries::{ClaimedDelivery, Outcome};
 use crate::store::{Store, now_ms};
 
@@ -107,106 +105,6 @@ impl From<&OutboxConfig> for RetryPolicy {
             base: Duration::from_millis(c.base_delay_ms),
             max: Duration::from_millis(c.max_delay_ms),
             max_attempts: c.max_attempts,
-        }
-    }
-}
-
-/// The channel senders, dispatched by kind.
-#[derive(Debug, Clone)]
-pub struct Channels {
-    api: ApiSender,
-    whatsapp: WhatsappSender,
-    telegram: TelegramSender,
-    widget: WidgetSender,
-}
-
-impl Channels {
-    /// `http` must be built with `egress`'s policy (`egress::client_builder`); Telegram's
-    /// library client gets the same policy.
-    pub fn new(
-        http: reqwest::Client,
-        egress: switchboard_channel::egress::EgressPolicy,
-    ) -> anyhow::Result<Channels> {
-        Ok(Channels {
-            api: ApiSender::new(http.clone()),
-            whatsapp: WhatsappSender::new(http.clone()),
-            telegram: TelegramSender::new(http, egress).map_err(anyhow::Error::msg)?,
-            widget: WidgetSender::new(Hub::default()),
-        })
-    }
-
-    /// The web widget's sender, and through it the hub of open widget sockets.
-    pub fn widget(&self) -> &WidgetSender {
-        &self.widget
-    }
-
-    pub fn telegram(&self) -> &TelegramSender {
-        &self.telegram
-    }
-
-    pub fn whatsapp(&self) -> &WhatsappSender {
-        &self.whatsapp
-    }
-
-    /// The signals around a turn: Telegram "typing…" (and a pressed button's callback
-    /// answered), WhatsApp read receipt with typing indicator. Best effort.
-    pub async fn acknowledge(
-        &self,
-        kind: ChannelKind,
-        config: &serde_json::Value,
-        to: &str,
-        provider_id: Option<&str>,
-        attachments_json: &str,
-    ) -> anyhow::Result<()> {
-        match kind {
-            ChannelKind::Telegram => {
-                let config = TelegramConfig::parse(config).map_err(anyhow::Error::msg)?;
-                let attachments: Vec<switchboard_channel::Attachment> =
-                    serde_json::from_str(attachments_json).unwrap_or_default();
-                if let Some(callback) = attachments.iter().find(|a| a.kind == "callback_query") {
-                    self.telegram
-                        .answer_callback(&config, &callback.reference)
-                        .await?;
-                }
-                self.telegram.typing(&config, to).await?;
-            }
-            ChannelKind::Whatsapp => {
-                let config = WhatsappConfig::parse(config).map_err(anyhow::Error::msg)?;
-                if let Some(id) = provider_id {
-                    self.whatsapp.mark_read(&config, id).await?;
-                }
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    pub async fn send(
-        &self,
-        kind: ChannelKind,
-        config: &serde_json::Value,
-        msg: &OutboundMessage,
-    ) -> Result<Receipt, SendError> {
-        match kind {
-            ChannelKind::Api => {
-                let config = ApiChannelConfig::parse(config)
-                    .map_err(|e| SendError::Permanent(format!("api channel config: {e}")))?;
-                self.api.send(&config, msg).await
-            }
-            ChannelKind::Whatsapp => {
-                let config = WhatsappConfig::parse(config)
-                    .map_err(|e| SendError::Permanent(format!("whatsapp channel config: {e}")))?;
-                self.whatsapp.send(&config, msg).await
-            }
-            ChannelKind::Telegram => {
-                let config = TelegramConfig::parse(config)
-                    .map_err(|e| SendError::Permanent(format!("telegram channel config: {e}")))?;
-                self.telegram.send(&config, msg).await
-            }
-            ChannelKind::Widget => self.widget.send(msg),
-            other => Err(SendError::Permanent(format!(
-                "the {other} channel is not available in this build"
-            ))),
         }
     }
 }
@@ -397,20 +295,29 @@ impl Outbox {
                 return (self.retry_or_dead(d, delay, error), "unknown");
             }
         };
+        let Some(adapter) = self.channels.adapter(channel.kind) else {
+            let error = format!(
+                "the {} channel is not available in this build",
+                channel.kind
+            );
+            return (Outcome::Dead { error }, channel.kind.as_str());
+        };
         // Only channels with window rules pay for this look-up.
-        let contact_last_wrote_at = match channel.kind {
-            ChannelKind::Whatsapp => match self.store.last_inbound_at(&d.conversation_id).await {
+        let contact_last_wrote_at = if adapter.needs_last_inbound() {
+            match self.store.last_inbound_at(&d.conversation_id).await {
                 Ok(at) => at,
                 Err(e) => {
                     let delay = self.policy.delay(d.attempts as u32, None);
                     let error = format!("loading the conversation: {e}");
                     return (self.retry_or_dead(d, delay, error), channel.kind.as_str());
                 }
-            },
-            _ => None,
+            }
+        } else {
+            None
         };
-        // A contact who blocked the bot gets nothing; the reason is visible on the dead letter.
-        if matches!(channel.kind, ChannelKind::Telegram | ChannelKind::Whatsapp) {
+        // A contact who blocked the bot (or bounced) gets nothing; the reason is visible on the
+        // dead letter.
+        if adapter.tracks_reachability() {
             match self
                 .store
                 .unreachable_reason(&channel.id, &d.recipient)
@@ -424,6 +331,24 @@ impl Outbox {
                 Err(e) => {
                     let delay = self.policy.delay(d.attempts as u32, None);
                     let error = format!("loading the contact: {e}");
+                    return (self.retry_or_dead(d, delay, error), channel.kind.as_str());
+                }
+            }
+        }
+        let mut context = SendContext::default();
+        if adapter.threads() {
+            match self
+                .store
+                .thread_info(&d.conversation_id, &d.message_id)
+                .await
+            {
+                Ok((thread, proactive)) => {
+                    context.thread = Some(thread);
+                    context.proactive = proactive;
+                }
+                Err(e) => {
+                    let delay = self.policy.delay(d.attempts as u32, None);
+                    let error = format!("loading the conversation's thread: {e}");
                     return (self.retry_or_dead(d, delay, error), channel.kind.as_str());
                 }
             }
@@ -451,7 +376,7 @@ impl Outbox {
         // The provider's rate limits: a short wait is slept, a long one defers without spending
         // an attempt (the pacer books nothing then).
         let limits = if self.config.pacing {
-            limits(channel.kind, &channel.id, &d.recipient)
+            adapter.limits(&channel, &d.recipient)
         } else {
             Vec::new()
         };
@@ -471,17 +396,18 @@ impl Outbox {
             }
         }
         let timeout = Duration::from_millis(self.config.send_timeout_ms);
-        let sent = match tokio::time::timeout(
-            timeout,
-            self.channels.send(channel.kind, &channel.config, &msg),
-        )
-        .await
+        let sent = match tokio::time::timeout(timeout, adapter.send(&channel, &msg, &context)).await
         {
             Ok(result) => result,
             Err(_) => Err(SendError::Transient(format!(
                 "send timed out after {timeout:?}"
             ))),
         };
+        // Every part a provider accepted beyond the first counts against its rate too.
+        let parts = msg.progress.get().saturating_sub(msg.parts_sent);
+        if self.config.pacing && parts > 1 {
+            self.pacer.charge(&limits, parts - 1);
+        }
         let outcome = match sent {
             Ok(receipt) => Outcome::Delivered {
                 provider_message_id: receipt.provider_message_id,
@@ -521,6 +447,23 @@ impl Outbox {
             }
             Err(e) => {
                 warn!(attempts = d.attempts, error = %e, "delivery refused for good; dead letter");
+                // What the provider said about the recipient holds for later sends too.
+                let marked = match &e {
+                    SendError::Unreachable(reason) => {
+                        self.store
+                            .set_reachability(&channel, &d.recipient, false, reason, None)
+                            .await
+                    }
+                    SendError::OptedOut(reason) => {
+                        self.store
+                            .set_subscription(&channel, &d.recipient, false, reason)
+                            .await
+                    }
+                    _ => Ok(()),
+                };
+                if let Err(store_error) = marked {
+                    warn!(error = %store_error, "recording what the provider said about the recipient failed");
+                }
                 Outcome::Dead {
                     error: e.to_string(),
                 }

@@ -9,6 +9,10 @@
 //! Limits (providers' published guidance):
 //! - Telegram: about 1 message/s per chat, 20/min per group, 30/s per bot.
 //! - WhatsApp Cloud API: 80 messages/s per business number (the default throughput).
+//! - SMS (Twilio): 1 message/s per long code by default; the channel's `mps` for toll-free
+//!   numbers, short codes and Messaging Services.
+//!
+//! Which limits a send falls under is the channel's adapter's to say (`registry.rs`).
 //!
 //! The state is per process and forgets idle keys; several gateways on one database each keep
 //! their own (the provider's 429 + retry-after then takes over, which the outbox honours).
@@ -16,8 +20,6 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-use switchboard_channel::ChannelKind;
 
 /// One rate: `per` / `count`, with `burst` sends allowed back to back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,24 +48,33 @@ pub const TELEGRAM_PER_GROUP: Rate = Rate::new(20, Duration::from_secs(60), 3);
 pub const TELEGRAM_PER_BOT: Rate = Rate::new(30, Duration::from_secs(1), 30);
 pub const WHATSAPP_PER_NUMBER: Rate = Rate::new(80, Duration::from_secs(1), 80);
 
-/// The limits one send to `recipient` over a channel falls under, as `(key, rate)`.
-pub fn limits(kind: ChannelKind, channel_id: &str, recipient: &str) -> Vec<(String, Rate)> {
-    match kind {
-        ChannelKind::Telegram => {
-            // Group and channel chat ids are negative.
-            let chat = if recipient.starts_with('-') {
-                TELEGRAM_PER_GROUP
-            } else {
-                TELEGRAM_PER_CHAT
-            };
-            vec![
-                (format!("{channel_id}/{recipient}"), chat),
-                (channel_id.to_owned(), TELEGRAM_PER_BOT),
-            ]
-        }
-        ChannelKind::Whatsapp => vec![(channel_id.to_owned(), WHATSAPP_PER_NUMBER)],
-        _ => Vec::new(),
-    }
+/// The limits a Telegram send to `recipient` falls under, as `(key, rate)`: its chat's and the
+/// bot's.
+pub fn telegram(channel_id: &str, recipient: &str) -> Vec<(String, Rate)> {
+    // Group and channel chat ids are negative.
+    let chat = if recipient.starts_with('-') {
+        TELEGRAM_PER_GROUP
+    } else {
+        TELEGRAM_PER_CHAT
+    };
+    vec![
+        (format!("{channel_id}/{recipient}"), chat),
+        (channel_id.to_owned(), TELEGRAM_PER_BOT),
+    ]
+}
+
+/// The limit of a sending number (SMS) at `per_second` messages a second, with no burst beyond
+/// one second's worth: carriers filter numbers that exceed their rate.
+pub fn per_second(key: &str, per_second: f64) -> Vec<(String, Rate)> {
+    // As count per `per`: 0.5/s is 1 per 2 s; 3/s is 3 per second.
+    let rate = if per_second >= 1.0 {
+        let count = per_second.round().clamp(1.0, 10_000.0) as u32;
+        Rate::new(count, Duration::from_secs(1), count)
+    } else {
+        let period_ms = (1000.0 / per_second.max(0.001)).round() as u64;
+        Rate::new(1, Duration::from_millis(period_ms), 1)
+    };
+    vec![(key.to_owned(), rate)]
 }
 
 /// The pacing state of this process.
@@ -109,6 +120,20 @@ impl Pacer {
 }
 
 impl Pacer {
+    /// Books `extra` more sends under `limits`, already made: a message the provider took as
+    /// several (an SMS split into parts) counts each part, so the sends after it wait for them.
+    pub fn charge(&self, limits: &[(String, Rate)], extra: u32) {
+        if extra == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, rate) in limits {
+            let tat = cells.get(key).copied().unwrap_or(now).max(now);
+            cells.insert(key.clone(), tat + rate.interval() * extra);
+        }
+    }
+
     /// The provider asked us to wait (a flood-control `retry_after`): nothing under these limits
     /// starts before `wait` has passed.
     pub fn hold(&self, limits: &[(String, Rate)], wait: Duration) {
@@ -128,7 +153,7 @@ mod tests {
     use super::*;
 
     fn chat() -> Vec<(String, Rate)> {
-        limits(ChannelKind::Telegram, "bot", "42")
+        telegram("bot", "42")
     }
 
     #[test]
@@ -146,7 +171,7 @@ mod tests {
         let fifth = pacer.reserve(&chat(), max).expect("within max");
         assert!(fifth > Duration::from_millis(1900), "{fifth:?}");
         // Another chat of the same bot is not held back by this one.
-        let other = limits(ChannelKind::Telegram, "bot", "43");
+        let other = telegram("bot", "43");
         assert_eq!(pacer.reserve(&other, max), Some(Duration::ZERO));
     }
 
@@ -156,7 +181,7 @@ mod tests {
         let max = Duration::from_secs(10);
         let mut waits = Vec::new();
         for chat in 0..90 {
-            let l = limits(ChannelKind::Telegram, "bot", &chat.to_string());
+            let l = telegram("bot", &chat.to_string());
             waits.push(pacer.reserve(&l, max).expect("within max"));
         }
         // 30 at once (the burst), then one every 1/30 s: the 90th about 2 s later.
@@ -165,7 +190,7 @@ mod tests {
         assert!(waits[89] < Duration::from_millis(2100), "{:?}", waits[89]);
         // A group allows 20 a minute: beyond the burst, a wait longer than `max` is refused
         // and not booked.
-        let group = limits(ChannelKind::Telegram, "bot", "-100");
+        let group = telegram("bot", "-100");
         for _ in 0..3 {
             assert!(pacer.reserve(&group, max).is_some());
         }
@@ -189,7 +214,7 @@ mod tests {
             .expect("booked");
         assert!(wait > Duration::from_millis(4900), "{wait:?}");
         // The bot-wide cell is held too: another chat of the same bot waits as well.
-        let other = limits(ChannelKind::Telegram, "bot", "43");
+        let other = telegram("bot", "43");
         let wait = pacer
             .reserve(&other, Duration::from_secs(60))
             .expect("booked");
@@ -199,7 +224,7 @@ mod tests {
     #[test]
     fn channels_without_limits_never_wait() {
         let pacer = Pacer::default();
-        let none = limits(ChannelKind::Api, "c", "x");
+        let none: Vec<(String, Rate)> = Vec::new();
         for _ in 0..1000 {
             assert_eq!(pacer.reserve(&none, Duration::ZERO), Some(Duration::ZERO));
         }

@@ -30,9 +30,11 @@ use crate::answer::{Answer, Responder, Turn};
 use crate::commands;
 use crate::moderation::{Inbound, Moderation, Outbound};
 use crate::outbox::Channels;
+use crate::registry::Acknowledgement;
 use crate::store::batch::Batcher;
 use crate::store::messages::{PendingTurn, ReplyDraft};
 use crate::store::{Store, now_ms};
+use switchboard_channel::ChannelKind;
 
 /// Failed attempts at a turn before the responder's failure is answered with [`APOLOGY`].
 const GIVE_UP_AFTER_FAILURES: u32 = 3;
@@ -229,9 +231,18 @@ impl Inner {
         let Some(turn) = next else {
             return Ok(false);
         };
+        // Automatic mail (auto-replies, bounces, bulk) is stored, never answered: no mail loops.
         let answerable = !matches!(
             turn.kind.as_str(),
-            "reaction" | "reaction_removed" | "revoke" | "edit" | "system" | "unaddressed"
+            "reaction"
+                | "reaction_removed"
+                | "revoke"
+                | "edit"
+                | "system"
+                | "unaddressed"
+                | "auto_reply"
+                | "bounce"
+                | "bulk"
         );
         // Moderation before anything answers: a crisis is answered at once with the safe
         // message, a blocked contact gets nothing, a held message waits for a person. Commands
@@ -310,11 +321,17 @@ impl Inner {
                 Err(e) => return Err(e),
             };
             counter!("switchboard_commands_total").increment(1);
-            Some(ReplyDraft {
-                text,
-                citations_json: "[]".to_owned(),
-                grounding_json: None,
-            })
+            // A keyword the provider answers itself (Twilio's STOP/START/HELP) gets no second
+            // answer from us (and one to an opted-out number would be refused anyway).
+            if self.provider_answers(&turn).await {
+                None
+            } else {
+                Some(ReplyDraft {
+                    text,
+                    citations_json: "[]".to_owned(),
+                    grounding_json: None,
+                })
+            }
         } else if turn.conversation_status == "bot" && answerable {
             // Held until the answer is ready: Telegram's "typing…" lasts 5 s, so it is renewed.
             let _typing = self.acknowledge(&turn);
@@ -484,6 +501,23 @@ impl Drop for WidgetPreview {
 }
 
 impl Inner {
+    /// Whether the turn is a provider keyword (`opt_out`, `opt_in`, `help` messages) on a channel
+    /// whose provider answers those itself.
+    async fn provider_answers(&self, turn: &PendingTurn) -> bool {
+        if !matches!(turn.kind.as_str(), "opt_out" | "opt_in" | "help") {
+            return false;
+        }
+        let Some(channels) = &self.channels else {
+            return false;
+        };
+        match self.store.channel_by_id(&turn.channel_id).await {
+            Ok(channel) => channels
+                .adapter(channel.kind)
+                .is_some_and(|a| a.provider_answers_keywords(&channel.config)),
+            Err(_) => false,
+        }
+    }
+
     /// For a widget turn the bot will answer: "typing…" on, and a preview to stream into.
     fn widget_preview(&self, turn: &PendingTurn) -> Option<WidgetPreview> {
         if turn.channel_kind != "widget" {
@@ -506,23 +540,30 @@ impl Inner {
     /// renewed every 4 s (it shows for 5 s) until the guard drops, for at most a minute.
     fn acknowledge(&self, turn: &PendingTurn) -> Option<tokio_util::sync::DropGuard> {
         let channels = self.channels.clone()?;
-        if !matches!(turn.channel_kind.as_str(), "telegram" | "whatsapp") {
-            return None;
-        }
+        let kind = ChannelKind::parse(&turn.channel_kind)?;
+        let renew = match channels.adapter(kind)?.acknowledgement() {
+            Acknowledgement::None => return None,
+            Acknowledgement::Once => None,
+            Acknowledgement::Renewed(period) => Some(period),
+        };
         let store = self.store.clone();
         let turn = turn.clone();
         let done = CancellationToken::new();
         let answered = done.clone();
         self.tracker.spawn(async move {
+            let attachments: Vec<switchboard_channel::Attachment> =
+                serde_json::from_str(&turn.attachments).unwrap_or_default();
             let work = async {
                 let channel = store.channel_by_id(&turn.channel_id).await?;
-                channels
+                let Some(adapter) = channels.adapter(channel.kind) else {
+                    return Ok(());
+                };
+                adapter
                     .acknowledge(
-                        channel.kind,
                         &channel.config,
                         &turn.recipient,
                         turn.provider_id.as_deref(),
-                        &turn.attachments,
+                        &attachments,
                     )
                     .await
             };
@@ -533,24 +574,26 @@ impl Inner {
                 }
                 Err(_) => tracing::debug!("acknowledging a turn timed out"),
             }
-            if turn.channel_kind != "telegram" {
+            let Some(period) = renew else {
                 return;
-            }
-            for _ in 0..15 {
+            };
+            // Renewed for at most a minute.
+            let rounds = (Duration::from_secs(60).as_millis() / period.as_millis().max(1)) as usize;
+            for _ in 0..rounds {
                 tokio::select! {
                     _ = answered.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(4)) => {}
+                    _ = tokio::time::sleep(period) => {}
                 }
                 let renew = async {
                     let channel = store.channel_by_id(&turn.channel_id).await?;
-                    channels
-                        .acknowledge(channel.kind, &channel.config, &turn.recipient, None, "[]")
+                    let Some(adapter) = channels.adapter(channel.kind) else {
+                        return Ok(());
+                    };
+                    adapter
+                        .acknowledge(&channel.config, &turn.recipient, None, &[])
                         .await
                 };
-                if tokio::time::timeout(Duration::from_secs(4), renew)
-                    .await
-                    .is_err()
-                {
+                if tokio::time::timeout(period, renew).await.is_err() {
                     return;
                 }
             }

@@ -412,7 +412,7 @@ impl Application {
         let models = models_for(&config)?;
         let responder = make(&knowledge, &models, answer_settings(&config));
         let wake = Arc::new(Notify::new());
-        let channels = Channels::new(http, egress)?;
+        let channels = Channels::new(http, egress, config.public_url.clone())?;
         let outbox = Outbox::new(
             store.clone(),
             channels.clone(),

@@ -1,13 +1,17 @@
 //! The channel compliance suite: every adapter passes the same four checks, through the front
-//! door, on both backends. (SMS and email join when they exist.)
+//! door, on both backends.
 //!
-//! 1. A request with a bad signature (or API key) is refused with 401 and stores nothing.
+//! 1. A request with a bad signature (or API key, or password) is refused with 401 and stores
+//!    nothing.
 //! 2. Five concurrent redeliveries of one message give one stored message and one reply.
 //! 3. Malformed input is a 400 with a JSON error, and stores nothing.
 //! 4. Per-chat order: messages of one chat are answered in the order they were sent.
 //!
 //! Adapters: `api` (POST /v1/messages, replies to a signed callback), `whatsapp` (pywa's text
-//! webhook fixture re-addressed, Graph API stand-in), `telegram` (Update JSON, Bot API stand-in).
+//! webhook fixture re-addressed, Graph API stand-in), `telegram` (Update JSON, Bot API stand-in),
+//! `sms` (Twilio's form, signed over the configured public URL; Twilio stand-in), `email` (a raw
+//! RFC 5322 post behind HTTP Basic auth; replies through a real SMTP server, aiosmtpd). A chat's
+//! later mails answer its first (`In-Reply-To`), so they are one thread, as a person's are.
 
 mod common;
 
@@ -16,7 +20,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use common::graph::{Sent, graph_stand_in};
+use common::smtp::SmtpServer;
 use common::telegram::{BotApi, TOKEN};
+use common::twilio;
 use common::{Backend, CallbackReceiver, Mode, TestApp};
 use serde_json::{Value, json};
 use switchboard::answer::{Answer, Responder, Turn};
@@ -28,9 +34,11 @@ both_backends!(
     per_chat_order_holds,
 );
 
-const ADAPTERS: [&str; 3] = ["api", "whatsapp", "telegram"];
+const ADAPTERS: [&str; 5] = ["api", "whatsapp", "telegram", "sms", "email"];
 const APP_SECRET: &str = "compliance-app-secret";
 const TG_SECRET: &str = "compliance_secret";
+const PUBLIC_URL: &str = "https://switchboard.example.test";
+const MAIL_SECRET: &str = "compliance-inbound-secret";
 
 /// Answers with what it was told, so order is visible in the replies.
 struct Echo;
@@ -56,17 +64,31 @@ struct Harness {
     callback: Option<CallbackReceiver>,
     graph: Option<Sent>,
     bot_api: Option<BotApi>,
+    twilio: Option<twilio::Sent>,
+    smtp: Option<SmtpServer>,
 }
 
 impl Harness {
     async fn start(backend: Backend, kind: &'static str) -> Option<Harness> {
-        let app = TestApp::spawn_with(backend, |_| {}, Some(Arc::new(Echo))).await?;
+        let smtp = if kind == "email" {
+            Some(SmtpServer::start().await?)
+        } else {
+            None
+        };
+        let app = TestApp::spawn_with(
+            backend,
+            |c| c.public_url = Some(PUBLIC_URL.into()),
+            Some(Arc::new(Echo)),
+        )
+        .await?;
         let mut h = Harness {
             kind,
             path: String::new(),
             callback: None,
             graph: None,
             bot_api: None,
+            twilio: None,
+            smtp,
             app,
         };
         match kind {
@@ -88,6 +110,31 @@ impl Harness {
                     .unwrap_or_else(|| panic!("connecting WhatsApp gave no channel id: {body}"));
                 h.path = format!("/webhooks/whatsapp/{channel_id}");
                 h.graph = Some(sent);
+            }
+            "sms" => {
+                let (base, sent) = twilio::twilio_stand_in().await;
+                let body = h
+                    .connect(json!({ "kind": "sms", "config": {
+                        "account_sid": twilio::ACCOUNT_SID, "auth_token": twilio::AUTH_TOKEN,
+                        "from": twilio::FROM, "api_url": base, "mps": 100 } }))
+                    .await;
+                let channel_id = body["channel_id"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("connecting SMS gave no channel id: {body}"));
+                h.path = format!("/webhooks/sms/{channel_id}");
+                h.twilio = Some(sent);
+            }
+            "email" => {
+                let smtp_url = h.smtp.as_ref().map(SmtpServer::url).unwrap_or_default();
+                let body = h
+                    .connect(json!({ "kind": "email", "config": {
+                        "from": "Coach <coach@switchboard.example.test>", "smtp_url": smtp_url,
+                        "inbound_secret": MAIL_SECRET } }))
+                    .await;
+                let channel_id = body["channel_id"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("connecting email gave no channel id: {body}"));
+                h.path = format!("/webhooks/email/{channel_id}");
             }
             _ => {
                 let api = BotApi::start().await;
@@ -140,6 +187,25 @@ impl Harness {
                 m["timestamp"] = json!((switchboard::store::now_ms() / 1000).to_string());
                 payload
             }
+            "sms" => {
+                let form = twilio::inbound(&format!("SM{n:032}"), &format!("+1555{chat}"), text);
+                return twilio::encode(&form).into_bytes();
+            }
+            "email" => {
+                // Every mail of a chat after its first answers the first: one thread.
+                let answers = if n % 100 == 0 || n < 100 {
+                    String::new()
+                } else {
+                    format!("In-Reply-To: <compliance-{}@example.test>\r\n", n - n % 100)
+                };
+                return format!(
+                    "From: Person {chat} <p{chat}@example.test>\r\nTo: coach@switchboard.example.test\r\n\
+                     Subject: Question {n}\r\nMessage-ID: <compliance-{n}@example.test>\r\n{answers}\
+                     Date: Sun, 06 Dec 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\n\
+                     Content-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n"
+                )
+                .into_bytes();
+            }
             _ => json!({ "update_id": n, "message": { "message_id": n, "date": 1_700_000_000,
                 "chat": { "id": chat.parse::<i64>().expect("numeric chat"), "type": "private" },
                 "from": { "id": 1, "is_bot": false, "first_name": "A" }, "text": text } }),
@@ -147,14 +213,45 @@ impl Harness {
         serde_json::to_vec(&value).expect("json")
     }
 
+    /// The contact's id at the provider for a chat.
+    fn recipient(&self, chat: &str) -> String {
+        match self.kind {
+            "sms" => format!("+1555{chat}"),
+            "email" => format!("p{chat}@example.test"),
+            _ => chat.to_owned(),
+        }
+    }
+
     /// POSTs a body, authenticated (`good`) or with a wrong signature/key.
     async fn post(&self, body: Vec<u8>, good: bool) -> (u16, Value) {
+        let content_type = match self.kind {
+            "sms" => "application/x-www-form-urlencoded",
+            "email" => "message/rfc822",
+            _ => "application/json",
+        };
         let mut req = self
             .app
             .http
             .post(format!("{}{}", self.app.base, self.path))
-            .header("content-type", "application/json");
+            .header("content-type", content_type);
         req = match (self.kind, good) {
+            ("sms", good) => {
+                let form: Vec<(String, String)> =
+                    form_urlencoded::parse(&body).into_owned().collect();
+                let url = format!("{PUBLIC_URL}{}", self.path);
+                let signature = twilio::sign(&url, &form);
+                req.header(
+                    "X-Twilio-Signature",
+                    if good {
+                        signature
+                    } else {
+                        format!("x{signature}")
+                    },
+                )
+            }
+            ("email", good) => {
+                req.basic_auth("sendgrid", Some(if good { MAIL_SECRET } else { "wrong" }))
+            }
             ("api", true) => req.bearer_auth(&self.app.admin_key),
             ("api", false) => req.bearer_auth("sb_not-a-key"),
             ("whatsapp", true) => req.header(
@@ -184,6 +281,41 @@ impl Harness {
                         r.body["to"].as_str().unwrap_or_default().to_owned(),
                         r.body["text"].as_str().unwrap_or_default().to_owned(),
                     )
+                })
+                .collect();
+        }
+        if let Some(sent) = &self.twilio {
+            return sent
+                .lock()
+                .expect("lock")
+                .iter()
+                .map(|s| {
+                    (
+                        s.field("To").unwrap_or_default().to_owned(),
+                        s.field("Body").unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect();
+        }
+        if let Some(smtp) = &self.smtp {
+            return smtp
+                .received()
+                .iter()
+                .map(|raw| {
+                    let mail = mail_parser::MessageParser::default()
+                        .parse(raw.as_bytes())
+                        .expect("a mail");
+                    let to = mail
+                        .to()
+                        .and_then(|a| a.first())
+                        .and_then(|a| a.address())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let text = mail
+                        .body_text(0)
+                        .map(|t| t.trim().to_owned())
+                        .unwrap_or_default();
+                    (to, text)
                 })
                 .collect();
         }
@@ -231,7 +363,7 @@ async fn five_concurrent_redeliveries_give_one_reply(backend: Backend) {
         let body = h.message("4242", 7, "only once");
         let posts = (0..5).map(|_| h.post(body.clone(), true));
         for (status, answer) in futures::future::join_all(posts).await {
-            assert_eq!(status, 200, "{kind}: {answer}");
+            assert_eq!(status, 200, "{kind}: {answer:?}");
         }
         common::eventually(
             &format!("{kind}: the reply"),
@@ -257,6 +389,8 @@ async fn malformed_input_is_a_400(backend: Backend) {
         let wrong_shape = match kind {
             "api" => json!({ "text": "no contact" }),
             "whatsapp" => json!({ "object": "whatsapp_business_account", "entry": "nope" }),
+            // A form without MessageSid/From; a "mail" without a sender.
+            "sms" | "email" => json!({ "Body": "no sender" }),
             _ => json!({ "message": { "text": "no update_id" } }),
         };
         for body in [
@@ -293,9 +427,7 @@ async fn per_chat_order_holds(backend: Backend) {
         let texts: Vec<&str> = replies.iter().map(|(_, t)| t.as_str()).collect();
         let expected: Vec<String> = words.iter().map(|w| format!("echo: {w}")).collect();
         assert_eq!(texts, expected, "{kind}: replies in the order sent");
-        assert!(
-            replies.iter().all(|(to, _)| to == "4242"),
-            "{kind}: {replies:?}"
-        );
+        let to = h.recipient("4242");
+        assert!(replies.iter().all(|(t, _)| *t == to), "{kind}: {replies:?}");
     }
 }

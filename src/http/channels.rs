@@ -8,15 +8,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::json;
-use switchboard_channel::{ChannelKind, SendError};
-use switchboard_channel_api::ApiChannelConfig;
-use switchboard_channel_telegram::{Mode, TelegramConfig};
-use switchboard_channel_whatsapp::WhatsappConfig;
+use switchboard_channel::ChannelKind;
 
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, json_body};
 use crate::core::Role;
+use crate::registry::Adapter;
 
 #[derive(Debug, Deserialize)]
 struct ConnectRequest {
@@ -79,7 +77,7 @@ pub async fn patch_channel(
         .channel(&principal.tenant_id, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("channel"))?;
-    if matches!(channel.kind, ChannelKind::Api | ChannelKind::Widget) {
+    if !state.channels.available(channel.kind)?.connectable() {
         return Err(ApiError::bad_request(
             "invalid_channel",
             "the api channel is configured with POST /v1/channels, the widget with PUT /v1/widget/settings",
@@ -120,7 +118,8 @@ pub async fn delete_channel(
     let Some(channel) = state.store.channel(&principal.tenant_id, &id).await? else {
         return Err(ApiError::not_found("channel"));
     };
-    if matches!(channel.kind, ChannelKind::Api | ChannelKind::Widget) {
+    let adapter = state.channels.available(channel.kind)?;
+    if !adapter.connectable() {
         return Err(ApiError::bad_request(
             "invalid_channel",
             "the tenant's api and widget channels cannot be removed",
@@ -132,16 +131,16 @@ pub async fn delete_channel(
         .await?;
     state.pollers.stop(&id);
     let mut body = json!({ "channel_id": id, "kind": channel.kind, "removed": true });
-    if channel.kind == ChannelKind::Telegram
-        && let Ok(parsed) = TelegramConfig::parse(&channel.config)
+    // The provider stops calling us where it can be told to.
+    if let Some(removed) = adapter.register_webhook(&channel.config, None).await
         && let Some(object) = body.as_object_mut()
     {
-        match state.channels.telegram().delete_webhook(&parsed).await {
+        match removed {
             Ok(()) => {
                 object.insert("webhook_removed".into(), true.into());
             }
             Err(e) => {
-                tracing::warn!(channel = %id, error = %e, "deleteWebhook failed for a removed channel");
+                tracing::warn!(channel = %id, error = %e, "removing the webhook failed for a removed channel");
                 object.insert("webhook_removed".into(), false.into());
                 object.insert("webhook_error".into(), e.to_string().into());
             }
@@ -156,127 +155,73 @@ async fn configure(
     state: &AppState,
     tenant_id: &str,
     kind: ChannelKind,
-    mut config: serde_json::Value,
+    config: serde_json::Value,
     mut replaces: Option<String>,
     base: &PublicBase,
 ) -> Result<serde_json::Value, ApiError> {
-    check_egress(state, &config).await?;
+    let adapter = state.channels.available(kind)?;
+    check_egress(state, adapter, &config).await?;
     let existing = state.store.channels(tenant_id).await?;
-    let forced = replaces.is_some();
-    let mut notes = serde_json::Map::new();
-    let mut learn_username = false;
-    match kind {
-        ChannelKind::Api => {
-            ApiChannelConfig::parse(&config)
-                .map_err(|e| ApiError::bad_request("invalid_channel_config", e))?;
-        }
-        ChannelKind::Whatsapp => {
-            let parsed = WhatsappConfig::parse(&config)
-                .map_err(|e| ApiError::bad_request("invalid_channel_config", e))?;
-            // The same number again: new settings for the existing channel.
-            if !forced {
-                replaces = existing
-                    .iter()
-                    .filter(|c| c.kind == kind)
-                    .find(|c| {
-                        WhatsappConfig::parse(&c.config)
-                            .is_ok_and(|c| c.phone_number_id == parsed.phone_number_id)
-                    })
-                    .map(|c| c.id.clone());
-            }
-        }
-        ChannelKind::Telegram => {
-            let mut parsed = TelegramConfig::parse(&config)
-                .map_err(|e| ApiError::bad_request("invalid_channel_config", e))?;
-            // getMe proves the token and tells the bot's @username (groups address it by that).
-            match state.channels.telegram().username(&parsed).await {
-                Ok(name) => parsed.bot_username = name,
-                Err(SendError::Permanent(reason)) => {
-                    return Err(ApiError::bad_request(
-                        "invalid_channel_config",
-                        format!("Telegram refused the bot token: {reason}"),
-                    ));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "getMe failed; retried in the background, group mentions are recognised once it works");
-                    notes.insert("get_me_error".into(), e.to_string().into());
-                    learn_username = true;
-                }
-            }
-            if !forced {
-                replaces = existing
-                    .iter()
-                    .filter(|c| c.kind == kind)
-                    .find(|c| {
-                        TelegramConfig::parse(&c.config)
-                            .is_ok_and(|c| c.bot_id() == parsed.bot_id())
-                    })
-                    .map(|c| c.id.clone());
-            }
-            config = serde_json::to_value(&parsed).map_err(ApiError::internal)?;
-        }
-        other => {
-            return Err(ApiError::bad_request(
-                "channel_unavailable",
-                format!("the {other} channel is not available in this build"),
-            ));
-        }
+    let configured = adapter.configure(config).await?;
+    let mut notes = configured.notes;
+    // The same bot, number or address again: new settings for the existing channel.
+    if replaces.is_none()
+        && let Some(identity) = &configured.identity
+    {
+        replaces = existing
+            .iter()
+            .filter(|c| c.kind == kind)
+            .find(|c| adapter.identity(&c.config).as_ref() == Some(identity))
+            .map(|c| c.id.clone());
     }
     let channel = state
         .store
-        .upsert_channel(tenant_id, kind, &config, replaces.as_deref())
+        .upsert_channel(tenant_id, kind, &configured.config, replaces.as_deref())
         .await?;
-    let webhook_url = webhook_url(base, kind, &channel.id);
-    if kind == ChannelKind::Telegram
-        && let Ok(parsed) = TelegramConfig::parse(&channel.config)
-    {
-        match parsed.mode {
-            // Register the webhook with Telegram when we know our public address.
-            Mode::Webhook => match (&state.config.public_url, &webhook_url) {
-                (Some(_), Some(url)) => {
-                    match state.channels.telegram().set_webhook(&parsed, url).await {
-                        Ok(()) => {
-                            notes.insert("webhook_registered".into(), true.into());
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "setWebhook failed");
-                            notes.insert("webhook_registered".into(), false.into());
-                            notes.insert("webhook_error".into(), e.to_string().into());
-                        }
+    let webhook_url = webhook_url(base, adapter, &channel.id);
+    // Tell the provider where our webhook is, when it is told through its API and we know our
+    // public address; a channel that takes no webhook now (Telegram polling) removes it there.
+    if adapter.needs_webhook(&channel.config) {
+        match (&state.config.public_url, &webhook_url) {
+            (Some(_), Some(url)) => {
+                match adapter.register_webhook(&channel.config, Some(url)).await {
+                    Some(Ok(())) => {
+                        notes.insert("webhook_registered".into(), true.into());
                     }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "registering the webhook failed");
+                        notes.insert("webhook_registered".into(), false.into());
+                        notes.insert("webhook_error".into(), e.to_string().into());
+                    }
+                    None => {}
                 }
-                _ => {
+            }
+            _ => {
+                if let Some(note) = adapter.unregistered_webhook_note() {
                     notes.insert("webhook_registered".into(), false.into());
-                    notes.insert(
-                        "webhook_error".into(),
-                        "SWITCHBOARD_PUBLIC_URL is not set: register webhook_url with setWebhook yourself, or use mode \"polling\"".into(),
-                    );
-                }
-            },
-            // Telegram refuses getUpdates while a webhook is set: remove it now (the poller
-            // does too, but it may run on another process).
-            Mode::Polling => {
-                if let Err(e) = state.channels.telegram().delete_webhook(&parsed).await {
-                    tracing::warn!(error = %e, "deleteWebhook failed; the poller retries it");
+                    notes.insert("webhook_error".into(), note.into());
                 }
             }
         }
-        // Starts, restarts (new settings) or stops this channel's poller.
-        if state.config.workers {
+    } else if let Some(Err(e)) = adapter.register_webhook(&channel.config, None).await {
+        tracing::warn!(error = %e, "removing the webhook failed; the poller retries it");
+    }
+    // Starts, restarts (new settings) or stops this channel's poller (Telegram's long polling;
+    // a no-op for channels that do not poll).
+    if state.config.workers {
+        state
+            .pollers
+            .ensure(&state.ingest, &state.channels, &channel);
+        if configured.learn_username {
             state
                 .pollers
-                .ensure(&state.ingest, &state.channels, &channel);
-            if learn_username {
-                state
-                    .pollers
-                    .learn_username(&state.store, &state.channels, &channel);
-            }
+                .learn_username(&state.store, &state.channels, &channel);
         }
     }
     let mut body = json!({ "channel_id": channel.id, "kind": kind, "webhook_url": webhook_url });
     if let Some(object) = body.as_object_mut() {
         object.extend(notes);
-        let warnings = warnings(base, &channel);
+        let warnings = warnings(base, adapter, &channel);
         if !warnings.is_empty() {
             object.insert("warnings".into(), warnings.into());
         }
@@ -284,16 +229,17 @@ async fn configure(
     Ok(body)
 }
 
-/// The URL fields a tenant sets, in any channel's configuration.
-const URL_FIELDS: [&str; 3] = ["callback_url", "api_url", "graph_url"];
-
 /// Refuses a configuration whose URLs lead to our own network (loopback, private, link-local,
 /// unspecified), unless the operator allows them (`SWITCHBOARD_EGRESS_ALLOW`). Sends are
 /// checked again at connect time; this tells the tenant at once.
-async fn check_egress(state: &AppState, config: &serde_json::Value) -> Result<(), ApiError> {
+async fn check_egress(
+    state: &AppState,
+    adapter: &dyn Adapter,
+    config: &serde_json::Value,
+) -> Result<(), ApiError> {
     let policy = switchboard_channel::egress::EgressPolicy::parse(&state.config.egress_allow)
         .map_err(ApiError::internal)?;
-    for field in URL_FIELDS {
+    for &field in adapter.url_fields() {
         if let Some(url) = config.get(field).and_then(|v| v.as_str()) {
             policy.check_url(url).await.map_err(|reason| {
                 ApiError::bad_request("egress_refused", format!("{field}: {reason}"))
@@ -335,36 +281,26 @@ fn public_base(state: &AppState, headers: &HeaderMap) -> PublicBase {
     }
 }
 
-fn webhook_url(base: &PublicBase, kind: ChannelKind, channel_id: &str) -> Option<String> {
-    match kind {
-        ChannelKind::Api | ChannelKind::Widget => None,
-        _ => Some(format!("{}/webhooks/{kind}/{channel_id}", base.url)),
-    }
+fn webhook_url(base: &PublicBase, adapter: &dyn Adapter, channel_id: &str) -> Option<String> {
+    adapter
+        .connectable()
+        .then(|| format!("{}/webhooks/{}/{channel_id}", base.url, adapter.kind()))
 }
 
 /// What a tenant should know about a channel's setup.
-fn warnings(base: &PublicBase, channel: &crate::store::channels::Channel) -> Vec<String> {
+fn warnings(
+    base: &PublicBase,
+    adapter: &dyn Adapter,
+    channel: &crate::store::channels::Channel,
+) -> Vec<String> {
     let mut out = Vec::new();
-    let needs_webhook = match channel.kind {
-        ChannelKind::Whatsapp => true,
-        ChannelKind::Telegram => {
-            TelegramConfig::parse(&channel.config).is_ok_and(|c| c.mode == Mode::Webhook)
-        }
-        _ => false,
-    };
-    if needs_webhook && !base.configured {
+    if adapter.needs_webhook(&channel.config) && !base.configured {
         out.push(format!(
             "SWITCHBOARD_PUBLIC_URL is not set: webhook_url was built from this request's address ({}), which the provider may not reach; set SWITCHBOARD_PUBLIC_URL to the gateway's public HTTPS address and connect again",
             base.url
         ));
     }
-    if channel.kind == ChannelKind::Telegram
-        && TelegramConfig::parse(&channel.config).is_ok_and(|c| c.bot_username.is_none())
-    {
-        out.push(
-            "getMe has not succeeded yet (it is retried in the background): group messages that address the bot by @username are not recognised until it does".into(),
-        );
-    }
+    out.extend(adapter.warnings(&channel.config));
     out
 }
 
@@ -381,28 +317,17 @@ pub async fn list_channels(
         .await?
         .into_iter()
         // Credentials stay in the database: only kind, id and what the tenant should know.
-        .map(|c| {
-            let mut item = json!({ "channel_id": c.id, "kind": c.kind, "webhook_url": webhook_url(&base, c.kind, &c.id) });
+        .filter_map(|c| {
+            let adapter = state.channels.adapter(c.kind)?;
+            let mut item = json!({ "channel_id": c.id, "kind": c.kind, "webhook_url": webhook_url(&base, adapter, &c.id) });
             if let Some(object) = item.as_object_mut() {
-                if c.kind == ChannelKind::Telegram
-                    && let Ok(parsed) = TelegramConfig::parse(&c.config)
-                {
-                    object.insert("bot_username".into(), parsed.bot_username.clone().into());
-                    object.insert(
-                        "mode".into(),
-                        match parsed.mode {
-                            Mode::Webhook => "webhook",
-                            Mode::Polling => "polling",
-                        }
-                        .into(),
-                    );
-                }
-                let warnings = warnings(&base, &c);
+                object.extend(adapter.describe(&c.config));
+                let warnings = warnings(&base, adapter, &c);
                 if !warnings.is_empty() {
                     object.insert("warnings".into(), warnings.into());
                 }
             }
-            item
+            Some(item)
         })
         .collect();
     Ok(Json(json!({ "channels": channels })))

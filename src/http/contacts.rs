@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::json;
-use switchboard_channel::{ChannelKind, Content};
+use switchboard_channel::Content;
 
 use super::AppState;
 use super::auth::Caller;
@@ -62,7 +62,10 @@ pub async fn post_agent_message(
         .conversation_channel_kind(&principal.tenant_id, &conversation_id)
         .await?
     {
-        check_renderable(kind, &text, &request.content)
+        state
+            .channels
+            .available(kind)?
+            .check_renderable(&text, &request.content)
             .map_err(|e| ApiError::bad_request("invalid_content", e))?;
     }
     let content = (!request.content.is_empty())
@@ -91,47 +94,6 @@ pub async fn post_agent_message(
     Ok((StatusCode::CREATED, Json(json!({ "message": message }))))
 }
 
-fn check_renderable(kind: ChannelKind, text: &str, content: &Content) -> Result<(), String> {
-    match kind {
-        ChannelKind::Whatsapp => {
-            if content.template.is_none() {
-                switchboard_channel_whatsapp::outbound::rich_body("0", text, content)
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok(())
-        }
-        ChannelKind::Telegram => {
-            if content.template.is_some() {
-                return Err("templates are a WhatsApp feature; Telegram has none".into());
-            }
-            let too_long = content
-                .buttons
-                .iter()
-                .filter(|b| b.url.is_none())
-                .map(|b| b.id.as_str())
-                .chain(
-                    content
-                        .list
-                        .iter()
-                        .flat_map(|l| &l.sections)
-                        .flat_map(|s| &s.rows)
-                        .map(|r| r.id.as_str()),
-                )
-                .find(|id| id.len() > switchboard_channel_telegram::outbound::MAX_CALLBACK_DATA);
-            match too_long {
-                Some(id) => Err(format!(
-                    "button id {id:?} is longer than Telegram's 64 bytes of callback data"
-                )),
-                None => Ok(()),
-            }
-        }
-        ChannelKind::Widget if !content.is_empty() => {
-            Err("the web widget shows text only (no buttons, lists, media or templates)".into())
-        }
-        _ => Ok(()),
-    }
-}
-
 /// `GET /v1/messages/{id}/attachments/{index}`: the file behind an attachment reference,
 /// fetched from the provider on demand (Telegram `getFile`, WhatsApp media URL). Nothing is
 /// cached: providers' files are the source of truth, and Telegram's links expire.
@@ -153,27 +115,18 @@ pub async fn attachment(
         .filter(|a| !matches!(a.kind.as_str(), "location" | "contact" | "callback_query"))
         .ok_or_else(|| ApiError::not_found("attachment"))?;
     let channel = state.store.channel_by_id(&channel_id).await?;
-    let fetched = match channel.kind {
-        ChannelKind::Telegram => {
-            let config = switchboard_channel_telegram::TelegramConfig::parse(&channel.config)
-                .map_err(ApiError::internal)?;
-            state
-                .channels
-                .telegram()
-                .download(&config, &item.reference)
-                .await
-        }
-        ChannelKind::Whatsapp => {
-            let config = switchboard_channel_whatsapp::WhatsappConfig::parse(&channel.config)
-                .map_err(ApiError::internal)?;
-            state
-                .channels
-                .whatsapp()
-                .download(&config, &item.reference)
-                .await
-        }
-        _ => return Err(ApiError::not_found("attachment")),
-    };
+    let adapter = state
+        .channels
+        .adapter(channel.kind)
+        .ok_or_else(|| ApiError::not_found("attachment"))?;
+    let original = state
+        .store
+        .original_of(&principal.tenant_id, &message_id)
+        .await?;
+    let fetched = adapter
+        .download(&channel, item, index, original.as_ref())
+        .await
+        .ok_or_else(|| ApiError::not_found("attachment"))?;
     let bytes = fetched.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,

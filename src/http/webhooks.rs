@@ -8,20 +8,16 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{OriginalUri, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use switchboard_channel::{ChannelKind, InboundError};
-use switchboard_channel_telegram::{BotIdentity, TelegramConfig};
-use switchboard_channel_whatsapp::{
-    WhatsappConfig, inbound::SIGNATURE_HEADER, parse_webhook_for, verify_signature,
-    verify_subscription,
-};
+use switchboard_channel::ChannelKind;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::registry::{Reply, WebhookRequest};
 use crate::store::channels::Channel;
 
 /// The channel a webhook path names, if it exists and is of that kind.
@@ -38,19 +34,6 @@ async fn webhook_channel(
     }
 }
 
-fn refused(e: InboundError) -> ApiError {
-    match e {
-        InboundError::Unauthorized(m) => ApiError::unauthorized("invalid_signature", m),
-        InboundError::Malformed(m) => ApiError::bad_request("invalid_payload", m),
-    }
-}
-
-/// A stored channel config that no longer parses is our fault, not the provider's.
-fn whatsapp_config(channel: &Channel) -> Result<WhatsappConfig, ApiError> {
-    WhatsappConfig::parse(&channel.config)
-        .map_err(|e| ApiError::internal(format!("whatsapp channel {}: {e}", channel.id)))
-}
-
 #[derive(Debug, Deserialize)]
 pub struct Handshake {
     #[serde(rename = "hub.mode")]
@@ -61,7 +44,7 @@ pub struct Handshake {
     challenge: Option<String>,
 }
 
-/// `GET`: Meta's subscription handshake — echo `hub.challenge` iff the verify token matches.
+/// `GET`: a subscription handshake (Meta's: echo `hub.challenge` iff the verify token matches).
 pub async fn verify(
     State(state): State<AppState>,
     Path((kind, channel_id)): Path<(String, String)>,
@@ -69,59 +52,77 @@ pub async fn verify(
 ) -> Result<Response, ApiError> {
     let channel = webhook_channel(&state, &kind, &channel_id).await?;
     let Query(q) = query?;
-    match channel.kind {
-        ChannelKind::Whatsapp => {
-            let config = whatsapp_config(&channel)?;
-            let challenge = verify_subscription(
-                q.mode.as_deref(),
-                q.token.as_deref(),
-                q.challenge.as_deref(),
-                &config.verify_token,
-            )
-            .ok_or_else(|| ApiError::forbidden("hub.verify_token does not match"))?;
-            Ok((StatusCode::OK, challenge).into_response())
-        }
-        _ => Err(ApiError::not_found("channel")),
-    }
+    let adapter = state
+        .channels
+        .adapter(channel.kind)
+        .ok_or_else(|| ApiError::not_found("channel"))?;
+    let challenge = adapter.handshake(
+        &channel,
+        q.mode.as_deref(),
+        q.token.as_deref(),
+        q.challenge.as_deref(),
+    )?;
+    Ok((StatusCode::OK, challenge).into_response())
 }
 
 /// `POST`: provider events.
 pub async fn receive(
     State(state): State<AppState>,
     Path((kind, channel_id)): Path<(String, String)>,
+    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
     let channel = webhook_channel(&state, &kind, &channel_id).await?;
     let body = body?;
-    let events = match channel.kind {
-        ChannelKind::Whatsapp => {
-            let config = whatsapp_config(&channel)?;
-            let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
-            verify_signature(&config.app_secret, signature, &body).map_err(refused)?;
-            parse_webhook_for(&body, Some(&config.phone_number_id)).map_err(refused)?
-        }
-        ChannelKind::Telegram => {
-            let config = TelegramConfig::parse(&channel.config)
-                .map_err(|e| ApiError::internal(format!("telegram channel {}: {e}", channel.id)))?;
-            // A polling channel takes no webhook.
-            let secret = config
-                .webhook_secret
-                .as_ref()
-                .filter(|_| config.mode == switchboard_channel_telegram::Mode::Webhook)
-                .ok_or_else(|| ApiError::not_found("channel"))?;
-            let token = headers
-                .get(switchboard_channel_telegram::inbound::SECRET_HEADER)
-                .and_then(|v| v.to_str().ok());
-            switchboard_channel_telegram::verify_secret(secret, token).map_err(refused)?;
-            let bot = BotIdentity {
-                id: config.bot_id(),
-                username: config.bot_username.as_deref(),
-            };
-            switchboard_channel_telegram::parse_webhook(&body, bot).map_err(refused)?
-        }
-        _ => return Err(ApiError::not_found("channel")),
-    };
-    let counts = state.ingest.apply(&channel, events).await?;
-    Ok(Json(json!(counts)))
+    let adapter = state
+        .channels
+        .adapter(channel.kind)
+        .ok_or_else(|| ApiError::not_found("channel"))?;
+    let path_and_query = uri
+        .path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
+    let received = adapter
+        .receive(&WebhookRequest {
+            channel: &channel,
+            headers: &headers,
+            body: &body,
+            path_and_query: &path_and_query,
+            public_url: state.config.public_url.as_deref(),
+        })
+        .await?;
+    // A signed one-time token seen before with another body is a replay: refused. (The same
+    // body again is the provider redelivering: stored once, answered as before.)
+    if let Some(key) = &received.replay_key
+        && !state
+            .store
+            .claim_token(&channel.id, key, &crate::store::sha256_hex(&body))
+            .await?
+    {
+        return Err(ApiError::unauthorized(
+            "invalid_signature",
+            "this request's token was used before (a replay)",
+        ));
+    }
+    let original = received
+        .keep_original
+        .then(|| crate::registry::StoredOriginal {
+            content_type: headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            body: body.to_vec(),
+        });
+    let counts = state
+        .ingest
+        .apply_with_original(&channel, received.events, original.as_ref())
+        .await?;
+    Ok(match received.reply {
+        Reply::Counts => Json(json!(counts)).into_response(),
+        Reply::EmptyTwiml => (
+            [(header::CONTENT_TYPE, "text/xml")],
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>",
+        )
+            .into_response(),
+    })
 }

@@ -23,6 +23,11 @@ pub struct IngestItem {
     pub tenant_id: String,
     pub channel_id: String,
     pub message: InboundMessage,
+    /// The conversation thread the message belongs to: `""` on every channel but email, where
+    /// it is the Message-ID that opened the thread.
+    pub thread: String,
+    /// The subject a new (email) conversation is given.
+    pub subject: Option<String>,
 }
 
 /// An inbound message waiting for the router.
@@ -161,6 +166,8 @@ impl Store {
             tenant_id: tenant_id.to_owned(),
             channel_id: channel_id.to_owned(),
             message: msg.clone(),
+            thread: String::new(),
+            subject: None,
         };
         self.ingest_batch(vec![item])
             .await
@@ -439,7 +446,14 @@ impl Store {
 
 /// The key under which ingest remembers a contact's open conversation.
 fn conversation_key(item: &IngestItem) -> String {
-    format!("{} {}", item.channel_id, item.message.contact.external_id)
+    if item.thread.is_empty() {
+        format!("{} {}", item.channel_id, item.message.contact.external_id)
+    } else {
+        format!(
+            "{} {} {}",
+            item.channel_id, item.message.contact.external_id, item.thread
+        )
+    }
 }
 
 /// Indexes of `conversations` in the order their rows are locked: by conversation id, and in
@@ -460,6 +474,8 @@ async fn conversation_for(
         tenant_id,
         channel_id,
         message: msg,
+        thread,
+        subject,
     } = item;
     // One query finds the contact and its open conversation; first contacts take the insert
     // path. Redeliveries are caught by the message insert below (a look before it would cost
@@ -469,10 +485,12 @@ async fn conversation_for(
          FROM contact_identity ci
          LEFT JOIN conversation c ON c.contact_id = ci.contact_id
                                  AND c.channel_id = ci.channel_id AND c.status <> 'closed'
+                                 AND c.thread = $3
          WHERE ci.channel_id = $1 AND ci.external_id = $2",
     )
     .bind(channel_id)
     .bind(&msg.contact.external_id)
+    .bind(thread)
     .fetch_optional(&mut *w.tx)
     .await?;
     let (contact_id, open_conversation) = match known {
@@ -495,7 +513,18 @@ async fn conversation_for(
     };
     match open_conversation {
         Some(id) => Ok(id),
-        None => open_conversation_for(w, tenant_id, channel_id, &contact_id, now).await,
+        None => {
+            open_thread_for(
+                w,
+                tenant_id,
+                channel_id,
+                &contact_id,
+                thread,
+                subject.as_deref(),
+                now,
+            )
+            .await
+        }
     }
 }
 
@@ -511,6 +540,7 @@ async fn store_inbound(
         tenant_id,
         channel_id,
         message: msg,
+        ..
     } = item;
     // Takes the conversation's row lock (Postgres) and the next sequence number.
     // The contact "last wrote" when the provider says they sent it (a redelivery days later
@@ -782,26 +812,31 @@ pub(crate) async fn new_contact(
         .try_get("contact_id")
 }
 
-/// Opens a conversation for a contact that has no open one on this channel.
-async fn open_conversation_for(
+/// Opens a conversation for a contact that has no open one on this channel and thread.
+async fn open_thread_for(
     w: &mut WriteTx,
     tenant_id: &str,
     channel_id: &str,
     contact_id: &str,
+    thread: &str,
+    subject: Option<&str>,
     now: i64,
 ) -> Result<String, sqlx::Error> {
     let select = "SELECT id FROM conversation
-                  WHERE contact_id = $1 AND channel_id = $2 AND status <> 'closed'";
+                  WHERE contact_id = $1 AND channel_id = $2 AND thread = $3 AND status <> 'closed'";
     let id = new_id();
     let opened = sqlx::query(
-        "INSERT INTO conversation (id, tenant_id, contact_id, channel_id, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $5)
-         ON CONFLICT (contact_id, channel_id) WHERE status <> 'closed' DO NOTHING",
+        "INSERT INTO conversation (id, tenant_id, contact_id, channel_id, thread, subject,
+                                   created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+         ON CONFLICT (contact_id, channel_id, thread) WHERE status <> 'closed' DO NOTHING",
     )
     .bind(&id)
     .bind(tenant_id)
     .bind(contact_id)
     .bind(channel_id)
+    .bind(thread)
+    .bind(subject)
     .bind(now)
     .execute(&mut *w.tx)
     .await?;
@@ -811,6 +846,7 @@ async fn open_conversation_for(
     sqlx::query(select)
         .bind(contact_id)
         .bind(channel_id)
+        .bind(thread)
         .fetch_one(&mut *w.tx)
         .await?
         .try_get("id")

@@ -21,6 +21,7 @@ pub mod contacts;
 pub mod deliveries;
 pub mod fire_batch;
 pub mod knowledge;
+pub mod mail;
 pub mod messages;
 pub mod moderation;
 pub mod programs;
@@ -33,6 +34,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+
+pub use mail::sha256_hex;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, ConnectOptions, Connection, Executor, Transaction};
 use switchboard_channel::Secret;

@@ -18,16 +18,6 @@ use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundK
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::Value;
 
-/// Config fields that hold credentials, in every channel kind.
-pub const SECRET_FIELDS: [&str; 6] = [
-    "bot_token",
-    "webhook_secret",
-    "access_token",
-    "app_secret",
-    "verify_token",
-    "signing_secret",
-];
-
 const PREFIX: &str = "enc:v1:";
 
 /// Seals and opens credentials with one key.
@@ -144,7 +134,7 @@ impl Sealer {
     pub fn seal_config(&self, channel_id: &str, config: &Value) -> anyhow::Result<Value> {
         let mut config = config.clone();
         if let Some(object) = config.as_object_mut() {
-            for field in SECRET_FIELDS {
+            for field in crate::registry::secret_fields() {
                 if let Some(Value::String(value)) = object.get_mut(field)
                     && !value.starts_with(PREFIX)
                 {
@@ -158,7 +148,7 @@ impl Sealer {
     /// The config with its secret fields opened.
     pub fn open_config(&self, channel_id: &str, config: &mut Value) -> anyhow::Result<()> {
         if let Some(object) = config.as_object_mut() {
-            for field in SECRET_FIELDS {
+            for field in crate::registry::secret_fields() {
                 if let Some(Value::String(value)) = object.get_mut(field) {
                     *value = self.open(value, &format!("{channel_id}/{field}"))?;
                 }

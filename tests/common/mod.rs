@@ -11,7 +11,9 @@
 pub mod gateway;
 pub mod graph;
 pub mod llm;
+pub mod smtp;
 pub mod telegram;
+pub mod twilio;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

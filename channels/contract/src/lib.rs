@@ -152,6 +152,26 @@ pub struct StatusUpdate {
     pub error: Option<String>,
 }
 
+/// An inbound email: the message as every channel has it, plus what threads it into a
+/// conversation and whether a person wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mail {
+    /// `provider_id` is the mail's `Message-ID` (without angle brackets); `text` is only the new
+    /// text (quoted history and signature stripped, HTML turned into text).
+    pub message: InboundMessage,
+    pub subject: Option<String>,
+    /// Message-IDs the mail answers, without angle brackets: `In-Reply-To` first, then
+    /// `References` from the newest back.
+    #[serde(default)]
+    pub references: Vec<String>,
+    /// The tokens of `reply+<token>@…` addresses it was sent to (a second threading key).
+    #[serde(default)]
+    pub reply_tokens: Vec<String>,
+    /// Set when no person wrote it (`auto_reply`, `bounce`): stored, never answered.
+    #[serde(default)]
+    pub automatic: Option<String>,
+}
+
 /// Everything a provider webhook can tell us, normalized.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -166,6 +186,16 @@ pub enum InboundEvent {
     },
     /// The contact can (no longer) be reached on this channel: they blocked the bot, left, or
     /// came back. Sends to an unreachable contact fail visibly instead of being attempted.
+    /// An email, with what threads it (see [`Mail`]).
+    Mail(Box<Mail>),
+    /// The contact opted out of (or back into) messages at the provider (Twilio's STOP
+    /// handling, an Advanced Opt-Out keyword, an unsubscribe): one suppression for every
+    /// channel and the scheduler.
+    Subscription {
+        external_id: String,
+        subscribed: bool,
+        reason: String,
+    },
     Reachability {
         external_id: String,
         reachable: bool,
@@ -384,6 +414,14 @@ pub enum SendError {
     /// after its first `parts_sent` parts were accepted: a retry must resume after them, not
     /// send them again. (`parts_sent` counts from the start of the message, earlier attempts
     /// included.)
+    /// The provider says the recipient cannot be reached (a hard bounce, an invalid number):
+    /// do not retry, and mark the contact unreachable on this channel.
+    #[error("recipient unreachable: {0}")]
+    Unreachable(String),
+    /// The recipient opted out at the provider (Twilio 21610): do not retry, and record the
+    /// opt-out for every channel.
+    #[error("recipient opted out: {0}")]
+    OptedOut(String),
     #[error("{error} (after {parts_sent} part(s) were sent)")]
     Partial {
         parts_sent: u32,
@@ -411,7 +449,7 @@ impl SendError {
 
     pub fn is_retryable(&self) -> bool {
         match self {
-            SendError::Permanent(_) => false,
+            SendError::Permanent(_) | SendError::Unreachable(_) | SendError::OptedOut(_) => false,
             SendError::Partial { error, .. } => error.is_retryable(),
             _ => true,
         }

@@ -91,6 +91,8 @@ pub fn scrub(error: SendError, config: &TelegramConfig) -> SendError {
         SendError::RetryAfter(wait, m) => SendError::RetryAfter(wait, clean(m)),
         SendError::Transient(m) => SendError::Transient(clean(m)),
         SendError::Permanent(m) => SendError::Permanent(clean(m)),
+        SendError::Unreachable(m) => SendError::Unreachable(clean(m)),
+        SendError::OptedOut(m) => SendError::OptedOut(clean(m)),
         SendError::Partial { parts_sent, error } => SendError::Partial {
             parts_sent,
             error: Box::new(scrub(*error, config)),
