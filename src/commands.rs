@@ -27,14 +27,17 @@ pub enum Command {
     Link(Option<String>),
 }
 
-/// The command in a message, if it is one. Only `text` and `command` messages can be commands.
+/// The command in a message, if it is one. Only `text`, `command` and `email` messages can be
+/// commands (and the `opt_out`/`opt_in`/`help` keywords a channel recognised by its provider's
+/// rules).
 pub fn parse(kind: &str, text: &str) -> Option<Command> {
     // Keywords a channel recognised by its provider's rules (SMS: STOP, CANCEL, QUIT, YES, INFO…).
     match kind {
         "opt_out" => return Some(Command::Stop),
         "opt_in" => return Some(Command::Start(None)),
         "help" => return Some(Command::Help),
-        "text" | "command" => {}
+        // A person's mail is as good as a text (its new text, or its subject when it has none).
+        "text" | "command" | "email" => {}
         _ => return None,
     }
     let text = text.trim();

@@ -231,7 +231,8 @@ impl Inner {
         let Some(turn) = next else {
             return Ok(false);
         };
-        // Automatic mail (auto-replies, bounces, bulk) is stored, never answered: no mail loops.
+        // Automatic mail (auto-replies, bounces, bulk, spam) is stored, never answered: no mail
+        // loops.
         let answerable = !matches!(
             turn.kind.as_str(),
             "reaction"
@@ -243,6 +244,7 @@ impl Inner {
                 | "auto_reply"
                 | "bounce"
                 | "bulk"
+                | "spam"
         );
         // Moderation before anything answers: a crisis is answered at once with the safe
         // message, a blocked contact gets nothing, a held message waits for a person. Commands

@@ -23,6 +23,8 @@ both_backends!(
     automatic_mail_is_stored_and_never_answered,
     mailgun_posts_are_verified_and_replays_refused,
     sendgrid_samples_are_accepted_with_their_attachments,
+    tenant_set_servers_on_our_network_are_refused,
+    proactive_mail_carries_list_unsubscribe_and_unsubscribing_holds,
 );
 
 const SECRET: &str = "inbound-secret";
@@ -510,4 +512,147 @@ async fn sendgrid_samples_are_accepted_with_their_attachments(backend: Backend) 
         .expect("get");
     assert_eq!(res.status(), 200);
     assert!(!res.bytes().await.expect("bytes").is_empty());
+}
+
+async fn tenant_set_servers_on_our_network_are_refused(backend: Backend) {
+    // No operator exception: loopback, link-local and private addresses are off limits.
+    let Some(app) = TestApp::spawn_with(backend, |c| c.egress_allow.clear(), None).await else {
+        return;
+    };
+    let connect = |config: Value| {
+        let app = &app;
+        async move {
+            let res = app
+                .http
+                .post(format!("{}/v1/channels", app.base))
+                .bearer_auth(&app.admin_key)
+                .json(&config)
+                .send()
+                .await
+                .expect("connect");
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    for smtp_url in [
+        "smtp://127.0.0.1:25",
+        "smtp://user:pw@localhost:587?tls=required",
+        "smtps://169.254.169.254",
+        "smtp://[::1]:25",
+        "smtp://10.0.0.5:25",
+    ] {
+        let (status, body) = connect(json!({ "kind": "email", "config": {
+            "from": FROM, "smtp_url": smtp_url, "inbound_secret": SECRET } }))
+        .await;
+        assert_eq!(status, 400, "{smtp_url}: {body}");
+        assert_eq!(
+            body["error"]["code"], "egress_refused",
+            "{smtp_url}: {body}"
+        );
+        assert!(
+            !body.to_string().contains("pw@"),
+            "no credentials echoed: {body}"
+        );
+    }
+    let (status, body) = connect(json!({ "kind": "sms", "config": {
+        "account_sid": "ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "auth_token": "t",
+        "from": "+15005550006", "api_url": "http://169.254.169.254/latest" } }))
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "egress_refused", "{body}");
+    // A bad configuration names the field.
+    let (status, body) =
+        connect(json!({ "kind": "email", "config": { "from": "not an address" } })).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_channel_config", "{body}");
+}
+
+async fn proactive_mail_carries_list_unsubscribe_and_unsubscribing_holds(backend: Backend) {
+    let Some(m) = start(backend).await else {
+        return;
+    };
+    let (status, _) = m
+        .post_raw(&mail(
+            "erin@example.com",
+            "e1@example.com",
+            "Hello",
+            "",
+            "Hi coach",
+        ))
+        .await;
+    assert_eq!(status, 200);
+    m.smtp.wait_for(1).await;
+    let contact: String = sqlx::query_scalar(
+        "SELECT c.contact_id FROM conversation c JOIN message m ON m.conversation_id = c.id
+         WHERE m.provider_id = 'e1@example.com'",
+    )
+    .fetch_one(m.app.store.pool())
+    .await
+    .expect("contact");
+    // A one-step program on email, fired at 10:00 UTC (outside the default quiet hours).
+    let app = &m.app;
+    let res = app
+        .http
+        .post(format!("{}/v1/programs", app.base))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({ "name": "Nudge", "channels": ["email"], "steps": [
+            { "id": "m", "type": "message", "text": "Time for your evening walk." } ] }))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(res.status(), 201);
+    let program: Value = res.json().await.expect("json");
+    let program = program["id"].as_str().expect("id").to_owned();
+    let res = app
+        .http
+        .post(format!("{}/v1/programs/{program}/publish", app.base))
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(res.status(), 200);
+    let t0: i64 = 1_811_844_000_000; // 2027-06-01T10:00:00Z
+    app.programs.clock().set(t0);
+    let res = app
+        .http
+        .post(format!("{}/v1/programs/{program}/enrollments", app.base))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({ "contact_id": contact }))
+        .send()
+        .await
+        .expect("enroll");
+    assert!(res.status().is_success(), "{}", res.status());
+    app.programs.run_due().await.expect("run_due");
+    let received = m.smtp.wait_for(2).await;
+    let nudge = parse(&received[1]);
+    assert_eq!(
+        nudge.body_text(0).map(|t| t.trim().to_owned()).as_deref(),
+        Some("Time for your evening walk.")
+    );
+    assert_eq!(
+        nudge.header_raw("Auto-Submitted").map(str::trim),
+        Some("auto-generated")
+    );
+    assert_eq!(
+        nudge.header_raw("List-Unsubscribe").map(str::trim),
+        Some(format!("<mailto:{FROM}?subject=unsubscribe>").as_str())
+    );
+    // Answering the List-Unsubscribe mailto (a subject, no text) opts out on every channel.
+    let (status, _) = m
+        .post_raw(&mail(
+            "erin@example.com",
+            "e2@example.com",
+            "unsubscribe",
+            "",
+            "",
+        ))
+        .await;
+    assert_eq!(status, 200);
+    common::eventually("opted out", Duration::from_secs(20), || async {
+        let (_, view) = app
+            .get(&app.admin_key, &format!("/v1/contacts/{contact}"))
+            .await;
+        (view["contact"]["opted_out"] == true).then_some(())
+    })
+    .await;
 }

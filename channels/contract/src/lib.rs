@@ -410,10 +410,6 @@ pub enum SendError {
     /// The provider will never accept this message as it is: do not retry.
     #[error("permanent: {0}")]
     Permanent(String),
-    /// A message sent as several provider messages (a long text split, media then text) failed
-    /// after its first `parts_sent` parts were accepted: a retry must resume after them, not
-    /// send them again. (`parts_sent` counts from the start of the message, earlier attempts
-    /// included.)
     /// The provider says the recipient cannot be reached (a hard bounce, an invalid number):
     /// do not retry, and mark the contact unreachable on this channel.
     #[error("recipient unreachable: {0}")]
@@ -422,6 +418,10 @@ pub enum SendError {
     /// opt-out for every channel.
     #[error("recipient opted out: {0}")]
     OptedOut(String),
+    /// A message sent as several provider messages (a long text split, media then text) failed
+    /// after its first `parts_sent` parts were accepted: a retry must resume after them, not
+    /// send them again. (`parts_sent` counts from the start of the message, earlier attempts
+    /// included.)
     #[error("{error} (after {parts_sent} part(s) were sent)")]
     Partial {
         parts_sent: u32,

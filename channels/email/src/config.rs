@@ -74,7 +74,9 @@ pub enum Tls {
 /// SMTP AUTH credentials, percent-decoded from the URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SmtpCredentials {
+    /// The SMTP AUTH user name.
     pub user: String,
+    /// The SMTP AUTH password; never printed.
     pub password: Secret,
 }
 
@@ -83,8 +85,11 @@ pub struct SmtpCredentials {
 pub struct SmtpTarget {
     /// Host name or IP literal (IPv6 without brackets), as the URL wrote it.
     pub host: String,
+    /// The URL's port, else 587 (`smtp://`) or 465 (`smtps://`).
     pub port: u16,
+    /// How the connection is secured.
     pub tls: Tls,
+    /// SMTP AUTH, when the URL carries a user and password.
     pub credentials: Option<SmtpCredentials>,
 }
 

@@ -45,6 +45,7 @@ pub const MAX_ATTACHMENTS: usize = 100;
 /// A verified, normalized inbound mail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inbound {
+    /// The mail, as the core stores it.
     pub mail: Mail,
     /// Mailgun's `token`: the core refuses a token it saw before (a replayed POST).
     pub replay_key: Option<String>,

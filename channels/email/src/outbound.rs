@@ -64,6 +64,7 @@ pub struct EmailSender {
 }
 
 impl EmailSender {
+    /// A sender whose every SMTP connection obeys `egress`.
     pub fn new(egress: EgressPolicy) -> Self {
         EmailSender { egress }
     }
@@ -444,24 +445,27 @@ fn compose(
     if thread.proactive
         && let Some(url) = &thread.unsubscribe_url
     {
-        let ok = (url.starts_with("https://") || url.starts_with("http://"))
+        let web = url.starts_with("https://") || url.starts_with("http://");
+        let ok = (web || url.starts_with("mailto:"))
             && url
                 .bytes()
                 .all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>');
         if !ok {
             return Err(SendError::Permanent(format!(
-                "unsubscribe_url {url:?} must be an http(s) URL"
+                "unsubscribe_url {url:?} must be an http(s) or mailto URL"
             )));
         }
-        builder = builder
-            .raw_header(HeaderValue::new(
-                HeaderName::new_from_ascii_str("List-Unsubscribe"),
-                format!("<{url}>"),
-            ))
-            .raw_header(HeaderValue::new(
+        builder = builder.raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("List-Unsubscribe"),
+            format!("<{url}>"),
+        ));
+        // One-click (RFC 8058) is for web URLs only; a mailto is answered by mail (RFC 2369).
+        if web {
+            builder = builder.raw_header(HeaderValue::new(
                 HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
                 "List-Unsubscribe=One-Click".to_owned(),
             ));
+        }
     }
     let html = html_of(&text);
     let email = builder

@@ -364,6 +364,56 @@ fn mailgun_spam_flag_marks_the_mail_automatic() {
     assert!(inbound.mail.message.text.contains("GTUBE"));
 }
 
+/// A parsed route POST built like Mailgun's: headers come from `message-headers`.
+#[test]
+fn mailgun_message_headers_thread_and_mark_the_mail() {
+    let headers = json!([
+        ["From", "Ann <ann@example.com>"],
+        ["To", "Coach <reply+t9@acme.example>"],
+        ["Subject", "Re: plan"],
+        ["Message-Id", "<ann-3@example.com>"],
+        ["In-Reply-To", "<sb.c7.d1@acme.example>"],
+        [
+            "References",
+            "<ann-1@example.com>\r\n <sb.c7.d1@acme.example>"
+        ],
+        ["Auto-Submitted", "auto-replied"],
+        ["Bad Name", "ignored"],
+    ])
+    .to_string();
+    let (ts, token) = ("1700000000", "tok-abc");
+    let signature = sign("foo", ts, token);
+    let body = form_body(&[
+        ("timestamp", ts),
+        ("token", token),
+        ("signature", &signature),
+        ("recipient", "reply+t9@acme.example"),
+        ("sender", "ann@example.com"),
+        ("subject", "Re: plan"),
+        ("body-plain", "I am away until Monday."),
+        ("message-headers", &headers),
+    ]);
+    let inbound = parse(
+        &mailgun_config(),
+        Some("application/x-www-form-urlencoded"),
+        None,
+        &body,
+        1_700_000_100,
+    )
+    .expect("signed");
+    let mail = &inbound.mail;
+    assert_eq!(inbound.form, "mailgun");
+    assert_eq!(mail.message.provider_id, "ann-3@example.com");
+    assert_eq!(mail.message.contact.display_name.as_deref(), Some("Ann"));
+    assert_eq!(
+        mail.references,
+        vec!["sb.c7.d1@acme.example", "ann-1@example.com"]
+    );
+    assert_eq!(mail.reply_tokens, vec!["t9"]);
+    assert_eq!(mail.automatic.as_deref(), Some("auto_reply"));
+    assert_eq!(mail.message.text, "I am away until Monday.");
+}
+
 // ---------------------------------------------------------------------------------------------
 // SendGrid
 

@@ -245,6 +245,7 @@ fn several_entries_and_changes_in_one_post_all_come_out_in_order() {
             InboundEvent::Status(s) => format!("{:?}", s.state),
             InboundEvent::Notice { topic, .. } => topic,
             InboundEvent::Reachability { reason, .. } => reason,
+            other => format!("{other:?}"),
         })
         .collect();
     assert_eq!(kinds, ["text", "image", "Read"]);
@@ -264,6 +265,7 @@ fn one_unreadable_item_becomes_a_notice_and_the_rest_still_counts() {
             InboundEvent::Status(s) => format!("status:{:?}", s.state),
             InboundEvent::Notice { topic, .. } => topic.clone(),
             InboundEvent::Reachability { reason, .. } => reason.clone(),
+            other => format!("{other:?}"),
         })
         .collect();
     assert_eq!(
