@@ -302,7 +302,7 @@ fn thread_mail(n: usize, from: &str) -> String {
     let mut quoted = String::new();
     let mut html_quoted = String::new();
     let mut i = 0;
-    while quoted.len() < 22_000 {
+    while quoted.len() < 25_000 {
         i += 1;
         let line = format!(
             "Earlier message {i}: we talked about sleep, caffeine after noon, the wind-down hour and a dark, cool bedroom."

@@ -147,6 +147,13 @@ pub async fn run(store: &Store, turn: &PendingTurn, command: &Command) -> anyhow
         Command::Link(_) if is_group(turn) => {
             "Linking works in a private chat with me, not in a group.".to_owned()
         }
+        // Anyone can write a mail with someone else's address in `From`: a code redeemed by mail
+        // could join a stranger's mailbox to the sender's chat. The code goes the other way: asked
+        // for by mail (it reaches the real mailbox), redeemed in the other app.
+        Command::Link(Some(_)) if turn.channel_kind == "email" => {
+            "For your safety, codes are not accepted by email. Send /link here to get a code by              mail, then send \"/link <code>\" from your other app."
+                .to_owned()
+        }
         Command::Link(None) => {
             let code = store
                 .create_link_code(&turn.tenant_id, &turn.conversation_id)

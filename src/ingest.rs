@@ -71,10 +71,13 @@ impl Ingest {
         original: Option<&StoredOriginal>,
     ) -> Result<EventCounts, sqlx::Error> {
         let mut counts = EventCounts::default();
+        // Whether the message just before was a redelivery: the opt-out (or opt-in) that came
+        // with it was applied the first time, and must not undo a later change now.
+        let mut redelivered = false;
         for event in events {
             match event {
                 InboundEvent::Message(message) => {
-                    self.accept(channel, message).await?;
+                    redelivered = self.accept(channel, message).await?.duplicate;
                     counts.messages += 1;
                 }
                 InboundEvent::Mail(mail) => {
@@ -83,7 +86,7 @@ impl Ingest {
                             .keep_original(&channel.id, &mail.message.provider_id, original)
                             .await?;
                     }
-                    self.accept_mail(channel, *mail).await?;
+                    redelivered = self.accept_mail(channel, *mail).await?.duplicate;
                     counts.messages += 1;
                 }
                 InboundEvent::Subscription {
@@ -91,9 +94,11 @@ impl Ingest {
                     subscribed,
                     reason,
                 } => {
-                    self.store
-                        .set_subscription(channel, &external_id, subscribed, &reason)
-                        .await?;
+                    if !redelivered {
+                        self.store
+                            .set_subscription(channel, &external_id, subscribed, &reason)
+                            .await?;
+                    }
                     counts.notices += 1;
                 }
                 InboundEvent::Status(status) => {

@@ -448,7 +448,11 @@ impl Outbox {
             Err(e) => {
                 warn!(attempts = d.attempts, error = %e, "delivery refused for good; dead letter");
                 // What the provider said about the recipient holds for later sends too.
-                let marked = match &e {
+                let cause = match &e {
+                    SendError::Partial { error, .. } => error.as_ref(),
+                    other => other,
+                };
+                let marked = match cause {
                     SendError::Unreachable(reason) => {
                         self.store
                             .set_reachability(&channel, &d.recipient, false, reason, None)

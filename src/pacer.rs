@@ -66,14 +66,11 @@ pub fn telegram(channel_id: &str, recipient: &str) -> Vec<(String, Rate)> {
 /// The limit of a sending number (SMS) at `per_second` messages a second, with no burst beyond
 /// one second's worth: carriers filter numbers that exceed their rate.
 pub fn per_second(key: &str, per_second: f64) -> Vec<(String, Rate)> {
-    // As count per `per`: 0.5/s is 1 per 2 s; 3/s is 3 per second.
-    let rate = if per_second >= 1.0 {
-        let count = per_second.round().clamp(1.0, 10_000.0) as u32;
-        Rate::new(count, Duration::from_secs(1), count)
-    } else {
-        let period_ms = (1000.0 / per_second.max(0.001)).round() as u64;
-        Rate::new(1, Duration::from_millis(period_ms), 1)
-    };
+    // One send every 1/rate seconds exactly (1.5/s is one per 667 ms, never rounded up to 2/s),
+    // with a second's worth allowed back to back.
+    let per_second = per_second.clamp(0.001, 10_000.0);
+    let burst = (per_second.floor() as u32).max(1);
+    let rate = Rate::new(1, Duration::from_secs_f64(1.0 / per_second), burst);
     vec![(key.to_owned(), rate)]
 }
 

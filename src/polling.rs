@@ -40,6 +40,9 @@ impl Pollers {
         if let Some(old) = running.remove(&channel.id) {
             old.cancel();
         }
+        if channel.kind != switchboard_channel::ChannelKind::Telegram {
+            return;
+        }
         let Ok(config) = TelegramConfig::parse(&channel.config) else {
             return;
         };

@@ -456,13 +456,11 @@ impl Adapter for WidgetAdapter {
         false
     }
 
-    async fn configure(&self, config: Value) -> Result<Configured, ApiError> {
-        Ok(Configured {
-            config,
-            identity: None,
-            notes: Map::new(),
-            learn_username: false,
-        })
+    async fn configure(&self, _config: Value) -> Result<Configured, ApiError> {
+        Err(ApiError::bad_request(
+            "channel_unavailable",
+            "the widget channel is configured with PUT /v1/widget/settings",
+        ))
     }
 
     async fn send(

@@ -25,6 +25,7 @@ both_backends!(
     sendgrid_samples_are_accepted_with_their_attachments,
     tenant_set_servers_on_our_network_are_refused,
     proactive_mail_carries_list_unsubscribe_and_unsubscribing_holds,
+    a_link_code_is_not_accepted_by_mail,
 );
 
 const SECRET: &str = "inbound-secret";
@@ -293,6 +294,7 @@ async fn automatic_mail_is_stored_and_never_answered(backend: Backend) {
     let dsn = format!(
         "From: Mail Delivery System <MAILER-DAEMON@example.net>\r\nTo: <{FROM}>\r\n\
          Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <dsn1@example.net>\r\n\
+         In-Reply-To: <{ours}>\r\n\
          Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n\
          Content-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\r\n\r\n\
          --b1\r\nContent-Type: text/plain\r\n\r\nThis is the mail system. Your message could not be delivered.\r\n\
@@ -655,4 +657,45 @@ async fn proactive_mail_carries_list_unsubscribe_and_unsubscribing_holds(backend
         (view["contact"]["opted_out"] == true).then_some(())
     })
     .await;
+}
+
+async fn a_link_code_is_not_accepted_by_mail(backend: Backend) {
+    let Some(m) = start(backend).await else {
+        return;
+    };
+    // `From` is whatever the sender wrote: a code redeemed by mail could join a stranger's
+    // mailbox to the sender's chat. Refused, with the safe way round.
+    let (status, _) = m
+        .post_raw(&mail(
+            "frank@example.com",
+            "f1@example.com",
+            "link",
+            "",
+            "/link 123456",
+        ))
+        .await;
+    assert_eq!(status, 200);
+    let received = m.smtp.wait_for(1).await;
+    let text = parse(&received[0])
+        .body_text(0)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    assert!(text.contains("not accepted by email"), "{text}");
+    // Asking for a code by mail works: it goes to the real mailbox.
+    let (status, _) = m
+        .post_raw(&mail(
+            "frank@example.com",
+            "f2@example.com",
+            "link",
+            "",
+            "/link",
+        ))
+        .await;
+    assert_eq!(status, 200);
+    let received = m.smtp.wait_for(2).await;
+    let text = parse(&received[1])
+        .body_text(0)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    assert!(text.contains("Your link code is"), "{text}");
 }

@@ -1445,7 +1445,7 @@ impl Programs {
         // Reactions, edits, notices and group chatter are not answers (nor commands).
         let said = matches!(
             turn.kind.as_str(),
-            "text" | "command" | "button_reply" | "list_reply" | "interactive"
+            "text" | "command" | "email" | "button_reply" | "list_reply" | "interactive"
         );
         if turn.conversation_status == "closed" || !said {
             return Ok(false);

@@ -142,7 +142,7 @@ pub async fn load(
     }
     let mut s = Statement::new(
         "SELECT id, contact_id, channel_id, status, last_inbound_at FROM conversation
-         WHERE status <> 'closed' AND contact_id IN ",
+         WHERE status <> 'closed' AND thread = '' AND contact_id IN ",
     );
     s.bind_list(contact_ids.iter().cloned());
     for row in s.query().fetch_all(&mut *w.tx).await? {
@@ -490,7 +490,7 @@ impl Writes {
         let mut renamed: HashMap<String, String> = HashMap::new();
         for (id, _, contact, channel) in self.open.iter().filter(|o| !opened.contains(&o.0)) {
             let row = sqlx::query(
-                "SELECT id FROM conversation WHERE contact_id = $1 AND channel_id = $2 AND status <> 'closed'",
+                "SELECT id FROM conversation WHERE contact_id = $1 AND channel_id = $2 AND thread = '' AND status <> 'closed'",
             )
             .bind(contact)
             .bind(channel)

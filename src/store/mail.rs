@@ -160,6 +160,7 @@ impl Store {
         let references: Vec<String> = sqlx::query(
             "SELECT provider_id FROM message
              WHERE conversation_id = $1 AND direction = 'inbound' AND provider_id IS NOT NULL
+               AND kind NOT IN ('auto_reply', 'bounce', 'bulk', 'spam')
              ORDER BY seq DESC LIMIT 10",
         )
         .bind(conversation_id)

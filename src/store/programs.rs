@@ -1239,8 +1239,10 @@ pub async fn thread(
                 .flatten()
                 .unwrap_or_else(|| "unreachable".into())
         });
+    // The channel's main thread: an email contact's threads are their own mails'; a program's
+    // messages start (and keep) a thread of their own.
     let select = "SELECT id, status, last_inbound_at FROM conversation
-                  WHERE contact_id = $1 AND channel_id = $2 AND status <> 'closed'";
+                  WHERE contact_id = $1 AND channel_id = $2 AND thread = '' AND status <> 'closed'";
     let mut row = sqlx::query(select)
         .bind(contact_id)
         .bind(channel_id)

@@ -184,8 +184,6 @@ pub enum InboundEvent {
         topic: String,
         detail: String,
     },
-    /// The contact can (no longer) be reached on this channel: they blocked the bot, left, or
-    /// came back. Sends to an unreachable contact fail visibly instead of being attempted.
     /// An email, with what threads it (see [`Mail`]).
     Mail(Box<Mail>),
     /// The contact opted out of (or back into) messages at the provider (Twilio's STOP
@@ -196,6 +194,8 @@ pub enum InboundEvent {
         subscribed: bool,
         reason: String,
     },
+    /// The contact can (no longer) be reached on this channel: they blocked the bot, left, or
+    /// came back. Sends to an unreachable contact fail visibly instead of being attempted.
     Reachability {
         external_id: String,
         reachable: bool,

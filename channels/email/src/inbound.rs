@@ -112,11 +112,17 @@ pub fn parse(
     }
 }
 
-/// What the core records for an inbound mail: the mail, and for a hard bounce the failed
-/// recipient's reachability.
+/// What the core records for an inbound mail: the mail, and for a hard bounce of a mail we sent
+/// the failed recipient's reachability. (Anyone can write a bounce: one that names none of our
+/// Message-IDs marks nobody unreachable.)
 pub fn events(inbound: &Inbound) -> Vec<InboundEvent> {
     let mut events = vec![InboundEvent::Mail(Box::new(inbound.mail.clone()))];
-    if let Some(bounce) = inbound.bounce.as_ref().filter(|b| b.hard) {
+    let ours = inbound
+        .mail
+        .references
+        .iter()
+        .any(|id| crate::outbound::conversation_of(id).is_some());
+    if let Some(bounce) = inbound.bounce.as_ref().filter(|b| b.hard && ours) {
         events.push(InboundEvent::Reachability {
             external_id: bounce.recipient.clone(),
             reachable: false,

@@ -755,14 +755,26 @@ fn a_hard_bounce_reports_the_recipient_unreachable() {
     let inbound = raw(&delayed).expect("valid");
     assert_eq!(inbound.mail.automatic.as_deref(), Some("bounce"));
     assert_eq!(events_of(&inbound), 1);
-    // Exim's X-Failed-Recipients without a DSN part.
-    let exim = "From: Mail Delivery System <Mailer-Daemon@mx.example>\r\nX-Failed-Recipients: lost@example.org\r\nSubject: Mail delivery failed\r\n\r\nA message that you sent could not be delivered.\r\n";
+    // Exim's X-Failed-Recipients without a DSN part (answering a mail of ours).
+    let exim = "From: Mail Delivery System <Mailer-Daemon@mx.example>\r\nX-Failed-Recipients: lost@example.org\r\nIn-Reply-To: <sb.conv9.del4@acme.example>\r\nSubject: Mail delivery failed\r\n\r\nA message that you sent could not be delivered.\r\n";
     let inbound = raw(exim).expect("valid");
     assert_eq!(inbound.mail.automatic.as_deref(), Some("bounce"));
     assert!(matches!(
         &events(&inbound)[1],
         InboundEvent::Reachability { external_id, .. } if external_id == "lost@example.org"
     ));
+    // Anyone can write a bounce: one that names no mail of ours marks nobody unreachable.
+    let forged = BOUNCE.replace(
+        "Message-ID: <sb.conv9.del3@acme.example>",
+        "Message-ID: <x@elsewhere.example>",
+    );
+    let inbound = raw(&forged).expect("valid");
+    assert_eq!(inbound.mail.automatic.as_deref(), Some("bounce"));
+    assert_eq!(
+        events_of(&inbound),
+        1,
+        "a forged bounce is stored, nothing more"
+    );
     // An out-of-office subject alone is a person's mail.
     let ooo = "From: a@b.example\r\nSubject: Automatic reply: Out of office\r\n\r\nback monday\r\n";
     assert_eq!(raw(ooo).expect("valid").mail.automatic, None);
