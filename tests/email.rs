@@ -393,6 +393,14 @@ async fn mailgun_posts_are_verified_and_replays_refused(backend: Backend) {
             res.status().as_u16()
         }
     };
+    // A token remembered from two days ago (long past any timestamp Mailgun may still send).
+    let channel_id = m.path.rsplit('/').next().expect("channel id").to_owned();
+    sqlx::query("INSERT INTO webhook_token (channel_id, token, body_sha256, seen_at) VALUES ($1, 'old', 'x', $2)")
+        .bind(&channel_id)
+        .bind(switchboard::store::now_ms() - 2 * 86_400_000)
+        .execute(m.app.store.pool())
+        .await
+        .expect("old token");
     let now = (switchboard::store::now_ms() / 1000).to_string();
     let token = "a8ce0edb2dd8301dee6c2405235584e45aa91d1e9f979f3de0";
     assert_eq!(
@@ -462,6 +470,12 @@ async fn mailgun_posts_are_verified_and_replays_refused(backend: Backend) {
         .expect("count");
     assert_eq!(count, 1);
     assert_eq!(m.smtp.received().len(), 1);
+    // Old tokens are forgotten; the fresh one is remembered.
+    let tokens: Vec<String> = sqlx::query_scalar("SELECT token FROM webhook_token ORDER BY token")
+        .fetch_all(m.app.store.pool())
+        .await
+        .expect("tokens");
+    assert_eq!(tokens, [token]);
 }
 
 async fn sendgrid_samples_are_accepted_with_their_attachments(backend: Backend) {

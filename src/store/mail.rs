@@ -17,6 +17,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Most Message-IDs of a mail looked at to find its thread.
 const MAX_REFERENCES: usize = 50;
 
+/// How long a signed token is remembered: well past the providers' own freshness windows
+/// (Mailgun's timestamps are refused after 15 minutes), after which a replay is refused as
+/// stale anyway.
+const TOKEN_KEEP_MS: i64 = 24 * 3_600_000;
+
 impl Store {
     /// Records a provider-signed one-time token with the hash of the body it came with. `false`
     /// when the token was seen before with another body: a replay.
@@ -26,7 +31,14 @@ impl Store {
         token: &str,
         body_sha256: &str,
     ) -> Result<bool, sqlx::Error> {
+        let now = now_ms();
         let mut w = self.begin_write().await?;
+        // Forgotten once they are too old to be accepted again.
+        sqlx::query("DELETE FROM webhook_token WHERE channel_id = $1 AND seen_at < $2")
+            .bind(channel_id)
+            .bind(now - TOKEN_KEEP_MS)
+            .execute(&mut *w.tx)
+            .await?;
         sqlx::query(
             "INSERT INTO webhook_token (channel_id, token, body_sha256, seen_at)
              VALUES ($1, $2, $3, $4) ON CONFLICT (channel_id, token) DO NOTHING",
@@ -34,7 +46,7 @@ impl Store {
         .bind(channel_id)
         .bind(token)
         .bind(body_sha256)
-        .bind(now_ms())
+        .bind(now)
         .execute(&mut *w.tx)
         .await?;
         let seen: String = sqlx::query(
