@@ -2,6 +2,8 @@
 //! (html5gum's WHATWG tokenizer), PDF through `pdf-extract` in a bounded child process
 //! ([`super::pdf_worker`]; text layer only: scanned pages without one have no text).
 
+use switchboard_channel::html::{AMPERSAND, escape_references};
+
 /// The formats accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -123,40 +125,6 @@ fn html_to_text(html: &str) -> (String, Option<String>) {
         Tokenizer::new_with_emitter(html, emitter).for_each(drop);
     }
     text.finish()
-}
-
-/// Stands for `&` while the tokenizer runs (see [`html_to_text`]).
-const AMPERSAND: char = '\u{E000}';
-
-/// `html` with each `&` followed by a letter, digit or `#` replaced by [`AMPERSAND`] (and any
-/// [`AMPERSAND`] already in it by U+FFFD: it means nothing in a page, and would come back as
-/// `&`); `None` when nothing changes.
-fn escape_references(html: &str) -> Option<String> {
-    let cleaned = html
-        .contains(AMPERSAND)
-        .then(|| html.replace(AMPERSAND, "\u{FFFD}"));
-    let html = cleaned.as_deref().unwrap_or(html);
-    let bytes = html.as_bytes();
-    let starts = |i: usize| {
-        bytes
-            .get(i + 1)
-            .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'#')
-    };
-    let mut out: Option<String> = None;
-    let mut last = 0;
-    for (i, _) in html.match_indices('&').filter(|(i, _)| starts(*i)) {
-        let out = out.get_or_insert_with(|| String::with_capacity(html.len() + html.len() / 8));
-        out.push_str(&html[last..i]);
-        out.push(AMPERSAND);
-        last = i + 1;
-    }
-    match out {
-        Some(mut out) => {
-            out.push_str(&html[last..]);
-            Some(out)
-        }
-        None => cleaned,
-    }
 }
 
 /// Text as the page shows it: `&` back, character references decoded (WHATWG rules).

@@ -8,6 +8,7 @@
 //! What it must never do: depend on the core, on a database, or on any one provider.
 
 pub mod egress;
+pub mod html;
 
 use std::fmt;
 use std::time::Duration;

@@ -11,6 +11,8 @@
 
 use std::convert::Infallible;
 
+use switchboard_channel::html::{AMPERSAND, escape_references};
+
 /// The text a person newly wrote: text/plain when there is some, otherwise the HTML as text;
 /// then quoted history and signature removed (see [`strip_quoted`]). Falls back to the whole
 /// text, trimmed, when stripping leaves nothing.
@@ -254,37 +256,6 @@ fn html_text(html: &str, skip_quotes: bool) -> String {
         Tokenizer::new_with_emitter(html, emitter).for_each(drop);
     }
     tidy(&state.out)
-}
-
-/// Stands for `&` while the tokenizer runs (see [`html_text`]).
-const AMPERSAND: char = '\u{E000}';
-
-fn escape_references(html: &str) -> Option<String> {
-    let cleaned = html
-        .contains(AMPERSAND)
-        .then(|| html.replace(AMPERSAND, "\u{FFFD}"));
-    let html = cleaned.as_deref().unwrap_or(html);
-    let bytes = html.as_bytes();
-    let starts = |i: usize| {
-        bytes
-            .get(i + 1)
-            .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'#')
-    };
-    let mut out: Option<String> = None;
-    let mut last = 0;
-    for (i, _) in html.match_indices('&').filter(|(i, _)| starts(*i)) {
-        let out = out.get_or_insert_with(|| String::with_capacity(html.len() + html.len() / 8));
-        out.push_str(&html[last..i]);
-        out.push(AMPERSAND);
-        last = i + 1;
-    }
-    match out {
-        Some(mut out) => {
-            out.push_str(&html[last..]);
-            Some(out)
-        }
-        None => cleaned,
-    }
 }
 
 /// What [`html_text`] keeps between tokenizer events.
