@@ -56,6 +56,9 @@ mod tests {
             Some("\u{FFFD}\u{E000}amp;")
         );
         let big = "&lt".repeat(1 << 20);
-        assert_eq!(escape_references(&big).map(|s| s.len()), Some(big.len() / 3 * 5));
+        assert_eq!(
+            escape_references(&big).map(|s| s.len()),
+            Some(big.len() / 3 * 5)
+        );
     }
 }
