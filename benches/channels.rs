@@ -1,203 +1,414 @@
-//! Channel webhook benchmark: provider webhook → stored → answered → the provider's send API
-//! received the reply, for Switchboard and for a popular bot library doing the same job, in the
-//! same run, against the same local provider stand-in.
+//! Channel webhooks the way a user compares bots: the released `switchboard serve` binary against
+//! a popular bot library doing the same job, each pinned to the same core, alternated A/B/A/B in
+//! one run, driven by the same load over loopback against the same provider stand-in.
 //!
-//! - Telegram: Switchboard's Telegram webhook vs grammY (`benches/peers/grammy`, webhook mode,
-//!   `apiRoot` pointed at the stand-in).
-//! - WhatsApp: Switchboard's WhatsApp webhook (signed) vs pywa (`benches/peers/pywa`, FastAPI +
-//!   uvicorn, Graph API base pointed at the stand-in).
+//! - Telegram: webhook → stored → answered → `sendMessage`, against grammY
+//!   (`benches/peers/grammy`, webhook mode, `apiRoot` pointed at the stand-in).
+//! - WhatsApp: signed webhook → stored → answered → Graph `messages`, against pywa
+//!   (`benches/peers/pywa`, FastAPI + uvicorn, one worker).
 //!
-//! Both sides answer every text with `echo: <text>`. Switchboard runs with persistence on (SQLite,
-//! `synchronous=FULL`: every update is durably stored before its 200, every reply goes through the
-//! durable outbox); the peers keep nothing. Pacing is off on our side: the stand-in has no rate
-//! limits and the peers do not pace. Our read receipts and typing actions stay on (real work the
-//! peers do not do).
+//! Both sides answer every text with `echo: <text>`. Switchboard runs its real path: a tenant made
+//! with `switchboard tenant create`, its `no_answer` template set to `echo: {{ question }}` (no
+//! model, no knowledge), pacing off (the stand-in has no limits and the peers do not pace), its
+//! typing action and read receipts on (work the peers do not do), SQLite with `synchronous=FULL`
+//! (every update durably stored before its 200, every reply through the durable outbox) or, with
+//! `SWITCHBOARD_BENCH_POSTGRES_URL`, a fresh PostgreSQL database per run. The peers keep nothing.
 //!
-//! `cargo bench --bench channels`. Peers are skipped with a notice when not installed (see
-//! docs/BENCHMARKS.md). Knobs: `BENCH_MESSAGES` (default 4000), `BENCH_CLIENTS` (default 32
-//! concurrent connections), `BENCH_CHATS` (default 512).
+//! Cores: the gateway or the peer on `BENCH_CPUS` (default `1`, via `taskset`); this process —
+//! the load (`BENCH_CLIENTS` keep-alive connections, default 32, each posting its next update
+//! when the previous one was acknowledged) and the stand-in — on `BENCH_LOAD_CPUS` (default `0`).
+//! Each run: `BENCH_WARMUP` seconds (default 3), then a `BENCH_SECONDS` window (default 10), then
+//! the load stops and replies may drain for 5 s. Reported per run: acknowledgements/s and
+//! replies/s inside the window, end-to-end latency (update posted → its reply at the stand-in) of
+//! the updates posted inside the window, how many of those were never answered, CPU time and
+//! context switches of the bot's process per reply, and its RSS at the end of the window.
+//! `BENCH_ROUNDS` (default 2) alternations; `BENCH_PROVIDERS` (default `telegram,whatsapp`);
+//! `BENCH_SOAK` seconds (default 60, 0 skips): one more Switchboard SQLite run under the same
+//! load, RSS at 10 s and at the end. `BENCH_BASELINE=<path to an earlier switchboard binary>`
+//! adds that build to every round (SQLite), for before/after figures from one run.
+//!
+//! `cargo bench --bench channels` (one command; peers are skipped with a notice when not
+//! installed, see docs/BENCHMARKS.md).
 
 use std::collections::HashMap;
-use std::process::Stdio;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{env_or, ms, percentile};
+use support::{env_or, percentile};
 
-use async_trait::async_trait;
-use axum::extract::{Path, State};
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use switchboard::answer::{Answer, Responder, Turn};
-use switchboard::config::Config;
-use switchboard::core::TenantSlug;
-use switchboard::startup::Application;
-use switchboard::store::Store;
-use switchboard_channel::Secret;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 const TOKEN: &str = "123456:BENCH-token";
 const TG_SECRET: &str = "bench_secret";
 const APP_SECRET: &str = "bench-app-secret";
 const PHONE_ID: &str = "1122334455667";
 
-/// Reply arrival time by message key (`m<n>`).
-type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
-
-struct Echo;
-
-#[async_trait]
-impl Responder for Echo {
-    async fn respond(&self, turn: &Turn) -> anyhow::Result<Answer> {
-        Ok(Answer {
-            trace: None,
-            grounding: None,
-            kind: switchboard::answer::AnswerKind::Answered,
-            text: format!("echo: {}", turn.text),
-            citations: Vec::new(),
-        })
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Provider {
     Telegram,
     Whatsapp,
 }
 
-struct Figures {
-    rate: f64,
-    p50: Duration,
-    p99: Duration,
-    ack_p99: Duration,
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let messages: usize = env_or("BENCH_MESSAGES", 4000);
-    let clients: usize = env_or("BENCH_CLIENTS", 32);
-    let chats: usize = env_or("BENCH_CHATS", 512).max(clients);
-    println!("channels bench: {messages} updates, {clients} connections, {chats} chats");
-    println!(
-        "{:<10} {:<22} {:>10} {:>10} {:>10} {:>10} {:>8}",
-        "provider", "who", "replies/s", "e2e p50", "e2e p99", "ack p99", "ratio"
-    );
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for provider in [Provider::Telegram, Provider::Whatsapp] {
-        let arrivals: Arrivals = Arc::default();
-        let stand_in = start_stand_in(arrivals.clone()).await?;
-        let ours =
-            switchboard_run(provider, &stand_in, &arrivals, messages, clients, chats).await?;
-        print_row(provider, "switchboard (sqlite)", &ours, None);
-        let peer = match provider {
-            Provider::Telegram => grammy(&root, &stand_in),
-            Provider::Whatsapp => pywa(&root, &stand_in),
-        };
-        match peer {
-            Some((name, command, env)) => {
-                lock(&arrivals).clear();
-                match peer_run(provider, command, env, &arrivals, messages, clients, chats).await {
-                    Ok(theirs) => {
-                        print_row(provider, name, &theirs, None);
-                        println!(
-                            "{:<10} {:<22} {:>54.2}x",
-                            "",
-                            "switchboard / peer",
-                            ours.rate / theirs.rate
-                        );
-                    }
-                    Err(e) => println!("{provider:?}: {name} failed: {e:#}"),
-                }
-            }
-            None => println!("{provider:?}: peer not installed (see docs/BENCHMARKS.md); skipped"),
+impl Provider {
+    fn name(self) -> &'static str {
+        match self {
+            Provider::Telegram => "telegram",
+            Provider::Whatsapp => "whatsapp",
         }
     }
-    Ok(())
 }
 
-fn print_row(provider: Provider, who: &str, f: &Figures, ratio: Option<f64>) {
-    println!(
-        "{:<10} {:<22} {:>10.0} {:>10} {:>10} {:>10} {:>8}",
-        format!("{provider:?}").to_lowercase(),
-        who,
-        f.rate,
-        ms(f.p50),
-        ms(f.p99),
-        ms(f.ack_p99),
-        ratio.map(|r| format!("{r:.2}x")).unwrap_or_default()
-    );
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Who {
+    Sqlite,
+    Postgres,
+    Peer,
+    /// An earlier build of Switchboard (`BENCH_BASELINE`), on SQLite.
+    Baseline,
+}
+
+struct Knobs {
+    cpus: String,
+    clients: usize,
+    chats: usize,
+    warmup: Duration,
+    window: Duration,
+    postgres: Option<String>,
+    root: PathBuf,
+    baseline: Option<PathBuf>,
+}
+
+/// What one run measured.
+#[derive(Clone)]
+struct Figures {
+    acks: f64,
+    replies: f64,
+    p50: Duration,
+    p99: Duration,
+    unanswered: usize,
+    posted: usize,
+    cpu_ms_per_reply: f64,
+    switches_per_reply: f64,
+    rss_mb: f64,
+    rss_early_mb: f64,
+}
+
+/// What the load and the stand-in record during a run.
+#[derive(Default)]
+struct Shared {
+    next: AtomicU64,
+    stop: AtomicBool,
+    sent: Mutex<HashMap<u64, Instant>>,
+    acks: Mutex<Vec<Instant>>,
+    replies: Mutex<HashMap<u64, Instant>>,
+    provider_ids: AtomicU64,
+    errors: Mutex<Vec<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One stand-in for both providers: the Bot API (`/bot<token>/<method>`) and the Graph API
-/// (`/<version>/<phone>/messages`). Records when each `echo: m<n>` reply arrives.
-async fn start_stand_in(arrivals: Arrivals) -> anyhow::Result<String> {
-    async fn bot_api(
-        State(arrivals): State<Arrivals>,
-        Path((_bot, method)): Path<(String, String)>,
-        body: axum::body::Bytes,
-    ) -> axum::Json<Value> {
-        let at = Instant::now();
-        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let method = method.to_ascii_lowercase();
-        if method == "getme" {
-            return axum::Json(json!({ "ok": true, "result": {
-                "id": 123456, "is_bot": true, "first_name": "Bench", "username": "BenchBot",
-                "can_join_groups": true, "can_read_all_group_messages": false,
-                "supports_inline_queries": false, "can_connect_to_business": false,
-                "has_main_web_app": false } }));
+fn main() -> anyhow::Result<()> {
+    let load_cpus = std::env::var("BENCH_LOAD_CPUS").unwrap_or_else(|_| "0".into());
+    pin_self(&load_cpus)?;
+    let clients = env_or("BENCH_CLIENTS", 32);
+    let knobs = Knobs {
+        cpus: std::env::var("BENCH_CPUS").unwrap_or_else(|_| "1".into()),
+        clients,
+        chats: env_or("BENCH_CHATS", 512).max(clients),
+        warmup: Duration::from_secs(env_or("BENCH_WARMUP", 3) as u64),
+        window: Duration::from_secs(env_or("BENCH_SECONDS", 10) as u64),
+        postgres: std::env::var("SWITCHBOARD_BENCH_POSTGRES_URL")
+            .ok()
+            .filter(|v| !v.is_empty()),
+        root: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        baseline: std::env::var_os("BENCH_BASELINE").map(PathBuf::from),
+    };
+    let rounds = env_or("BENCH_ROUNDS", 2);
+    let soak = env_or("BENCH_SOAK", 60) as u64;
+    let providers = std::env::var("BENCH_PROVIDERS").unwrap_or_else(|_| "telegram,whatsapp".into());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        println!(
+            "channels bench: bots on cores {}, load + stand-in on {load_cpus}; {} connections over {} chats; \
+             {} s warm-up, {} s window, {rounds} rounds; binary {BIN}",
+            knobs.cpus,
+            knobs.clients,
+            knobs.chats,
+            knobs.warmup.as_secs(),
+            knobs.window.as_secs()
+        );
+        header();
+        for provider in [Provider::Telegram, Provider::Whatsapp] {
+            if !providers.contains(provider.name()) {
+                continue;
+            }
+            let peer = peer_command(provider, &knobs.root);
+            if peer.is_none() {
+                println!("{}: peer not installed (see docs/BENCHMARKS.md); ours alone", provider.name());
+            }
+            let mut all: Vec<(Who, Figures)> = Vec::new();
+            for round in 1..=rounds {
+                let mut order = vec![Who::Sqlite];
+                if peer.is_some() {
+                    order.push(Who::Peer);
+                }
+                if knobs.postgres.is_some() {
+                    order.push(Who::Postgres);
+                }
+                if knobs.baseline.is_some() {
+                    order.push(Who::Baseline);
+                }
+                for who in order {
+                    let figures = match who {
+                        Who::Peer => {
+                            let Some((name, command)) = &peer else { continue };
+                            let figures = run_peer(provider, command, &knobs, None).await;
+                            (name.to_string(), figures)
+                        }
+                        _ => (
+                            match who {
+                                Who::Sqlite => "switchboard (sqlite)",
+                                Who::Postgres => "switchboard (postgres)",
+                                _ => "baseline (sqlite)",
+                            }
+                            .to_string(),
+                            run_switchboard(provider, who, &knobs, round, None).await,
+                        ),
+                    };
+                    match figures.1 {
+                        Ok(f) => {
+                            row(provider, &figures.0, round, &f);
+                            all.push((who, f));
+                        }
+                        Err(e) => println!("{} {} round {round}: failed: {e:#}", provider.name(), figures.0),
+                    }
+                }
+            }
+            summary(provider, &all);
         }
-        if method != "sendmessage" {
-            return axum::Json(json!({ "ok": true, "result": true }));
+        if soak > 0 && providers.contains("telegram") {
+            let soak = Duration::from_secs(soak);
+            match run_switchboard(Provider::Telegram, Who::Sqlite, &Knobs { window: soak, ..knobs_clone(&knobs) }, 0, Some(Duration::from_secs(10))).await {
+                Ok(f) => println!(
+                    "soak: switchboard (sqlite), telegram, {} s under load: RSS {:.1} MB after 10 s, {:.1} MB at the end ({:.2}x); {:.0} replies/s",
+                    soak.as_secs(),
+                    f.rss_early_mb,
+                    f.rss_mb,
+                    f.rss_mb / f.rss_early_mb.max(0.1),
+                    f.replies
+                ),
+                Err(e) => println!("soak failed: {e:#}"),
+            }
         }
-        let text = body["text"].as_str().unwrap_or_default();
-        if let Some(key) = text.strip_prefix("echo: ") {
-            lock(&arrivals).entry(key.to_owned()).or_insert(at);
-        }
-        axum::Json(json!({ "ok": true, "result": {
-            "message_id": 1, "date": 1_700_000_000,
-            "chat": { "id": body["chat_id"], "type": "private", "first_name": "A" },
-            "from": { "id": 123456, "is_bot": true, "first_name": "Bench" },
-            "text": text } }))
-    }
-    async fn graph(
-        State(arrivals): State<Arrivals>,
-        Path((_version, _phone)): Path<(String, String)>,
-        body: axum::body::Bytes,
-    ) -> axum::Json<Value> {
-        let at = Instant::now();
-        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        if body["status"] == "read" {
-            return axum::Json(json!({ "success": true }));
-        }
-        let text = body["text"]["body"].as_str().unwrap_or_default();
-        if let Some(key) = text.strip_prefix("echo: ") {
-            lock(&arrivals).entry(key.to_owned()).or_insert(at);
-        }
-        axum::Json(json!({
-            "messaging_product": "whatsapp",
-            "contacts": [{ "input": body["to"], "wa_id": body["to"] }],
-            "messages": [{ "id": format!("wamid.{}", uuid_like()) }] }))
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let app = axum::Router::new()
-        .route("/{bot}/{method}", axum::routing::post(bot_api))
-        .route("/{version}/{phone}/messages", axum::routing::post(graph))
-        .with_state(arrivals);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(base)
+        anyhow::Ok(())
+    })
 }
 
-fn uuid_like() -> String {
-    switchboard::store::new_id()
+fn knobs_clone(k: &Knobs) -> Knobs {
+    Knobs {
+        cpus: k.cpus.clone(),
+        clients: k.clients,
+        chats: k.chats,
+        warmup: k.warmup,
+        window: k.window,
+        postgres: k.postgres.clone(),
+        root: k.root.clone(),
+        baseline: k.baseline.clone(),
+    }
+}
+
+fn header() {
+    println!(
+        "{:<9} {:<22} {:>2} {:>8} {:>9} {:>9} {:>9} {:>10} {:>9} {:>8} {:>7}",
+        "provider",
+        "who",
+        "#",
+        "acks/s",
+        "replies/s",
+        "e2e p50",
+        "e2e p99",
+        "unanswered",
+        "cpu/reply",
+        "ctx/rep",
+        "RSS MB"
+    );
+}
+
+fn row(provider: Provider, who: &str, round: usize, f: &Figures) {
+    println!(
+        "{:<9} {:<22} {:>2} {:>8.0} {:>9.0} {:>9} {:>9} {:>10} {:>9} {:>8.1} {:>7.1}",
+        provider.name(),
+        who,
+        round,
+        f.acks,
+        f.replies,
+        format!("{:.1} ms", f.p50.as_secs_f64() * 1e3),
+        format!("{:.1} ms", f.p99.as_secs_f64() * 1e3),
+        format!("{}/{}", f.unanswered, f.posted),
+        format!("{:.3} ms", f.cpu_ms_per_reply),
+        f.switches_per_reply,
+        f.rss_mb
+    );
+}
+
+fn summary(provider: Provider, all: &[(Who, Figures)]) {
+    let median = |who: Who| {
+        let mut v: Vec<f64> = all
+            .iter()
+            .filter(|(w, _)| *w == who)
+            .map(|(_, f)| f.replies)
+            .collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        (!v.is_empty()).then(|| v[v.len() / 2])
+    };
+    let peer = median(Who::Peer);
+    for (who, name) in [
+        (Who::Sqlite, "switchboard (sqlite)"),
+        (Who::Postgres, "switchboard (postgres)"),
+        (Who::Baseline, "baseline (sqlite)"),
+    ] {
+        if let (Some(ours), Some(theirs)) = (median(who), peer) {
+            println!(
+                "{:<9} {name} / peer, median replies/s: {ours:.0} / {theirs:.0} = {:.2}x",
+                provider.name(),
+                ours / theirs
+            );
+        }
+    }
+}
+
+/// Pins this process (and the threads it starts) to `cpus` (a `taskset -c` list such as `0` or `0,1`).
+fn pin_self(cpus: &str) -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it for indices below
+    // CPU_SETSIZE, which is checked; sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for part in cpus.split(',') {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            let (a, b): (usize, usize) = (a.trim().parse()?, b.trim().parse()?);
+            for cpu in a..=b {
+                anyhow::ensure!(cpu < libc::CPU_SETSIZE as usize, "cpu {cpu} out of range");
+                libc::CPU_SET(cpu, &mut set);
+            }
+        }
+        anyhow::ensure!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0,
+            "sched_setaffinity({cpus}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(18080)
+}
+
+/// The number in the first `echo: m<n>` of a reply body.
+fn echo_key(body: &[u8]) -> Option<u64> {
+    const NEEDLE: &[u8] = b"echo: m";
+    let at = body.windows(NEEDLE.len()).position(|w| w == NEEDLE)? + NEEDLE.len();
+    let digits = body[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&body[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The Bot API (`/bot<token>/<method>`) and the Graph API (`/<version>/<phone>/messages`), as
+/// documented, recording when each `echo: m<n>` reply arrives.
+async fn stand_in(shared: Arc<Shared>) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| answer(req, shared.clone()));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok((base, task))
+}
+
+async fn answer(
+    req: Request<hyper::body::Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    // Bot API method names are case-insensitive (teloxide sends `SendMessage`).
+    let path = req.uri().path().to_ascii_lowercase();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let at = Instant::now();
+    if let Some(n) = echo_key(&body) {
+        lock(&shared.replies).entry(n).or_insert(at);
+    }
+    let id = shared.provider_ids.fetch_add(1, Ordering::Relaxed) + 1;
+    let reply = if path.ends_with("/getme") {
+        json!({ "ok": true, "result": {
+            "id": 123456, "is_bot": true, "first_name": "Bench", "username": "BenchBot",
+            "can_join_groups": true, "can_read_all_group_messages": false,
+            "supports_inline_queries": false, "can_connect_to_business": false,
+            "has_main_web_app": false } })
+    } else if path.ends_with("/sendmessage") {
+        let chat = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .map(|v| v["chat_id"].clone())
+            .unwrap_or(Value::Null);
+        json!({ "ok": true, "result": {
+            "message_id": id, "date": 1_700_000_000,
+            "chat": { "id": chat, "type": "private", "first_name": "A" },
+            "from": { "id": 123456, "is_bot": true, "first_name": "Bench" },
+            "text": "" } })
+    } else if path.ends_with("/messages") {
+        if body.windows(15).any(|w| w == b"\"status\":\"read\"") {
+            json!({ "success": true })
+        } else {
+            json!({
+                "messaging_product": "whatsapp",
+                "contacts": [{ "input": "", "wa_id": "" }],
+                "messages": [{ "id": format!("wamid.bench{id}") }] })
+        }
+    } else {
+        json!({ "ok": true, "result": true })
+    };
+    let mut res = Response::new(Full::new(Bytes::from(reply.to_string())));
+    res.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    Ok(res)
 }
 
 /// The provider's webhook request for message `n` from `chat`: (body, headers).
-fn update(provider: Provider, n: usize, chat: usize) -> (Vec<u8>, Vec<(&'static str, String)>) {
+fn update(provider: Provider, n: u64, chat: usize) -> (Vec<u8>, Vec<(&'static str, String)>) {
     match provider {
         Provider::Telegram => {
             let chat = 1_000_000 + chat as i64;
@@ -208,12 +419,16 @@ fn update(provider: Provider, n: usize, chat: usize) -> (Vec<u8>, Vec<(&'static 
             let body = serde_json::to_vec(&body).unwrap_or_default();
             (
                 body,
-                vec![("X-Telegram-Bot-Api-Secret-Token", TG_SECRET.to_owned())],
+                vec![("x-telegram-bot-api-secret-token", TG_SECRET.to_owned())],
             )
         }
         Provider::Whatsapp => {
-            let wa_id = format!("1555{:07}", chat);
-            let now = (switchboard::store::now_ms() / 1000).to_string();
+            let wa_id = format!("1555{chat:07}");
+            let now = (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0))
+            .to_string();
             let body = json!({ "object": "whatsapp_business_account", "entry": [{ "id": "1",
                 "changes": [{ "field": "messages", "value": { "messaging_product": "whatsapp",
                     "metadata": { "display_phone_number": "15550000000", "phone_number_id": PHONE_ID },
@@ -223,261 +438,425 @@ fn update(provider: Provider, n: usize, chat: usize) -> (Vec<u8>, Vec<(&'static 
                         "type": "text", "text": { "body": format!("m{n}") } }] } }] }] });
             let body = serde_json::to_vec(&body).unwrap_or_default();
             let signature = switchboard_channel_api::outbound::sign(APP_SECRET, &body);
-            (body, vec![("X-Hub-Signature-256", signature)])
+            (body, vec![("x-hub-signature-256", signature)])
         }
     }
 }
 
-/// 32 connections post `messages` updates round-robin over their chats (each chat's updates in
-/// order, each after the previous was acknowledged), then wait for every reply.
-async fn load(
+/// One keep-alive connection posting updates for its own chats, each after the previous one was
+/// acknowledged, until `stop`.
+async fn connection(
     provider: Provider,
-    url: &str,
-    arrivals: &Arrivals,
-    messages: usize,
-    clients: usize,
-    chats: usize,
-) -> anyhow::Result<Figures> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(clients)
-        .build()?;
-    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let started = Instant::now();
-    let per_client = messages / clients;
-    let chats_per_client = chats / clients;
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let (http, url, sent) = (http.clone(), url.to_owned(), sent.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut acks = Vec::with_capacity(per_client);
-            for i in 0..per_client {
-                let n = 1 + c * per_client + i;
-                let chat = c * chats_per_client + i % chats_per_client.max(1);
-                let (body, headers) = update(provider, n, chat);
-                let mut req = http
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body);
-                for (name, value) in headers {
-                    req = req.header(name, value);
+    addr: SocketAddr,
+    path: String,
+    shared: Arc<Shared>,
+    chats: std::ops::Range<usize>,
+) -> anyhow::Result<()> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let host = addr.to_string();
+    let mut i = 0usize;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let n = shared.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let chat = chats.start + i % chats.len().max(1);
+        i += 1;
+        let (body, headers) = update(provider, n, chat);
+        let mut req = Request::post(path.as_str())
+            .header(hyper::header::HOST, host.as_str())
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        let req = req.body(Full::new(Bytes::from(body)))?;
+        let t0 = Instant::now();
+        lock(&shared.sent).insert(n, t0);
+        let res = sender.send_request(req).await?;
+        let status = res.status();
+        res.into_body().collect().await?;
+        anyhow::ensure!(status.is_success(), "webhook answered {status}");
+        lock(&shared.acks).push(Instant::now());
+    }
+    Ok(())
+}
+
+/// CPU time (ms) and context switches (all threads) of `pid` so far.
+fn usage(pid: u32) -> (f64, u64) {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces) in parentheses.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split(' ').collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut switches = 0;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            if let Ok(status) = std::fs::read_to_string(task.path().join("status")) {
+                for line in status.lines() {
+                    if let Some(v) = line
+                        .strip_prefix("voluntary_ctxt_switches:")
+                        .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+                    {
+                        switches += v.trim().parse::<u64>().unwrap_or(0);
+                    }
                 }
-                let t0 = Instant::now();
-                lock(&sent).insert(format!("m{n}"), t0);
-                let res = req.send().await?;
-                anyhow::ensure!(
-                    res.status().is_success(),
-                    "webhook answered {}",
-                    res.status()
-                );
-                acks.push(t0.elapsed());
             }
-            anyhow::Ok(acks)
-        }));
+        }
     }
-    let mut acks = Vec::new();
-    for t in tasks {
-        acks.extend(t.await??);
-    }
-    let expected = per_client * clients;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while lock(arrivals).len() < expected {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {} of {expected} replies arrived",
-            lock(arrivals).len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let arrivals = lock(arrivals).clone();
-    let sent = lock(&sent).clone();
-    let last = arrivals.values().max().copied().unwrap_or(started);
-    let mut e2e: Vec<Duration> = sent
-        .iter()
-        .filter_map(|(k, t0)| arrivals.get(k).map(|a| a.saturating_duration_since(*t0)))
-        .collect();
-    Ok(Figures {
-        rate: expected as f64 / (last - started).as_secs_f64(),
-        p50: percentile(&mut e2e, 0.50),
-        p99: percentile(&mut e2e, 0.99),
-        ack_p99: percentile(&mut acks, 0.99),
-    })
+    (ticks as f64 * 1000.0 / hz, switches)
 }
 
-async fn switchboard_run(
-    provider: Provider,
-    stand_in: &str,
-    arrivals: &Arrivals,
-    messages: usize,
-    clients: usize,
-    chats: usize,
-) -> anyhow::Result<Figures> {
-    let dir = tempfile::tempdir()?;
-    let url = format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("bench.db").display()
-    );
-    let mut config = Config {
-        listen: "127.0.0.1:0".into(),
-        data_dir: dir.path().to_path_buf(),
-        database_url: Some(Secret::new(url)),
-        // The stand-ins listen on loopback: the operator's exception.
-        egress_allow: vec!["127.0.0.0/8".into(), "localhost".into()],
-        ..Config::default()
-    };
-    config.outbox.poll_ms = 100;
-    config.outbox.pacing = false;
-    config.database_max_connections = 16;
-    let store = Store::connect(&config.database_url(), 4).await?;
-    store.migrate().await?;
-    let tenant = store
-        .create_tenant(
-            &TenantSlug::parse("bench").map_err(anyhow::Error::msg)?,
-            "Bench",
-        )
-        .await?;
-    store.close().await;
-    let app = Application::build_with_responder(config, Arc::new(Echo)).await?;
-    let base = format!("http://{}", app.local_addr()?);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stop_rx.await;
-    }));
-    let connect = match provider {
-        Provider::Telegram => json!({ "kind": "telegram", "config": {
-            "bot_token": TOKEN, "webhook_secret": TG_SECRET, "api_url": stand_in } }),
-        Provider::Whatsapp => json!({ "kind": "whatsapp", "config": {
-            "phone_number_id": PHONE_ID, "access_token": "EAAbench", "app_secret": APP_SECRET,
-            "verify_token": "v", "graph_url": format!("{stand_in}/v21.0") } }),
-    };
-    let res = reqwest::Client::new()
-        .post(format!("{base}/v1/channels"))
-        .bearer_auth(&tenant.admin_key)
-        .json(&connect)
-        .send()
-        .await?;
-    anyhow::ensure!(res.status().as_u16() == 201, "connect: {}", res.status());
-    let connected: Value = res.json().await?;
-    let kind = match provider {
-        Provider::Telegram => "telegram",
-        Provider::Whatsapp => "whatsapp",
-    };
-    let webhook = format!(
-        "{base}/webhooks/{kind}/{}",
-        connected["channel_id"].as_str().unwrap_or_default()
-    );
-    let figures = load(provider, &webhook, arrivals, messages, clients, chats).await;
-    let _ = stop_tx.send(());
-    let _ = server.await;
-    figures
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
 }
 
-type PeerCommand = (&'static str, Vec<String>, Vec<(String, String)>);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(18080)
-}
-
-/// grammY in webhook mode, if `npm install` ran in benches/peers/grammy.
-fn grammy(root: &std::path::Path, stand_in: &str) -> Option<PeerCommand> {
-    let dir = root.join("benches/peers/grammy");
-    if !dir.join("node_modules/grammy").exists() {
-        return None;
-    }
-    let port = free_port().to_string();
-    Some((
-        "grammY (no storage)",
-        vec!["node".into(), dir.join("bot.mjs").display().to_string()],
-        vec![
-            ("BOT_TOKEN".into(), TOKEN.into()),
-            ("API_ROOT".into(), stand_in.into()),
-            ("PORT".into(), port.clone()),
-            ("SECRET".into(), TG_SECRET.into()),
-            ("PEER_URL".into(), format!("http://127.0.0.1:{port}/")),
-        ],
-    ))
-}
-
-/// pywa on FastAPI + uvicorn, if its venv exists in benches/peers/pywa.
-fn pywa(root: &std::path::Path, stand_in: &str) -> Option<PeerCommand> {
-    let dir = root.join("benches/peers/pywa");
-    let python = dir.join(".venv/bin/python");
-    if !python.exists() {
-        return None;
-    }
-    let port = free_port().to_string();
-    Some((
-        "pywa (no storage)",
-        vec![
-            python.display().to_string(),
-            "-m".into(),
-            "uvicorn".into(),
-            "--app-dir".into(),
-            dir.display().to_string(),
-            "--host".into(),
-            "127.0.0.1".into(),
-            "--port".into(),
-            port.clone(),
-            "--log-level".into(),
-            "warning".into(),
-            "app:app".into(),
-        ],
-        vec![
-            ("PHONE_ID".into(), PHONE_ID.into()),
-            ("ACCESS_TOKEN".into(), "EAAbench".into()),
-            ("VERIFY_TOKEN".into(), "v".into()),
-            ("APP_SECRET".into(), APP_SECRET.into()),
-            ("GRAPH_URL".into(), stand_in.into()),
-            ("PORT".into(), port.clone()),
-            ("PEER_URL".into(), format!("http://127.0.0.1:{port}/")),
-        ],
-    ))
-}
-
-async fn peer_run(
-    provider: Provider,
-    command: Vec<String>,
-    env: Vec<(String, String)>,
-    arrivals: &Arrivals,
-    messages: usize,
-    clients: usize,
-    chats: usize,
-) -> anyhow::Result<Figures> {
-    let url = env
-        .iter()
-        .find(|(k, _)| k == "PEER_URL")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-    let port = env
-        .iter()
-        .find(|(k, _)| k == "PORT")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-    let mut child = tokio::process::Command::new(&command[0])
-        .args(&command[1..])
-        .envs(env)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()?;
-    if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(_)) = lines.next_line().await {}
-        });
-    }
-    // Ready when it accepts connections.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+async fn wait_listening(port: u16, child: &mut Child) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .is_err()
     {
-        anyhow::ensure!(Instant::now() < deadline, "the peer did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("exited before listening: {status}");
+        }
+        anyhow::ensure!(Instant::now() < deadline, "not listening after 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let figures = load(provider, &url, arrivals, messages, clients, chats).await;
-    let _ = child.kill().await;
+    Ok(())
+}
+
+/// Drives the load at `url` for warm-up + window, then lets replies drain; `pid` is measured.
+async fn measure(
+    provider: Provider,
+    url: &str,
+    pid: u32,
+    shared: Arc<Shared>,
+    knobs: &Knobs,
+    early: Option<Duration>,
+) -> anyhow::Result<Figures> {
+    let parsed: hyper::Uri = url.parse()?;
+    let authority = parsed.authority().context("url without host")?.as_str();
+    let addr: SocketAddr = authority.parse()?;
+    let path = parsed.path().to_owned();
+    let per = knobs.chats / knobs.clients;
+    let mut tasks = Vec::new();
+    for c in 0..knobs.clients {
+        tasks.push(tokio::spawn(connection(
+            provider,
+            addr,
+            path.clone(),
+            shared.clone(),
+            c * per..(c + 1) * per,
+        )));
+    }
+    tokio::time::sleep(knobs.warmup).await;
+    let start = Instant::now();
+    let (cpu0, sw0) = usage(pid);
+    let mut rss_early = 0.0;
+    if let Some(early) = early {
+        tokio::time::sleep(early).await;
+        rss_early = rss_mb(pid);
+        tokio::time::sleep(knobs.window.saturating_sub(early)).await;
+    } else {
+        tokio::time::sleep(knobs.window).await;
+    }
+    let end = Instant::now();
+    let (cpu1, sw1) = usage(pid);
+    let rss = rss_mb(pid);
+    shared.stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => lock(&shared.errors).push(format!("{e:#}")),
+            Err(e) => lock(&shared.errors).push(e.to_string()),
+        }
+    }
+    if let Some(e) = lock(&shared.errors).first() {
+        anyhow::bail!("load: {e}");
+    }
+    // Drain: the updates posted in the window get 5 s more to be answered.
+    let in_window: Vec<(u64, Instant)> = lock(&shared.sent)
+        .iter()
+        .filter(|(_, t)| **t >= start && **t < end)
+        .map(|(n, t)| (*n, *t))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let replies = lock(&shared.replies);
+        if in_window.iter().all(|(n, _)| replies.contains_key(n)) || Instant::now() > deadline {
+            break;
+        }
+        drop(replies);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let replies = lock(&shared.replies);
+    let secs = (end - start).as_secs_f64();
+    let acks = lock(&shared.acks)
+        .iter()
+        .filter(|t| **t >= start && **t < end)
+        .count();
+    let answered_in_window = replies
+        .values()
+        .filter(|t| **t >= start && **t < end)
+        .count();
+    let mut e2e = Vec::with_capacity(in_window.len());
+    let mut unanswered = 0;
+    for (n, t0) in &in_window {
+        match replies.get(n) {
+            Some(at) => e2e.push(at.saturating_duration_since(*t0)),
+            // Unanswered counts as the slowest: it weighs on the percentiles.
+            None => {
+                unanswered += 1;
+                e2e.push(Duration::from_secs(3600));
+            }
+        }
+    }
+    let replied = answered_in_window.max(1) as f64;
+    Ok(Figures {
+        acks: acks as f64 / secs,
+        replies: answered_in_window as f64 / secs,
+        p50: percentile(&mut e2e, 0.50),
+        p99: percentile(&mut e2e, 0.99),
+        unanswered,
+        posted: in_window.len(),
+        cpu_ms_per_reply: (cpu1 - cpu0) / replied,
+        switches_per_reply: (sw1 - sw0) as f64 / replied,
+        rss_mb: rss,
+        rss_early_mb: rss_early,
+    })
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn switchboard_env(cmd: &mut Command, data: &Path, database: Option<&str>, listen: &str) {
+    cmd.env("SWITCHBOARD_DATA_DIR", data)
+        .env("SWITCHBOARD_LISTEN", listen)
+        .env("SWITCHBOARD_EGRESS_ALLOW", "127.0.0.0/8")
+        .env("SWITCHBOARD_OUTBOX_PACING", "false")
+        .env("SWITCHBOARD_EMBED_MODEL", "none")
+        .env("SWITCHBOARD_LLM_PROVIDER", "none")
+        .env("RUST_LOG", "warn")
+        .env_remove("SWITCHBOARD_CONFIG");
+    match database {
+        Some(url) => cmd.env("SWITCHBOARD_DATABASE_URL", url),
+        None => cmd.env_remove("SWITCHBOARD_DATABASE_URL"),
+    };
+}
+
+async fn run_switchboard(
+    provider: Provider,
+    who: Who,
+    knobs: &Knobs,
+    round: usize,
+    early: Option<Duration>,
+) -> anyhow::Result<Figures> {
+    let data = tempfile::tempdir_in(
+        std::env::var("BENCH_DATA_DIR").unwrap_or_else(|_| "/var/tmp".into()),
+    )?;
+    let database = match (who, &knobs.postgres) {
+        (Who::Postgres, Some(admin)) => Some(
+            support::fresh_postgres(
+                admin,
+                &format!("switchboard_bench_{}_{round}", std::process::id()),
+            )
+            .await?,
+        ),
+        _ => None,
+    };
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let bin = match (who, &knobs.baseline) {
+        (Who::Baseline, Some(path)) => path.display().to_string(),
+        _ => BIN.to_owned(),
+    };
+    let mut create = Command::new(&bin);
+    create.args(["tenant", "create", "bench", "--json"]);
+    switchboard_env(&mut create, data.path(), database.as_deref(), &listen);
+    let out = create.output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "tenant create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value = serde_json::from_slice(&out.stdout)?;
+    let key = created["admin_key"]
+        .as_str()
+        .context("no admin_key")?
+        .to_owned();
+
+    let shared = Arc::new(Shared::default());
+    let (stand_in_url, stand_in_task) = stand_in(shared.clone()).await?;
+    let mut serve = Command::new("taskset");
+    serve
+        .args(["-c", &knobs.cpus, &bin, "serve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    switchboard_env(&mut serve, data.path(), database.as_deref(), &listen);
+    let mut child = serve.spawn().context("taskset")?;
+    wait_listening(port, &mut child).await?;
+    let child = Killed(child);
+    let pid = child.0.id();
+
+    let base = format!("http://{listen}");
+    let http = reqwest::Client::new();
+    let res = http
+        .put(format!("{base}/v1/prompts/no_answer"))
+        .bearer_auth(&key)
+        .json(&json!({ "body": "echo: {{ question }}" }))
+        .send()
+        .await?;
+    anyhow::ensure!(res.status().is_success(), "prompt: {}", res.status());
+    let connect = match provider {
+        Provider::Telegram => json!({ "kind": "telegram", "config": {
+            "bot_token": TOKEN, "webhook_secret": TG_SECRET, "api_url": stand_in_url } }),
+        Provider::Whatsapp => json!({ "kind": "whatsapp", "config": {
+            "phone_number_id": PHONE_ID, "access_token": "EAAbench", "app_secret": APP_SECRET,
+            "verify_token": "v", "graph_url": format!("{stand_in_url}/v21.0") } }),
+    };
+    let res = http
+        .post(format!("{base}/v1/channels"))
+        .bearer_auth(&key)
+        .json(&connect)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        res.status().as_u16() == 201,
+        "connect: {} {}",
+        res.status(),
+        res.text().await.unwrap_or_default()
+    );
+    let connected: Value = res.json().await?;
+    let webhook = format!(
+        "{base}/webhooks/{}/{}",
+        provider.name(),
+        connected["channel_id"].as_str().unwrap_or_default()
+    );
+    let figures = measure(provider, &webhook, pid, shared, knobs, early).await;
+    drop(child);
+    stand_in_task.abort();
+    if let (Some(admin), Some(_)) = (&knobs.postgres, &database) {
+        let _ = support::fresh_postgres(
+            admin,
+            &format!("switchboard_bench_{}_{round}", std::process::id()),
+        )
+        .await;
+    }
+    figures
+}
+
+type PeerCommand = (&'static str, Vec<String>);
+
+fn peer_command(provider: Provider, root: &Path) -> Option<PeerCommand> {
+    match provider {
+        Provider::Telegram => {
+            let dir = root.join("benches/peers/grammy");
+            dir.join("node_modules/grammy").exists().then(|| {
+                (
+                    "grammY (no storage)",
+                    vec!["node".into(), dir.join("bot.mjs").display().to_string()],
+                )
+            })
+        }
+        Provider::Whatsapp => {
+            let dir = root.join("benches/peers/pywa");
+            let python = dir.join(".venv/bin/python");
+            python.exists().then(|| {
+                (
+                    "pywa (no storage)",
+                    vec![
+                        python.display().to_string(),
+                        "-m".into(),
+                        "uvicorn".into(),
+                        "--app-dir".into(),
+                        dir.display().to_string(),
+                        "--host".into(),
+                        "127.0.0.1".into(),
+                        "--log-level".into(),
+                        "warning".into(),
+                        "app:app".into(),
+                        "--port".into(),
+                    ],
+                )
+            })
+        }
+    }
+}
+
+async fn run_peer(
+    provider: Provider,
+    command: &[String],
+    knobs: &Knobs,
+    early: Option<Duration>,
+) -> anyhow::Result<Figures> {
+    let shared = Arc::new(Shared::default());
+    let (stand_in_url, stand_in_task) = stand_in(shared.clone()).await?;
+    let port = free_port();
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", &knobs.cpus]).args(command);
+    if provider == Provider::Whatsapp {
+        cmd.arg(port.to_string());
+    }
+    cmd.env("PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    match provider {
+        Provider::Telegram => cmd
+            .env("BOT_TOKEN", TOKEN)
+            .env("API_ROOT", &stand_in_url)
+            .env("SECRET", TG_SECRET),
+        Provider::Whatsapp => cmd
+            .env("PHONE_ID", PHONE_ID)
+            .env("ACCESS_TOKEN", "EAAbench")
+            .env("VERIFY_TOKEN", "v")
+            .env("APP_SECRET", APP_SECRET)
+            .env("GRAPH_URL", &stand_in_url),
+    };
+    let mut child = cmd.spawn().context("taskset")?;
+    wait_listening(port, &mut child).await?;
+    let child = Killed(child);
+    let pid = child.0.id();
+    let figures = measure(
+        provider,
+        &format!("http://127.0.0.1:{port}/"),
+        pid,
+        shared,
+        knobs,
+        early,
+    )
+    .await;
+    drop(child);
+    stand_in_task.abort();
     figures
 }

@@ -317,23 +317,12 @@ impl Outbox {
         };
         // A contact who blocked the bot (or bounced) gets nothing; the reason is visible on the
         // dead letter.
-        if adapter.tracks_reachability() {
-            match self
-                .store
-                .unreachable_reason(&channel.id, &d.recipient)
-                .await
-            {
-                Ok(Some(reason)) => {
-                    let error = format!("contact unreachable: {reason}");
-                    return (Outcome::Dead { error }, channel.kind.as_str());
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    let delay = self.policy.delay(d.attempts as u32, None);
-                    let error = format!("loading the contact: {e}");
-                    return (self.retry_or_dead(d, delay, error), channel.kind.as_str());
-                }
-            }
+        // (Read with the claim.)
+        if adapter.tracks_reachability()
+            && let Some(reason) = &d.unreachable
+        {
+            let error = format!("contact unreachable: {reason}");
+            return (Outcome::Dead { error }, channel.kind.as_str());
         }
         let mut context = SendContext::default();
         if adapter.threads() {

@@ -149,7 +149,11 @@ impl Router {
     /// Processes the oldest pending turn of a conversation, if any (`true` if there was one).
     /// The same step the drain tasks run; public so tests can drive the router by hand.
     pub async fn process_next(&self, conversation_id: &str) -> anyhow::Result<bool> {
-        self.inner.process_next(conversation_id, false).await
+        Ok(self
+            .inner
+            .process_next(conversation_id, false)
+            .await?
+            .is_some())
     }
 
     /// Waits for an inbound message to be processed, up to `timeout`. Returns whether it was.
@@ -195,8 +199,9 @@ impl Inner {
                 }
                 let give_up = failures >= GIVE_UP_AFTER_FAILURES;
                 match self.process_next(&conversation_id, give_up).await {
-                    Ok(true) => failures = 0,
-                    Ok(false) => break,
+                    Ok(Some(true)) => failures = 0,
+                    // That was the last one: a message stored since kicked us ("run again").
+                    Ok(Some(false)) | Ok(None) => break,
                     Err(e) => {
                         // The turn stays unprocessed; try again after a pause (capped at 30 s).
                         failures += 1;
@@ -223,14 +228,25 @@ impl Inner {
 
     /// `give_up`: the turn has failed repeatedly; if the responder fails again, answer with an
     /// apology instead of trying forever (the conversation's later messages wait behind it).
-    async fn process_next(&self, conversation_id: &str, give_up: bool) -> anyhow::Result<bool> {
+    /// `None`: nothing was pending; `Some(more)`: a turn was processed, and whether another one
+    /// was already waiting behind it.
+    async fn process_next(
+        &self,
+        conversation_id: &str,
+        give_up: bool,
+    ) -> anyhow::Result<Option<bool>> {
         let next = {
             let _permit = self.reads.acquire().await?;
             self.store.next_pending_turn(conversation_id).await?
         };
-        let Some(turn) = next else {
-            return Ok(false);
+        let Some((turn, more)) = next else {
+            return Ok(None);
         };
+        self.process(turn, give_up).await?;
+        Ok(Some(more))
+    }
+
+    async fn process(&self, turn: PendingTurn, give_up: bool) -> anyhow::Result<()> {
         // Automatic mail (auto-replies, bounces, bulk, spam) is stored, never answered: no mail
         // loops.
         let answerable = !matches!(
@@ -282,7 +298,7 @@ impl Inner {
                 self.outbox_wake.notify_one();
             }
             self.waiters.wake(&turn.message_id);
-            return Ok(true);
+            return Ok(());
         }
         // A program's question answered, `/join`, `/progress`, a program keyword: handled (and
         // the turn completed with its replies) by the program engine.
@@ -291,7 +307,7 @@ impl Inner {
                 Ok(true) => {
                     counter!("switchboard_processed_total", "outcome" => "program").increment(1);
                     self.waiters.wake(&turn.message_id);
-                    return Ok(true);
+                    return Ok(());
                 }
                 Ok(false) => {}
                 Err(e) if give_up => {
@@ -467,7 +483,7 @@ impl Inner {
         histogram!("switchboard_turn_latency_seconds")
             .record((now_ms() - turn.created_at).max(0) as f64 / 1000.0);
         self.waiters.wake(&turn.message_id);
-        Ok(true)
+        Ok(())
     }
 }
 

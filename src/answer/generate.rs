@@ -86,23 +86,24 @@ impl KnowledgeResponder {
 
     async fn answer(&self, turn: &Turn, deltas: &dyn Deltas) -> anyhow::Result<Answer> {
         let store = self.knowledge.store();
-        let prompts = Prompts::with_overrides(store.prompt_templates(&turn.tenant_id).await?);
-        let assistant = store
-            .tenant_name(&turn.tenant_id)
-            .await?
-            .unwrap_or_default();
+        let tenant = store.answer_context(&turn.tenant_id).await?;
+        let prompts = Prompts::with_overrides(tenant.templates.clone());
         let mut context = Context {
-            assistant,
+            assistant: tenant.tenant_name.clone().unwrap_or_default(),
             channel: turn.channel.clone(),
             question: turn.text.clone(),
             ..Context::default()
         };
-        let hits = self
-            .knowledge
-            .search(&turn.tenant_id, &turn.text, self.knowledge.config().k)
-            .await?;
+        // No documents: nothing to search.
+        let has_documents = tenant.has_documents;
+        let hits = if has_documents {
+            self.knowledge
+                .search(&turn.tenant_id, &turn.text, self.knowledge.config().k)
+                .await?
+        } else {
+            Vec::new()
+        };
         if hits.is_empty() {
-            let has_documents = self.knowledge.has_documents(&turn.tenant_id).await?;
             context.reason = Some(
                 if has_documents {
                     "no_match"

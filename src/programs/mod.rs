@@ -1450,10 +1450,7 @@ impl Programs {
         if turn.conversation_status == "closed" || !said {
             return Ok(false);
         }
-        let contact_id = conversation_contact(store, &turn.conversation_id).await?;
-        let Some(contact_id) = contact_id else {
-            return Ok(false);
-        };
+        let contact_id = turn.contact_id.clone();
         if let Some(rest) = lower.strip_prefix("/join")
             && (rest.is_empty() || rest.starts_with(char::is_whitespace))
         {
@@ -1468,8 +1465,8 @@ impl Programs {
         if crate::commands::parse(&turn.kind, text).is_some() {
             return Ok(false);
         }
-        // Most messages come from people in no program: one read says so.
-        if store.has_active_enrollment(&contact_id).await? {
+        // Most messages come from people in no program: the turn's read said so.
+        if turn.enrolled {
             let mut w = store.begin_write().await?;
             let mut enrollments = sql::active_enrollments(&mut w, &contact_id).await?;
             // Any message restarts the inactivity clock: the episode's pending nudges are cancelled
@@ -1524,7 +1521,7 @@ impl Programs {
             }
         }
         // A program keyword enrols.
-        if text.len() <= 64 && turn.conversation_status == "bot" {
+        if text.len() <= 64 && turn.conversation_status == "bot" && turn.programs_published {
             for (program_id, version) in store.published_programs(&turn.tenant_id).await? {
                 let program = self.version(&program_id, version).await?;
                 if program
@@ -2253,19 +2250,6 @@ fn new_enrollment(
         completed_at: None,
         checkin_open: None,
     }
-}
-
-async fn conversation_contact(
-    store: &Store,
-    conversation_id: &str,
-) -> Result<Option<String>, sqlx::Error> {
-    use sqlx::Row;
-    sqlx::query("SELECT contact_id FROM conversation WHERE id = $1")
-        .bind(conversation_id)
-        .fetch_optional(store.pool())
-        .await?
-        .map(|r| r.try_get("contact_id"))
-        .transpose()
 }
 
 /// The demo program built into the binary (`programs/sleep-reset.json`).

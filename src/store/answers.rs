@@ -2,6 +2,7 @@
 //! a conversation's recent history.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use sqlx::Row;
 
@@ -15,7 +16,39 @@ pub struct HistoryLine {
     pub text: String,
 }
 
+/// What every answer of a tenant needs besides its question: read once per tenant and kept for
+/// [`super::ANSWER_CONTEXT_TTL`] (changes through this process are seen at once; another
+/// process's within that time).
+#[derive(Debug, Default)]
+pub struct AnswerContext {
+    pub tenant_name: Option<String>,
+    /// The tenant's prompt template overrides, by name.
+    pub templates: HashMap<String, String>,
+    /// Whether the tenant has any document (none: nothing to search).
+    pub has_documents: bool,
+}
+
 impl Store {
+    /// The tenant's [`AnswerContext`].
+    pub async fn answer_context(&self, tenant_id: &str) -> Result<Arc<AnswerContext>, sqlx::Error> {
+        if let Some(context) = self.answer_contexts.get(tenant_id) {
+            return Ok(context);
+        }
+        let context = Arc::new(AnswerContext {
+            tenant_name: self.tenant_name(tenant_id).await?,
+            templates: self.prompt_templates(tenant_id).await?,
+            has_documents: self.document_count(tenant_id).await? > 0,
+        });
+        self.answer_contexts
+            .insert(tenant_id.to_owned(), context.clone());
+        Ok(context)
+    }
+
+    /// Forgets the tenant's cached [`AnswerContext`] (its templates or documents changed).
+    pub(crate) fn forget_answer_context(&self, tenant_id: &str) {
+        self.answer_contexts.remove(tenant_id);
+    }
+
     pub async fn tenant_name(&self, tenant_id: &str) -> Result<Option<String>, sqlx::Error> {
         sqlx::query("SELECT name FROM tenant WHERE id = $1")
             .bind(tenant_id)
@@ -87,6 +120,7 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        self.forget_answer_context(tenant_id);
         Ok(())
     }
 
@@ -101,6 +135,7 @@ impl Store {
             .bind(name)
             .execute(&self.pool)
             .await?;
+        self.forget_answer_context(tenant_id);
         Ok(done.rows_affected() > 0)
     }
 }

@@ -104,25 +104,6 @@ impl Store {
         w.commit().await
     }
 
-    /// Why the contact cannot be written to on this channel, if they cannot.
-    pub async fn unreachable_reason(
-        &self,
-        channel_id: &str,
-        external_id: &str,
-    ) -> Result<Option<String>, sqlx::Error> {
-        Ok(sqlx::query(
-            "SELECT unreachable_reason FROM contact_identity
-             WHERE channel_id = $1 AND external_id = $2 AND unreachable_at IS NOT NULL",
-        )
-        .bind(channel_id)
-        .bind(external_id)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|r| r.try_get::<Option<String>, _>("unreachable_reason"))
-        .transpose()?
-        .flatten())
-    }
-
     /// Opts the conversation's contact out of (or back into) proactive messages, on every channel.
     pub async fn set_opt_out(
         &self,

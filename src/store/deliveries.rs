@@ -35,6 +35,9 @@ pub struct ClaimedDelivery {
     /// The lease this claim holds (`locked_until` as set by the claim). Outcomes are recorded
     /// only while it is still ours, so a worker that outlived its lease cannot undo another's.
     pub lease: i64,
+    /// Why the recipient cannot be reached on this channel (blocked the bot, bounced), read
+    /// with the claim; `None`: reachable as far as we know.
+    pub unreachable: Option<String>,
 }
 
 /// What became of one attempt, to be recorded (in batches) by [`Store::record_outcomes`].
@@ -91,7 +94,11 @@ macro_rules! claim_sql {
             $lock,
             ")
              RETURNING id, tenant_id, channel_id, conversation_id, message_id, seq, attempts,
-                       created_at, recipient, body, content, parts_sent, locked_until"
+                       created_at, recipient, body, content, parts_sent, locked_until,
+                       (SELECT ci.unreachable_reason FROM contact_identity ci
+                        WHERE ci.channel_id = delivery.channel_id
+                          AND ci.external_id = delivery.recipient
+                          AND ci.unreachable_at IS NOT NULL) AS unreachable"
         )
     };
 }
@@ -111,6 +118,7 @@ fn claimed_from_row(r: &AnyRow) -> Result<ClaimedDelivery, sqlx::Error> {
         content: r.try_get("content")?,
         parts_sent: r.try_get("parts_sent")?,
         lease: r.try_get("locked_until")?,
+        unreachable: r.try_get("unreachable")?,
     })
 }
 
@@ -336,65 +344,63 @@ impl Store {
         }
         let now = now_ms();
         let mut w = self.begin_write().await?;
-        let plain: Vec<&ClaimedDelivery> = outcomes
+        // Deliveries the provider accepted (the common case): a few statements for the whole
+        // batch, whatever its size.
+        let delivered: Vec<(&ClaimedDelivery, Option<&str>)> = outcomes
             .iter()
             .filter_map(|(d, o)| match o {
                 Outcome::Delivered {
-                    provider_message_id: None,
-                } => Some(d),
+                    provider_message_id,
+                } => Some((d, provider_message_id.as_deref())),
                 _ => None,
             })
             .collect();
-        for chunk in plain.chunks(500) {
+        for chunk in delivered.chunks(400) {
+            // Each delivery with the provider's id for it ('' for none: stored as NULL).
+            let rows = (0..chunk.len())
+                .map(|i| format!("SELECT ${} AS id, ${} AS pid", 2 + 2 * i, 3 + 2 * i))
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ");
             let sql = format!(
                 "UPDATE delivery SET status = 'delivered', locked_until = NULL, last_error = NULL,
-                        updated_at = $1
-                 WHERE status = 'pending' AND id IN ({})",
-                super::placeholders(2, chunk.len())
+                        provider_message_id = NULLIF(v.pid, ''), updated_at = $1
+                 FROM ({rows}) AS v
+                 WHERE delivery.id = v.id AND delivery.status = 'pending'"
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
-            for d in chunk {
-                q = q.bind(&d.id);
+            for (d, provider_id) in chunk {
+                q = q.bind(&d.id).bind(provider_id.unwrap_or(""));
             }
             q.execute(&mut *w.tx).await?;
+            // The provider's id stays on the delivery: `message.provider_id` is the inbound
+            // dedupe key, and outbound ids need not be unique per channel.
             let sql = format!(
                 "UPDATE message SET status = 'sent' WHERE status = 'queued' AND id IN ({})",
                 super::placeholders(1, chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for d in chunk {
+            for (d, _) in chunk {
                 q = q.bind(&d.message_id);
             }
             q.execute(&mut *w.tx).await?;
         }
-        for (d, outcome) in outcomes {
-            match outcome {
-                Outcome::Delivered {
-                    provider_message_id: None,
-                } => {} // done above
-                Outcome::Delivered {
-                    provider_message_id: Some(provider_id),
-                } => {
-                    sqlx::query(
-                        "UPDATE delivery SET status = 'delivered', locked_until = NULL,
-                                last_error = NULL, provider_message_id = $1, updated_at = $2
-                         WHERE id = $3 AND status = 'pending'",
-                    )
-                    .bind(provider_id)
-                    .bind(now)
-                    .bind(&d.id)
-                    .execute(&mut *w.tx)
-                    .await?;
-                    // The provider's id stays on the delivery: `message.provider_id` is the
-                    // inbound dedupe key, and outbound ids need not be unique per channel.
-                    sqlx::query(
-                        "UPDATE message SET status = 'sent' WHERE id = $1 AND status = 'queued'",
-                    )
-                    .bind(&d.message_id)
-                    .execute(&mut *w.tx)
-                    .await?;
+        // Reports that arrived before our send's answer was recorded: held in `early_status`
+        // (rarely anything), applied now that the ids are known.
+        if delivered.iter().any(|(_, id)| id.is_some())
+            && sqlx::query("SELECT 1 AS one FROM early_status LIMIT 1")
+                .fetch_optional(&mut *w.tx)
+                .await?
+                .is_some()
+        {
+            for (d, provider_id) in &delivered {
+                if let Some(provider_id) = provider_id {
                     apply_early_statuses(&mut w, &d.channel_id, provider_id).await?;
                 }
+            }
+        }
+        for (d, outcome) in outcomes {
+            match outcome {
+                Outcome::Delivered { .. } => {} // done above
                 Outcome::RetryAt {
                     next_attempt_at,
                     error,

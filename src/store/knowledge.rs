@@ -87,6 +87,7 @@ impl Store {
         let mut w = self.begin_write().await?;
         let stored = store_one(&mut w, doc, chunks, now_ms()).await?;
         w.commit().await?;
+        self.forget_answer_context(doc.tenant_id);
         Ok(stored)
     }
 
@@ -102,6 +103,9 @@ impl Store {
             out.push(store_one(&mut w, doc, chunks, now).await?);
         }
         w.commit().await?;
+        for (doc, _) in docs {
+            self.forget_answer_context(doc.tenant_id);
+        }
         Ok(out)
     }
 
@@ -171,6 +175,7 @@ impl Store {
             .execute(&mut *w.tx)
             .await?;
         w.commit().await?;
+        self.forget_answer_context(tenant_id);
         Ok(deleted.rows_affected() > 0)
     }
 

@@ -56,6 +56,11 @@ pub struct PendingTurn {
     pub contact_blocked: bool,
     /// The conversation's answers in a row that were not from the knowledge.
     pub fallbacks: i64,
+    /// The contact has an active programme enrolment (read with the turn: most people have
+    /// none, and then the program engine has nothing to look up).
+    pub enrolled: bool,
+    /// The tenant has published programs (whose keywords may enrol).
+    pub programs_published: bool,
 }
 
 /// A reply to store with the turn that produced it.
@@ -258,47 +263,63 @@ impl Store {
         .collect()
     }
 
-    /// The oldest unanswered inbound message of a conversation.
+    /// The oldest unanswered inbound message of a conversation, and whether another one waits
+    /// behind it (so the router need not ask again to learn there is none).
     pub async fn next_pending_turn(
         &self,
         conversation_id: &str,
-    ) -> Result<Option<PendingTurn>, sqlx::Error> {
-        sqlx::query(
+    ) -> Result<Option<(PendingTurn, bool)>, sqlx::Error> {
+        let rows = sqlx::query(
             "SELECT m.id, m.tenant_id, m.conversation_id, m.channel_id, m.seq, m.text, m.created_at,
                     m.kind, m.provider_id, m.attachments, c.status, ci.external_id,
-                    ch.kind AS channel_kind, c.contact_id, k.blocked_at, c.fallbacks
+                    ch.kind AS channel_kind, c.contact_id, k.blocked_at, c.fallbacks,
+                    CAST(CASE WHEN EXISTS (SELECT 1 FROM enrollment e
+                                           WHERE e.contact_id = c.contact_id
+                                             AND e.status = 'active')
+                              THEN 1 ELSE 0 END AS BIGINT) AS enrolled,
+                    CAST(CASE WHEN EXISTS (SELECT 1 FROM program p
+                                           WHERE p.tenant_id = m.tenant_id
+                                             AND p.deleted_at IS NULL AND p.current_version > 0)
+                              THEN 1 ELSE 0 END AS BIGINT) AS programs_published
              FROM message m
              JOIN conversation c ON c.id = m.conversation_id
              JOIN contact k ON k.id = c.contact_id
              JOIN contact_identity ci ON ci.contact_id = c.contact_id AND ci.channel_id = c.channel_id
              JOIN channel ch ON ch.id = m.channel_id
              WHERE m.conversation_id = $1 AND m.direction = 'inbound' AND m.processed_at IS NULL
-             ORDER BY m.seq LIMIT 1",
+             ORDER BY m.seq LIMIT 2",
         )
         .bind(conversation_id)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|r| {
-            Ok(PendingTurn {
-                tenant_id: r.try_get("tenant_id")?,
-                conversation_id: r.try_get("conversation_id")?,
-                conversation_status: r.try_get("status")?,
-                channel_id: r.try_get("channel_id")?,
-                message_id: r.try_get("id")?,
-                seq: r.try_get("seq")?,
-                text: r.try_get("text")?,
-                created_at: r.try_get("created_at")?,
-                recipient: r.try_get("external_id")?,
-                kind: r.try_get("kind")?,
-                provider_id: r.try_get("provider_id")?,
-                attachments: r.try_get("attachments")?,
-                channel_kind: r.try_get("channel_kind")?,
-                contact_id: r.try_get("contact_id")?,
-                contact_blocked: r.try_get::<Option<i64>, _>("blocked_at")?.is_some(),
-                fallbacks: r.try_get("fallbacks")?,
+        .fetch_all(&self.pool)
+        .await?;
+        let more = rows.len() > 1;
+        rows.first()
+            .map(|r| {
+                Ok((
+                    PendingTurn {
+                        tenant_id: r.try_get("tenant_id")?,
+                        conversation_id: r.try_get("conversation_id")?,
+                        conversation_status: r.try_get("status")?,
+                        channel_id: r.try_get("channel_id")?,
+                        message_id: r.try_get("id")?,
+                        seq: r.try_get("seq")?,
+                        text: r.try_get("text")?,
+                        created_at: r.try_get("created_at")?,
+                        recipient: r.try_get("external_id")?,
+                        kind: r.try_get("kind")?,
+                        provider_id: r.try_get("provider_id")?,
+                        attachments: r.try_get("attachments")?,
+                        channel_kind: r.try_get("channel_kind")?,
+                        contact_id: r.try_get("contact_id")?,
+                        contact_blocked: r.try_get::<Option<i64>, _>("blocked_at")?.is_some(),
+                        fallbacks: r.try_get("fallbacks")?,
+                        enrolled: r.try_get::<i64, _>("enrolled")? != 0,
+                        programs_published: r.try_get::<i64, _>("programs_published")? != 0,
+                    },
+                    more,
+                ))
             })
-        })
-        .transpose()
+            .transpose()
     }
 
     /// Closes turns: marks each inbound message processed and, with a reply, stores the reply

@@ -52,6 +52,10 @@ const CHANNEL_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5)
 /// turn completion), the outbox's claim and record, and room for the rest.
 const POSTGRES_WRITE_CONNECTIONS: u32 = 8;
 
+/// How long a tenant's name, prompt templates and whether it has documents are remembered for
+/// its answers (another process's change is seen within this time).
+pub const ANSWER_CONTEXT_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long a contact's open conversation is remembered by ingest.
 const CONVERSATION_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -85,6 +89,8 @@ pub struct Store {
     /// `<channel id> <external id>` → the contact's open conversation on that channel. A stale
     /// entry (the conversation was closed) is caught by the ingest's guarded update.
     open_conversations: Arc<cache::TtlCache<String>>,
+    /// Tenant id → what its answers need besides the question (see [`answers::AnswerContext`]).
+    answer_contexts: Arc<cache::TtlCache<Arc<answers::AnswerContext>>>,
     /// Seals channel credentials at rest (see [`sealing`]); `None`: stored as given (tools and
     /// tests that write no channels).
     sealer: Option<Arc<sealing::Sealer>>,
@@ -174,6 +180,7 @@ impl Store {
             keys: Arc::new(cache::TtlCache::new(KEY_CACHE_TTL)),
             channels: Arc::new(cache::TtlCache::new(CHANNEL_CACHE_TTL)),
             open_conversations: Arc::new(cache::TtlCache::new(CONVERSATION_CACHE_TTL)),
+            answer_contexts: Arc::new(cache::TtlCache::new(ANSWER_CONTEXT_TTL)),
             sealer: None,
         })
     }
@@ -239,6 +246,10 @@ impl Store {
 fn sqlite_pool(max_connections: u32) -> AnyPoolOptions {
     AnyPoolOptions::new()
         .max_connections(max_connections)
+        // A local file cannot drop a connection the way a server can: sqlx's liveness ping
+        // before every checkout would be one more round trip to the connection's thread per
+        // statement, for nothing.
+        .test_before_acquire(false)
         .after_connect(|conn, _meta| {
             Box::pin(async move {
                 // synchronous=FULL: a commit is on disk before we acknowledge anything.

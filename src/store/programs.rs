@@ -594,17 +594,6 @@ impl Store {
         w.commit().await
     }
 
-    /// Whether a contact is in a program now.
-    pub async fn has_active_enrollment(&self, contact_id: &str) -> Result<bool, sqlx::Error> {
-        Ok(sqlx::query(
-            "SELECT id FROM enrollment WHERE contact_id = $1 AND status = 'active' LIMIT 1",
-        )
-        .bind(contact_id)
-        .fetch_optional(&self.pool)
-        .await?
-        .is_some())
-    }
-
     /// When the next pending fire is due.
     pub async fn next_fire_due(&self) -> Result<Option<i64>, sqlx::Error> {
         sqlx::query("SELECT MIN(due_at) AS due FROM fire WHERE status = 'pending'")
