@@ -118,6 +118,33 @@ pub struct Outbox {
     config: OutboxConfig,
     wake: Arc<Notify>,
     pacer: Arc<Pacer>,
+    handoff_tx: mpsc::UnboundedSender<Vec<ClaimedDelivery>>,
+    /// Taken by [`Outbox::run`].
+    handoff_rx: Arc<std::sync::Mutex<Option<mpsc::UnboundedReceiver<Vec<ClaimedDelivery>>>>>,
+}
+
+/// Hands deliveries claimed elsewhere (the router claims a reply's delivery in the transaction
+/// that stores it) to the running worker, in memory: no poll, no claim transaction of its own.
+/// The claim is in the database, so a hand-off lost to a crash is sent after its lease.
+#[derive(Clone)]
+pub struct Handoff {
+    tx: mpsc::UnboundedSender<Vec<ClaimedDelivery>>,
+    lease_ms: i64,
+}
+
+impl Handoff {
+    /// How long a claim made for the worker lasts.
+    pub fn lease_ms(&self) -> i64 {
+        self.lease_ms
+    }
+
+    pub fn send(&self, claimed: Vec<ClaimedDelivery>) {
+        if !claimed.is_empty() {
+            // The worker is gone (shutting down): the leases run out and the deliveries are
+            // claimed again after the restart.
+            let _ = self.tx.send(claimed);
+        }
+    }
 }
 
 /// Longest pacing wait slept inside an attempt; longer ones defer the delivery instead.
@@ -134,6 +161,7 @@ impl Outbox {
         config: &OutboxConfig,
         wake: Arc<Notify>,
     ) -> Outbox {
+        let (handoff_tx, handoff_rx) = mpsc::unbounded_channel();
         Outbox {
             store,
             channels,
@@ -141,6 +169,16 @@ impl Outbox {
             config: config.clone(),
             wake,
             pacer: Arc::new(Pacer::default()),
+            handoff_tx,
+            handoff_rx: Arc::new(std::sync::Mutex::new(Some(handoff_rx))),
+        }
+    }
+
+    /// Where deliveries claimed for this worker are handed over (see [`Handoff`]).
+    pub fn handoff(&self) -> Handoff {
+        Handoff {
+            tx: self.handoff_tx.clone(),
+            lease_ms: self.config.lease_ms as i64,
         }
     }
 
@@ -174,13 +212,71 @@ impl Outbox {
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Attempted>();
         let recorder = tokio::spawn(self.clone().record_loop(done_rx));
         let poll = Duration::from_millis(self.config.poll_ms.max(1));
+        let handoff = self
+            .handoff_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        // Deliveries claimed by the router, sent as they come, each with a permit.
+        let handed = handoff.map(|mut handoff| {
+            let (this, permits, in_flight, done) = (
+                self.clone(),
+                permits.clone(),
+                in_flight.clone(),
+                done_tx.clone(),
+            );
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                while let Some(batch) = tokio::select! {
+                    batch = handoff.recv() => batch,
+                    _ = shutdown.cancelled() => None,
+                } {
+                    for d in batch {
+                        let Ok(permit) = permits.clone().acquire_owned().await else {
+                            return;
+                        };
+                        this.dispatch(&in_flight, &done, d, permit);
+                    }
+                }
+                // Claimed but not started: give them back (without spending an attempt) so they
+                // go at once after a restart, not when their lease runs out.
+                handoff.close();
+                let mut left = Vec::new();
+                while let Ok(batch) = handoff.try_recv() {
+                    left.extend(batch.into_iter().map(|d| {
+                        let outcome = Outcome::Defer {
+                            next_attempt_at: now_ms(),
+                        };
+                        (d, outcome)
+                    }));
+                }
+                if !left.is_empty()
+                    && let Err(e) = this.store.record_outcomes(&left).await
+                {
+                    warn!(error = %e, "releasing handed-over deliveries failed; their leases will run out");
+                }
+            })
+        });
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
             let free = permits.available_permits();
             let mut claimed = 0;
-            if free > 0 {
+            // Only when something is due: a woken worker whose rows the router already claimed
+            // (or nothing at all) asks one read, not a write transaction.
+            let due = if free > 0 {
+                match self.store.next_delivery_due().await {
+                    Ok(due) => due,
+                    Err(e) => {
+                        warn!(error = %e, "looking for due deliveries failed");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            if free > 0 && due.is_some_and(|due| due <= now_ms()) {
                 match self
                     .store
                     .claim_due_deliveries(free as i64, self.config.lease_ms as i64)
@@ -192,36 +288,23 @@ impl Outbox {
                             let Ok(permit) = permits.clone().try_acquire_owned() else {
                                 break; // cannot happen: we claimed at most `free`
                             };
-                            let this = self.clone();
-                            let done = done_tx.clone();
-                            let span = info_span!("delivery", delivery = %d.id, conversation = %d.conversation_id);
-                            in_flight.spawn(
-                                async move {
-                                    let (outcome, channel) = this.attempt(&d).await;
-                                    let _ = done.send((d, outcome, channel, permit));
-                                }
-                                .instrument(span),
-                            );
+                            self.dispatch(&in_flight, &done_tx, d, permit);
                         }
                     }
                     Err(e) => warn!(error = %e, "claiming deliveries failed"),
                 }
-            }
-            if free > 0 && claimed == free {
-                continue; // there may be more due right now
+                if claimed == free {
+                    continue; // there may be more due right now
+                }
             }
             // Nothing (more) due: sleep until the next due time, a wake-up, or the poll interval.
             // (At least a few milliseconds: a due row that could not be claimed — locked by
             // another process — must not turn this loop into a spin.)
-            let sleep_for = if claimed == 0 && free > 0 {
-                match self.store.next_delivery_due().await {
-                    Ok(Some(due)) => Duration::from_millis(
-                        (due - now_ms()).clamp(MIN_IDLE_MS, poll.as_millis() as i64) as u64,
-                    ),
-                    _ => poll,
-                }
-            } else {
-                poll
+            let sleep_for = match due {
+                Some(due) if claimed == 0 && free > 0 => Duration::from_millis(
+                    (due - now_ms()).clamp(MIN_IDLE_MS, poll.as_millis() as i64) as u64,
+                ),
+                _ => poll,
             };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -229,15 +312,40 @@ impl Outbox {
                 _ = tokio::time::sleep(sleep_for) => {}
             }
         }
+        if let Some(handed) = handed {
+            let _ = handed.await;
+        }
         in_flight.close();
         in_flight.wait().await;
         drop(done_tx);
         let _ = recorder.await;
     }
 
+    /// Starts one claimed delivery's attempt; its outcome goes to the recorder.
+    fn dispatch(
+        &self,
+        in_flight: &TaskTracker,
+        done: &mpsc::UnboundedSender<Attempted>,
+        d: ClaimedDelivery,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let this = self.clone();
+        let done = done.clone();
+        let span = info_span!("delivery", delivery = %d.id, conversation = %d.conversation_id);
+        in_flight.spawn(
+            async move {
+                let (outcome, channel) = this.attempt(&d).await;
+                let _ = done.send((d, outcome, channel, permit));
+            }
+            .instrument(span),
+        );
+    }
+
     /// Records finished attempts, as many as are ready at once in one transaction.
     async fn record_loop(self, mut done: mpsc::UnboundedReceiver<Attempted>) {
         while let Some(first) = done.recv().await {
+            // As in `Batcher`: the sends finishing right now join this batch.
+            tokio::task::yield_now().await;
             let mut batch = vec![first];
             while batch.len() < 512 {
                 match done.try_recv() {

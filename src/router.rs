@@ -32,7 +32,7 @@ use crate::moderation::{Inbound, Moderation, Outbound};
 use crate::outbox::Channels;
 use crate::registry::Acknowledgement;
 use crate::store::batch::Batcher;
-use crate::store::messages::{PendingTurn, ReplyDraft};
+use crate::store::messages::{Completed, PendingTurn, ReplyDraft};
 use crate::store::{Store, now_ms};
 use switchboard_channel::ChannelKind;
 
@@ -56,7 +56,7 @@ struct Inner {
     enabled: bool,
     store: Store,
     /// Group commit of completed turns across conversations.
-    completions: Batcher<(PendingTurn, Option<ReplyDraft>), Option<String>>,
+    completions: Batcher<(PendingTurn, Option<ReplyDraft>), Completed>,
     responder: Arc<dyn Responder>,
     /// For the signals around a turn: typing indicators, read receipts, button acknowledgements.
     channels: Option<Channels>,
@@ -90,6 +90,7 @@ impl Router {
         channels: Option<Channels>,
         programs: Option<crate::programs::Programs>,
         moderation: Option<Arc<Moderation>>,
+        handoff: Option<crate::outbox::Handoff>,
     ) -> Router {
         Router {
             inner: Arc::new(Inner {
@@ -98,7 +99,22 @@ impl Router {
                     let store = store.clone();
                     Batcher::spawn(store.write_parallelism(), MAX_BATCH, move |turns| {
                         let store = store.clone();
-                        async move { store.complete_turns(turns).await }
+                        let handoff = handoff.clone();
+                        async move {
+                            let lease = handoff.as_ref().map(|h| h.lease_ms());
+                            let completed = store.complete_turns(turns, lease).await;
+                            // Replies claimed with their turn go to the delivery worker now,
+                            // not at its next poll.
+                            if let Some(handoff) = &handoff {
+                                handoff.send(
+                                    completed
+                                        .iter()
+                                        .filter_map(|c| c.as_ref().ok()?.claimed.clone())
+                                        .collect(),
+                                );
+                            }
+                            completed
+                        }
                     })
                 },
                 store,
@@ -289,14 +305,8 @@ impl Inner {
         }
         if let Some(reply) = moderated {
             counter!("switchboard_processed_total", "outcome" => "moderated").increment(1);
-            if self
-                .completions
-                .submit((turn.clone(), reply))
-                .await?
-                .is_some()
-            {
-                self.outbox_wake.notify_one();
-            }
+            let completed = self.completions.submit((turn.clone(), reply)).await?;
+            self.wake_outbox_for(&completed);
             self.waiters.wake(&turn.message_id);
             return Ok(());
         }
@@ -468,13 +478,13 @@ impl Inner {
         } else {
             None
         };
-        let reply_id = self.completions.submit((turn.clone(), reply)).await?;
+        let completed = self.completions.submit((turn.clone(), reply)).await?;
         if let Some(preview) = preview.as_mut() {
             // No reply stored (the conversation was closed meanwhile): the preview is withdrawn.
-            preview.stored = reply_id.is_some();
+            preview.stored = completed.reply_id.is_some();
         }
-        let outcome = if reply_id.is_some() {
-            self.outbox_wake.notify_one();
+        let outcome = if completed.reply_id.is_some() {
+            self.wake_outbox_for(&completed);
             "replied"
         } else {
             "no_reply"
@@ -519,6 +529,14 @@ impl Drop for WidgetPreview {
 }
 
 impl Inner {
+    /// A reply the delivery worker was not handed (something of its conversation goes first)
+    /// waits for the worker's claim: wake it.
+    fn wake_outbox_for(&self, completed: &Completed) {
+        if completed.reply_id.is_some() && completed.claimed.is_none() {
+            self.outbox_wake.notify_one();
+        }
+    }
+
     /// Whether the turn is a provider keyword (`opt_out`, `opt_in`, `help` messages) on a channel
     /// whose provider answers those itself.
     async fn provider_answers(&self, turn: &PendingTurn) -> bool {

@@ -449,6 +449,7 @@ impl Application {
             Some(channels.clone()),
             Some(programs.clone()),
             Some(moderation.clone()),
+            config.workers.then(|| outbox.handoff()),
         );
         let state = AppState {
             channels,

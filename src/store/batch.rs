@@ -46,6 +46,10 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                     let items = {
                         let mut rx = rx.lock().await;
                         let Some(first) = rx.recv().await else { return };
+                        // Let the tasks that are ready to run (requests being parsed, turns being
+                        // answered) queue their items first: on a busy core that makes the batch —
+                        // and so what each commit and fsync serves — larger, at no cost when idle.
+                        tokio::task::yield_now().await;
                         let mut items = vec![first];
                         while items.len() < max_batch {
                             match rx.try_recv() {

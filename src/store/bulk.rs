@@ -84,7 +84,7 @@ pub(super) async fn lock_conversations(
 }
 
 impl Store {
-    /// Stores a batch of new messages in open conversations with three or four statements.
+    /// Stores a batch of new messages in open conversations with two or three statements.
     /// `None` (after rolling back) when the batch needs the general path.
     pub(super) async fn try_ingest_bulk(
         &self,
@@ -99,26 +99,49 @@ impl Store {
             *counts.entry(c.clone()).or_default() += 1;
         }
         lock_conversations(&mut w, self.backend, &counts).await?;
-        // One numbering statement per distinct count (almost always just "1").
-        let mut by_count: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-        for (id, k) in &counts {
-            by_count.entry(*k).or_default().push(id.clone());
+        // When each conversation's contact last wrote: the provider's send time (never later
+        // than now) — a redelivery days later must not reopen WhatsApp's 24-hour window — and
+        // never earlier than before.
+        let mut wrote: HashMap<&str, i64> = HashMap::new();
+        for (item, c) in items.iter().zip(conversations) {
+            let at = item
+                .message
+                .sent_at
+                .map_or(now, |s| s.saturating_mul(1000).min(now));
+            let e = wrote.entry(c.as_str()).or_insert(at);
+            *e = (*e).max(at);
         }
+        // One numbering statement for every conversation of the batch.
         let mut next_seq: HashMap<String, i64> = HashMap::new();
-        for (k, ids) in by_count {
-            let mut s = Statement::new("UPDATE conversation SET last_seq = last_seq + ");
-            s.bind(k as i64)
-                .push(", last_inbound_at = ")
-                .bind(now)
-                .push(", updated_at = ")
-                .bind(now)
-                .push(" WHERE status <> 'closed' AND id IN ")
-                .bind_list(ids)
-                .push(" RETURNING id, last_seq");
-            for row in s.query().fetch_all(&mut *w.tx).await? {
-                let last: i64 = row.try_get("last_seq")?;
-                next_seq.insert(row.try_get("id")?, last - k as i64 + 1);
-            }
+        let mut s =
+            Statement::new("UPDATE conversation SET last_seq = last_seq + v.k, updated_at = ");
+        s.bind(now).push(
+            ", last_inbound_at = CASE WHEN last_inbound_at IS NULL OR last_inbound_at < v.wrote
+                                      THEN v.wrote ELSE last_inbound_at END
+             FROM (",
+        );
+        for (i, (id, k)) in counts.iter().enumerate() {
+            s.push(if i == 0 {
+                "SELECT "
+            } else {
+                " UNION ALL SELECT "
+            })
+            .bind(id.clone())
+            .push(" AS id, ")
+            .bind(*k as i64)
+            .push(" AS k, ")
+            .bind(wrote.get(id.as_str()).copied().unwrap_or(now))
+            .push(" AS wrote");
+        }
+        s.push(
+            ") AS v WHERE conversation.id = v.id AND conversation.status <> 'closed'
+             RETURNING conversation.id AS id, conversation.last_seq AS last_seq",
+        );
+        for row in s.query().fetch_all(&mut *w.tx).await? {
+            let id: String = row.try_get("id")?;
+            let k = counts.get(&id).copied().unwrap_or(1) as i64;
+            let last: i64 = row.try_get("last_seq")?;
+            next_seq.insert(id, last - k + 1);
         }
         if next_seq.len() != counts.len() {
             w.tx.rollback().await?; // a conversation was closed: general path
@@ -189,7 +212,8 @@ impl Store {
         &self,
         turns: &[(PendingTurn, Option<ReplyDraft>)],
         now: i64,
-    ) -> Result<Option<Vec<Option<String>>>, sqlx::Error> {
+        lease_ms: Option<i64>,
+    ) -> Result<Option<Vec<super::messages::Completed>>, sqlx::Error> {
         let conversations: BTreeMap<String, usize> = turns
             .iter()
             .enumerate()
@@ -235,6 +259,7 @@ impl Store {
             return Ok(None);
         }
         let mut out = vec![None; turns.len()];
+        let mut delivery_ids = Vec::new();
         let mut messages = Statement::new(
             "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction, author,
                                   text, citations, grounding, reply_to, status, created_at) VALUES ",
@@ -278,9 +303,11 @@ impl Store {
                 .push(", 'queued', ")
                 .bind(now)
                 .push(")");
+            let delivery_id = new_id();
+            delivery_ids.push(delivery_id.clone());
             deliveries
                 .push("(")
-                .bind(new_id())
+                .bind(delivery_id)
                 .push(", ")
                 .bind(turn.tenant_id.clone())
                 .push(", ")
@@ -308,7 +335,13 @@ impl Store {
             messages.query().execute(&mut *w.tx).await?;
             deliveries.query().execute(&mut *w.tx).await?;
         }
+        let claimed = match lease_ms {
+            Some(lease_ms) => {
+                super::deliveries::preclaim(&mut w, &delivery_ids, lease_ms, now).await?
+            }
+            None => Vec::new(),
+        };
         w.commit().await?;
-        Ok(Some(out))
+        Ok(Some(super::messages::completed(out, claimed)))
     }
 }

@@ -78,6 +78,52 @@ pub struct DeliveryView {
 /// due: replies of one conversation leave in order, even when an earlier one is waiting out a
 /// back-off. `$lock` is empty on SQLite (one writer) and `FOR UPDATE SKIP LOCKED` on Postgres, so
 /// concurrent workers (or processes) never claim the same row and never wait on each other.
+/// The columns a claim returns (see [`claimed_from_row`]).
+macro_rules! claim_returning {
+    () => {
+        " RETURNING id, tenant_id, channel_id, conversation_id, message_id, seq, attempts,
+                    created_at, recipient, body, content, parts_sent, locked_until,
+                    (SELECT ci.unreachable_reason FROM contact_identity ci
+                     WHERE ci.channel_id = delivery.channel_id
+                       AND ci.external_id = delivery.recipient
+                       AND ci.unreachable_at IS NOT NULL) AS unreachable"
+    };
+}
+
+/// Claims the new deliveries `ids` for `lease_ms` inside the transaction that wrote them, each
+/// only if nothing of its conversation still waits to go before it (else the worker's claim
+/// takes it in its turn).
+pub(super) async fn preclaim(
+    w: &mut WriteTx,
+    ids: &[String],
+    lease_ms: i64,
+    now: i64,
+) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
+    let mut claimed = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        let sql = format!(
+            concat!(
+                "UPDATE delivery SET locked_until = $1, attempts = attempts + 1, updated_at = $2
+                 WHERE id IN ({}) AND NOT EXISTS (SELECT 1 FROM delivery e
+                                    WHERE e.conversation_id = delivery.conversation_id
+                                      AND e.status = 'pending' AND e.seq < delivery.seq)",
+                claim_returning!()
+            ),
+            super::placeholders(3, chunk.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now + lease_ms)
+            .bind(now);
+        for id in chunk {
+            q = q.bind(id);
+        }
+        for row in q.fetch_all(&mut *w.tx).await? {
+            claimed.push(claimed_from_row(&row)?);
+        }
+    }
+    Ok(claimed)
+}
+
 macro_rules! claim_sql {
     ($lock:literal) => {
         concat!(
@@ -92,13 +138,8 @@ macro_rules! claim_sql {
                  ORDER BY d.next_attempt_at, d.seq
                  LIMIT $3 ",
             $lock,
-            ")
-             RETURNING id, tenant_id, channel_id, conversation_id, message_id, seq, attempts,
-                       created_at, recipient, body, content, parts_sent, locked_until,
-                       (SELECT ci.unreachable_reason FROM contact_identity ci
-                        WHERE ci.channel_id = delivery.channel_id
-                          AND ci.external_id = delivery.recipient
-                          AND ci.unreachable_at IS NOT NULL) AS unreachable"
+            ")",
+            claim_returning!()
         )
     };
 }

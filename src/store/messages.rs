@@ -63,6 +63,32 @@ pub struct PendingTurn {
     pub programs_published: bool,
 }
 
+/// A completed turn: its reply, and the reply's delivery if it was claimed with it.
+#[derive(Debug, Clone, Default)]
+pub struct Completed {
+    pub reply_id: Option<String>,
+    pub claimed: Option<super::deliveries::ClaimedDelivery>,
+}
+
+/// Pairs each turn's reply id with its claimed delivery (by message id).
+pub(super) fn completed(
+    replies: Vec<Option<String>>,
+    claimed: Vec<super::deliveries::ClaimedDelivery>,
+) -> Vec<Completed> {
+    let mut claimed: std::collections::HashMap<String, super::deliveries::ClaimedDelivery> =
+        claimed
+            .into_iter()
+            .map(|d| (d.message_id.clone(), d))
+            .collect();
+    replies
+        .into_iter()
+        .map(|reply_id| Completed {
+            claimed: reply_id.as_ref().and_then(|id| claimed.remove(id)),
+            reply_id,
+        })
+        .collect()
+}
+
 /// A reply to store with the turn that produced it.
 #[derive(Debug, Clone)]
 pub struct ReplyDraft {
@@ -188,9 +214,8 @@ impl Store {
     pub async fn ingest_batch(&self, items: Vec<IngestItem>) -> Vec<Result<Ingested, sqlx::Error>> {
         super::batch::all_or_each(items, |items: Vec<IngestItem>| async move {
             let now = now_ms();
-            if items.len() > 1 && items.iter().all(|i| i.message.sent_at.is_none()) {
-                // Every conversation known already: try the multi-row fast path. (Messages with
-                // a provider send time take the per-item path, which keeps that time.)
+            if items.len() > 1 {
+                // Every conversation known already: try the multi-row fast path.
                 let known: Option<Vec<String>> = items
                     .iter()
                     .map(|item| self.open_conversations.get(&conversation_key(item)))
@@ -326,16 +351,22 @@ impl Store {
     /// and its outbox row — one transaction for the batch (group commit), so a reply exists iff
     /// it will be delivered. Per turn: the reply's id, or `None` when the turn had already been
     /// completed (by an earlier run that crashed after committing) or had no reply.
+    ///
+    /// With `lease_ms`, each reply's delivery is also claimed for that long in the same
+    /// transaction when nothing of its conversation is still waiting to go before it (the
+    /// delivery worker's claim, without its own transaction): the caller hands those to the
+    /// worker in memory.
     pub async fn complete_turns(
         &self,
         turns: Vec<(PendingTurn, Option<ReplyDraft>)>,
-    ) -> Vec<Result<Option<String>, sqlx::Error>> {
+        lease_ms: Option<i64>,
+    ) -> Vec<Result<Completed, sqlx::Error>> {
         super::batch::all_or_each(
             turns,
             |turns: Vec<(PendingTurn, Option<ReplyDraft>)>| async move {
                 let now = now_ms();
                 if turns.len() > 1
-                    && let Some(out) = self.try_complete_bulk(&turns, now).await?
+                    && let Some(out) = self.try_complete_bulk(&turns, now, lease_ms).await?
                 {
                     return Ok(out);
                 }
@@ -344,13 +375,25 @@ impl Store {
                     .iter()
                     .map(|(t, _)| t.conversation_id.clone())
                     .collect();
-                let mut out: Vec<Option<Option<String>>> = vec![None; turns.len()];
+                let mut out: Vec<Option<String>> = vec![None; turns.len()];
+                let mut delivery_ids = Vec::new();
                 for i in lock_order(&conversations) {
                     let (turn, reply) = &turns[i];
-                    out[i] = Some(complete_one(&mut w, turn, reply.as_ref(), now).await?);
+                    if let Some((reply_id, delivery_id)) =
+                        complete_one(&mut w, turn, reply.as_ref(), now).await?
+                    {
+                        out[i] = Some(reply_id);
+                        delivery_ids.push(delivery_id);
+                    }
                 }
+                let claimed = match lease_ms {
+                    Some(lease_ms) => {
+                        super::deliveries::preclaim(&mut w, &delivery_ids, lease_ms, now).await?
+                    }
+                    None => Vec::new(),
+                };
                 w.commit().await?;
-                Ok(out.into_iter().flatten().collect())
+                Ok(completed(out, claimed))
             },
         )
         .await
@@ -640,7 +683,7 @@ async fn complete_one(
     turn: &PendingTurn,
     reply: Option<&ReplyDraft>,
     now: i64,
-) -> Result<Option<String>, sqlx::Error> {
+) -> Result<Option<(String, String)>, sqlx::Error> {
     // Lock order: conversation row first, as ingest does. (On Postgres, ingest's unique check on
     // `message` waits for our update of the inbound row; taking the conversation lock after that
     // update would deadlock with an ingest holding it.) The same statement hands out the reply's
@@ -706,12 +749,13 @@ async fn complete_one(
     .bind(now)
     .execute(&mut *w.tx)
     .await?;
+    let delivery_id = new_id();
     sqlx::query(
         "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id, message_id, seq,
                                recipient, body, next_attempt_at, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9)",
     )
-    .bind(new_id())
+    .bind(&delivery_id)
     .bind(&turn.tenant_id)
     .bind(&turn.channel_id)
     .bind(&turn.conversation_id)
@@ -722,7 +766,7 @@ async fn complete_one(
     .bind(now)
     .execute(&mut *w.tx)
     .await?;
-    Ok(Some(reply_id))
+    Ok(Some((reply_id, delivery_id)))
 }
 
 /// Introduces a contact seen for the first time on this channel.
