@@ -6,6 +6,8 @@
 //!   (`benches/peers/grammy`, webhook mode, `apiRoot` pointed at the stand-in).
 //! - WhatsApp: signed webhook → stored → answered → Graph `messages`, against pywa
 //!   (`benches/peers/pywa`, FastAPI + uvicorn, one worker).
+//! - Widget: `BENCH_WIDGET_SOCKETS` visitors (default 1,000) on `/v1/widget/ws`, each sending its
+//!   next message when the bot answered the previous one (no peer speaks our protocol).
 //!
 //! Both sides answer every text with `echo: <text>`. Switchboard runs its real path: a tenant made
 //! with `switchboard tenant create`, its `no_answer` template set to `echo: {{ question }}` (no
@@ -59,6 +61,8 @@ const PHONE_ID: &str = "1122334455667";
 enum Provider {
     Telegram,
     Whatsapp,
+    /// The web widget: `BENCH_WIDGET_SOCKETS` visitors (default 1,000) on WebSockets.
+    Widget,
 }
 
 impl Provider {
@@ -66,6 +70,7 @@ impl Provider {
         match self {
             Provider::Telegram => "telegram",
             Provider::Whatsapp => "whatsapp",
+            Provider::Widget => "widget",
         }
     }
 }
@@ -88,6 +93,7 @@ struct Knobs {
     postgres: Option<String>,
     root: PathBuf,
     baseline: Option<PathBuf>,
+    sockets: usize,
 }
 
 /// What one run measured.
@@ -103,6 +109,9 @@ struct Figures {
     switches_per_reply: f64,
     rss_mb: f64,
     rss_early_mb: f64,
+    /// Anonymous memory (heap), without the database file's mapped pages.
+    anon_mb: f64,
+    anon_early_mb: f64,
 }
 
 /// What the load and the stand-in record during a run.
@@ -136,10 +145,12 @@ fn main() -> anyhow::Result<()> {
             .filter(|v| !v.is_empty()),
         root: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
         baseline: std::env::var_os("BENCH_BASELINE").map(PathBuf::from),
+        sockets: env_or("BENCH_WIDGET_SOCKETS", 1000),
     };
     let rounds = env_or("BENCH_ROUNDS", 2);
     let soak = env_or("BENCH_SOAK", 60) as u64;
-    let providers = std::env::var("BENCH_PROVIDERS").unwrap_or_else(|_| "telegram,whatsapp".into());
+    let providers =
+        std::env::var("BENCH_PROVIDERS").unwrap_or_else(|_| "telegram,whatsapp,widget".into());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -154,12 +165,12 @@ fn main() -> anyhow::Result<()> {
             knobs.window.as_secs()
         );
         header();
-        for provider in [Provider::Telegram, Provider::Whatsapp] {
+        for provider in [Provider::Telegram, Provider::Whatsapp, Provider::Widget] {
             if !providers.contains(provider.name()) {
                 continue;
             }
             let peer = peer_command(provider, &knobs.root);
-            if peer.is_none() {
+            if peer.is_none() && provider != Provider::Widget {
                 println!("{}: peer not installed (see docs/BENCHMARKS.md); ours alone", provider.name());
             }
             let mut all: Vec<(Who, Figures)> = Vec::new();
@@ -206,11 +217,15 @@ fn main() -> anyhow::Result<()> {
             let soak = Duration::from_secs(soak);
             match run_switchboard(Provider::Telegram, Who::Sqlite, &Knobs { window: soak, ..knobs_clone(&knobs) }, 0, Some(Duration::from_secs(10))).await {
                 Ok(f) => println!(
-                    "soak: switchboard (sqlite), telegram, {} s under load: RSS {:.1} MB after 10 s, {:.1} MB at the end ({:.2}x); {:.0} replies/s",
+                    "soak: switchboard (sqlite), telegram, {} s under load: RSS {:.1} MB after 10 s, {:.1} MB at the end ({:.2}x); \
+                     of which anonymous {:.1} MB → {:.1} MB ({:.2}x), the rest the database file's mapped pages; {:.0} replies/s",
                     soak.as_secs(),
                     f.rss_early_mb,
                     f.rss_mb,
                     f.rss_mb / f.rss_early_mb.max(0.1),
+                    f.anon_early_mb,
+                    f.anon_mb,
+                    f.anon_mb / f.anon_early_mb.max(0.1),
                     f.replies
                 ),
                 Err(e) => println!("soak failed: {e:#}"),
@@ -230,6 +245,7 @@ fn knobs_clone(k: &Knobs) -> Knobs {
         postgres: k.postgres.clone(),
         root: k.root.clone(),
         baseline: k.baseline.clone(),
+        sockets: k.sockets,
     }
 }
 
@@ -391,9 +407,14 @@ async fn answer(
         if body.windows(15).any(|w| w == b"\"status\":\"read\"") {
             json!({ "success": true })
         } else {
+            // As the Graph API answers: the recipient echoed back (pywa reads `wa_id`).
+            let to = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v["to"].as_str().map(str::to_owned))
+                .unwrap_or_default();
             json!({
                 "messaging_product": "whatsapp",
-                "contacts": [{ "input": "", "wa_id": "" }],
+                "contacts": [{ "input": to, "wa_id": to }],
                 "messages": [{ "id": format!("wamid.bench{id}") }] })
         }
     } else {
@@ -410,6 +431,8 @@ async fn answer(
 /// The provider's webhook request for message `n` from `chat`: (body, headers).
 fn update(provider: Provider, n: u64, chat: usize) -> (Vec<u8>, Vec<(&'static str, String)>) {
     match provider {
+        // Visitors speak the widget protocol (`chat`), not webhooks.
+        Provider::Widget => (Vec::new(), Vec::new()),
         Provider::Telegram => {
             let chat = 1_000_000 + chat as i64;
             let body = json!({ "update_id": n, "message": { "message_id": n, "date": 1_700_000_000,
@@ -481,6 +504,62 @@ async fn connection(
     Ok(())
 }
 
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One widget visitor: connect, `hello`, `welcome`.
+async fn visitor(url: &str, origin: &str) -> anyhow::Result<Ws> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request()?;
+    request.headers_mut().insert("Origin", origin.parse()?);
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
+    ws.send(Message::text(r#"{"type":"hello","v":1}"#)).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.contains("\"welcome\"") => return Ok(ws),
+            Some(Ok(_)) => continue,
+            other => anyhow::bail!("no welcome: {other:?}"),
+        }
+    }
+}
+
+/// A visitor's messages, each sent when the bot answered the previous one; the `sent` frame is
+/// the acknowledgement, the bot's `message` frame with `echo: m<n>` the reply.
+async fn chat(mut ws: Ws, shared: Arc<Shared>) -> anyhow::Result<()> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let n = shared.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let frame =
+            json!({ "type": "send", "client_id": format!("c{n}"), "text": format!("m{n}") });
+        lock(&shared.sent).insert(n, Instant::now());
+        ws.send(Message::text(frame.to_string())).await?;
+        loop {
+            let frame = match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => t,
+                Ok(Some(Ok(_))) => continue,
+                Ok(other) => anyhow::bail!("socket ended: {other:?}"),
+                Err(_) if shared.stop.load(Ordering::Relaxed) => return Ok(()),
+                Err(_) => anyhow::bail!("no answer to m{n} within 10 s"),
+            };
+            let at = Instant::now();
+            if frame.contains("\"type\":\"sent\"") {
+                lock(&shared.acks).push(at);
+            } else if frame.contains("\"type\":\"message\"")
+                && echo_key(frame.as_bytes()) == Some(n)
+            {
+                lock(&shared.replies).entry(n).or_insert(at);
+                break;
+            } else if frame.contains("\"type\":\"error\"") {
+                anyhow::bail!("refused: {frame}");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// CPU time (ms) and context switches (all threads) of `pid` so far.
 fn usage(pid: u32) -> (f64, u64) {
     let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -512,16 +591,21 @@ fn usage(pid: u32) -> (f64, u64) {
     (ticks as f64 * 1000.0 / hz, switches)
 }
 
-fn rss_mb(pid: u32) -> f64 {
+/// A memory figure of `/proc/<pid>/status` (`VmRSS`, `RssAnon`, `RssFile`), in MB.
+fn status_mb(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         })
         .unwrap_or(0.0)
         / 1024.0
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    status_mb(pid, "VmRSS")
 }
 
 async fn wait_listening(port: u16, child: &mut Child) -> anyhow::Result<()> {
@@ -539,7 +623,7 @@ async fn wait_listening(port: u16, child: &mut Child) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Drives the load at `url` for warm-up + window, then lets replies drain; `pid` is measured.
+/// Drives the HTTP load at `url` for warm-up + window, then lets replies drain; `pid` is measured.
 async fn measure(
     provider: Provider,
     url: &str,
@@ -563,13 +647,25 @@ async fn measure(
             c * per..(c + 1) * per,
         )));
     }
+    window(pid, shared, knobs, early, tasks).await
+}
+
+/// Warm-up, then the measured window, then the drain, over load `tasks` already started.
+async fn window(
+    pid: u32,
+    shared: Arc<Shared>,
+    knobs: &Knobs,
+    early: Option<Duration>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+) -> anyhow::Result<Figures> {
     tokio::time::sleep(knobs.warmup).await;
     let start = Instant::now();
     let (cpu0, sw0) = usage(pid);
-    let mut rss_early = 0.0;
+    let (mut rss_early, mut anon_early) = (0.0, 0.0);
     if let Some(early) = early {
         tokio::time::sleep(early).await;
         rss_early = rss_mb(pid);
+        anon_early = status_mb(pid, "RssAnon");
         tokio::time::sleep(knobs.window.saturating_sub(early)).await;
     } else {
         tokio::time::sleep(knobs.window).await;
@@ -577,12 +673,17 @@ async fn measure(
     let end = Instant::now();
     let (cpu1, sw1) = usage(pid);
     let rss = rss_mb(pid);
+    let anon = status_mb(pid, "RssAnon");
     shared.stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        match t.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => lock(&shared.errors).push(format!("{e:#}")),
-            Err(e) => lock(&shared.errors).push(e.to_string()),
+    for mut t in tasks {
+        match tokio::time::timeout(Duration::from_secs(10), &mut t).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => lock(&shared.errors).push(format!("{e:#}")),
+            Ok(Err(e)) => lock(&shared.errors).push(e.to_string()),
+            Err(_) => {
+                t.abort();
+                lock(&shared.errors).push("a load task did not stop within 10 s".into());
+            }
         }
     }
     if let Some(e) = lock(&shared.errors).first() {
@@ -637,6 +738,8 @@ async fn measure(
         switches_per_reply: (sw1 - sw0) as f64 / replied,
         rss_mb: rss,
         rss_early_mb: rss_early,
+        anon_mb: anon,
+        anon_early_mb: anon_early,
     })
 }
 
@@ -667,6 +770,10 @@ fn switchboard_env(cmd: &mut Command, data: &Path, database: Option<&str>, liste
         .env("SWITCHBOARD_OUTBOX_PACING", "false")
         .env("SWITCHBOARD_EMBED_MODEL", "none")
         .env("SWITCHBOARD_LLM_PROVIDER", "none")
+        .env("SWITCHBOARD_WIDGET_MAX_SOCKETS_PER_IP", "10000000")
+        .env("SWITCHBOARD_WIDGET_CONNECT_BURST_PER_IP", "10000000")
+        // Every visitor comes from 127.0.0.1: the per-address budget must not be what is measured.
+        .env("SWITCHBOARD_WIDGET_SEND_BURST", "10000000")
         .env("RUST_LOG", "warn")
         .env_remove("SWITCHBOARD_CONFIG");
     match database {
@@ -738,12 +845,30 @@ async fn run_switchboard(
         .send()
         .await?;
     anyhow::ensure!(res.status().is_success(), "prompt: {}", res.status());
+    if provider == Provider::Widget {
+        let widget_key = created["widget_key"].as_str().context("no widget_key")?;
+        let url = format!("ws://{listen}/v1/widget/ws?key={widget_key}");
+        let origin = format!("http://{listen}");
+        let mut sockets = Vec::with_capacity(knobs.sockets);
+        for _ in 0..knobs.sockets {
+            sockets.push(visitor(&url, &origin).await?);
+        }
+        let tasks = sockets
+            .into_iter()
+            .map(|ws| tokio::spawn(chat(ws, shared.clone())))
+            .collect();
+        let figures = window(pid, shared, knobs, early, tasks).await;
+        drop(child);
+        stand_in_task.abort();
+        return figures;
+    }
     let connect = match provider {
         Provider::Telegram => json!({ "kind": "telegram", "config": {
             "bot_token": TOKEN, "webhook_secret": TG_SECRET, "api_url": stand_in_url } }),
         Provider::Whatsapp => json!({ "kind": "whatsapp", "config": {
             "phone_number_id": PHONE_ID, "access_token": "EAAbench", "app_secret": APP_SECRET,
             "verify_token": "v", "graph_url": format!("{stand_in_url}/v21.0") } }),
+        Provider::Widget => anyhow::bail!("the widget has no channel to connect"),
     };
     let res = http
         .post(format!("{base}/v1/channels"))
@@ -780,6 +905,8 @@ type PeerCommand = (&'static str, Vec<String>);
 
 fn peer_command(provider: Provider, root: &Path) -> Option<PeerCommand> {
     match provider {
+        // No bot library serves our widget protocol: the figure stands alone.
+        Provider::Widget => None,
         Provider::Telegram => {
             let dir = root.join("benches/peers/grammy");
             dir.join("node_modules/grammy").exists().then(|| {
@@ -836,6 +963,7 @@ async fn run_peer(
             .env("BOT_TOKEN", TOKEN)
             .env("API_ROOT", &stand_in_url)
             .env("SECRET", TG_SECRET),
+        Provider::Widget => &mut cmd,
         Provider::Whatsapp => cmd
             .env("PHONE_ID", PHONE_ID)
             .env("ACCESS_TOKEN", "EAAbench")
