@@ -697,11 +697,13 @@ async fn window(
         .collect();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let replies = lock(&shared.replies);
-        if in_window.iter().all(|(n, _)| replies.contains_key(n)) || Instant::now() > deadline {
+        let answered = {
+            let replies = lock(&shared.replies);
+            in_window.iter().all(|(n, _)| replies.contains_key(n))
+        };
+        if answered || Instant::now() > deadline {
             break;
         }
-        drop(replies);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let replies = lock(&shared.replies);
