@@ -30,6 +30,7 @@ both_backends!(
     a_closed_conversation_is_not_reopened_by_new_messages,
     a_wait_that_runs_out_answers_202_and_the_reply_still_comes,
     a_responder_that_keeps_failing_gets_an_apology_and_the_conversation_goes_on,
+    a_batch_with_send_times_numbers_in_order_and_keeps_the_last_wrote_rule,
 );
 
 /// Fails on any message containing "boom", answers the rest.
@@ -697,4 +698,111 @@ async fn bad_requests_get_clear_json_errors_and_store_nothing(backend: Backend) 
     let (status, ready) = app.get("", "/readyz").await;
     assert_eq!(status, 200);
     assert_eq!(ready["status"], "ready");
+}
+
+/// Several updates stored in one batch (the multi-row path, once their conversations are known),
+/// as providers send them — each with the provider's send time: numbered in order within each
+/// conversation; the contact "last wrote" at the provider's send time, never later than now and
+/// never moved back; a redelivery of one of them is a duplicate with the first copy's ids.
+async fn a_batch_with_send_times_numbers_in_order_and_keeps_the_last_wrote_rule(backend: Backend) {
+    use switchboard::store::messages::IngestItem;
+    use switchboard_channel::{ContactRef, InboundMessage};
+    let Some(app) = TestApp::spawn_with(backend, |c| c.workers = false, None).await else {
+        return;
+    };
+    let channel = app
+        .store
+        .api_channel(&app.tenant_id)
+        .await
+        .expect("channel");
+    let item = |who: &str, id: &str, sent_at: Option<i64>| {
+        let contact = ContactRef {
+            external_id: who.to_owned(),
+            display_name: None,
+        };
+        let mut message = InboundMessage::text(id, contact, format!("text {id}"));
+        message.sent_at = sent_at;
+        IngestItem {
+            tenant_id: app.tenant_id.clone(),
+            channel_id: channel.id.clone(),
+            message,
+            thread: String::new(),
+            subject: None,
+        }
+    };
+    // One message each first: their conversations open (and are remembered by ingest).
+    let mut first = Vec::new();
+    for (who, id) in [("ann", "a1"), ("bob", "b1")] {
+        let stored = app.store.ingest_batch(vec![item(who, id, None)]).await;
+        first.push(stored.into_iter().next().expect("one").expect("stored"));
+    }
+    let (ann, bob) = (
+        first[0].conversation_id.clone(),
+        first[1].conversation_id.clone(),
+    );
+    let ann_wrote = app.store.last_inbound_at(&ann).await.expect("read");
+    let now_s = switchboard::store::now_ms() / 1000;
+    let before = switchboard::store::now_ms();
+    let batch = app
+        .store
+        .ingest_batch(vec![
+            // Sent two hours and one hour ago: earlier than ann last wrote.
+            item("ann", "a2", Some(now_s - 7200)),
+            // Sent "in the future" (a skewed clock): counted as now.
+            item("bob", "b2", Some(now_s + 86_400)),
+            item("ann", "a3", Some(now_s - 3600)),
+        ])
+        .await;
+    let after = switchboard::store::now_ms();
+    let batch: Vec<_> = batch.into_iter().map(|r| r.expect("stored")).collect();
+    assert!(batch.iter().all(|i| !i.duplicate), "{batch:?}");
+    assert_eq!(
+        (batch[0].conversation_id.as_str(), batch[0].seq),
+        (ann.as_str(), 2)
+    );
+    assert_eq!(
+        (batch[1].conversation_id.as_str(), batch[1].seq),
+        (bob.as_str(), 2)
+    );
+    assert_eq!(
+        (batch[2].conversation_id.as_str(), batch[2].seq),
+        (ann.as_str(), 3)
+    );
+    assert_eq!(
+        app.store.last_inbound_at(&ann).await.expect("read"),
+        ann_wrote,
+        "an older send time does not move 'last wrote' back"
+    );
+    let bob_wrote = app
+        .store
+        .last_inbound_at(&bob)
+        .await
+        .expect("read")
+        .expect("set");
+    assert!(
+        (before..=after).contains(&bob_wrote),
+        "a send time in the future counts as now: {bob_wrote} not in {before}..={after}"
+    );
+    // The stored rows, in order, as the API lists them.
+    let texts: Vec<String> = app
+        .messages(&ann)
+        .await
+        .iter()
+        .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(texts, ["text a1", "text a2", "text a3"]);
+    // A redelivery of a3: the first copy's ids, nothing stored.
+    let again = app
+        .store
+        .ingest_batch(vec![
+            item("ann", "a3", Some(now_s - 3600)),
+            item("bob", "b3", None),
+        ])
+        .await;
+    let again: Vec<_> = again.into_iter().map(|r| r.expect("stored")).collect();
+    assert!(again[0].duplicate);
+    assert_eq!(again[0].message_id, batch[2].message_id);
+    assert_eq!((again[1].seq, again[1].duplicate), (3, false));
+    assert_eq!(app.messages(&ann).await.len(), 3);
+    app.stop().await;
 }
