@@ -23,7 +23,8 @@
 //! the load stops and replies may drain for 5 s. Reported per run: acknowledgements/s and
 //! replies/s inside the window, end-to-end latency (update posted → its reply at the stand-in) of
 //! the updates posted inside the window, how many of those were never answered, CPU time and
-//! context switches of the bot's process per reply, and its RSS at the end of the window.
+//! context switches of the bot's process per reply, and its RSS at the end of the window; on
+//! PostgreSQL also the database server's CPU time per reply (every `postgres` process).
 //! `BENCH_ROUNDS` (default 2) alternations; `BENCH_PROVIDERS` (default `telegram,whatsapp`);
 //! `BENCH_SOAK` seconds (default 60, 0 skips): one more Switchboard SQLite run under the same
 //! load, RSS at 10 s and at the end. `BENCH_BASELINE=<path to an earlier switchboard binary>`
@@ -106,6 +107,8 @@ struct Figures {
     unanswered: usize,
     posted: usize,
     cpu_ms_per_reply: f64,
+    /// PostgreSQL's server processes' CPU time per reply (0 on SQLite and for the peers).
+    db_cpu_ms_per_reply: f64,
     switches_per_reply: f64,
     rss_mb: f64,
     rss_early_mb: f64,
@@ -281,6 +284,12 @@ fn row(provider: Provider, who: &str, round: usize, f: &Figures) {
         f.switches_per_reply,
         f.rss_mb
     );
+    if who.contains("postgres") {
+        println!(
+            "{:<9} {:<22}    + the PostgreSQL server's CPU: {:.3} ms per reply",
+            "", "", f.db_cpu_ms_per_reply
+        );
+    }
 }
 
 fn summary(provider: Provider, all: &[(Who, Figures)]) {
@@ -560,8 +569,28 @@ async fn chat(mut ws: Ws, shared: Arc<Shared>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// CPU time (ms) and context switches (all threads) of `pid` so far.
-fn usage(pid: u32) -> (f64, u64) {
+/// CPU time (ms) of every `postgres` process so far: the database's share of a PostgreSQL run
+/// (other clients of the same server count too; the machine runs nothing else meanwhile).
+fn postgres_cpu_ms() -> f64 {
+    let mut total = 0.0;
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    for entry in procs.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "postgres" {
+            total += usage_ms(pid);
+        }
+    }
+    total
+}
+
+/// CPU time (ms) of `pid` so far (all its threads).
+fn usage_ms(pid: u32) -> f64 {
     let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
@@ -573,6 +602,11 @@ fn usage(pid: u32) -> (f64, u64) {
         .unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 * 1000.0 / hz
+}
+
+/// CPU time (ms) and context switches (all threads) of `pid` so far.
+fn usage(pid: u32) -> (f64, u64) {
     let mut switches = 0;
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for task in tasks.flatten() {
@@ -588,7 +622,7 @@ fn usage(pid: u32) -> (f64, u64) {
             }
         }
     }
-    (ticks as f64 * 1000.0 / hz, switches)
+    (usage_ms(pid), switches)
 }
 
 /// A memory figure of `/proc/<pid>/status` (`VmRSS`, `RssAnon`, `RssFile`), in MB.
@@ -661,6 +695,7 @@ async fn window(
     tokio::time::sleep(knobs.warmup).await;
     let start = Instant::now();
     let (cpu0, sw0) = usage(pid);
+    let db0 = postgres_cpu_ms();
     let (mut rss_early, mut anon_early) = (0.0, 0.0);
     if let Some(early) = early {
         tokio::time::sleep(early).await;
@@ -672,6 +707,7 @@ async fn window(
     }
     let end = Instant::now();
     let (cpu1, sw1) = usage(pid);
+    let db1 = postgres_cpu_ms();
     let rss = rss_mb(pid);
     let anon = status_mb(pid, "RssAnon");
     shared.stop.store(true, Ordering::Relaxed);
@@ -737,6 +773,7 @@ async fn window(
         unanswered,
         posted: in_window.len(),
         cpu_ms_per_reply: (cpu1 - cpu0) / replied,
+        db_cpu_ms_per_reply: (db1 - db0) / replied,
         switches_per_reply: (sw1 - sw0) as f64 / replied,
         rss_mb: rss,
         rss_early_mb: rss_early,
