@@ -20,7 +20,8 @@ use crate::store::messages::{IngestItem, Ingested};
 #[derive(Clone)]
 pub struct Ingest {
     /// Group commit: concurrent requests share transactions (each is answered after its commit).
-    batcher: Batcher<IngestItem, Ingested>,
+    /// `None` on SQLite, where messages join the store's tick writer (see `store::tick`).
+    batcher: Option<Batcher<IngestItem, Ingested>>,
     router: Router,
     store: Store,
 }
@@ -38,12 +39,14 @@ const MAX_BATCH: usize = 256;
 
 impl Ingest {
     pub fn new(store: Store, router: Router) -> Ingest {
-        let batcher = Batcher::spawn(store.write_parallelism(), MAX_BATCH, {
-            let store = store.clone();
-            move |items| {
+        let batcher = store.tick().is_none().then(|| {
+            Batcher::spawn(store.write_parallelism(), MAX_BATCH, {
                 let store = store.clone();
-                async move { store.ingest_batch(items).await }
-            }
+                move |items| {
+                    let store = store.clone();
+                    async move { store.ingest_batch(items).await }
+                }
+            })
         });
         Ingest {
             batcher,
@@ -181,16 +184,18 @@ impl Ingest {
                 strip_nul(c);
             }
         }
-        let ingested = self
-            .batcher
-            .submit(IngestItem {
-                tenant_id: channel.tenant_id.clone(),
-                channel_id: channel.id.clone(),
-                message: msg,
-                thread,
-                subject,
-            })
-            .await?;
+        let item = IngestItem {
+            tenant_id: channel.tenant_id.clone(),
+            channel_id: channel.id.clone(),
+            message: msg,
+            thread,
+            subject,
+        };
+        let ingested = match (&self.batcher, self.store.tick()) {
+            (Some(batcher), _) => batcher.submit(item).await?,
+            (None, Some(tick)) => tick.ingest(item).await?,
+            (None, None) => return Err(sqlx::Error::PoolClosed), // cannot happen: see `new`
+        };
         let outcome = if ingested.duplicate {
             "duplicate"
         } else {

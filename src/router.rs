@@ -55,8 +55,11 @@ pub struct Router {
 struct Inner {
     enabled: bool,
     store: Store,
-    /// Group commit of completed turns across conversations.
-    completions: Batcher<(PendingTurn, Option<ReplyDraft>), Completed>,
+    /// Group commit of completed turns across conversations. `None` on SQLite, where turns
+    /// join the store's tick writer (see `store::tick`).
+    completions: Option<Batcher<(PendingTurn, Option<ReplyDraft>), Completed>>,
+    /// Where replies claimed with their turn go to the delivery worker.
+    handoff: Option<crate::outbox::Handoff>,
     responder: Arc<dyn Responder>,
     /// For the signals around a turn: typing indicators, read receipts, button acknowledgements.
     channels: Option<Channels>,
@@ -95,8 +98,9 @@ impl Router {
         Router {
             inner: Arc::new(Inner {
                 enabled,
-                completions: {
+                completions: store.tick().is_none().then(|| {
                     let store = store.clone();
+                    let handoff = handoff.clone();
                     Batcher::spawn(store.write_parallelism(), MAX_BATCH, move |turns| {
                         let store = store.clone();
                         let handoff = handoff.clone();
@@ -116,7 +120,8 @@ impl Router {
                             completed
                         }
                     })
-                },
+                }),
+                handoff,
                 store,
                 responder,
                 channels,
@@ -205,6 +210,25 @@ impl Router {
 }
 
 impl Inner {
+    /// Completes a turn (with its reply, if any) once its batch committed; a reply claimed with
+    /// it goes to the delivery worker.
+    async fn complete(
+        &self,
+        turn: PendingTurn,
+        reply: Option<ReplyDraft>,
+    ) -> Result<Completed, sqlx::Error> {
+        if let Some(completions) = &self.completions {
+            return completions.submit((turn, reply)).await;
+        }
+        let tick = self.store.tick().ok_or(sqlx::Error::PoolClosed)?;
+        let lease = self.handoff.as_ref().map(|h| h.lease_ms());
+        let completed = tick.complete(turn, reply, lease).await?;
+        if let (Some(handoff), Some(claimed)) = (&self.handoff, &completed.claimed) {
+            handoff.send(vec![claimed.clone()]);
+        }
+        Ok(completed)
+    }
+
     async fn drain(self: Arc<Self>, conversation_id: String) {
         let mut failures = 0u32;
         loop {
@@ -305,7 +329,7 @@ impl Inner {
         }
         if let Some(reply) = moderated {
             counter!("switchboard_processed_total", "outcome" => "moderated").increment(1);
-            let completed = self.completions.submit((turn.clone(), reply)).await?;
+            let completed = self.complete(turn.clone(), reply).await?;
             self.wake_outbox_for(&completed);
             self.waiters.wake(&turn.message_id);
             return Ok(());
@@ -478,7 +502,7 @@ impl Inner {
         } else {
             None
         };
-        let completed = self.completions.submit((turn.clone(), reply)).await?;
+        let completed = self.complete(turn.clone(), reply).await?;
         if let Some(preview) = preview.as_mut() {
             // No reply stored (the conversation was closed meanwhile): the preview is withdrawn.
             preview.stored = completed.reply_id.is_some();

@@ -31,6 +31,8 @@ both_backends!(
     a_wait_that_runs_out_answers_202_and_the_reply_still_comes,
     a_responder_that_keeps_failing_gets_an_apology_and_the_conversation_goes_on,
     a_batch_with_send_times_numbers_in_order_and_keeps_the_last_wrote_rule,
+    one_tick_stores_messages_turns_and_outcomes_and_a_bad_message_fails_alone,
+    the_multi_row_paths_keep_any_text_exactly,
 );
 
 /// Fails on any message containing "boom", answers the rest.
@@ -804,5 +806,207 @@ async fn a_batch_with_send_times_numbers_in_order_and_keeps_the_last_wrote_rule(
     assert_eq!(again[0].message_id, batch[2].message_id);
     assert_eq!((again[1].seq, again[1].duplicate), (3, false));
     assert_eq!(app.messages(&ann).await.len(), 3);
+    app.stop().await;
+}
+
+/// SQLite's tick writer: a new message, a completed turn (its reply claimed for delivery) and a
+/// delivery outcome submitted at once are all stored; a message that cannot be stored (its
+/// channel does not exist) fails on its own and takes nothing else with it. On PostgreSQL there
+/// is no tick (the same writes batch by kind); the story checks that and the direct paths.
+async fn one_tick_stores_messages_turns_and_outcomes_and_a_bad_message_fails_alone(
+    backend: Backend,
+) {
+    use switchboard::store::deliveries::Outcome;
+    use switchboard::store::messages::{IngestItem, ReplyDraft};
+    use switchboard_channel::{ContactRef, InboundMessage};
+    let Some(app) = TestApp::spawn_with(backend, |c| c.workers = false, None).await else {
+        return;
+    };
+    let Some(tick) = app.store.tick().cloned() else {
+        assert_eq!(backend, Backend::Postgres, "SQLite writes through a tick");
+        app.stop().await;
+        return;
+    };
+    let channel = app
+        .store
+        .api_channel(&app.tenant_id)
+        .await
+        .expect("channel");
+    let item = |who: &str, id: &str, channel_id: &str| IngestItem {
+        tenant_id: app.tenant_id.clone(),
+        channel_id: channel_id.to_owned(),
+        message: InboundMessage::text(
+            id,
+            ContactRef {
+                external_id: who.to_owned(),
+                display_name: None,
+            },
+            format!("text {id}"),
+        ),
+        thread: String::new(),
+        subject: None,
+    };
+    let reply = |text: &str| ReplyDraft {
+        text: text.to_owned(),
+        citations_json: "[]".to_owned(),
+        grounding_json: None,
+    };
+    // Ann wrote earlier; her turn is answered (and its delivery claimed) in the first tick.
+    let ann = tick
+        .ingest(item("ann", "a1", &channel.id))
+        .await
+        .expect("a1");
+    let (turn, _) = app
+        .store
+        .next_pending_turn(&ann.conversation_id)
+        .await
+        .expect("read")
+        .expect("a1 waits");
+    let bob_item = item("bob", "b1", &channel.id);
+    let bad_item = item("cy", "c1", "no-such-channel");
+    let (completed, bob, bad) = tokio::join!(
+        tick.complete(turn, Some(reply("hello ann")), Some(60_000)),
+        tick.ingest(bob_item),
+        tick.ingest(bad_item),
+    );
+    let completed = completed.expect("the turn is completed despite the bad message");
+    let bob = bob.expect("bob's message is stored despite the bad message");
+    assert!(bad.is_err(), "a message on no channel cannot be stored");
+    let claimed = completed
+        .claimed
+        .expect("the reply's delivery is claimed with its turn");
+    assert_eq!(Some(claimed.message_id.clone()), completed.reply_id);
+    // The outcome in a tick of its own with Bob's next message.
+    let (recorded, bob2) = tokio::join!(
+        tick.record(vec![(
+            claimed.clone(),
+            Outcome::Delivered {
+                provider_message_id: Some("wamid.1".to_owned()),
+            },
+        )]),
+        tick.ingest(item("bob", "b2", &channel.id)),
+    );
+    recorded.expect("recorded");
+    assert_eq!(bob2.expect("b2").seq, bob.seq + 1);
+    let delivered = app
+        .store
+        .deliveries(&app.tenant_id, "delivered", 10)
+        .await
+        .expect("list");
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    let texts: Vec<String> = app
+        .messages(&ann.conversation_id)
+        .await
+        .iter()
+        .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(texts, ["text a1", "hello ann"]);
+    assert_eq!(app.messages(&bob.conversation_id).await.len(), 2);
+    // Nothing of the bad message's contact was stored.
+    let (_, listed) = app.get(&app.admin_key, "/v1/conversations").await;
+    assert_eq!(
+        listed["conversations"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+    app.stop().await;
+}
+
+/// The multi-row paths carry their rows as one JSON text on SQLite: quotes, backslashes,
+/// escapes, control characters, emoji and a JSON-looking text come back byte for byte, in the
+/// inbound rows and in the replies (the echo template repeats the question).
+async fn the_multi_row_paths_keep_any_text_exactly(backend: Backend) {
+    use switchboard::store::messages::{IngestItem, ReplyDraft};
+    use switchboard_channel::{ContactRef, InboundMessage};
+    let Some(app) = TestApp::spawn_with(backend, |c| c.workers = false, None).await else {
+        return;
+    };
+    let channel = app
+        .store
+        .api_channel(&app.tenant_id)
+        .await
+        .expect("channel");
+    let texts = [
+        r#"she said "hi" \ and left"#,
+        "tab\there, newline\nthere, bell \u{7}, escapes written out: \\n \\u0041 \\\"",
+        "emoji 🦀👍🏽 and ünïcödé, RTL \u{202e}txet",
+        r#"{"looks": ["like", "json"], "n": 1e400}"#,
+        "' single quotes '' doubled, ]} and ->> 0",
+        "",
+    ]
+    .map(str::to_owned);
+    let item = |who: &str, id: String, text: &str| IngestItem {
+        tenant_id: app.tenant_id.clone(),
+        channel_id: channel.id.clone(),
+        message: InboundMessage::text(
+            &id,
+            ContactRef {
+                external_id: who.to_owned(),
+                display_name: None,
+            },
+            text.to_owned(),
+        ),
+        thread: String::new(),
+        subject: None,
+    };
+    // Open each contact's conversation first, so the batch below takes the multi-row path.
+    for (i, _) in texts.iter().enumerate() {
+        let first = app
+            .store
+            .ingest_batch(vec![item(&format!("c{i}"), format!("first-{i}"), "first")])
+            .await;
+        first.into_iter().next().expect("one").expect("stored");
+    }
+    let stored: Vec<_> = app
+        .store
+        .ingest_batch(
+            texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| item(&format!("c{i}"), format!("odd-{i}"), t))
+                .collect(),
+        )
+        .await
+        .into_iter()
+        .map(|r| r.expect("stored"))
+        .collect();
+    // Complete the first turn of each (plain), then the odd ones, with replies repeating them.
+    for round in 0..2 {
+        let mut turns = Vec::new();
+        for s in &stored {
+            let (turn, _) = app
+                .store
+                .next_pending_turn(&s.conversation_id)
+                .await
+                .expect("read")
+                .expect("pending");
+            let reply = ReplyDraft {
+                text: format!("echo: {}", turn.text),
+                citations_json: "[]".to_owned(),
+                grounding_json: None,
+            };
+            turns.push((turn, Some(reply)));
+        }
+        let done = app.store.complete_turns(turns, Some(60_000)).await;
+        assert!(done.iter().all(|d| d.is_ok()), "round {round}: {done:?}");
+    }
+    for (s, text) in stored.iter().zip(&texts) {
+        let got: Vec<String> = app
+            .messages(&s.conversation_id)
+            .await
+            .iter()
+            .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(
+            got,
+            // In seq order: both inbound rows were stored before either reply.
+            [
+                "first".to_owned(),
+                text.clone(),
+                "echo: first".to_owned(),
+                format!("echo: {text}")
+            ]
+        );
+    }
     app.stop().await;
 }

@@ -18,7 +18,7 @@ use super::{Backend, Store, WriteTx, new_id};
 
 /// One SQL statement with a growing argument list; `$n` placeholders are numbered as values are
 /// pushed (sqlx's query builder writes `?` for `Any`, which Postgres does not accept).
-pub(super) struct Statement {
+pub(crate) struct Statement {
     sql: String,
     args: AnyArguments,
 }
@@ -42,6 +42,16 @@ impl Statement {
         self
     }
 
+    /// Appends `value` to the arguments without writing a placeholder: for a `$n` the SQL text
+    /// already names.
+    pub(super) fn arg<'q, T>(&mut self, value: T) -> &mut Self
+    where
+        T: sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any> + 'q,
+    {
+        let _ = self.args.add(value);
+        self
+    }
+
     pub(super) fn push(&mut self, sql: &str) -> &mut Self {
         self.sql.push_str(sql);
         self
@@ -62,8 +72,101 @@ impl Statement {
         self.push(")")
     }
 
+    /// An id list for `IN`: on SQLite `(SELECT value FROM json_each($n))` with the ids as one
+    /// JSON array (the same SQL for any count: see [`json_rows`]); on PostgreSQL `($n, …)`.
+    pub(super) fn bind_ids<'v>(
+        &mut self,
+        backend: Backend,
+        ids: impl IntoIterator<Item = &'v str>,
+    ) -> &mut Self {
+        match backend {
+            Backend::Sqlite => {
+                let ids: Vec<&str> = ids.into_iter().collect();
+                self.push("(SELECT value FROM json_each(")
+                    .bind(json_rows(&ids))
+                    .push("))")
+            }
+            Backend::Postgres => self.bind_list(ids.into_iter().map(str::to_owned)),
+        }
+    }
+
     pub(super) fn query(self) -> sqlx::query::Query<'static, sqlx::Any, AnyArguments> {
         sqlx::query_with(sqlx::AssertSqlSafe(self.sql), self.args)
+    }
+}
+
+/// Rows for SQLite's `json_each($n)`: one JSON array of rows (each an array, read back with
+/// `value ->> i`). One bound text instead of a placeholder per value keeps the statement's SQL
+/// the same whatever the batch size, so it is prepared once and stays in the connection's
+/// statement cache; binding hundreds of numbered placeholders cost SQLite a name lookup each
+/// that grows with their count. (A row that cannot be serialized cannot happen with these types;
+/// if it did, `[]` inserts nothing and the fast path's count check sends the batch to the
+/// general path.)
+pub(super) fn json_rows<T: serde::Serialize>(rows: &[T]) -> String {
+    serde_json::to_string(rows).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// An inbound message of a bulk insert, serialized as the array `json_rows` wants.
+struct InboundRow<'a> {
+    id: String,
+    tenant_id: &'a str,
+    conversation_id: &'a str,
+    channel_id: &'a str,
+    seq: i64,
+    text: &'a str,
+    attachments: String,
+    provider_id: &'a str,
+    kind: &'a str,
+    reply_to: Option<&'a str>,
+    sent_at: Option<i64>,
+}
+
+impl serde::Serialize for InboundRow<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (
+            &self.id,
+            self.tenant_id,
+            self.conversation_id,
+            self.channel_id,
+            self.seq,
+            self.text,
+            &self.attachments,
+            self.provider_id,
+            self.kind,
+            self.reply_to,
+            self.sent_at,
+        )
+            .serialize(s)
+    }
+}
+
+/// A reply and its delivery of a bulk completion, serialized as the array `json_rows` wants:
+/// `[reply id, delivery id, tenant, conversation, channel, seq, recipient, text, citations,
+/// grounding, inbound id]`.
+struct ReplyRow<'a> {
+    id: String,
+    delivery_id: String,
+    turn: &'a PendingTurn,
+    reply: &'a ReplyDraft,
+    seq: i64,
+}
+
+impl serde::Serialize for ReplyRow<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (
+            &self.id,
+            &self.delivery_id,
+            &self.turn.tenant_id,
+            &self.turn.conversation_id,
+            &self.turn.channel_id,
+            self.seq,
+            &self.turn.recipient,
+            &self.reply.text,
+            &self.reply.citations_json,
+            &self.reply.grounding_json,
+            &self.turn.message_id,
+        )
+            .serialize(s)
     }
 }
 
@@ -84,21 +187,22 @@ pub(super) async fn lock_conversations(
 }
 
 impl Store {
-    /// Stores a batch of new messages in open conversations with two or three statements.
-    /// `None` (after rolling back) when the batch needs the general path.
+    /// Stores a batch of new messages in open conversations with two or three statements, in
+    /// `w`. `None` when the batch needs the general path: the caller then rolls back to a
+    /// savepoint taken before (see [`WriteTx::savepoint`]).
     pub(super) async fn try_ingest_bulk(
         &self,
+        w: &mut WriteTx,
         items: &[IngestItem],
         conversations: &[String],
         now: i64,
     ) -> Result<Option<Vec<Ingested>>, sqlx::Error> {
-        let mut w = self.begin_write().await?;
         // How many messages each conversation receives in this batch.
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for c in conversations {
             *counts.entry(c.clone()).or_default() += 1;
         }
-        lock_conversations(&mut w, self.backend, &counts).await?;
+        lock_conversations(w, self.backend, &counts).await?;
         // When each conversation's contact last wrote: the provider's send time (never later
         // than now) — a redelivery days later must not reopen WhatsApp's 24-hour window — and
         // never earlier than before.
@@ -113,81 +217,90 @@ impl Store {
         }
         // One numbering statement for every conversation of the batch.
         let mut next_seq: HashMap<String, i64> = HashMap::new();
-        let mut s =
-            Statement::new("UPDATE conversation SET last_seq = last_seq + v.k, updated_at = ");
-        s.bind(now).push(
-            ", last_inbound_at = CASE WHEN last_inbound_at IS NULL OR last_inbound_at < v.wrote
-                                      THEN v.wrote ELSE last_inbound_at END
-             FROM (",
-        );
-        for (i, (id, k)) in counts.iter().enumerate() {
-            s.push(if i == 0 {
-                "SELECT "
-            } else {
-                " UNION ALL SELECT "
+        let numbering: Vec<(&str, i64, i64)> = counts
+            .iter()
+            .map(|(id, k)| {
+                let at = wrote.get(id.as_str()).copied().unwrap_or(now);
+                (id.as_str(), *k as i64, at)
             })
-            .bind(id.clone())
-            .push(" AS id, ")
-            .bind(*k as i64)
-            .push(" AS k, ")
-            .bind(wrote.get(id.as_str()).copied().unwrap_or(now))
-            .push(" AS wrote");
-        }
-        s.push(
-            ") AS v WHERE conversation.id = v.id AND conversation.status <> 'closed'
-             RETURNING conversation.id AS id, conversation.last_seq AS last_seq",
-        );
-        for row in s.query().fetch_all(&mut *w.tx).await? {
+            .collect();
+        let numbered = match self.backend {
+            Backend::Sqlite => {
+                sqlx::query(
+                    "UPDATE conversation SET last_seq = last_seq + v.k, updated_at = $1,
+                            last_inbound_at = CASE WHEN last_inbound_at IS NULL
+                                                        OR last_inbound_at < v.wrote
+                                                   THEN v.wrote ELSE last_inbound_at END
+                     FROM (SELECT value ->> 0 AS id, value ->> 1 AS k, value ->> 2 AS wrote
+                           FROM json_each($2)) AS v
+                     WHERE conversation.id = v.id AND conversation.status <> 'closed'
+                     RETURNING conversation.id AS id, conversation.last_seq AS last_seq",
+                )
+                .bind(now)
+                .bind(json_rows(&numbering))
+                .fetch_all(&mut *w.tx)
+                .await?
+            }
+            Backend::Postgres => {
+                let mut s = Statement::new(
+                    "UPDATE conversation SET last_seq = last_seq + v.k, updated_at = ",
+                );
+                s.bind(now).push(
+                    ", last_inbound_at = CASE WHEN last_inbound_at IS NULL OR last_inbound_at < v.wrote
+                                              THEN v.wrote ELSE last_inbound_at END
+                     FROM (",
+                );
+                for (i, (id, k, at)) in numbering.iter().enumerate() {
+                    s.push(if i == 0 {
+                        "SELECT "
+                    } else {
+                        " UNION ALL SELECT "
+                    })
+                    .bind(id.to_string())
+                    .push(" AS id, ")
+                    .bind(*k)
+                    .push(" AS k, ")
+                    .bind(*at)
+                    .push(" AS wrote");
+                }
+                s.push(
+                    ") AS v WHERE conversation.id = v.id AND conversation.status <> 'closed'
+                     RETURNING conversation.id AS id, conversation.last_seq AS last_seq",
+                );
+                s.query().fetch_all(&mut *w.tx).await?
+            }
+        };
+        for row in numbered {
             let id: String = row.try_get("id")?;
             let k = counts.get(&id).copied().unwrap_or(1) as i64;
             let last: i64 = row.try_get("last_seq")?;
             next_seq.insert(id, last - k + 1);
         }
         if next_seq.len() != counts.len() {
-            w.tx.rollback().await?; // a conversation was closed: general path
-            return Ok(None);
+            return Ok(None); // a conversation was closed: general path
         }
         let mut out = Vec::with_capacity(items.len());
-        let mut s = Statement::new(
-            "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction, author,
-                                  text, attachments, provider_id, kind, reply_to_provider_id,
-                                  sent_at, status, created_at) VALUES ",
-        );
-        for (i, (item, conversation)) in items.iter().zip(conversations).enumerate() {
+        let mut rows = Vec::with_capacity(items.len());
+        for (item, conversation) in items.iter().zip(conversations) {
             let seq = next_seq
                 .get_mut(conversation)
                 .ok_or(sqlx::Error::RowNotFound)?;
             let message_id = new_id();
             let attachments =
                 serde_json::to_string(&item.message.attachments).unwrap_or_else(|_| "[]".into());
-            if i > 0 {
-                s.push(", ");
-            }
-            s.push("(")
-                .bind(message_id.clone())
-                .push(", ")
-                .bind(item.tenant_id.clone())
-                .push(", ")
-                .bind(conversation.clone())
-                .push(", ")
-                .bind(item.channel_id.clone())
-                .push(", ")
-                .bind(*seq)
-                .push(", 'inbound', 'contact', ")
-                .bind(item.message.text.clone())
-                .push(", ")
-                .bind(attachments)
-                .push(", ")
-                .bind(item.message.provider_id.clone())
-                .push(", ")
-                .bind(item.message.kind.clone())
-                .push(", ")
-                .bind(item.message.reply_to.clone())
-                .push(", ")
-                .bind(item.message.sent_at)
-                .push(", 'received', ")
-                .bind(now)
-                .push(")");
+            rows.push(InboundRow {
+                id: message_id.clone(),
+                tenant_id: &item.tenant_id,
+                conversation_id: conversation,
+                channel_id: &item.channel_id,
+                seq: *seq,
+                text: &item.message.text,
+                attachments,
+                provider_id: &item.message.provider_id,
+                kind: &item.message.kind,
+                reply_to: item.message.reply_to.as_deref(),
+                sent_at: item.message.sent_at,
+            });
             out.push(Ingested {
                 conversation_id: conversation.clone(),
                 message_id,
@@ -196,20 +309,75 @@ impl Store {
             });
             *seq += 1;
         }
-        s.push(" ON CONFLICT (channel_id, provider_id) DO NOTHING RETURNING id");
-        let inserted = s.query().fetch_all(&mut *w.tx).await?.len();
+        let inserted = match self.backend {
+            // `WHERE true`: without it SQLite would read `ON CONFLICT` as a join constraint.
+            Backend::Sqlite => sqlx::query(
+                "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction,
+                                      author, text, attachments, provider_id, kind,
+                                      reply_to_provider_id, sent_at, status, created_at)
+                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4,
+                        'inbound', 'contact', value ->> 5, value ->> 6, value ->> 7, value ->> 8,
+                        value ->> 9, value ->> 10, 'received', $1
+                 FROM json_each($2) WHERE true
+                 ON CONFLICT (channel_id, provider_id) DO NOTHING RETURNING id",
+            )
+            .bind(now)
+            .bind(json_rows(&rows))
+            .fetch_all(&mut *w.tx)
+            .await?
+            .len(),
+            Backend::Postgres => {
+                let mut s = Statement::new(
+                    "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction, author,
+                                          text, attachments, provider_id, kind, reply_to_provider_id,
+                                          sent_at, status, created_at) VALUES ",
+                );
+                for (i, r) in rows.iter().enumerate() {
+                    if i > 0 {
+                        s.push(", ");
+                    }
+                    s.push("(")
+                        .bind(r.id.clone())
+                        .push(", ")
+                        .bind(r.tenant_id.to_owned())
+                        .push(", ")
+                        .bind(r.conversation_id.to_owned())
+                        .push(", ")
+                        .bind(r.channel_id.to_owned())
+                        .push(", ")
+                        .bind(r.seq)
+                        .push(", 'inbound', 'contact', ")
+                        .bind(r.text.to_owned())
+                        .push(", ")
+                        .bind(r.attachments.clone())
+                        .push(", ")
+                        .bind(r.provider_id.to_owned())
+                        .push(", ")
+                        .bind(r.kind.to_owned())
+                        .push(", ")
+                        .bind(r.reply_to.map(str::to_owned))
+                        .push(", ")
+                        .bind(r.sent_at)
+                        .push(", 'received', ")
+                        .bind(now)
+                        .push(")");
+                }
+                s.push(" ON CONFLICT (channel_id, provider_id) DO NOTHING RETURNING id");
+                s.query().fetch_all(&mut *w.tx).await?.len()
+            }
+        };
         if inserted != items.len() {
-            w.tx.rollback().await?; // a redelivery among them: general path
-            return Ok(None);
+            return Ok(None); // a redelivery among them: general path
         }
-        w.commit().await?;
         Ok(Some(out))
     }
 
     /// Completes a batch of turns (one per conversation, none completed yet) with four or five
-    /// statements. `None` (after rolling back) when the batch needs the general path.
+    /// statements, in `w`. `None` when the batch needs the general path (the caller rolls back
+    /// to its savepoint).
     pub(super) async fn try_complete_bulk(
         &self,
+        w: &mut WriteTx,
         turns: &[(PendingTurn, Option<ReplyDraft>)],
         now: i64,
         lease_ms: Option<i64>,
@@ -222,8 +390,7 @@ impl Store {
         if conversations.len() != turns.len() {
             return Ok(None); // two turns of one conversation: general path keeps them in order
         }
-        let mut w = self.begin_write().await?;
-        lock_conversations(&mut w, self.backend, &conversations).await?;
+        lock_conversations(w, self.backend, &conversations).await?;
         let mut seqs: HashMap<String, i64> = HashMap::new();
         let replying: Vec<String> = turns
             .iter()
@@ -235,7 +402,7 @@ impl Store {
                 Statement::new("UPDATE conversation SET last_seq = last_seq + 1, updated_at = ");
             s.bind(now)
                 .push(" WHERE status <> 'closed' AND id IN ")
-                .bind_list(replying.iter().cloned())
+                .bind_ids(self.backend, replying.iter().map(String::as_str))
                 .push(" RETURNING id, last_seq");
             for row in s.query().fetch_all(&mut *w.tx).await? {
                 seqs.insert(row.try_get("id")?, row.try_get("last_seq")?);
@@ -244,7 +411,10 @@ impl Store {
         let mut s = Statement::new("UPDATE message SET status = 'processed', processed_at = ");
         s.bind(now)
             .push(" WHERE processed_at IS NULL AND id IN ")
-            .bind_list(turns.iter().map(|(t, _)| t.message_id.clone()))
+            .bind_ids(
+                self.backend,
+                turns.iter().map(|(t, _)| t.message_id.as_str()),
+            )
             .push(" RETURNING id");
         let marked: HashSet<String> = s
             .query()
@@ -255,93 +425,131 @@ impl Store {
             .collect::<Result<_, _>>()?;
         if marked.len() != turns.len() || seqs.len() != replying.len() {
             // A turn was completed already, or a conversation was closed meanwhile: general path.
-            w.tx.rollback().await?;
             return Ok(None);
         }
         let mut out = vec![None; turns.len()];
         let mut delivery_ids = Vec::new();
-        let mut messages = Statement::new(
-            "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction, author,
-                                  text, citations, grounding, reply_to, status, created_at) VALUES ",
-        );
-        let mut deliveries = Statement::new(
-            "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id, message_id, seq,
-                                   recipient, body, next_attempt_at, created_at, updated_at) VALUES ",
-        );
-        let mut first = true;
+        let mut replies = Vec::new();
         for (i, (turn, reply)) in turns.iter().enumerate() {
             let Some(reply) = reply else { continue };
             let seq = seqs
                 .get(&turn.conversation_id)
                 .copied()
                 .ok_or(sqlx::Error::RowNotFound)?;
-            let reply_id = new_id();
-            if !first {
-                messages.push(", ");
-                deliveries.push(", ");
-            }
-            first = false;
-            messages
-                .push("(")
-                .bind(reply_id.clone())
-                .push(", ")
-                .bind(turn.tenant_id.clone())
-                .push(", ")
-                .bind(turn.conversation_id.clone())
-                .push(", ")
-                .bind(turn.channel_id.clone())
-                .push(", ")
-                .bind(seq)
-                .push(", 'outbound', 'bot', ")
-                .bind(reply.text.clone())
-                .push(", ")
-                .bind(reply.citations_json.clone())
-                .push(", ")
-                .bind(reply.grounding_json.clone())
-                .push(", ")
-                .bind(turn.message_id.clone())
-                .push(", 'queued', ")
-                .bind(now)
-                .push(")");
-            let delivery_id = new_id();
-            delivery_ids.push(delivery_id.clone());
-            deliveries
-                .push("(")
-                .bind(delivery_id)
-                .push(", ")
-                .bind(turn.tenant_id.clone())
-                .push(", ")
-                .bind(turn.channel_id.clone())
-                .push(", ")
-                .bind(turn.conversation_id.clone())
-                .push(", ")
-                .bind(reply_id.clone())
-                .push(", ")
-                .bind(seq)
-                .push(", ")
-                .bind(turn.recipient.clone())
-                .push(", ")
-                .bind(reply.text.clone())
-                .push(", ")
-                .bind(now)
-                .push(", ")
-                .bind(now)
-                .push(", ")
-                .bind(now)
-                .push(")");
-            out[i] = Some(reply_id);
+            let row = ReplyRow {
+                id: new_id(),
+                delivery_id: new_id(),
+                turn,
+                reply,
+                seq,
+            };
+            delivery_ids.push(row.delivery_id.clone());
+            out[i] = Some(row.id.clone());
+            replies.push(row);
         }
-        if !first {
-            messages.query().execute(&mut *w.tx).await?;
-            deliveries.query().execute(&mut *w.tx).await?;
+        if !replies.is_empty() {
+            match self.backend {
+                Backend::Sqlite => {
+                    let rows = json_rows(&replies);
+                    sqlx::query(
+                        "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq,
+                                              direction, author, text, citations, grounding,
+                                              reply_to, status, created_at)
+                         SELECT value ->> 0, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
+                                'outbound', 'bot', value ->> 7, value ->> 8, value ->> 9,
+                                value ->> 10, 'queued', $1
+                         FROM json_each($2)",
+                    )
+                    .bind(now)
+                    .bind(&rows)
+                    .execute(&mut *w.tx)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id,
+                                               message_id, seq, recipient, body, next_attempt_at,
+                                               created_at, updated_at)
+                         SELECT value ->> 1, value ->> 2, value ->> 4, value ->> 3, value ->> 0,
+                                value ->> 5, value ->> 6, value ->> 7, $1, $1, $1
+                         FROM json_each($2)",
+                    )
+                    .bind(now)
+                    .bind(&rows)
+                    .execute(&mut *w.tx)
+                    .await?;
+                }
+                Backend::Postgres => {
+                    let mut messages = Statement::new(
+                        "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction, author,
+                                              text, citations, grounding, reply_to, status, created_at) VALUES ",
+                    );
+                    let mut deliveries = Statement::new(
+                        "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id, message_id, seq,
+                                               recipient, body, next_attempt_at, created_at, updated_at) VALUES ",
+                    );
+                    for (i, r) in replies.iter().enumerate() {
+                        let (turn, reply) = (r.turn, r.reply);
+                        if i > 0 {
+                            messages.push(", ");
+                            deliveries.push(", ");
+                        }
+                        messages
+                            .push("(")
+                            .bind(r.id.clone())
+                            .push(", ")
+                            .bind(turn.tenant_id.clone())
+                            .push(", ")
+                            .bind(turn.conversation_id.clone())
+                            .push(", ")
+                            .bind(turn.channel_id.clone())
+                            .push(", ")
+                            .bind(r.seq)
+                            .push(", 'outbound', 'bot', ")
+                            .bind(reply.text.clone())
+                            .push(", ")
+                            .bind(reply.citations_json.clone())
+                            .push(", ")
+                            .bind(reply.grounding_json.clone())
+                            .push(", ")
+                            .bind(turn.message_id.clone())
+                            .push(", 'queued', ")
+                            .bind(now)
+                            .push(")");
+                        deliveries
+                            .push("(")
+                            .bind(r.delivery_id.clone())
+                            .push(", ")
+                            .bind(turn.tenant_id.clone())
+                            .push(", ")
+                            .bind(turn.channel_id.clone())
+                            .push(", ")
+                            .bind(turn.conversation_id.clone())
+                            .push(", ")
+                            .bind(r.id.clone())
+                            .push(", ")
+                            .bind(r.seq)
+                            .push(", ")
+                            .bind(turn.recipient.clone())
+                            .push(", ")
+                            .bind(reply.text.clone())
+                            .push(", ")
+                            .bind(now)
+                            .push(", ")
+                            .bind(now)
+                            .push(", ")
+                            .bind(now)
+                            .push(")");
+                    }
+                    messages.query().execute(&mut *w.tx).await?;
+                    deliveries.query().execute(&mut *w.tx).await?;
+                }
+            }
         }
         let claimed = match lease_ms {
             Some(lease_ms) => {
-                super::deliveries::preclaim(&mut w, &delivery_ids, lease_ms, now).await?
+                super::deliveries::preclaim(w, self.backend, &delivery_ids, lease_ms, now).await?
             }
             None => Vec::new(),
         };
-        w.commit().await?;
         Ok(Some(super::messages::completed(out, claimed)))
     }
 }

@@ -95,29 +95,33 @@ macro_rules! claim_returning {
 /// takes it in its turn).
 pub(super) async fn preclaim(
     w: &mut WriteTx,
+    backend: Backend,
     ids: &[String],
     lease_ms: i64,
     now: i64,
 ) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
     let mut claimed = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(500) {
-        let sql = format!(
-            concat!(
-                "UPDATE delivery SET locked_until = $1, attempts = attempts + 1, updated_at = $2
-                 WHERE id IN ({}) AND NOT EXISTS (SELECT 1 FROM delivery e
-                                    WHERE e.conversation_id = delivery.conversation_id
-                                      AND e.status = 'pending' AND e.seq < delivery.seq)",
-                claim_returning!()
-            ),
-            super::placeholders(3, chunk.len())
+    // SQLite: one statement whatever the count (see `bulk::json_rows`); PostgreSQL: chunks.
+    let chunk_len = match backend {
+        Backend::Sqlite => ids.len().max(1),
+        Backend::Postgres => 500,
+    };
+    for chunk in ids.chunks(chunk_len) {
+        let mut s = super::bulk::Statement::new(
+            "UPDATE delivery SET locked_until = $1, attempts = attempts + 1, updated_at = $2
+             WHERE id IN ",
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(now + lease_ms)
-            .bind(now);
-        for id in chunk {
-            q = q.bind(id);
-        }
-        for row in q.fetch_all(&mut *w.tx).await? {
+        // $1 and $2 are named in the text already; the list's placeholders follow from $3.
+        s.arg(now + lease_ms)
+            .arg(now)
+            .bind_ids(backend, chunk.iter().map(String::as_str))
+            .push(concat!(
+                " AND NOT EXISTS (SELECT 1 FROM delivery e
+                              WHERE e.conversation_id = delivery.conversation_id
+                                AND e.status = 'pending' AND e.seq < delivery.seq)",
+                claim_returning!()
+            ));
+        for row in s.query().fetch_all(&mut *w.tx).await? {
             claimed.push(claimed_from_row(&row)?);
         }
     }
@@ -376,6 +380,9 @@ impl Store {
 
     /// Records the outcomes of a batch of attempts in one transaction. Plain successes (the
     /// common case) are two statements for the whole batch.
+    ///
+    /// On SQLite the outcomes join the writer's current tick (see [`super::tick`]): one commit
+    /// for them and the messages and turns stored meanwhile.
     pub async fn record_outcomes(
         &self,
         outcomes: &[(ClaimedDelivery, Outcome)],
@@ -383,8 +390,21 @@ impl Store {
         if outcomes.is_empty() {
             return Ok(());
         }
-        let now = now_ms();
+        if let Some(tick) = self.tick() {
+            return tick.record(outcomes.to_vec()).await;
+        }
         let mut w = self.begin_write().await?;
+        self.record_outcomes_in(&mut w, outcomes, now_ms()).await?;
+        w.commit().await
+    }
+
+    /// [`Store::record_outcomes`]'s work inside the caller's transaction `w`.
+    pub(super) async fn record_outcomes_in(
+        &self,
+        w: &mut WriteTx,
+        outcomes: &[(ClaimedDelivery, Outcome)],
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
         // Deliveries the provider accepted (the common case): a few statements for the whole
         // batch, whatever its size.
         let delivered: Vec<(&ClaimedDelivery, Option<&str>)> = outcomes
@@ -396,7 +416,41 @@ impl Store {
                 _ => None,
             })
             .collect();
-        for chunk in delivered.chunks(400) {
+        if self.backend == Backend::Sqlite && !delivered.is_empty() {
+            // The same two statements with the rows as one JSON text: the SQL does not change
+            // with the batch size (see `bulk::json_rows`). `+status`: look deliveries up by id,
+            // never by scanning the pending ones (the planner cannot know json_each is small).
+            let rows: Vec<(&str, &str)> = delivered
+                .iter()
+                .map(|(d, pid)| (d.id.as_str(), pid.unwrap_or("")))
+                .collect();
+            sqlx::query(
+                "UPDATE delivery SET status = 'delivered', locked_until = NULL, last_error = NULL,
+                        provider_message_id = NULLIF(v.pid, ''), updated_at = $1
+                 FROM (SELECT value ->> 0 AS id, value ->> 1 AS pid FROM json_each($2)) AS v
+                 WHERE delivery.id = v.id AND +delivery.status = 'pending'",
+            )
+            .bind(now)
+            .bind(super::bulk::json_rows(&rows))
+            .execute(&mut *w.tx)
+            .await?;
+            let ids: Vec<&str> = delivered
+                .iter()
+                .map(|(d, _)| d.message_id.as_str())
+                .collect();
+            sqlx::query(
+                "UPDATE message SET status = 'sent'
+                 WHERE status = 'queued' AND id IN (SELECT value FROM json_each($1))",
+            )
+            .bind(super::bulk::json_rows(&ids))
+            .execute(&mut *w.tx)
+            .await?;
+        }
+        let chunked: &[(&ClaimedDelivery, Option<&str>)] = match self.backend {
+            Backend::Sqlite => &[],
+            Backend::Postgres => &delivered,
+        };
+        for chunk in chunked.chunks(400) {
             // Each delivery with the provider's id for it ('' for none: stored as NULL).
             let rows = (0..chunk.len())
                 .map(|i| format!("SELECT ${} AS id, ${} AS pid", 2 + 2 * i, 3 + 2 * i))
@@ -435,7 +489,7 @@ impl Store {
         {
             for (d, provider_id) in &delivered {
                 if let Some(provider_id) = provider_id {
-                    apply_early_statuses(&mut w, &d.channel_id, provider_id).await?;
+                    apply_early_statuses(w, &d.channel_id, provider_id).await?;
                 }
             }
         }
@@ -505,7 +559,7 @@ impl Store {
                 }
             }
         }
-        w.commit().await
+        Ok(())
     }
 
     /// A tenant's deliveries in one status, newest first.

@@ -213,55 +213,73 @@ impl Store {
     /// first copy's ids.
     pub async fn ingest_batch(&self, items: Vec<IngestItem>) -> Vec<Result<Ingested, sqlx::Error>> {
         super::batch::all_or_each(items, |items: Vec<IngestItem>| async move {
-            let now = now_ms();
-            if items.len() > 1 {
-                // Every conversation known already: try the multi-row fast path.
-                let known: Option<Vec<String>> = items
-                    .iter()
-                    .map(|item| self.open_conversations.get(&conversation_key(item)))
-                    .collect();
-                if let Some(conversations) = known
-                    && let Some(out) = self.try_ingest_bulk(&items, &conversations, now).await?
-                {
-                    return Ok(out);
-                }
-            }
             let mut w = self.begin_write().await?;
-            // Find (or open) every message's conversation first, then take conversation locks in
-            // id order: the lock order all batches follow, so two batches cannot deadlock.
-            let mut conversations = Vec::with_capacity(items.len());
-            for item in &items {
-                let cache_key = conversation_key(item);
-                let conversation = match self.open_conversations.get(&cache_key) {
-                    Some(id) => id,
-                    None => conversation_for(&mut w, item, now).await?,
-                };
-                conversations.push((cache_key, conversation));
-            }
-            let mut out: Vec<Option<Ingested>> = vec![None; items.len()];
-            let ids: Vec<String> = conversations.iter().map(|(_, c)| c.clone()).collect();
-            for i in lock_order(&ids) {
-                let item = &items[i];
-                let (cache_key, conversation) = &conversations[i];
-                let stored = match store_inbound(&mut w, item, conversation, now).await? {
-                    Some(stored) => stored,
-                    None => {
-                        // The remembered conversation was closed meanwhile: look it up afresh.
-                        // (Its lock is taken out of id order here; a rare retry if that deadlocks.)
-                        let fresh = conversation_for(&mut w, item, now).await?;
-                        store_inbound(&mut w, item, &fresh, now)
-                            .await?
-                            .ok_or(sqlx::Error::RowNotFound)?
-                    }
-                };
-                self.open_conversations
-                    .insert(cache_key.clone(), stored.conversation_id.clone());
-                out[i] = Some(stored);
-            }
+            let out = self.ingest_in(&mut w, &items, now_ms()).await?;
             w.commit().await?;
-            Ok(out.into_iter().flatten().collect())
+            Ok(out)
         })
         .await
+    }
+
+    /// [`Store::ingest_batch`]'s work inside the caller's transaction `w` (which may carry other
+    /// writes of the same tick): one result per item, in order, or an error for the whole batch.
+    pub(super) async fn ingest_in(
+        &self,
+        w: &mut WriteTx,
+        items: &[IngestItem],
+        now: i64,
+    ) -> Result<Vec<Ingested>, sqlx::Error> {
+        if items.len() > 1 {
+            // Every conversation known already: try the multi-row fast path.
+            let known: Option<Vec<String>> = items
+                .iter()
+                .map(|item| self.open_conversations.get(&conversation_key(item)))
+                .collect();
+            if let Some(conversations) = known {
+                w.savepoint("ingest_bulk").await?;
+                match self.try_ingest_bulk(w, items, &conversations, now).await? {
+                    Some(out) => {
+                        w.release("ingest_bulk").await?;
+                        return Ok(out);
+                    }
+                    None => w.rollback_to("ingest_bulk").await?,
+                }
+            }
+        }
+        // Find (or open) every message's conversation first, then take conversation locks in
+        // id order: the lock order all batches follow, so two batches cannot deadlock.
+        let mut conversations = Vec::with_capacity(items.len());
+        for item in items {
+            let cache_key = conversation_key(item);
+            let conversation = match self.open_conversations.get(&cache_key) {
+                Some(id) => id,
+                None => conversation_for(w, item, now).await?,
+            };
+            conversations.push((cache_key, conversation));
+        }
+        let mut out: Vec<Option<Ingested>> = vec![None; items.len()];
+        let ids: Vec<String> = conversations.iter().map(|(_, c)| c.clone()).collect();
+        for i in lock_order(&ids) {
+            let item = &items[i];
+            let (cache_key, conversation) = &conversations[i];
+            let stored = match store_inbound(w, item, conversation, now).await? {
+                Some(stored) => stored,
+                None => {
+                    // The remembered conversation was closed meanwhile: look it up afresh.
+                    // (Its lock is taken out of id order here; a rare retry if that deadlocks.)
+                    let fresh = conversation_for(w, item, now).await?;
+                    store_inbound(w, item, &fresh, now)
+                        .await?
+                        .ok_or(sqlx::Error::RowNotFound)?
+                }
+            };
+            // Remembered before the commit: if the transaction rolls back, the guarded update
+            // of a later ingest finds no open conversation under this id and looks afresh.
+            self.open_conversations
+                .insert(cache_key.clone(), stored.conversation_id.clone());
+            out[i] = Some(stored);
+        }
+        Ok(out.into_iter().flatten().collect())
     }
 
     /// When the contact last wrote in a conversation (Unix ms).
@@ -364,39 +382,55 @@ impl Store {
         super::batch::all_or_each(
             turns,
             |turns: Vec<(PendingTurn, Option<ReplyDraft>)>| async move {
-                let now = now_ms();
-                if turns.len() > 1
-                    && let Some(out) = self.try_complete_bulk(&turns, now, lease_ms).await?
-                {
-                    return Ok(out);
-                }
                 let mut w = self.begin_write().await?;
-                let conversations: Vec<String> = turns
-                    .iter()
-                    .map(|(t, _)| t.conversation_id.clone())
-                    .collect();
-                let mut out: Vec<Option<String>> = vec![None; turns.len()];
-                let mut delivery_ids = Vec::new();
-                for i in lock_order(&conversations) {
-                    let (turn, reply) = &turns[i];
-                    if let Some((reply_id, delivery_id)) =
-                        complete_one(&mut w, turn, reply.as_ref(), now).await?
-                    {
-                        out[i] = Some(reply_id);
-                        delivery_ids.push(delivery_id);
-                    }
-                }
-                let claimed = match lease_ms {
-                    Some(lease_ms) => {
-                        super::deliveries::preclaim(&mut w, &delivery_ids, lease_ms, now).await?
-                    }
-                    None => Vec::new(),
-                };
+                let out = self.complete_in(&mut w, &turns, lease_ms, now_ms()).await?;
                 w.commit().await?;
-                Ok(completed(out, claimed))
+                Ok(out)
             },
         )
         .await
+    }
+
+    /// [`Store::complete_turns`]'s work inside the caller's transaction `w`.
+    pub(super) async fn complete_in(
+        &self,
+        w: &mut WriteTx,
+        turns: &[(PendingTurn, Option<ReplyDraft>)],
+        lease_ms: Option<i64>,
+        now: i64,
+    ) -> Result<Vec<Completed>, sqlx::Error> {
+        if turns.len() > 1 {
+            w.savepoint("complete_bulk").await?;
+            match self.try_complete_bulk(w, turns, now, lease_ms).await? {
+                Some(out) => {
+                    w.release("complete_bulk").await?;
+                    return Ok(out);
+                }
+                None => w.rollback_to("complete_bulk").await?,
+            }
+        }
+        let conversations: Vec<String> = turns
+            .iter()
+            .map(|(t, _)| t.conversation_id.clone())
+            .collect();
+        let mut out: Vec<Option<String>> = vec![None; turns.len()];
+        let mut delivery_ids = Vec::new();
+        for i in lock_order(&conversations) {
+            let (turn, reply) = &turns[i];
+            if let Some((reply_id, delivery_id)) =
+                complete_one(w, turn, reply.as_ref(), now).await?
+            {
+                out[i] = Some(reply_id);
+                delivery_ids.push(delivery_id);
+            }
+        }
+        let claimed = match lease_ms {
+            Some(lease_ms) => {
+                super::deliveries::preclaim(w, self.backend, &delivery_ids, lease_ms, now).await?
+            }
+            None => Vec::new(),
+        };
+        Ok(completed(out, claimed))
     }
 
     /// Whether an inbound message has been processed, and its reply if there is one.

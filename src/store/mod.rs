@@ -27,6 +27,7 @@ pub mod moderation;
 pub mod programs;
 pub mod sealing;
 pub mod tenants;
+pub mod tick;
 pub mod widget;
 
 use std::str::FromStr;
@@ -94,6 +95,10 @@ pub struct Store {
     /// Seals channel credentials at rest (see [`sealing`]); `None`: stored as given (tools and
     /// tests that write no channels).
     sealer: Option<Arc<sealing::Sealer>>,
+    /// SQLite: the writer that commits inbound messages, completed turns and delivery outcomes
+    /// together (see [`tick`]), started at first use. `None` on PostgreSQL, and in the writer's
+    /// own copy of the store.
+    tick: Option<Arc<std::sync::OnceLock<tick::Tick>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -112,6 +117,33 @@ pub struct WriteTx {
 impl WriteTx {
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         self.tx.commit().await
+    }
+
+    /// Marks a point this transaction can return to with [`WriteTx::rollback_to`] (a fast path
+    /// that found it cannot finish undoes its writes, and the general path runs in the same
+    /// transaction). `name` must be a plain identifier.
+    pub(crate) async fn savepoint(&mut self, name: &'static str) -> Result<(), sqlx::Error> {
+        let sql = format!("SAVEPOINT {name}");
+        (&mut *self.tx)
+            .execute(sqlx::AssertSqlSafe(sql))
+            .await
+            .map(|_| ())
+    }
+
+    /// Forgets the savepoint `name`, keeping what was written since.
+    pub(crate) async fn release(&mut self, name: &'static str) -> Result<(), sqlx::Error> {
+        let sql = format!("RELEASE SAVEPOINT {name}");
+        (&mut *self.tx)
+            .execute(sqlx::AssertSqlSafe(sql))
+            .await
+            .map(|_| ())
+    }
+
+    /// Undoes everything written since the savepoint `name`, and forgets it.
+    pub(crate) async fn rollback_to(&mut self, name: &'static str) -> Result<(), sqlx::Error> {
+        let sql = format!("ROLLBACK TO SAVEPOINT {name}");
+        (&mut *self.tx).execute(sqlx::AssertSqlSafe(sql)).await?;
+        self.release(name).await
     }
 }
 
@@ -182,6 +214,7 @@ impl Store {
             open_conversations: Arc::new(cache::TtlCache::new(CONVERSATION_CACHE_TTL)),
             answer_contexts: Arc::new(cache::TtlCache::new(ANSWER_CONTEXT_TTL)),
             sealer: None,
+            tick: (backend == Backend::Sqlite).then(|| Arc::new(std::sync::OnceLock::new())),
         })
     }
 
@@ -201,6 +234,17 @@ impl Store {
             .run(&self.pool)
             .await
             .context("applying database migrations")
+    }
+
+    /// The tick writer (SQLite), started on first use; `None` where writes batch by kind.
+    pub fn tick(&self) -> Option<&tick::Tick> {
+        let cell = self.tick.as_ref()?;
+        Some(cell.get_or_init(|| {
+            tick::Tick::spawn(Store {
+                tick: None,
+                ..self.clone()
+            })
+        }))
     }
 
     pub fn backend(&self) -> Backend {
@@ -255,7 +299,7 @@ fn sqlite_pool(max_connections: u32) -> AnyPoolOptions {
                 // synchronous=FULL: a commit is on disk before we acknowledge anything.
                 conn.execute(
                     "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-                     PRAGMA busy_timeout = 10000; PRAGMA mmap_size = 268435456;",
+                     PRAGMA busy_timeout = 10000; PRAGMA mmap_size = 0;",
                 )
                 .await?;
                 Ok(())
