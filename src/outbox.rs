@@ -285,8 +285,11 @@ impl Outbox {
                     Ok(batch) => {
                         claimed = batch.len();
                         for d in batch {
-                            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                                break; // cannot happen: we claimed at most `free`
+                            // We claimed at most `free`, but the hand-over task may have taken
+                            // permits while the claim ran: wait for one rather than leave a
+                            // claimed row unsent until its lease runs out.
+                            let Ok(permit) = permits.clone().acquire_owned().await else {
+                                break; // the semaphore is never closed
                             };
                             self.dispatch(&in_flight, &done_tx, d, permit);
                         }
