@@ -707,8 +707,6 @@ async fn bad_requests_get_clear_json_errors_and_store_nothing(backend: Backend) 
 /// conversation; the contact "last wrote" at the provider's send time, never later than now and
 /// never moved back; a redelivery of one of them is a duplicate with the first copy's ids.
 async fn a_batch_with_send_times_numbers_in_order_and_keeps_the_last_wrote_rule(backend: Backend) {
-    use switchboard::store::messages::IngestItem;
-    use switchboard_channel::{ContactRef, InboundMessage};
     let Some(app) = TestApp::spawn_with(backend, |c| c.workers = false, None).await else {
         return;
     };
@@ -718,19 +716,9 @@ async fn a_batch_with_send_times_numbers_in_order_and_keeps_the_last_wrote_rule(
         .await
         .expect("channel");
     let item = |who: &str, id: &str, sent_at: Option<i64>| {
-        let contact = ContactRef {
-            external_id: who.to_owned(),
-            display_name: None,
-        };
-        let mut message = InboundMessage::text(id, contact, format!("text {id}"));
-        message.sent_at = sent_at;
-        IngestItem {
-            tenant_id: app.tenant_id.clone(),
-            channel_id: channel.id.clone(),
-            message,
-            thread: String::new(),
-            subject: None,
-        }
+        let mut item = ingest_item(&app.tenant_id, &channel.id, who, id, &format!("text {id}"));
+        item.message.sent_at = sent_at;
+        item
     };
     // One message each first: their conversations open (and are remembered by ingest).
     let mut first = Vec::new();
@@ -817,8 +805,7 @@ async fn one_tick_stores_messages_turns_and_outcomes_and_a_bad_message_fails_alo
     backend: Backend,
 ) {
     use switchboard::store::deliveries::Outcome;
-    use switchboard::store::messages::{IngestItem, ReplyDraft};
-    use switchboard_channel::{ContactRef, InboundMessage};
+    use switchboard::store::messages::ReplyDraft;
     let Some(app) = TestApp::spawn_with(backend, |c| c.workers = false, None).await else {
         return;
     };
@@ -832,19 +819,8 @@ async fn one_tick_stores_messages_turns_and_outcomes_and_a_bad_message_fails_alo
         .api_channel(&app.tenant_id)
         .await
         .expect("channel");
-    let item = |who: &str, id: &str, channel_id: &str| IngestItem {
-        tenant_id: app.tenant_id.clone(),
-        channel_id: channel_id.to_owned(),
-        message: InboundMessage::text(
-            id,
-            ContactRef {
-                external_id: who.to_owned(),
-                display_name: None,
-            },
-            format!("text {id}"),
-        ),
-        thread: String::new(),
-        subject: None,
+    let item = |who: &str, id: &str, channel_id: &str| {
+        ingest_item(&app.tenant_id, channel_id, who, id, &format!("text {id}"))
     };
     let reply = |text: &str| ReplyDraft {
         text: text.to_owned(),
@@ -916,8 +892,6 @@ async fn one_tick_stores_messages_turns_and_outcomes_and_a_bad_message_fails_alo
 /// escapes, control characters, emoji and a JSON-looking text come back byte for byte, in the
 /// inbound rows and in the replies (the echo template repeats the question).
 async fn the_multi_row_paths_keep_any_text_exactly(backend: Backend) {
-    use switchboard::store::messages::{IngestItem, ReplyDraft};
-    use switchboard_channel::{ContactRef, InboundMessage};
     let Some(app) = TestApp::spawn_with(backend, |c| c.workers = false, None).await else {
         return;
     };
@@ -935,19 +909,8 @@ async fn the_multi_row_paths_keep_any_text_exactly(backend: Backend) {
         "",
     ]
     .map(str::to_owned);
-    let item = |who: &str, id: String, text: &str| IngestItem {
-        tenant_id: app.tenant_id.clone(),
-        channel_id: channel.id.clone(),
-        message: InboundMessage::text(
-            &id,
-            ContactRef {
-                external_id: who.to_owned(),
-                display_name: None,
-            },
-            text.to_owned(),
-        ),
-        thread: String::new(),
-        subject: None,
+    let item = |who: &str, id: String, text: &str| {
+        ingest_item(&app.tenant_id, &channel.id, who, &id, text)
     };
     // Open each contact's conversation first, so the batch below takes the multi-row path.
     for (i, _) in texts.iter().enumerate() {
@@ -980,7 +943,7 @@ async fn the_multi_row_paths_keep_any_text_exactly(backend: Backend) {
                 .await
                 .expect("read")
                 .expect("pending");
-            let reply = ReplyDraft {
+            let reply = switchboard::store::messages::ReplyDraft {
                 text: format!("echo: {}", turn.text),
                 citations_json: "[]".to_owned(),
                 grounding_json: None,
@@ -1009,4 +972,26 @@ async fn the_multi_row_paths_keep_any_text_exactly(backend: Backend) {
         );
     }
     app.stop().await;
+}
+
+/// An inbound text from `who` (the provider id `id`) on `channel_id`, as a channel adapter hands
+/// it to ingest.
+fn ingest_item(
+    tenant_id: &str,
+    channel_id: &str,
+    who: &str,
+    id: &str,
+    text: &str,
+) -> switchboard::store::messages::IngestItem {
+    let contact = switchboard_channel::ContactRef {
+        external_id: who.to_owned(),
+        display_name: None,
+    };
+    switchboard::store::messages::IngestItem {
+        tenant_id: tenant_id.to_owned(),
+        channel_id: channel_id.to_owned(),
+        message: switchboard_channel::InboundMessage::text(id, contact, text.to_owned()),
+        thread: String::new(),
+        subject: None,
+    }
 }
