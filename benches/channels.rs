@@ -813,7 +813,11 @@ fn switchboard_env(cmd: &mut Command, data: &Path, database: Option<&str>, liste
         .env("SWITCHBOARD_WIDGET_CONNECT_BURST_PER_IP", "10000000")
         // Every visitor comes from 127.0.0.1: the per-address budget must not be what is measured.
         .env("SWITCHBOARD_WIDGET_SEND_BURST", "10000000")
-        .env("RUST_LOG", "warn")
+        // (`BENCH_GATEWAY_LOG`: see `run_switchboard`)
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env_remove("SWITCHBOARD_CONFIG");
     match database {
         Some(url) => cmd.env("SWITCHBOARD_DATABASE_URL", url),
@@ -865,10 +869,19 @@ async fn run_switchboard(
     let shared = Arc::new(Shared::default());
     let (stand_in_url, stand_in_task) = stand_in(shared.clone()).await?;
     let mut serve = Command::new("taskset");
-    serve
-        .args(["-c", &knobs.cpus, &bin, "serve"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+    serve.args(["-c", &knobs.cpus, &bin, "serve"]);
+    // `BENCH_GATEWAY_LOG=<filter>`: the gateway's log is kept beside its data directory
+    // (`switchboard-gateway-<round>-<port>.log`), e.g. `warn,sqlx::query=debug` to count the
+    // statements per reply.
+    if std::env::var_os("BENCH_GATEWAY_LOG").is_some() {
+        let log = std::fs::File::create(
+            data.path()
+                .with_file_name(format!("switchboard-gateway-{round}-{port}.log")),
+        )?;
+        serve.stdout(log.try_clone()?).stderr(log);
+    } else {
+        serve.stdout(Stdio::null()).stderr(Stdio::inherit());
+    }
     switchboard_env(&mut serve, data.path(), database.as_deref(), &listen);
     let mut child = serve.spawn().context("taskset")?;
     wait_listening(port, &mut child).await?;

@@ -8,8 +8,8 @@
 //! Ordering: `kick(conversation)` makes sure exactly one task drains that conversation, taking its
 //! unanswered messages by `seq`, one at a time. A kick that arrives while the task runs sets a
 //! "run again" flag instead of starting a second task, so no wake-up is lost and no two turns of
-//! one conversation ever overlap. Different conversations run concurrently; their reads are
-//! bounded by a semaphore so a burst cannot exhaust the database pool, and their completions are
+//! one conversation ever overlap. Different conversations run concurrently; the next turns of
+//! the conversations ready at the same moment are read in one query, and their completions are
 //! group-committed.
 //!
 //! What it must never do: answer a turn twice. `Store::complete_turn` marks the turn processed in
@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics::{counter, histogram};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
@@ -65,10 +65,11 @@ struct Inner {
     channels: Option<Channels>,
     /// Conversations with a running drain task → whether another pass was requested meanwhile.
     active: Mutex<HashMap<String, bool>>,
-    /// Bounds concurrent reads of pending turns to the read pool's size. Held only for the read:
-    /// a turn waiting for its batch to commit holds no connection, and must not hold back others
-    /// (their turns are what makes batches large).
-    reads: Semaphore,
+    /// Reads the next pending turn of the conversations ready at the same moment in one query
+    /// (one hop to a database connection per batch, not per turn). As many batches at once as
+    /// the store runs write batches, never more than the read pool's size. A turn waiting for
+    /// its completion to commit holds no read.
+    turns: Batcher<String, Option<(PendingTurn, bool)>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     outbox_wake: Arc<Notify>,
@@ -95,6 +96,22 @@ impl Router {
         moderation: Option<Arc<Moderation>>,
         handoff: Option<crate::outbox::Handoff>,
     ) -> Router {
+        let turns = {
+            let store = store.clone();
+            let workers = store.write_parallelism().min(max_concurrent_reads.max(1));
+            Batcher::spawn(workers, MAX_BATCH, move |ids: Vec<String>| {
+                let store = store.clone();
+                // A batch that fails is read again conversation by conversation: one
+                // unreadable turn must not stall the others.
+                async move {
+                    crate::store::batch::all_or_each(ids, |ids| {
+                        let store = store.clone();
+                        async move { store.next_pending_turns(&ids).await }
+                    })
+                    .await
+                }
+            })
+        };
         Router {
             inner: Arc::new(Inner {
                 enabled,
@@ -126,7 +143,7 @@ impl Router {
                 responder,
                 channels,
                 active: Mutex::new(HashMap::new()),
-                reads: Semaphore::new(max_concurrent_reads),
+                turns,
                 tracker: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
                 outbox_wake,
@@ -275,10 +292,7 @@ impl Inner {
         conversation_id: &str,
         give_up: bool,
     ) -> anyhow::Result<Option<bool>> {
-        let next = {
-            let _permit = self.reads.acquire().await?;
-            self.store.next_pending_turn(conversation_id).await?
-        };
+        let next = self.turns.submit(conversation_id.to_owned()).await?;
         let Some((turn, more)) = next else {
             return Ok(None);
         };

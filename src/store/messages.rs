@@ -5,7 +5,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use switchboard_channel::InboundMessage;
 
-use super::{Store, WriteTx, new_id, now_ms};
+use super::{Backend, Store, WriteTx, new_id, now_ms};
 
 /// The result of the ingest gate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,9 +312,38 @@ impl Store {
         &self,
         conversation_id: &str,
     ) -> Result<Option<(PendingTurn, bool)>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT m.id, m.tenant_id, m.conversation_id, m.channel_id, m.seq, m.text, m.created_at,
-                    m.kind, m.provider_id, m.attachments, c.status, ci.external_id,
+        let mut found = self
+            .next_pending_turns(&[conversation_id.to_owned()])
+            .await?;
+        Ok(found.pop().flatten())
+    }
+
+    /// [`Store::next_pending_turn`] for many conversations in one statement (the router reads
+    /// the turns of the conversations that are ready at the same moment together: one query,
+    /// and on SQLite one hop to a connection's thread, instead of one per turn). One entry per
+    /// id, in order.
+    pub async fn next_pending_turns(
+        &self,
+        conversation_ids: &[String],
+    ) -> Result<Vec<Option<(PendingTurn, bool)>>, sqlx::Error> {
+        if conversation_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // `j`: the conversations asked for, with their position (`ord`) in the request.
+        let wanted = match self.backend {
+            // One JSON text: the same SQL for any number of conversations (see `bulk::json_rows`).
+            Backend::Sqlite => "(SELECT value, key AS ord FROM json_each($1)) AS j".to_owned(),
+            Backend::Postgres => format!(
+                "(VALUES {}) AS j(value, ord)",
+                (1..=conversation_ids.len())
+                    .map(|i| format!("(CAST(${i} AS TEXT), CAST({i} AS BIGINT))"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let sql = format!(
+            "SELECT j.ord, m.id, m.tenant_id, m.conversation_id, m.channel_id, m.seq, m.text,
+                    m.created_at, m.kind, m.provider_id, m.attachments, c.status, ci.external_id,
                     ch.kind AS channel_kind, c.contact_id, k.blocked_at, c.fallbacks,
                     CAST(CASE WHEN EXISTS (SELECT 1 FROM enrollment e
                                            WHERE e.contact_id = c.contact_id
@@ -324,45 +353,42 @@ impl Store {
                                            WHERE p.tenant_id = m.tenant_id
                                              AND p.deleted_at IS NULL AND p.current_version > 0)
                               THEN 1 ELSE 0 END AS BIGINT) AS programs_published
-             FROM message m
+             FROM {wanted}
+             JOIN message m ON m.id IN (SELECT q.id FROM message q
+                                        WHERE q.conversation_id = j.value
+                                          AND q.direction = 'inbound' AND q.processed_at IS NULL
+                                        ORDER BY q.seq LIMIT 2)
              JOIN conversation c ON c.id = m.conversation_id
              JOIN contact k ON k.id = c.contact_id
              JOIN contact_identity ci ON ci.contact_id = c.contact_id AND ci.channel_id = c.channel_id
              JOIN channel ch ON ch.id = m.channel_id
-             WHERE m.conversation_id = $1 AND m.direction = 'inbound' AND m.processed_at IS NULL
-             ORDER BY m.seq LIMIT 2",
-        )
-        .bind(conversation_id)
-        .fetch_all(&self.pool)
-        .await?;
-        let more = rows.len() > 1;
-        rows.first()
-            .map(|r| {
-                Ok((
-                    PendingTurn {
-                        tenant_id: r.try_get("tenant_id")?,
-                        conversation_id: r.try_get("conversation_id")?,
-                        conversation_status: r.try_get("status")?,
-                        channel_id: r.try_get("channel_id")?,
-                        message_id: r.try_get("id")?,
-                        seq: r.try_get("seq")?,
-                        text: r.try_get("text")?,
-                        created_at: r.try_get("created_at")?,
-                        recipient: r.try_get("external_id")?,
-                        kind: r.try_get("kind")?,
-                        provider_id: r.try_get("provider_id")?,
-                        attachments: r.try_get("attachments")?,
-                        channel_kind: r.try_get("channel_kind")?,
-                        contact_id: r.try_get("contact_id")?,
-                        contact_blocked: r.try_get::<Option<i64>, _>("blocked_at")?.is_some(),
-                        fallbacks: r.try_get("fallbacks")?,
-                        enrolled: r.try_get::<i64, _>("enrolled")? != 0,
-                        programs_published: r.try_get::<i64, _>("programs_published")? != 0,
-                    },
-                    more,
-                ))
-            })
-            .transpose()
+             ORDER BY j.ord, m.seq"
+        );
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let query = match self.backend {
+            Backend::Sqlite => query.bind(super::bulk::json_rows(conversation_ids)),
+            Backend::Postgres => conversation_ids.iter().fold(query, |q, id| q.bind(id)),
+        };
+        let rows = query.fetch_all(&self.pool).await?;
+        // `ord` counts from 0 in json_each and from 1 in the VALUES list.
+        let first = match self.backend {
+            Backend::Sqlite => 0,
+            Backend::Postgres => 1,
+        };
+        let mut out: Vec<Option<(PendingTurn, bool)>> = Vec::new();
+        out.resize_with(conversation_ids.len(), || None);
+        for r in &rows {
+            let at = usize::try_from(r.try_get::<i64, _>("ord")? - first)
+                .ok()
+                .filter(|&at| at < out.len())
+                .ok_or_else(|| sqlx::Error::Protocol("turn read: position out of range".into()))?;
+            match &mut out[at] {
+                // The second row of a conversation: only says another turn waits.
+                Some((_, more)) => *more = true,
+                slot => *slot = Some((pending_turn(r)?, false)),
+            }
+        }
+        Ok(out)
     }
 
     /// Closes turns: marks each inbound message processed and, with a reply, stores the reply
@@ -949,4 +975,28 @@ async fn open_thread_for(
         .fetch_one(&mut *w.tx)
         .await?
         .try_get("id")
+}
+
+/// A pending turn from a row of [`Store::next_pending_turns`].
+fn pending_turn(r: &AnyRow) -> Result<PendingTurn, sqlx::Error> {
+    Ok(PendingTurn {
+        tenant_id: r.try_get("tenant_id")?,
+        conversation_id: r.try_get("conversation_id")?,
+        conversation_status: r.try_get("status")?,
+        channel_id: r.try_get("channel_id")?,
+        message_id: r.try_get("id")?,
+        seq: r.try_get("seq")?,
+        text: r.try_get("text")?,
+        created_at: r.try_get("created_at")?,
+        recipient: r.try_get("external_id")?,
+        kind: r.try_get("kind")?,
+        provider_id: r.try_get("provider_id")?,
+        attachments: r.try_get("attachments")?,
+        channel_kind: r.try_get("channel_kind")?,
+        contact_id: r.try_get("contact_id")?,
+        contact_blocked: r.try_get::<Option<i64>, _>("blocked_at")?.is_some(),
+        fallbacks: r.try_get("fallbacks")?,
+        enrolled: r.try_get::<i64, _>("enrolled")? != 0,
+        programs_published: r.try_get::<i64, _>("programs_published")? != 0,
+    })
 }

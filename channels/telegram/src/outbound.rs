@@ -13,23 +13,33 @@
 //!
 //! Telegram has no idempotency key: a crash between Telegram's answer and our record of it means
 //! one repeat after the lease (documented in docs/ARCHITECTURE.md).
+//!
+//! Text and the typing action — the calls every answer makes — go out through our own reqwest
+//! client with a small answer type that reads `message_id` and skips the rest; teloxide's
+//! request path (a `Bot` per call, an untagged answer buffered whole, the full `Message` type
+//! with its flattened kinds) was the largest share of the gateway's CPU per reply after
+//! SQLite (measured with `perf` in the channels bench, docs/BENCHMARKS.md). Telegram's refusals are still read by
+//! teloxide's types (`ApiError` from the description, `ResponseParameters`), so both paths
+//! classify them the same way. Media, callbacks and the webhook calls stay on teloxide.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use switchboard_channel::egress::EgressPolicy;
 use switchboard_channel::{Content, OutboundMessage, Receipt, SendError};
 use teloxide_core::Bot;
 use teloxide_core::errors::{ApiError, RequestError};
 use teloxide_core::payloads::{
-    SendAnimationSetters, SendAudioSetters, SendDocumentSetters, SendMessageSetters,
-    SendPhotoSetters, SendStickerSetters, SendVideoSetters, SendVoiceSetters, SetWebhookSetters,
+    SendAnimationSetters, SendAudioSetters, SendDocumentSetters, SendPhotoSetters,
+    SendStickerSetters, SendVideoSetters, SendVoiceSetters, SetWebhookSetters,
 };
 use teloxide_core::prelude::Requester;
 use teloxide_core::types::{
-    AllowedUpdate, CallbackQueryId, ChatAction, ChatId, FileId, InlineKeyboardButton,
-    InlineKeyboardMarkup, InputFile, Message, ParseMode, ReplyMarkup,
+    AllowedUpdate, CallbackQueryId, ChatId, FileId, InlineKeyboardButton, InlineKeyboardMarkup,
+    InputFile, Message, ParseMode, ReplyMarkup, ResponseParameters,
 };
 
 use crate::config::TelegramConfig;
@@ -142,6 +152,84 @@ pub fn classify(e: RequestError) -> SendError {
             }
         }
         RequestError::Api(e) => SendError::Permanent(format!("Telegram: {e}")),
+    }
+}
+
+/// Why a Bot API call failed: Telegram's refusal, kept whole (a migrated group and refused
+/// markup are acted on, not reported), or the outbox's verdict on anything else.
+#[derive(Debug)]
+enum Failure {
+    Api(RequestError),
+    Other(SendError),
+}
+
+impl From<RequestError> for Failure {
+    fn from(e: RequestError) -> Self {
+        Failure::Api(e)
+    }
+}
+
+impl Failure {
+    fn verdict(self) -> SendError {
+        match self {
+            Failure::Api(e) => classify(e),
+            Failure::Other(e) => e,
+        }
+    }
+}
+
+/// Largest Bot API answer read (a sent message comes back whole: text, entities, keyboard).
+const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// A Bot API answer: `{"ok":true,"result":…}` or `{"ok":false,"description":…,"parameters":…}`.
+#[derive(Deserialize)]
+struct Answer<R> {
+    ok: bool,
+    result: Option<R>,
+    description: Option<ApiError>,
+    parameters: Option<ResponseParameters>,
+}
+
+/// The part of a sent `Message` a receipt needs.
+#[derive(Deserialize)]
+struct Sent {
+    message_id: i64,
+}
+
+/// Reads a Bot API answer, whatever the HTTP status (Telegram's errors are JSON with 4xx/5xx).
+fn answer<R: DeserializeOwned>(body: &[u8], status: u16) -> Result<R, Failure> {
+    let Ok(answer) = serde_json::from_slice::<Answer<R>>(body) else {
+        // Never repeated: what a server at `api_url` answered is not the tenant's to read.
+        return Err(Failure::Other(SendError::Transient(format!(
+            "Bot API answered HTTP {status} with {} bytes that are not its JSON",
+            body.len()
+        ))));
+    };
+    match answer {
+        Answer {
+            ok: true,
+            result: Some(result),
+            ..
+        } => Ok(result),
+        Answer { ok: true, .. } => Err(Failure::Other(SendError::Transient(format!(
+            "Bot API answered HTTP {status} ok without a result"
+        )))),
+        Answer {
+            parameters: Some(ResponseParameters::RetryAfter(wait)),
+            ..
+        } => Err(RequestError::RetryAfter(wait).into()),
+        Answer {
+            parameters: Some(ResponseParameters::MigrateToChatId(to)),
+            ..
+        } => Err(RequestError::MigrateToChatId(to).into()),
+        Answer {
+            description: Some(e),
+            ..
+        } => Err(RequestError::Api(e).into()),
+        Answer { .. } => Err(RequestError::Api(ApiError::Unknown(format!(
+            "HTTP {status} without a description"
+        )))
+        .into()),
     }
 }
 
@@ -262,10 +350,28 @@ fn keyboard(content: &Content) -> Result<Option<InlineKeyboardMarkup>, SendError
     Ok((!rows.is_empty()).then(|| InlineKeyboardMarkup::new(rows)))
 }
 
-fn receipt(message: &Message) -> Receipt {
+fn receipt(message_id: i64) -> Receipt {
     Receipt {
-        provider_message_id: Some(message.id.0.to_string()),
+        provider_message_id: Some(message_id.to_string()),
     }
+}
+
+/// `sendMessage`'s parameters.
+#[derive(Serialize)]
+struct SendMessage<'a> {
+    chat_id: i64,
+    text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parse_mode: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_markup: Option<&'a InlineKeyboardMarkup>,
+}
+
+/// `sendChatAction`'s parameters.
+#[derive(Serialize)]
+struct SendChatAction {
+    chat_id: i64,
+    action: &'static str,
 }
 
 impl TelegramSender {
@@ -299,20 +405,19 @@ impl TelegramSender {
         config: &TelegramConfig,
         msg: &OutboundMessage,
     ) -> Result<Receipt, SendError> {
-        let bot = self.bot(config)?;
         let mut chat = chat_id(&msg.to)?;
         let mut from = msg.parts_sent as usize;
         let mut migrated = false;
         loop {
-            match self.send_parts(&bot, chat, msg, from).await {
+            match self.send_parts(config, chat, msg, from).await {
                 Ok(receipt) => return Ok(receipt),
-                Err((at, RequestError::MigrateToChatId(new))) if !migrated => {
+                Err((at, Failure::Api(RequestError::MigrateToChatId(new)))) if !migrated => {
                     chat = new;
                     from = at;
                     migrated = true;
                 }
                 Err((at, e)) => {
-                    let error = scrub(classify(e), config);
+                    let error = scrub(e.verdict(), config);
                     return Err(if at > msg.parts_sent as usize {
                         SendError::Partial {
                             parts_sent: at as u32,
@@ -330,12 +435,12 @@ impl TelegramSender {
     /// that failed (= parts accepted so far) with the error.
     async fn send_parts(
         &self,
-        bot: &Bot,
+        config: &TelegramConfig,
         chat: ChatId,
         msg: &OutboundMessage,
         from: usize,
-    ) -> Result<Receipt, (usize, RequestError)> {
-        let refuse = |m: String| (from, RequestError::Api(ApiError::Unknown(m)));
+    ) -> Result<Receipt, (usize, Failure)> {
+        let refuse = |m: String| (from, Failure::Api(RequestError::Api(ApiError::Unknown(m))));
         let content = &msg.content;
         if content.template.is_some() {
             return Err(refuse(
@@ -373,22 +478,21 @@ impl TelegramSender {
                     .as_ref()
                     .ok_or_else(|| refuse("no media".into()))?;
                 let caption = media_caption.clone().unwrap_or_default();
-                self.send_media(bot, chat, media, &caption, markup).await
+                let bot = self.bot(config).map_err(|e| (index, Failure::Other(e)))?;
+                self.send_media(&bot, chat, media, &caption, markup)
+                    .await
+                    .map(|m| m.id.0.into())
+                    .map_err(Failure::Api)
             } else {
                 let piece = &pieces[index - media_parts];
+                let markup = markup.as_ref();
                 let html = self
-                    .text(
-                        bot,
-                        chat,
-                        to_html(piece),
-                        Some(ParseMode::Html),
-                        markup.clone(),
-                    )
+                    .text(config, chat, &to_html(piece), Some("HTML"), markup)
                     .await;
                 match html {
                     // Our markup was refused after all: the same words, unformatted.
-                    Err(RequestError::Api(ApiError::CantParseEntities(_))) => {
-                        self.text(bot, chat, piece.clone(), None, markup).await
+                    Err(Failure::Api(RequestError::Api(ApiError::CantParseEntities(_)))) => {
+                        self.text(config, chat, piece, None, markup).await
                     }
                     other => other,
                 }
@@ -396,25 +500,56 @@ impl TelegramSender {
             last = Some(sent.map_err(|e| (index, e))?);
             msg.progress.accepted(index as u32 + 1);
         }
-        Ok(last.as_ref().map(receipt).unwrap_or_default())
+        Ok(last.map(receipt).unwrap_or_default())
     }
 
+    /// `sendMessage`: the new message's id.
     async fn text(
         &self,
-        bot: &Bot,
+        config: &TelegramConfig,
         chat: ChatId,
-        text: String,
-        mode: Option<ParseMode>,
-        markup: Option<InlineKeyboardMarkup>,
-    ) -> Result<Message, RequestError> {
-        let mut request = bot.send_message(chat, text);
-        if let Some(mode) = mode {
-            request = request.parse_mode(mode);
-        }
-        if let Some(markup) = markup {
-            request = request.reply_markup(ReplyMarkup::InlineKeyboard(markup));
-        }
-        request.await
+        text: &str,
+        parse_mode: Option<&'static str>,
+        reply_markup: Option<&InlineKeyboardMarkup>,
+    ) -> Result<i64, Failure> {
+        let payload = SendMessage {
+            chat_id: chat.0,
+            text,
+            parse_mode,
+            reply_markup,
+        };
+        let sent: Sent = self.call(config, "sendMessage", &payload).await?;
+        Ok(sent.message_id)
+    }
+
+    /// One Bot API call through our client: JSON parameters in, the answer's `result` out.
+    async fn call<R: DeserializeOwned>(
+        &self,
+        config: &TelegramConfig,
+        method: &str,
+        payload: &impl Serialize,
+    ) -> Result<R, Failure> {
+        let body = serde_json::to_vec(payload)
+            .map_err(|e| Failure::Other(SendError::Permanent(format!("{method}: {e}"))))?;
+        let response = self
+            .http
+            .post(config.method_url(method))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                // (the URL holds the token: `scrub` removes it from what this says)
+                Failure::Other(SendError::Transient(format!(
+                    "Bot API request failed: {}",
+                    switchboard_channel::egress::describe(e)
+                )))
+            })?;
+        let status = response.status().as_u16();
+        let body = switchboard_channel::egress::read_capped(response, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| Failure::Other(SendError::from(e)))?;
+        answer(&body, status)
     }
 
     async fn send_media(
@@ -506,11 +641,14 @@ impl TelegramSender {
 
     /// "typing…" in the chat while the bot prepares an answer (it shows for up to 5 s).
     pub async fn typing(&self, config: &TelegramConfig, to: &str) -> Result<(), SendError> {
-        let bot = self.bot(config)?;
-        bot.send_chat_action(chat_id(to)?, ChatAction::Typing)
+        let payload = SendChatAction {
+            chat_id: chat_id(to)?.0,
+            action: "typing",
+        };
+        self.call::<IgnoredAny>(config, "sendChatAction", &payload)
             .await
             .map(|_| ())
-            .map_err(|e| scrub(classify(e), config))
+            .map_err(|e| scrub(e.verdict(), config))
     }
 
     /// Stops a pressed button's spinner.
@@ -701,6 +839,78 @@ mod tests {
         assert!(pieces.iter().all(|p| utf16_len(p) <= MAX_TEXT_UNITS));
         assert_eq!(pieces.concat(), emoji);
         assert_eq!(split_text("short", MAX_TEXT_UNITS), vec!["short"]);
+    }
+
+    fn verdict<R: DeserializeOwned + std::fmt::Debug>(body: &str, status: u16) -> SendError {
+        answer::<R>(body.as_bytes(), status)
+            .expect_err("a refusal")
+            .verdict()
+    }
+
+    #[test]
+    fn answers_are_read_like_teloxide_reads_them() {
+        let sent: Sent = answer(
+            br#"{"ok":true,"result":{"message_id":77,"chat":{"id":1,"type":"private"},"date":1,"text":"hi"}}"#,
+            200,
+        )
+        .expect("sent");
+        assert_eq!(sent.message_id, 77);
+        assert_eq!(
+            verdict::<Sent>(
+                r#"{"ok":false,"error_code":429,"description":"Too Many Requests: retry after 3","parameters":{"retry_after":3}}"#,
+                429
+            ),
+            SendError::RetryAfter(Duration::from_secs(3), "Telegram: too many requests".into())
+        );
+        assert!(matches!(
+            answer::<Sent>(
+                br#"{"ok":false,"error_code":400,"description":"Bad Request: group chat was upgraded to a supergroup chat","parameters":{"migrate_to_chat_id":-1001234}}"#,
+                400
+            ),
+            Err(Failure::Api(RequestError::MigrateToChatId(ChatId(-1001234))))
+        ));
+        assert!(matches!(
+            answer::<Sent>(
+                br#"{"ok":false,"error_code":400,"description":"Bad Request: can't parse entities: Unsupported start tag \"x\" at byte offset 0"}"#,
+                400
+            ),
+            Err(Failure::Api(RequestError::Api(ApiError::CantParseEntities(_))))
+        ));
+        let blocked = verdict::<Sent>(
+            r#"{"ok":false,"error_code":403,"description":"Forbidden: bot was blocked by the user"}"#,
+            403,
+        );
+        assert!(!blocked.is_retryable(), "{blocked:?}");
+        assert!(
+            verdict::<IgnoredAny>(
+                r#"{"ok":false,"error_code":502,"description":"Bad Gateway"}"#,
+                502
+            )
+            .is_retryable()
+        );
+        assert!(verdict::<Sent>(r#"{"ok":true,"result":true}"#, 200).is_retryable());
+        assert!(verdict::<Sent>(r#"{"ok":true}"#, 200).is_retryable());
+    }
+
+    #[test]
+    fn what_a_hostile_api_url_answers_is_never_repeated_and_never_crashes() {
+        let page = "<html><body>token 123:SECRET in a proxy's error page</body></html>";
+        let error = verdict::<Sent>(page, 502);
+        assert!(error.is_retryable());
+        assert!(!error.to_string().contains("SECRET"), "{error}");
+        // Nesting deeper than serde_json's recursion limit: an error, not a stack overflow.
+        let deep = format!(
+            r#"{{"ok":true,"result":{{"message_id":1,"x":{}{}}}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(verdict::<Sent>(&deep, 200).is_retryable());
+        let deep_description = format!(
+            r#"{{"ok":false,"description":{}1{}}}"#,
+            "[".repeat(50_000),
+            "]".repeat(50_000)
+        );
+        assert!(verdict::<Sent>(&deep_description, 400).is_retryable());
     }
 
     #[test]
