@@ -451,7 +451,7 @@ impl Application {
             Some(moderation.clone()),
             config.workers.then(|| outbox.handoff()),
         );
-        let state = AppState {
+        let state = AppState::new(crate::http::Shared {
             channels,
             pollers: crate::polling::Pollers::default(),
             knowledge,
@@ -463,7 +463,7 @@ impl Application {
             router,
             config: Arc::new(config),
             metrics: metrics_handle(),
-        };
+        });
         Ok(Application {
             listener,
             state,

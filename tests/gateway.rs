@@ -33,6 +33,7 @@ both_backends!(
     a_batch_with_send_times_numbers_in_order_and_keeps_the_last_wrote_rule,
     one_tick_stores_messages_turns_and_outcomes_and_a_bad_message_fails_alone,
     the_multi_row_paths_keep_any_text_exactly,
+    the_next_turns_of_many_conversations_are_read_together,
 );
 
 /// Fails on any message containing "boom", answers the rest.
@@ -934,15 +935,19 @@ async fn the_multi_row_paths_keep_any_text_exactly(backend: Backend) {
         .map(|r| r.expect("stored"))
         .collect();
     // Complete the first turn of each (plain), then the odd ones, with replies repeating them.
+    // (Read together, as the router reads the turns of the conversations ready at once.)
+    let conversations: Vec<String> = stored.iter().map(|s| s.conversation_id.clone()).collect();
     for round in 0..2 {
         let mut turns = Vec::new();
-        for s in &stored {
-            let (turn, _) = app
-                .store
-                .next_pending_turn(&s.conversation_id)
-                .await
-                .expect("read")
-                .expect("pending");
+        let pending = app
+            .store
+            .next_pending_turns(&conversations)
+            .await
+            .expect("read");
+        for (next, text) in pending.into_iter().zip(&texts) {
+            let (turn, more) = next.expect("pending");
+            assert_eq!(more, round == 0, "round {round}");
+            assert_eq!(turn.text, if round == 0 { "first" } else { text.as_str() });
             let reply = switchboard::store::messages::ReplyDraft {
                 text: format!("echo: {}", turn.text),
                 citations_json: "[]".to_owned(),
@@ -971,6 +976,81 @@ async fn the_multi_row_paths_keep_any_text_exactly(backend: Backend) {
             ]
         );
     }
+    app.stop().await;
+}
+
+/// The router's batched read: one entry per conversation asked for, in the order asked, each
+/// with its oldest unanswered message and whether another waits behind it; nothing for a
+/// conversation with nothing pending or that does not exist; a conversation asked twice gets
+/// the same answer twice.
+async fn the_next_turns_of_many_conversations_are_read_together(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |c| c.workers = false, None).await else {
+        return;
+    };
+    let channel = app
+        .store
+        .api_channel(&app.tenant_id)
+        .await
+        .expect("channel");
+    let mut stored = Vec::new();
+    for (who, id) in [("ann", "a1"), ("bob", "b1"), ("ann", "a2"), ("cy", "c1")] {
+        let item = ingest_item(&app.tenant_id, &channel.id, who, id, &format!("text {id}"));
+        let result = app.store.ingest_batch(vec![item]).await;
+        stored.push(result.into_iter().next().expect("one").expect("stored"));
+    }
+    let (ann, bob, cy) = (
+        stored[0].conversation_id.clone(),
+        stored[1].conversation_id.clone(),
+        stored[3].conversation_id.clone(),
+    );
+    // Cy's only turn is answered: nothing of hers is pending any more.
+    let (cy_turn, _) = app
+        .store
+        .next_pending_turn(&cy)
+        .await
+        .expect("read")
+        .expect("c1 waits");
+    let done = app.store.complete_turns(vec![(cy_turn, None)], None).await;
+    assert!(done.iter().all(|d| d.is_ok()), "{done:?}");
+    let asked = [
+        bob.clone(),
+        "no-such-conversation".to_owned(),
+        ann.clone(),
+        cy.clone(),
+        ann.clone(),
+    ];
+    let got = app.store.next_pending_turns(&asked).await.expect("read");
+    let summary: Vec<Option<(String, String, bool)>> = got
+        .iter()
+        .map(|t| {
+            t.as_ref()
+                .map(|(turn, more)| (turn.text.clone(), turn.recipient.clone(), *more))
+        })
+        .collect();
+    let ann_turn = Some(("text a1".to_owned(), "ann".to_owned(), true));
+    assert_eq!(
+        summary,
+        [
+            Some(("text b1".to_owned(), "bob".to_owned(), false)),
+            None,
+            ann_turn.clone(),
+            None,
+            ann_turn,
+        ]
+    );
+    let (first, _) = got[2].clone().expect("ann");
+    assert_eq!(first.conversation_id, ann);
+    assert_eq!(first.message_id, stored[0].message_id);
+    assert_eq!(first.seq, stored[0].seq);
+    assert_eq!(first.channel_id, channel.id);
+    assert_eq!(first.conversation_status, "bot");
+    assert!(
+        app.store
+            .next_pending_turns(&[])
+            .await
+            .expect("none")
+            .is_empty()
+    );
     app.stop().await;
 }
 

@@ -23,6 +23,7 @@ both_backends!(
     with_a_public_url_the_webhook_is_registered_with_the_secret,
     a_slow_answer_keeps_the_typing_indicator_alive,
     sends_to_one_chat_are_paced,
+    refused_markup_goes_plain_and_a_moved_group_is_followed,
 );
 
 /// Answers after a pause, like a model generating.
@@ -101,6 +102,57 @@ async fn conversations(app: &TestApp) -> Vec<Value> {
         .as_array()
         .cloned()
         .unwrap_or_default()
+}
+
+/// Telegram refuses our HTML once ("can't parse entities"): the same words go again unformatted,
+/// at once, as one delivery. A group that became a supergroup: the reply follows it to its new id.
+async fn refused_markup_goes_plain_and_a_moved_group_is_followed(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let api = BotApi::start().await;
+    let (_, path, _) = connect(&app, &api, "webhook").await;
+    api.fail_next(
+        "sendMessage",
+        1,
+        400,
+        json!({ "ok": false, "error_code": 400,
+                "description": "Bad Request: can't parse entities: Unsupported start tag \"b\" at byte offset 0" }),
+    );
+    let (status, _) = post(&app, &path, &text_update(1, 42, "a < b?"), Some(SECRET)).await;
+    assert_eq!(status, 200);
+    let texts = wait_texts(&api, 2, "the plain retry").await;
+    let sends = api.calls("sendMessage");
+    assert_eq!(sends[0].body["parse_mode"], "HTML", "{:?}", sends[0].body);
+    assert!(
+        sends[1].body.get("parse_mode").is_none(),
+        "{:?}",
+        sends[1].body
+    );
+    assert!(texts[1].1.contains("no knowledge"), "{texts:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(api.texts().len(), 2, "one refusal, one delivery");
+    let (_, dead) = app.get(&app.admin_key, "/v1/deliveries?status=dead").await;
+    assert_eq!(dead["deliveries"], json!([]), "no dead letter");
+
+    let supergroup = -1_001_234_567_i64;
+    api.fail_next(
+        "sendMessage",
+        1,
+        400,
+        json!({ "ok": false, "error_code": 400,
+                "description": "Bad Request: group chat was upgraded to a supergroup chat",
+                "parameters": { "migrate_to_chat_id": supergroup } }),
+    );
+    let (status, _) = post(&app, &path, &text_update(2, 43, "hello"), Some(SECRET)).await;
+    assert_eq!(status, 200);
+    let texts = wait_texts(&api, 4, "the reply at the new id").await;
+    assert_eq!(texts[2].0, "43");
+    assert_eq!(texts[3].0, supergroup.to_string(), "{texts:?}");
+    assert_eq!(texts[3].1, texts[2].1);
+    let (_, dead) = app.get(&app.admin_key, "/v1/deliveries?status=dead").await;
+    assert_eq!(dead["deliveries"], json!([]), "no dead letter");
+    app.stop().await;
 }
 
 async fn wait_texts(api: &BotApi, n: usize, what: &str) -> Vec<(String, String)> {

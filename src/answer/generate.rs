@@ -113,7 +113,7 @@ impl KnowledgeResponder {
                 .into(),
             );
             counter!("switchboard_answers_total", "kind" => "no_answer").increment(1);
-            let text = off_runtime(move || prompts.render("no_answer", &context)).await??;
+            let text = prompts.render_where_cheapest("no_answer", context).await?;
             return Ok(Answer {
                 trace: None,
                 grounding: None,
@@ -257,7 +257,7 @@ impl KnowledgeResponder {
         context.reason = Some(reason.to_owned());
         counter!("switchboard_answers_total", "kind" => "fallback", "reason" => reason.to_owned())
             .increment(1);
-        let text = off_runtime(move || prompts.render("fallback", &context)).await??;
+        let text = prompts.render_where_cheapest("fallback", context).await?;
         Ok(Answer {
             grounding: None,
             trace: Some(Box::new(Trace {

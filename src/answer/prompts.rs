@@ -87,6 +87,56 @@ impl Prompts {
         }
         render_text(name, builtin, context)
     }
+
+    /// Renders `name` where it costs least: inline when the tenant's template (if it has one)
+    /// is [`plain`] substitution — its work is linear in its own size and its values', and a
+    /// hop to the blocking pool and back would cost more than the rendering (a context switch
+    /// or two per answer, measured in the channels bench) — otherwise on the blocking pool,
+    /// within [`RENDER_TIMEOUT`] ([`off_runtime`]). The built-in templates are ours and a few
+    /// hundred steps.
+    pub async fn render_where_cheapest(
+        self,
+        name: &'static str,
+        context: Context,
+    ) -> Result<String, PromptError> {
+        if self.overrides.get(name).is_none_or(|body| plain(body)) {
+            return self.render(name, &context);
+        }
+        off_runtime(move || self.render(name, &context)).await?
+    }
+}
+
+/// Whether a template is plain substitution: text with `{{ name }}` or `{{ name.field }}`
+/// expressions only (whitespace control allowed) — no tags, comments, filters, calls,
+/// operators or literals, so nothing in it loops or builds values. Deliberately narrow: anything
+/// else is treated as arbitrary work.
+pub fn plain(body: &str) -> bool {
+    if body.contains("{%") || body.contains("{#") {
+        return false;
+    }
+    let mut rest = body;
+    while let Some(open) = rest.find("{{") {
+        let after = &rest[open + 2..];
+        let Some(close) = after.find("}}") else {
+            return false;
+        };
+        let inner = after[..close]
+            .trim_start_matches('-')
+            .trim_end_matches('-')
+            .trim();
+        let is_path = !inner.is_empty()
+            && inner.split('.').all(|part| {
+                part.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            });
+        if !is_path {
+            return false;
+        }
+        rest = &after[close + 2..];
+    }
+    true
 }
 
 /// Steps (MiniJinja instructions) one rendering may take: the built-in templates take a few
@@ -250,6 +300,71 @@ pub fn validate(name: &str, body: &str) -> Result<(), PromptError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_substitution_counts_as_plain() {
+        for body in [
+            "echo: {{ question }}",
+            "{{- question -}} and {{contact.name}}",
+            "no expressions at all",
+            "a lone } or { or }} is text",
+            "",
+        ] {
+            assert!(plain(body), "{body:?}");
+        }
+        for body in [
+            "{{ question|upper }}",
+            "{{ question ~ question }}",
+            "{{ 'a' * 100000 }}",
+            "{{ range(100000)|join }}",
+            "{{ sources[0] }}",
+            "{{ question() }}",
+            "{% for i in range(10) %}x{% endfor %}",
+            "{# a comment #}",
+            "{{ question }",
+            "{{ }}",
+            "{{ 9lives }}",
+            "{{ a..b }}",
+            "{{ é }}",
+        ] {
+            assert!(!plain(body), "{body:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn plain_and_other_templates_render_the_same_wherever_they_run() {
+        let context = Context {
+            question: "hi {{ there }}".into(),
+            ..sample_context("no_answer")
+        };
+        for (body, want) in [
+            ("echo: {{ question }}", "echo: hi {{ there }}"),
+            ("{{ question|upper }}", "HI {{ THERE }}"),
+        ] {
+            let prompts =
+                Prompts::with_overrides(HashMap::from([("no_answer".to_owned(), body.to_owned())]));
+            let text = prompts
+                .render_where_cheapest("no_answer", context.clone())
+                .await
+                .expect("renders");
+            assert_eq!(text, want);
+        }
+        // A tenant's template that fails falls back to the built-in one, inline too.
+        let broken = Prompts::with_overrides(HashMap::from([(
+            "no_answer".to_owned(),
+            "{{ nothing_like_this }}".to_owned(),
+        )]));
+        let text = broken
+            .render_where_cheapest("no_answer", context.clone())
+            .await
+            .expect("the built-in one");
+        assert_eq!(
+            text,
+            Prompts::default()
+                .render("no_answer", &context)
+                .expect("built-in")
+        );
+    }
 
     #[test]
     fn every_builtin_template_renders_with_its_context() -> Result<(), PromptError> {
