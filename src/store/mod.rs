@@ -300,8 +300,7 @@ fn sqlite_pool(max_connections: u32) -> AnyPoolOptions {
                 // temp_store=MEMORY: a savepoint's sub-journal (the tick's fast paths run under
                 // savepoints) stays in memory instead of spilling past 64 KiB into a temporary
                 // file that is created, written and unlinked per tick (the channels bench: −12 %
-                // CPU per reply). Temporary sort tables are in memory too; no query here sorts
-                // more than a page of results.
+                // CPU per reply). Temporary tables for sorts without an index are in memory too.
                 conn.execute(
                     "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
                      PRAGMA busy_timeout = 10000; PRAGMA mmap_size = 0; \
