@@ -329,12 +329,24 @@ impl Store {
         if conversation_ids.is_empty() {
             return Ok(Vec::new());
         }
-        // `j`: the conversations asked for, with their position (`ord`) in the request.
-        let wanted = match self.backend {
+        // `j`: the conversations asked for, with their position (`ord`) in the request; `m`: the
+        // first two unanswered inbound messages of each (an index search per conversation on
+        // both backends: SQLite drives the correlated `IN` from `json_each`; PostgreSQL would
+        // plan that `IN` as a filter over every message, so it gets a `LATERAL` join).
+        let source = match self.backend {
             // One JSON text: the same SQL for any number of conversations (see `bulk::json_rows`).
-            Backend::Sqlite => "(SELECT value, key AS ord FROM json_each($1)) AS j".to_owned(),
+            Backend::Sqlite => "(SELECT value, key AS ord FROM json_each($1)) AS j
+             JOIN message m ON m.id IN (SELECT q.id FROM message q
+                                        WHERE q.conversation_id = j.value
+                                          AND q.direction = 'inbound' AND q.processed_at IS NULL
+                                        ORDER BY q.seq LIMIT 2)"
+                .to_owned(),
             Backend::Postgres => format!(
-                "(VALUES {}) AS j(value, ord)",
+                "(VALUES {}) AS j(value, ord)
+             CROSS JOIN LATERAL (SELECT q.* FROM message q
+                                 WHERE q.conversation_id = j.value
+                                   AND q.direction = 'inbound' AND q.processed_at IS NULL
+                                 ORDER BY q.seq LIMIT 2) AS m",
                 (1..=conversation_ids.len())
                     .map(|i| format!("(CAST(${i} AS TEXT), CAST({i} AS BIGINT))"))
                     .collect::<Vec<_>>()
@@ -353,11 +365,7 @@ impl Store {
                                            WHERE p.tenant_id = m.tenant_id
                                              AND p.deleted_at IS NULL AND p.current_version > 0)
                               THEN 1 ELSE 0 END AS BIGINT) AS programs_published
-             FROM {wanted}
-             JOIN message m ON m.id IN (SELECT q.id FROM message q
-                                        WHERE q.conversation_id = j.value
-                                          AND q.direction = 'inbound' AND q.processed_at IS NULL
-                                        ORDER BY q.seq LIMIT 2)
+             FROM {source}
              JOIN conversation c ON c.id = m.conversation_id
              JOIN contact k ON k.id = c.contact_id
              JOIN contact_identity ci ON ci.contact_id = c.contact_id AND ci.channel_id = c.channel_id
