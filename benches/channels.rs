@@ -29,6 +29,8 @@
 //! `BENCH_SOAK` seconds (default 60, 0 skips): one more Switchboard SQLite run under the same
 //! load, RSS at 10 s and at the end. `BENCH_BASELINE=<path to an earlier switchboard binary>`
 //! adds that build to every round (SQLite), for before/after figures from one run.
+//! `BENCH_GATEWAY_LOG=<RUST_LOG filter>` keeps each gateway's log beside its data directory
+//! (`switchboard-gateway-<round>-<port>.log`) instead of dropping it.
 //!
 //! `cargo bench --bench channels` (one command; peers are skipped with a notice when not
 //! installed, see docs/BENCHMARKS.md).
