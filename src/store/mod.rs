@@ -112,6 +112,10 @@ impl std::fmt::Debug for Store {
 /// A write transaction (on SQLite it holds the one writer connection until committed or dropped).
 pub struct WriteTx {
     pub tx: Transaction<'static, Any>,
+    /// A savepoint released in name only: its `RELEASE` goes with the next savepoint's statement,
+    /// or is left to the commit (which releases every savepoint) — one round trip to the
+    /// connection fewer each time (on SQLite, a hop to the connection's thread and back).
+    unreleased: Option<&'static str>,
 }
 
 impl WriteTx {
@@ -123,27 +127,38 @@ impl WriteTx {
     /// that found it cannot finish undoes its writes, and the general path runs in the same
     /// transaction). `name` must be a plain identifier.
     pub(crate) async fn savepoint(&mut self, name: &'static str) -> Result<(), sqlx::Error> {
-        let sql = format!("SAVEPOINT {name}");
+        let sql = match self.unreleased.take() {
+            Some(done) => format!("RELEASE SAVEPOINT {done}; SAVEPOINT {name}"),
+            None => format!("SAVEPOINT {name}"),
+        };
         (&mut *self.tx)
             .execute(sqlx::AssertSqlSafe(sql))
             .await
             .map(|_| ())
     }
 
-    /// Forgets the savepoint `name`, keeping what was written since.
+    /// Forgets the savepoint `name`, keeping what was written since. (Its `RELEASE` is sent
+    /// with the next savepoint, or not at all when the transaction commits first.)
     pub(crate) async fn release(&mut self, name: &'static str) -> Result<(), sqlx::Error> {
-        let sql = format!("RELEASE SAVEPOINT {name}");
-        (&mut *self.tx)
-            .execute(sqlx::AssertSqlSafe(sql))
-            .await
-            .map(|_| ())
+        match self.unreleased.replace(name) {
+            Some(earlier) => (&mut *self.tx)
+                .execute(sqlx::AssertSqlSafe(format!("RELEASE SAVEPOINT {earlier}")))
+                .await
+                .map(|_| ()),
+            None => Ok(()),
+        }
     }
 
     /// Undoes everything written since the savepoint `name`, and forgets it.
     pub(crate) async fn rollback_to(&mut self, name: &'static str) -> Result<(), sqlx::Error> {
-        let sql = format!("ROLLBACK TO SAVEPOINT {name}");
-        (&mut *self.tx).execute(sqlx::AssertSqlSafe(sql)).await?;
-        self.release(name).await
+        // A savepoint released in name only is one taken after `name` (taking one sends the
+        // release of any before it): rolling back to `name` removes it too.
+        self.unreleased = None;
+        let sql = format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}");
+        (&mut *self.tx)
+            .execute(sqlx::AssertSqlSafe(sql))
+            .await
+            .map(|_| ())
     }
 }
 
@@ -269,7 +284,10 @@ impl Store {
             Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.writer.begin().await?,
         };
-        Ok(WriteTx { tx })
+        Ok(WriteTx {
+            tx,
+            unreleased: None,
+        })
     }
 
     /// Readiness: the store answers a trivial query.
@@ -351,6 +369,58 @@ pub fn placeholders(start: usize, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Savepoints released in name only still behave as released: a later rollback returns to
+    /// its own savepoint only, a release is sent before the next savepoint, and the commit keeps
+    /// everything not rolled back.
+    #[tokio::test]
+    async fn deferred_savepoint_releases_keep_the_transaction_s_meaning() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
+        let store = Store::connect(&Secret::new(url), 2).await.expect("store");
+        let mut w = store.begin_write().await.expect("begin");
+        (&mut *w.tx)
+            .execute("CREATE TABLE t (v TEXT)")
+            .await
+            .expect("table");
+        w.savepoint("a").await.expect("a");
+        (&mut *w.tx)
+            .execute("INSERT INTO t VALUES ('kept a')")
+            .await
+            .expect("insert");
+        w.release("a").await.expect("release a");
+        w.savepoint("b").await.expect("b, sent with a's release");
+        (&mut *w.tx)
+            .execute("INSERT INTO t VALUES ('undone b')")
+            .await
+            .expect("insert");
+        w.rollback_to("b").await.expect("back to b");
+        w.savepoint("c").await.expect("c");
+        (&mut *w.tx)
+            .execute("INSERT INTO t VALUES ('kept c')")
+            .await
+            .expect("insert");
+        w.release("c").await.expect("release c");
+        // Nested, released inner first, then a rollback to the outer one removes the inner
+        // one's pending release too.
+        w.savepoint("d").await.expect("d");
+        w.savepoint("e").await.expect("e");
+        (&mut *w.tx)
+            .execute("INSERT INTO t VALUES ('undone e')")
+            .await
+            .expect("insert");
+        w.release("e").await.expect("release e");
+        w.rollback_to("d").await.expect("back to d");
+        w.savepoint("f").await.expect("f after the rollback");
+        w.release("f").await.expect("release f");
+        w.commit().await.expect("commit");
+        let rows: Vec<String> = sqlx::query_scalar("SELECT v FROM t ORDER BY v")
+            .fetch_all(store.pool())
+            .await
+            .expect("read");
+        assert_eq!(rows, ["kept a", "kept c"]);
+        store.close().await;
+    }
 
     #[test]
     fn finds_the_directory_of_a_sqlite_file() {
