@@ -105,11 +105,23 @@ pub struct Configured {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acknowledgement {
     None,
-    /// Once (WhatsApp's read receipt with its typing indicator).
+    /// At once ([`Adapter::acknowledge`]: WhatsApp's read receipt with its typing
+    /// indicator).
     Once,
-    /// Once, and renewed at this period while the answer is prepared (Telegram's typing).
-    Renewed(Duration),
+    /// At once, for a message that carries attachments, what cannot wait
+    /// ([`Adapter::acknowledge`]: a pressed button's spinner stopped); and an activity
+    /// indicator ([`Adapter::indicate`]) only when the answer is not ready `after` the turn
+    /// started, renewed every `every` from the start until it is (Telegram's typing action,
+    /// which shows for 5 s). Telegram recommends the action only "when a response from the bot
+    /// will take a noticeable amount of time to arrive": an answer ready at once costs no call.
+    Indicator {
+        after: Duration,
+        every: Duration,
+    },
 }
+
+/// How long an answer may take before Telegram shows "typing…".
+pub const TELEGRAM_TYPING_AFTER: Duration = Duration::from_millis(500);
 
 /// What a send needs besides the message: where status reports go, how an email threads.
 #[derive(Debug, Default, Clone)]
@@ -250,7 +262,8 @@ pub trait Adapter: Send + Sync + 'static {
         Acknowledgement::None
     }
 
-    /// Acknowledges a turn (best effort): typing, a read receipt, a pressed button answered.
+    /// Acknowledges a turn (best effort): a read receipt, a pressed button answered (see
+    /// [`Acknowledgement`]).
     async fn acknowledge(
         &self,
         _config: &Value,
@@ -258,6 +271,12 @@ pub trait Adapter: Send + Sync + 'static {
         _provider_id: Option<&str>,
         _attachments: &[Attachment],
     ) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Shows `to` that an answer is being prepared (best effort; see
+    /// [`Acknowledgement::Indicator`]).
+    async fn indicate(&self, _config: &Value, _to: &str) -> anyhow::Result<()> {
         Ok(())
     }
 
@@ -612,20 +631,29 @@ impl Adapter for TelegramAdapter {
 
     fn acknowledgement(&self) -> Acknowledgement {
         // The typing action shows for 5 s.
-        Acknowledgement::Renewed(Duration::from_secs(4))
+        Acknowledgement::Indicator {
+            after: TELEGRAM_TYPING_AFTER,
+            every: Duration::from_secs(4),
+        }
     }
 
     async fn acknowledge(
         &self,
         config: &Value,
-        to: &str,
+        _to: &str,
         _provider_id: Option<&str>,
         attachments: &[Attachment],
     ) -> anyhow::Result<()> {
-        let config = TelegramConfig::parse(config).map_err(anyhow::Error::msg)?;
+        // A pressed button shows a spinner until it is answered.
         if let Some(callback) = attachments.iter().find(|a| a.kind == "callback_query") {
+            let config = TelegramConfig::parse(config).map_err(anyhow::Error::msg)?;
             self.0.answer_callback(&config, &callback.reference).await?;
         }
+        Ok(())
+    }
+
+    async fn indicate(&self, config: &Value, to: &str) -> anyhow::Result<()> {
+        let config = TelegramConfig::parse(config).map_err(anyhow::Error::msg)?;
         self.0.typing(&config, to).await?;
         Ok(())
     }

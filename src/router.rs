@@ -376,7 +376,7 @@ impl Inner {
             commands::parse(&turn.kind, &turn.text)
         };
         let reply = if let Some(command) = command {
-            self.acknowledge(&turn);
+            let _typing = self.acknowledge(&turn);
             // A command that keeps failing must not hold the conversation either.
             let text = match commands::run(&self.store, &turn, &command).await {
                 Ok(text) => text,
@@ -399,7 +399,8 @@ impl Inner {
                 })
             }
         } else if turn.conversation_status == "bot" && answerable {
-            // Held until the answer is ready: Telegram's "typing…" lasts 5 s, so it is renewed.
+            // Held until the answer is ready: Telegram's "typing…" shows if it takes a while,
+            // renewed (it lasts 5 s).
             let _typing = self.acknowledge(&turn);
             preview = self.widget_preview(&turn);
             let question = Turn {
@@ -607,69 +608,87 @@ impl Inner {
         })
     }
 
-    /// Tells the person the bot is on it — typing indicator, read receipt, a pressed button's
-    /// spinner stopped — without delaying the answer: best effort, in the background, bounded.
+    /// Tells the person the bot is on it — read receipt, a pressed button's spinner stopped,
+    /// typing indicator — without delaying the answer: best effort, in the background, bounded.
     ///
-    /// Returns a guard to hold while the answer is prepared: on Telegram the typing action is
-    /// renewed every 4 s (it shows for 5 s) until the guard drops, for at most a minute.
+    /// Returns a guard to hold while the answer is prepared: an indicator (Telegram's typing
+    /// action) is shown only once the answer has taken a noticeable time, and renewed until the
+    /// guard drops, for at most a minute (see [`Acknowledgement::Indicator`]).
     fn acknowledge(&self, turn: &PendingTurn) -> Option<tokio_util::sync::DropGuard> {
         let channels = self.channels.clone()?;
         let kind = ChannelKind::parse(&turn.channel_kind)?;
-        let renew = match channels.adapter(kind)?.acknowledgement() {
+        let attachments: Vec<switchboard_channel::Attachment> =
+            serde_json::from_str(&turn.attachments).unwrap_or_default();
+        let (at_once, indicator) = match channels.adapter(kind)?.acknowledgement() {
             Acknowledgement::None => return None,
-            Acknowledgement::Once => None,
-            Acknowledgement::Renewed(period) => Some(period),
+            Acknowledgement::Once => (true, None),
+            Acknowledgement::Indicator { after, every } => {
+                (!attachments.is_empty(), Some((after, every)))
+            }
         };
         let store = self.store.clone();
-        let turn = turn.clone();
+        let channel_id = turn.channel_id.clone();
+        let recipient = turn.recipient.clone();
+        let provider_id = turn.provider_id.clone();
+        let started = tokio::time::Instant::now();
         let done = CancellationToken::new();
         let answered = done.clone();
         self.tracker.spawn(async move {
-            let attachments: Vec<switchboard_channel::Attachment> =
-                serde_json::from_str(&turn.attachments).unwrap_or_default();
-            let work = async {
-                let channel = store.channel_by_id(&turn.channel_id).await?;
-                let Some(adapter) = channels.adapter(channel.kind) else {
-                    return Ok(());
-                };
-                adapter
-                    .acknowledge(
-                        &channel.config,
-                        &turn.recipient,
-                        turn.provider_id.as_deref(),
-                        &attachments,
-                    )
-                    .await
-            };
-            match tokio::time::timeout(Duration::from_secs(5), work).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %format!("{e:#}"), "acknowledging a turn failed")
-                }
-                Err(_) => tracing::debug!("acknowledging a turn timed out"),
-            }
-            let Some(period) = renew else {
-                return;
-            };
-            // Renewed for at most a minute.
-            let rounds = (Duration::from_secs(60).as_millis() / period.as_millis().max(1)) as usize;
-            for _ in 0..rounds {
-                tokio::select! {
-                    _ = answered.cancelled() => return,
-                    _ = tokio::time::sleep(period) => {}
-                }
-                let renew = async {
-                    let channel = store.channel_by_id(&turn.channel_id).await?;
+            if at_once {
+                let work = async {
+                    let channel = store.channel_by_id(&channel_id).await?;
                     let Some(adapter) = channels.adapter(channel.kind) else {
                         return Ok(());
                     };
                     adapter
-                        .acknowledge(&channel.config, &turn.recipient, None, &[])
+                        .acknowledge(
+                            &channel.config,
+                            &recipient,
+                            provider_id.as_deref(),
+                            &attachments,
+                        )
                         .await
                 };
-                if tokio::time::timeout(period, renew).await.is_err() {
-                    return;
+                match tokio::time::timeout(Duration::from_secs(5), work).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %format!("{e:#}"), "acknowledging a turn failed")
+                    }
+                    Err(_) => tracing::debug!("acknowledging a turn timed out"),
                 }
+            }
+            let Some((after, every)) = indicator else {
+                return;
+            };
+            // Shown at `after`, then renewed at `every`, 2·`every`, … from the start, for at
+            // most a minute.
+            let end = started + Duration::from_secs(60);
+            let every = every.max(Duration::from_millis(100));
+            let mut at = started + after;
+            let mut k = 1u32;
+            while at < end {
+                tokio::select! {
+                    _ = answered.cancelled() => return,
+                    _ = tokio::time::sleep_until(at) => {}
+                }
+                let show = async {
+                    let channel = store.channel_by_id(&channel_id).await?;
+                    let Some(adapter) = channels.adapter(channel.kind) else {
+                        return Ok(());
+                    };
+                    adapter.indicate(&channel.config, &recipient).await
+                };
+                match tokio::time::timeout(every, show).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %format!("{e:#}"), "showing typing failed")
+                    }
+                    Err(_) => return,
+                }
+                while started + every * k <= at {
+                    k += 1;
+                }
+                at = started + every * k;
             }
         });
         Some(done.drop_guard())

@@ -708,14 +708,9 @@ async fn bad_requests_get_clear_json_errors_and_store_nothing(backend: Backend) 
 /// conversation; the contact "last wrote" at the provider's send time, never later than now and
 /// never moved back; a redelivery of one of them is a duplicate with the first copy's ids.
 async fn a_batch_with_send_times_numbers_in_order_and_keeps_the_last_wrote_rule(backend: Backend) {
-    let Some(app) = TestApp::spawn_with(backend, |c| c.workers = false, None).await else {
+    let Some((app, channel)) = store_only(backend).await else {
         return;
     };
-    let channel = app
-        .store
-        .api_channel(&app.tenant_id)
-        .await
-        .expect("channel");
     let item = |who: &str, id: &str, sent_at: Option<i64>| {
         let mut item = ingest_item(&app.tenant_id, &channel.id, who, id, &format!("text {id}"));
         item.message.sent_at = sent_at;
@@ -807,7 +802,7 @@ async fn one_tick_stores_messages_turns_and_outcomes_and_a_bad_message_fails_alo
 ) {
     use switchboard::store::deliveries::Outcome;
     use switchboard::store::messages::ReplyDraft;
-    let Some(app) = TestApp::spawn_with(backend, |c| c.workers = false, None).await else {
+    let Some((app, channel)) = store_only(backend).await else {
         return;
     };
     let Some(tick) = app.store.tick().cloned() else {
@@ -815,11 +810,6 @@ async fn one_tick_stores_messages_turns_and_outcomes_and_a_bad_message_fails_alo
         app.stop().await;
         return;
     };
-    let channel = app
-        .store
-        .api_channel(&app.tenant_id)
-        .await
-        .expect("channel");
     let item = |who: &str, id: &str, channel_id: &str| {
         ingest_item(&app.tenant_id, channel_id, who, id, &format!("text {id}"))
     };
@@ -893,14 +883,9 @@ async fn one_tick_stores_messages_turns_and_outcomes_and_a_bad_message_fails_alo
 /// escapes, control characters, emoji and a JSON-looking text come back byte for byte, in the
 /// inbound rows and in the replies (the echo template repeats the question).
 async fn the_multi_row_paths_keep_any_text_exactly(backend: Backend) {
-    let Some(app) = TestApp::spawn_with(backend, |c| c.workers = false, None).await else {
+    let Some((app, channel)) = store_only(backend).await else {
         return;
     };
-    let channel = app
-        .store
-        .api_channel(&app.tenant_id)
-        .await
-        .expect("channel");
     let texts = [
         r#"she said "hi" \ and left"#,
         "tab\there, newline\nthere, bell \u{7}, escapes written out: \\n \\u0041 \\\"",
@@ -984,14 +969,9 @@ async fn the_multi_row_paths_keep_any_text_exactly(backend: Backend) {
 /// conversation with nothing pending or that does not exist; a conversation asked twice gets
 /// the same answer twice.
 async fn the_next_turns_of_many_conversations_are_read_together(backend: Backend) {
-    let Some(app) = TestApp::spawn_with(backend, |c| c.workers = false, None).await else {
+    let Some((app, channel)) = store_only(backend).await else {
         return;
     };
-    let channel = app
-        .store
-        .api_channel(&app.tenant_id)
-        .await
-        .expect("channel");
     let mut stored = Vec::new();
     for (who, id) in [("ann", "a1"), ("bob", "b1"), ("ann", "a2"), ("cy", "c1")] {
         let item = ingest_item(&app.tenant_id, &channel.id, who, id, &format!("text {id}"));
@@ -1052,6 +1032,18 @@ async fn the_next_turns_of_many_conversations_are_read_together(backend: Backend
             .is_empty()
     );
     app.stop().await;
+}
+
+/// A gateway whose store the test drives itself (no router or outbox workers), with the tenant's
+/// `api` channel to store messages on; `None` where the backend is not available.
+async fn store_only(backend: Backend) -> Option<(TestApp, switchboard::store::channels::Channel)> {
+    let app = TestApp::spawn_with(backend, |c| c.workers = false, None).await?;
+    let channel = app
+        .store
+        .api_channel(&app.tenant_id)
+        .await
+        .expect("channel");
+    Some((app, channel))
 }
 
 /// An inbound text from `who` (the provider id `id`) on `channel_id`, as a channel adapter hands

@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::telegram::{BOT_USERNAME, BotApi, TOKEN};
 use common::{Backend, TestApp};
 use serde_json::{Value, json};
+use switchboard::registry::TELEGRAM_TYPING_AFTER as TYPING_AFTER;
 
 const SECRET: &str = "s3cret_token-1";
 
@@ -217,7 +218,9 @@ async fn webhook_updates_are_verified_stored_once_and_answered(backend: Backend)
     assert_eq!(messages.len(), 2, "{messages:?}");
     assert_eq!(messages[0]["kind"], "command");
 
-    // A question: the bot shows it is typing, and answers.
+    // A question the bot answers at once: no typing action (Telegram recommends it only for
+    // answers that take a noticeable time; `a_slow_answer_keeps_the_typing_indicator_alive`).
+    let posted = std::time::Instant::now();
     let (status, _) = post(
         &app,
         &path,
@@ -228,13 +231,21 @@ async fn webhook_updates_are_verified_stored_once_and_answered(backend: Backend)
     assert_eq!(status, 200);
     let texts = wait_texts(&api, 2, "the answer").await;
     assert!(texts[1].1.contains("no knowledge"), "{texts:?}");
-    common::eventually("typing action", Duration::from_secs(10), || async {
-        api.calls("sendChatAction")
-            .iter()
-            .any(|c| c.body["action"] == "typing")
-            .then_some(())
-    })
-    .await;
+    let answered = api.calls("sendMessage")[1].at - posted;
+    tokio::time::sleep(TYPING_AFTER + Duration::from_millis(300)).await;
+    let typing = api.calls("sendChatAction");
+    // Never before the answer took that long (a loaded machine may take longer).
+    assert!(
+        typing.iter().all(|c| c.at - posted >= TYPING_AFTER),
+        "typing sent {:?} after the question",
+        typing.iter().map(|c| c.at - posted).collect::<Vec<_>>()
+    );
+    if answered < TYPING_AFTER {
+        assert!(
+            typing.is_empty(),
+            "answered in {answered:?}, yet typing was sent"
+        );
+    }
 
     // Text with `<`, `>` and `&` (an agent writes it) reaches Telegram as escaped HTML: only
     // our own markup (`**bold**`) becomes a tag; what looks like a tag or an entity stays text.
@@ -866,6 +877,7 @@ async fn a_slow_answer_keeps_the_typing_indicator_alive(backend: Backend) {
     };
     let api = BotApi::start().await;
     let (_, path, _) = connect(&app, &api, "webhook").await;
+    let posted = std::time::Instant::now();
     let (status, _) = post(
         &app,
         &path,
@@ -876,13 +888,15 @@ async fn a_slow_answer_keeps_the_typing_indicator_alive(backend: Backend) {
     assert_eq!(status, 200);
     let texts = wait_texts(&api, 1, "the slow answer").await;
     assert_eq!(texts[0].1, "slowly: plan my week");
-    // Telegram shows "typing…" for 5 s: renewed while the answer took 4.6 s.
-    let typing = api
+    // "typing…" once the answer took a noticeable time, and, as Telegram shows it for 5 s,
+    // renewed while the answer took 4.6 s.
+    let typing: Vec<_> = api
         .calls("sendChatAction")
-        .iter()
+        .into_iter()
         .filter(|c| c.body["action"] == "typing")
-        .count();
-    assert!(typing >= 2, "typing sent {typing} times");
+        .collect();
+    assert!(typing.len() >= 2, "typing sent {} times", typing.len());
+    assert!(typing[0].at - posted >= TYPING_AFTER, "typing at once");
 }
 
 async fn sends_to_one_chat_are_paced(backend: Backend) {
