@@ -121,6 +121,8 @@ struct Sorted {
 
 async fn run(store: &Store, ops: Vec<Op>) -> Vec<Result<Done, sqlx::Error>> {
     let n = ops.len();
+    // How much each commit (and its fsync) serves: its count is the number of ticks.
+    metrics::histogram!("switchboard_write_tick_items").record(n as f64);
     let mut sorted = Sorted::default();
     for (i, op) in ops.into_iter().enumerate() {
         match op {
