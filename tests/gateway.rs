@@ -878,17 +878,8 @@ async fn one_tick_stores_messages_turns_and_outcomes_and_a_bad_message_fails_alo
     );
     // How much the ticks served is a metric (the recorder is shared by the tests of this
     // process: at least these ticks, with at least these writes).
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let ticks = common::metric_value(&metrics, "switchboard_write_tick_items_count", &[]);
-    let writes = common::metric_value(&metrics, "switchboard_write_tick_items_sum", &[]);
+    let ticks = app.metric("switchboard_write_tick_items_count", &[]).await;
+    let writes = app.metric("switchboard_write_tick_items_sum", &[]).await;
     assert!(
         ticks >= 1.0 && writes >= 5.0,
         "{ticks} ticks, {writes} writes"
