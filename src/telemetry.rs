@@ -118,6 +118,10 @@ fn describe() {
         "switchboard_delivery_latency_seconds",
         "From reply stored to provider accepted."
     );
+    describe_counter!(
+        "switchboard_write_fallbacks_total",
+        "Write batches (label write: ingest, complete) the multi-row fast paths handed to the item-by-item path."
+    );
     describe_histogram!(
         "switchboard_write_tick_items",
         "Writes (inbound messages, completed turns, outcome lists) per SQLite write transaction."

@@ -33,6 +33,7 @@ both_backends!(
     a_batch_with_send_times_numbers_in_order_and_keeps_the_last_wrote_rule,
     one_tick_stores_messages_turns_and_outcomes_and_a_bad_message_fails_alone,
     the_multi_row_paths_keep_any_text_exactly,
+    batches_the_multi_row_paths_cannot_take_are_written_item_by_item,
     the_next_turns_of_many_conversations_are_read_together,
 );
 
@@ -786,6 +787,8 @@ async fn a_batch_with_send_times_numbers_in_order_and_keeps_the_last_wrote_rule(
         ])
         .await;
     let again: Vec<_> = again.into_iter().map(|r| r.expect("stored")).collect();
+    // The clean batch took the multi-row path; the one with a redelivery could not.
+    assert_eq!(fallbacks(&app), (1, 0), "ingest and completion fallbacks");
     assert!(again[0].duplicate);
     assert_eq!(again[0].message_id, batch[2].message_id);
     assert_eq!((again[1].seq, again[1].duplicate), (3, false));
@@ -951,6 +954,8 @@ async fn the_multi_row_paths_keep_any_text_exactly(backend: Backend) {
         let done = app.store.complete_turns(turns, Some(60_000)).await;
         assert!(done.iter().all(|d| d.is_ok()), "round {round}: {done:?}");
     }
+    // Every batch above took the multi-row paths (none was handed to the item-by-item path).
+    assert_eq!(fallbacks(&app), (0, 0), "ingest and completion fallbacks");
     for (s, text) in stored.iter().zip(&texts) {
         let got: Vec<String> = app
             .messages(&s.conversation_id)
@@ -1038,6 +1043,146 @@ async fn the_next_turns_of_many_conversations_are_read_together(backend: Backend
             .await
             .expect("none")
             .is_empty()
+    );
+    app.stop().await;
+}
+
+/// Batches the multi-row fast paths handed to the item-by-item path, (ingest, completion).
+fn fallbacks(app: &TestApp) -> (u64, u64) {
+    let f = app.store.fallbacks();
+    (
+        f.ingest.load(std::sync::atomic::Ordering::Relaxed),
+        f.complete.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
+/// What the multi-row paths leave to the item-by-item path, which handles every case (on SQLite
+/// they now check before they write; on PostgreSQL they roll back to a savepoint): one message
+/// twice in a batch is stored once; a turn already completed in a batch of completions gets no
+/// second reply while the others get theirs. Nothing is half-written by the fast path that gave
+/// up, and a clean batch after them takes the fast path again.
+async fn batches_the_multi_row_paths_cannot_take_are_written_item_by_item(backend: Backend) {
+    let Some((app, channel)) = store_only(backend).await else {
+        return;
+    };
+    let item = |who: &str, id: &str| {
+        ingest_item(&app.tenant_id, &channel.id, who, id, &format!("text {id}"))
+    };
+    let mut conversations = Vec::new();
+    for who in ["ann", "bob", "cy"] {
+        let first = app
+            .store
+            .ingest_batch(vec![item(who, &format!("{who}-1"))])
+            .await;
+        conversations.push(
+            first
+                .into_iter()
+                .next()
+                .expect("one")
+                .expect("stored")
+                .conversation_id,
+        );
+    }
+    // The same update twice in one batch, beside a new one: stored once, the copy a duplicate.
+    let batch: Vec<_> = app
+        .store
+        .ingest_batch(vec![
+            item("ann", "ann-2"),
+            item("bob", "bob-2"),
+            item("ann", "ann-2"),
+        ])
+        .await
+        .into_iter()
+        .map(|r| r.expect("stored"))
+        .collect();
+    assert_eq!(fallbacks(&app), (1, 0));
+    assert_eq!(
+        batch
+            .iter()
+            .map(|b| (b.seq, b.duplicate))
+            .collect::<Vec<_>>(),
+        [(2, false), (2, false), (2, true)]
+    );
+    assert_eq!(batch[2].message_id, batch[0].message_id);
+    assert_eq!(app.messages(&conversations[0]).await.len(), 2);
+    assert_eq!(app.messages(&conversations[1]).await.len(), 2);
+
+    let reply = |text: &str| {
+        Some(switchboard::store::messages::ReplyDraft {
+            text: text.to_owned(),
+            citations_json: "[]".to_owned(),
+            grounding_json: None,
+        })
+    };
+    let turns: Vec<_> = app
+        .store
+        .next_pending_turns(&conversations)
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|t| t.expect("pending").0)
+        .collect();
+    // Ann's first turn is completed on its own; then all three together, ann's again among them.
+    let alone = app
+        .store
+        .complete_turns(vec![(turns[0].clone(), reply("to ann"))], None)
+        .await;
+    assert!(alone.iter().all(|d| d.is_ok()), "{alone:?}");
+    let together = app
+        .store
+        .complete_turns(
+            vec![
+                (turns[0].clone(), reply("to ann, twice")),
+                (turns[1].clone(), reply("to bob")),
+                (turns[2].clone(), reply("to cy")),
+            ],
+            None,
+        )
+        .await;
+    assert!(together.iter().all(|d| d.is_ok()), "{together:?}");
+    assert_eq!(fallbacks(&app), (1, 1));
+    let texts = |conversation: &str| {
+        let app = &app;
+        let conversation = conversation.to_owned();
+        async move {
+            app.messages(&conversation)
+                .await
+                .iter()
+                .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        texts(&conversations[0]).await,
+        ["text ann-1", "text ann-2", "to ann"]
+    );
+    assert_eq!(
+        texts(&conversations[1]).await,
+        ["text bob-1", "text bob-2", "to bob"]
+    );
+    assert_eq!(texts(&conversations[2]).await, ["text cy-1", "to cy"]);
+
+    // A clean batch after them takes the multi-row paths again.
+    let turns: Vec<_> = app
+        .store
+        .next_pending_turns(&conversations[..2])
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|t| t.expect("pending").0)
+        .collect();
+    let done = app
+        .store
+        .complete_turns(
+            turns.into_iter().map(|t| (t, reply("again"))).collect(),
+            None,
+        )
+        .await;
+    assert!(done.iter().all(|d| d.is_ok()), "{done:?}");
+    assert_eq!(fallbacks(&app), (1, 1));
+    assert_eq!(
+        texts(&conversations[1]).await.last().map(String::as_str),
+        Some("again")
     );
     app.stop().await;
 }

@@ -427,7 +427,7 @@ impl Store {
             sqlx::query(
                 "UPDATE delivery SET status = 'delivered', locked_until = NULL, last_error = NULL,
                         provider_message_id = NULLIF(v.pid, ''), updated_at = $1
-                 FROM (SELECT value ->> 0 AS id, value ->> 1 AS pid FROM json_each($2)) AS v
+                 FROM (SELECT value ->> 0 AS id, value ->> 1 AS pid FROM jsonb_each($2)) AS v
                  WHERE delivery.id = v.id AND +delivery.status = 'pending'",
             )
             .bind(now)

@@ -236,14 +236,27 @@ impl Store {
                 .map(|item| self.open_conversations.get(&conversation_key(item)))
                 .collect();
             if let Some(conversations) = known {
-                w.savepoint("ingest_bulk").await?;
-                match self.try_ingest_bulk(w, items, &conversations, now).await? {
-                    Some(out) => {
-                        w.release("ingest_bulk").await?;
-                        return Ok(out);
+                match self.backend {
+                    // One writer: the fast path checks before it writes (see `bulk`).
+                    Backend::Sqlite => {
+                        if let Some(out) =
+                            self.try_ingest_bulk(w, items, &conversations, now).await?
+                        {
+                            return Ok(out);
+                        }
                     }
-                    None => w.rollback_to("ingest_bulk").await?,
+                    Backend::Postgres => {
+                        w.savepoint("ingest_bulk").await?;
+                        match self.try_ingest_bulk(w, items, &conversations, now).await? {
+                            Some(out) => {
+                                w.release("ingest_bulk").await?;
+                                return Ok(out);
+                            }
+                            None => w.rollback_to("ingest_bulk").await?,
+                        }
+                    }
                 }
+                super::Fallbacks::count(&self.fallbacks.ingest, "ingest");
             }
         }
         // Find (or open) every message's conversation first, then take conversation locks in
@@ -434,14 +447,25 @@ impl Store {
         now: i64,
     ) -> Result<Vec<Completed>, sqlx::Error> {
         if turns.len() > 1 {
-            w.savepoint("complete_bulk").await?;
-            match self.try_complete_bulk(w, turns, now, lease_ms).await? {
-                Some(out) => {
-                    w.release("complete_bulk").await?;
-                    return Ok(out);
+            match self.backend {
+                // One writer: the fast path checks before it writes (see `bulk`).
+                Backend::Sqlite => {
+                    if let Some(out) = self.try_complete_bulk(w, turns, now, lease_ms).await? {
+                        return Ok(out);
+                    }
                 }
-                None => w.rollback_to("complete_bulk").await?,
+                Backend::Postgres => {
+                    w.savepoint("complete_bulk").await?;
+                    match self.try_complete_bulk(w, turns, now, lease_ms).await? {
+                        Some(out) => {
+                            w.release("complete_bulk").await?;
+                            return Ok(out);
+                        }
+                        None => w.rollback_to("complete_bulk").await?,
+                    }
+                }
             }
+            super::Fallbacks::count(&self.fallbacks.complete, "complete");
         }
         let conversations: Vec<String> = turns
             .iter()
