@@ -953,6 +953,13 @@ async fn the_multi_row_paths_keep_any_text_exactly(backend: Backend) {
         }
         let done = app.store.complete_turns(turns, Some(60_000)).await;
         assert!(done.iter().all(|d| d.is_ok()), "round {round}: {done:?}");
+        // Each reply is claimed for its sender as it is written — unless an earlier reply of its
+        // conversation still waits (the first round's, never sent here): then it waits its turn.
+        let claimed: Vec<bool> = done
+            .iter()
+            .map(|d| d.as_ref().is_ok_and(|c| c.claimed.is_some()))
+            .collect();
+        assert_eq!(claimed, vec![round == 0; texts.len()], "round {round}");
     }
     // Every batch above took the multi-row paths (none was handed to the item-by-item path).
     assert_eq!(fallbacks(&app), (0, 0), "ingest and completion fallbacks");
