@@ -1121,14 +1121,7 @@ async fn batches_the_multi_row_paths_cannot_take_are_written_item_by_item(backen
             grounding_json: None,
         })
     };
-    let turns: Vec<_> = app
-        .store
-        .next_pending_turns(&conversations)
-        .await
-        .expect("read")
-        .into_iter()
-        .map(|t| t.expect("pending").0)
-        .collect();
+    let turns = oldest_turns(&app, &conversations).await;
     // Ann's first turn is completed on its own; then all three together, ann's again among them.
     let alone = app
         .store
@@ -1170,14 +1163,7 @@ async fn batches_the_multi_row_paths_cannot_take_are_written_item_by_item(backen
     assert_eq!(texts(&conversations[2]).await, ["text cy-1", "to cy"]);
 
     // A clean batch after them takes the multi-row paths again.
-    let turns: Vec<_> = app
-        .store
-        .next_pending_turns(&conversations[..2])
-        .await
-        .expect("read")
-        .into_iter()
-        .map(|t| t.expect("pending").0)
-        .collect();
+    let turns = oldest_turns(&app, &conversations[..2]).await;
     let done = app
         .store
         .complete_turns(
@@ -1192,6 +1178,21 @@ async fn batches_the_multi_row_paths_cannot_take_are_written_item_by_item(backen
         Some("again")
     );
     app.stop().await;
+}
+
+/// The oldest unanswered turn of each conversation, read together as the router reads them;
+/// each must have one.
+async fn oldest_turns(
+    app: &TestApp,
+    conversations: &[String],
+) -> Vec<switchboard::store::messages::PendingTurn> {
+    app.store
+        .next_pending_turns(conversations)
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|t| t.expect("pending").0)
+        .collect()
 }
 
 /// A gateway whose store the test drives itself (no router or outbox workers), with the tenant's
