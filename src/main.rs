@@ -2,6 +2,12 @@
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's allocator: hyper's read buffers and the per-message strings sent
+/// glibc into its slow paths (`malloc_consolidate`, `unlink_chunk`; ~10 % of a Telegram run's
+/// samples). Figures: docs/BENCHMARKS.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     // The PDF reader's child process (see `knowledge::pdf_worker`): no runtime, no threads, no
     // configuration; it limits itself before it reads the file.
