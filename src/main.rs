@@ -18,6 +18,8 @@ fn main() -> std::process::ExitCode {
     {
         return switchboard::knowledge::pdf_worker::child_main();
     }
+    // Before any SQLite connection opens (SQLite takes these settings only before it starts).
+    switchboard::store::sqlite_alloc::configure();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

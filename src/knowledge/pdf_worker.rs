@@ -222,4 +222,22 @@ fn limit_self() {
     set(libc::RLIMIT_CPU, CPU_LIMIT_SECS);
     set(libc::RLIMIT_FSIZE, 0);
     set(libc::RLIMIT_CORE, 0);
+    // The binary allocates with mimalloc (see `main`), which answers a failed allocation with
+    // NULL: a fallible reservation (`try_reserve`, as in `read_to_end` while a stream inflates)
+    // then comes back as an error the PDF library swallows, and a bomb reads as "no text". Here
+    // any allocation the limit refuses ends the child the way an infallible one does, saying so.
+    // SAFETY: registers a function that only writes a static message and aborts; it allocates
+    // nothing and is safe to call from any thread.
+    unsafe { libmimalloc_sys::mi_register_error(Some(out_of_memory), std::ptr::null_mut()) };
+}
+
+/// mimalloc's error callback in the child: on `ENOMEM`, the message [`describe_crash`] reads,
+/// then abort. Other errors keep mimalloc's default (it returns NULL or ignores them).
+unsafe extern "C" fn out_of_memory(code: std::ffi::c_int, _: *mut std::ffi::c_void) {
+    if code == libc::ENOMEM {
+        const MESSAGE: &[u8] = b"memory allocation failed: the PDF reader's memory limit\n";
+        // SAFETY: writes a static buffer to stderr; a failed write changes nothing.
+        unsafe { libc::write(2, MESSAGE.as_ptr().cast(), MESSAGE.len()) };
+        std::process::abort();
+    }
 }
