@@ -26,6 +26,7 @@ pub mod messages;
 pub mod moderation;
 pub mod programs;
 pub mod sealing;
+pub mod sqlite_alloc;
 pub mod tenants;
 pub mod tick;
 pub mod widget;
@@ -209,14 +210,14 @@ impl Store {
                     .context("opening the SQLite database")?;
                 conn.execute("PRAGMA journal_mode = WAL").await?;
                 conn.close().await?;
-                let readers = sqlite_pool(max_connections)
+                let readers = sqlite_pool(max_connections, false)
                     .connect_with(options.clone())
                     .await
                     .context("opening the SQLite pool")?;
                 // One connection does every write: SQLite allows one writer at a time anyway, and
                 // a single writer keeps its page cache warm (another connection's commit would
                 // invalidate it). Its pool is the write lock; waiting writers queue fairly.
-                let writer = sqlite_pool(1)
+                let writer = sqlite_pool(1, true)
                     .acquire_timeout(std::time::Duration::from_secs(120))
                     .connect_with(options)
                     .await
@@ -329,15 +330,16 @@ impl Store {
     }
 }
 
-/// Pool options for SQLite connections: durable commits, foreign keys, memory-mapped reads.
-fn sqlite_pool(max_connections: u32) -> AnyPoolOptions {
+/// Pool options for SQLite connections: durable commits, foreign keys, no memory-mapped reads;
+/// `writer` for the one connection that writes (a larger page cache).
+fn sqlite_pool(max_connections: u32, writer: bool) -> AnyPoolOptions {
     AnyPoolOptions::new()
         .max_connections(max_connections)
         // A local file cannot drop a connection the way a server can: sqlx's liveness ping
         // before every checkout would be one more round trip to the connection's thread per
         // statement, for nothing.
         .test_before_acquire(false)
-        .after_connect(|conn, _meta| {
+        .after_connect(move |conn, _meta| {
             Box::pin(async move {
                 // synchronous=FULL: a commit is on disk before we acknowledge anything.
                 // temp_store=MEMORY: a savepoint's sub-journal (the tick's fast paths run under
@@ -350,6 +352,15 @@ fn sqlite_pool(max_connections: u32) -> AnyPoolOptions {
                      PRAGMA temp_store = MEMORY;",
                 )
                 .await?;
+                if writer {
+                    // The writer's page cache: 32 MiB instead of SQLite's 2 MiB. Every message
+                    // lands on a leaf of its conversation's index entries, so the writer's
+                    // working set grows with the conversations in flight; at 2 MiB (and at 8)
+                    // it re-read evicted pages from the WAL and the file on every tick. The
+                    // readers keep the default: another connection's commit empties their cache
+                    // anyway. Figures: docs/BENCHMARKS.md.
+                    conn.execute("PRAGMA cache_size = -32768").await?;
+                }
                 Ok(())
             })
         })
@@ -446,6 +457,32 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(rows, ["kept a", "kept c"]);
+        store.close().await;
+    }
+
+    /// The writer gets the larger page cache; readers keep SQLite's default; both keep the
+    /// durability and integrity settings.
+    #[tokio::test]
+    async fn the_writer_and_the_readers_get_their_own_settings() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
+        let store = Store::connect(&Secret::new(url), 2).await.expect("store");
+        let pragma = |pool: AnyPool, name: &'static str| async move {
+            sqlx::query_scalar::<_, i64>(name)
+                .fetch_one(&pool)
+                .await
+                .expect(name)
+        };
+        assert_eq!(
+            pragma(store.writer.clone(), "PRAGMA cache_size").await,
+            -32768
+        );
+        assert_eq!(pragma(store.pool.clone(), "PRAGMA cache_size").await, -2000);
+        for pool in [store.writer.clone(), store.pool.clone()] {
+            // FULL = 2.
+            assert_eq!(pragma(pool.clone(), "PRAGMA synchronous").await, 2);
+            assert_eq!(pragma(pool, "PRAGMA foreign_keys").await, 1);
+        }
         store.close().await;
     }
 
