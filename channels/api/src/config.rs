@@ -18,7 +18,7 @@ impl ApiChannelConfig {
     /// Parses and checks a config object; the error says which field is wrong.
     pub fn parse(value: &serde_json::Value) -> Result<Self, String> {
         let config: ApiChannelConfig =
-            serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+            serde::Deserialize::deserialize(value).map_err(|e| e.to_string())?;
         if let Some(url) = &config.callback_url {
             let parsed = reqwest::Url::parse(url).map_err(|e| format!("callback_url: {e}"))?;
             if !matches!(parsed.scheme(), "http" | "https") {

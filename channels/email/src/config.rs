@@ -176,7 +176,7 @@ impl EmailConfig {
     /// Parses and checks a config object; the error names the field.
     pub fn parse(value: &serde_json::Value) -> Result<Self, String> {
         let config: EmailConfig =
-            serde_json::from_value(value.clone()).map_err(|e| redact(&e.to_string()))?;
+            serde::Deserialize::deserialize(value).map_err(|e| redact(&e.to_string()))?;
         config.from_mailbox()?;
         if let Some(url) = &config.smtp_url {
             SmtpTarget::parse(url)?;

@@ -46,7 +46,7 @@ impl TelegramConfig {
     /// Parses and checks a config object; the error names the field.
     pub fn parse(value: &serde_json::Value) -> Result<Self, String> {
         let config: TelegramConfig =
-            serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+            serde::Deserialize::deserialize(value).map_err(|e| e.to_string())?;
         let token = config.bot_token.expose();
         match token.split_once(':') {
             Some((id, rest)) if id.parse::<u64>().is_ok() && !rest.is_empty() => {}

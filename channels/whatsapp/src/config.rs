@@ -41,7 +41,7 @@ impl WhatsappConfig {
     /// Parses and checks a config object; the error names the field.
     pub fn parse(value: &serde_json::Value) -> Result<Self, String> {
         let config: WhatsappConfig =
-            serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+            serde::Deserialize::deserialize(value).map_err(|e| e.to_string())?;
         if config.phone_number_id.trim().is_empty() {
             return Err("phone_number_id must not be empty".into());
         }

@@ -81,7 +81,7 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> WidgetSettingsErro
 impl WidgetSettings {
     /// Parses and validates settings sent by a tenant admin (unknown fields refused).
     pub fn parse(value: &serde_json::Value) -> Result<WidgetSettings, WidgetSettingsError> {
-        let mut settings: WidgetSettings = serde_json::from_value(value.clone())
+        let mut settings: WidgetSettings = serde::Deserialize::deserialize(value)
             .map_err(|e| invalid("settings", e.to_string()))?;
         settings.validate()?;
         settings.allowed_origins = settings
