@@ -28,7 +28,8 @@
 //! `BENCH_ROUNDS` (default 2) alternations; `BENCH_PROVIDERS` (default `telegram,whatsapp`);
 //! `BENCH_SOAK` seconds (default 60, 0 skips): one more Switchboard SQLite run under the same
 //! load, RSS at 10 s and at the end. `BENCH_BASELINE=<path to an earlier switchboard binary>`
-//! adds that build to every round (SQLite), for before/after figures from one run.
+//! adds that build to every round (SQLite, and PostgreSQL too when it is set), for before/after
+//! figures from one run.
 //! `BENCH_GATEWAY_LOG=<RUST_LOG filter>` keeps each gateway's log beside its data directory
 //! (`switchboard-gateway-<round>-<port>.log`) instead of dropping it.
 //!
@@ -85,6 +86,8 @@ enum Who {
     Peer,
     /// An earlier build of Switchboard (`BENCH_BASELINE`), on SQLite.
     Baseline,
+    /// The same earlier build on PostgreSQL (with `SWITCHBOARD_BENCH_POSTGRES_URL`).
+    BaselinePostgres,
 }
 
 struct Knobs {
@@ -189,6 +192,9 @@ fn main() -> anyhow::Result<()> {
                 }
                 if knobs.baseline.is_some() {
                     order.push(Who::Baseline);
+                    if knobs.postgres.is_some() {
+                        order.push(Who::BaselinePostgres);
+                    }
                 }
                 for who in order {
                     let figures = match who {
@@ -201,6 +207,7 @@ fn main() -> anyhow::Result<()> {
                             match who {
                                 Who::Sqlite => "switchboard (sqlite)",
                                 Who::Postgres => "switchboard (postgres)",
+                                Who::BaselinePostgres => "baseline (postgres)",
                                 _ => "baseline (sqlite)",
                             }
                             .to_string(),
@@ -309,6 +316,7 @@ fn summary(provider: Provider, all: &[(Who, Figures)]) {
         (Who::Sqlite, "switchboard (sqlite)"),
         (Who::Postgres, "switchboard (postgres)"),
         (Who::Baseline, "baseline (sqlite)"),
+        (Who::BaselinePostgres, "baseline (postgres)"),
     ] {
         if let (Some(ours), Some(theirs)) = (median(who), peer) {
             println!(
@@ -838,10 +846,18 @@ async fn run_switchboard(
         std::env::var("BENCH_DATA_DIR").unwrap_or_else(|_| "/var/tmp".into()),
     )?;
     let database = match (who, &knobs.postgres) {
-        (Who::Postgres, Some(admin)) => Some(
+        (Who::Postgres | Who::BaselinePostgres, Some(admin)) => Some(
             support::fresh_postgres(
                 admin,
-                &format!("switchboard_bench_{}_{round}", std::process::id()),
+                &format!(
+                    "switchboard_bench_{}_{round}{}",
+                    std::process::id(),
+                    if who == Who::BaselinePostgres {
+                        "_b"
+                    } else {
+                        ""
+                    }
+                ),
             )
             .await?,
         ),
@@ -850,7 +866,7 @@ async fn run_switchboard(
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let bin = match (who, &knobs.baseline) {
-        (Who::Baseline, Some(path)) => path.display().to_string(),
+        (Who::Baseline | Who::BaselinePostgres, Some(path)) => path.display().to_string(),
         _ => BIN.to_owned(),
     };
     let mut create = Command::new(&bin);

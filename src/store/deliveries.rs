@@ -101,27 +101,28 @@ pub(super) async fn preclaim(
     now: i64,
 ) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
     let mut claimed = Vec::with_capacity(ids.len());
-    // SQLite: one statement whatever the count (see `bulk::json_rows`); PostgreSQL: chunks.
-    let chunk_len = match backend {
-        Backend::Sqlite => ids.len().max(1),
-        Backend::Postgres => 500,
-    };
-    for chunk in ids.chunks(chunk_len) {
+    // One statement whatever the count, its SQL the same for any count (see `bulk::json_rows`).
+    if !ids.is_empty() {
         let mut s = super::bulk::Statement::new(
             "UPDATE delivery SET locked_until = $1, attempts = attempts + 1, updated_at = $2
-             WHERE id IN ",
+             WHERE ",
         );
-        // $1 and $2 are named in the text already; the list's placeholders follow from $3.
+        // $1 and $2 are named in the text already; the list's JSON text is $3.
         s.arg(now + lease_ms)
             .arg(now)
-            .bind_ids(backend, chunk.iter().map(String::as_str))
+            .bind_in(backend, "id", ids.iter().map(String::as_str))
             .push(concat!(
                 " AND NOT EXISTS (SELECT 1 FROM delivery e
                               WHERE e.conversation_id = delivery.conversation_id
                                 AND e.status = 'pending' AND e.seq < delivery.seq)",
                 claim_returning!()
             ));
-        for row in s.query().fetch_all(&mut *w.tx).await? {
+        let rows = s
+            .query()
+            .persistent(super::keep_plan(backend))
+            .fetch_all(&mut *w.tx)
+            .await?;
+        for row in rows {
             claimed.push(claimed_from_row(&row)?);
         }
     }
@@ -350,6 +351,7 @@ impl Store {
             .bind(now + lease_ms)
             .bind(now)
             .bind(limit)
+            .persistent(super::keep_plan(self.backend))
             .fetch_all(&mut *w.tx)
             .await?
             .iter()
@@ -373,6 +375,7 @@ impl Store {
                                WHERE e.conversation_id = d.conversation_id
                                  AND e.status = 'pending' AND e.seq < d.seq)",
         )
+        .persistent(super::keep_plan(self.backend))
         .fetch_one(&self.pool)
         .await?
         .try_get("due")
@@ -416,68 +419,54 @@ impl Store {
                 _ => None,
             })
             .collect();
-        if self.backend == Backend::Sqlite && !delivered.is_empty() {
+        if !delivered.is_empty() {
             // The same two statements with the rows as one JSON text: the SQL does not change
-            // with the batch size (see `bulk::json_rows`). `+status`: look deliveries up by id,
-            // never by scanning the pending ones (the planner cannot know json_each is small).
+            // with the batch size (see `bulk::json_rows`). On SQLite, `+status`: look deliveries
+            // up by id, never by scanning the pending ones (the planner cannot know json_each is
+            // small).
             let rows: Vec<(&str, &str)> = delivered
                 .iter()
                 .map(|(d, pid)| (d.id.as_str(), pid.unwrap_or("")))
                 .collect();
-            sqlx::query(
-                "UPDATE delivery SET status = 'delivered', locked_until = NULL, last_error = NULL,
-                        provider_message_id = NULLIF(v.pid, ''), updated_at = $1
-                 FROM (SELECT value ->> 0 AS id, value ->> 1 AS pid FROM jsonb_each($2)) AS v
-                 WHERE delivery.id = v.id AND +delivery.status = 'pending'",
-            )
-            .bind(now)
-            .bind(super::bulk::json_rows(&rows))
-            .execute(&mut *w.tx)
-            .await?;
+            let (deliveries, messages) = match self.backend {
+                Backend::Sqlite => (
+                    "UPDATE delivery SET status = 'delivered', locked_until = NULL,
+                            last_error = NULL, provider_message_id = NULLIF(v.pid, ''),
+                            updated_at = $1
+                     FROM (SELECT value ->> 0 AS id, value ->> 1 AS pid FROM jsonb_each($2)) AS v
+                     WHERE delivery.id = v.id AND +delivery.status = 'pending'",
+                    "UPDATE message SET status = 'sent'
+                     WHERE status = 'queued' AND id IN (SELECT value FROM json_each($1))",
+                ),
+                Backend::Postgres => (
+                    "UPDATE delivery SET status = 'delivered', locked_until = NULL,
+                            last_error = NULL, provider_message_id = NULLIF(v.pid, ''),
+                            updated_at = $1
+                     FROM (SELECT value ->> 0 AS id, value ->> 1 AS pid
+                           FROM jsonb_array_elements($2::jsonb)) AS v
+                     WHERE delivery.id = v.id AND delivery.status = 'pending'",
+                    "UPDATE message SET status = 'sent'
+                     WHERE status = 'queued'
+                       AND id = ANY(ARRAY(SELECT jsonb_array_elements_text($1::jsonb)))",
+                ),
+            };
+            sqlx::query(deliveries)
+                .bind(now)
+                .bind(super::bulk::json_rows(&rows))
+                .persistent(super::keep_plan(self.backend))
+                .execute(&mut *w.tx)
+                .await?;
+            // The provider's id stays on the delivery: `message.provider_id` is the inbound
+            // dedupe key, and outbound ids need not be unique per channel.
             let ids: Vec<&str> = delivered
                 .iter()
                 .map(|(d, _)| d.message_id.as_str())
                 .collect();
-            sqlx::query(
-                "UPDATE message SET status = 'sent'
-                 WHERE status = 'queued' AND id IN (SELECT value FROM json_each($1))",
-            )
-            .bind(super::bulk::json_rows(&ids))
-            .execute(&mut *w.tx)
-            .await?;
-        }
-        let chunked: &[(&ClaimedDelivery, Option<&str>)] = match self.backend {
-            Backend::Sqlite => &[],
-            Backend::Postgres => &delivered,
-        };
-        for chunk in chunked.chunks(400) {
-            // Each delivery with the provider's id for it ('' for none: stored as NULL).
-            let rows = (0..chunk.len())
-                .map(|i| format!("SELECT ${} AS id, ${} AS pid", 2 + 2 * i, 3 + 2 * i))
-                .collect::<Vec<_>>()
-                .join(" UNION ALL ");
-            let sql = format!(
-                "UPDATE delivery SET status = 'delivered', locked_until = NULL, last_error = NULL,
-                        provider_message_id = NULLIF(v.pid, ''), updated_at = $1
-                 FROM ({rows}) AS v
-                 WHERE delivery.id = v.id AND delivery.status = 'pending'"
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
-            for (d, provider_id) in chunk {
-                q = q.bind(&d.id).bind(provider_id.unwrap_or(""));
-            }
-            q.execute(&mut *w.tx).await?;
-            // The provider's id stays on the delivery: `message.provider_id` is the inbound
-            // dedupe key, and outbound ids need not be unique per channel.
-            let sql = format!(
-                "UPDATE message SET status = 'sent' WHERE status = 'queued' AND id IN ({})",
-                super::placeholders(1, chunk.len())
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (d, _) in chunk {
-                q = q.bind(&d.message_id);
-            }
-            q.execute(&mut *w.tx).await?;
+            sqlx::query(messages)
+                .bind(super::bulk::json_rows(&ids))
+                .persistent(super::keep_plan(self.backend))
+                .execute(&mut *w.tx)
+                .await?;
         }
         // Reports that arrived before our send's answer was recorded: held in `early_status`
         // (rarely anything), applied now that the ids are known.

@@ -354,17 +354,14 @@ impl Store {
                                           AND q.direction = 'inbound' AND q.processed_at IS NULL
                                         ORDER BY q.seq LIMIT 2)"
                 .to_owned(),
-            Backend::Postgres => format!(
-                "(VALUES {}) AS j(value, ord)
+            Backend::Postgres => {
+                "jsonb_array_elements_text($1::jsonb) WITH ORDINALITY AS j(value, ord)
              CROSS JOIN LATERAL (SELECT q.* FROM message q
                                  WHERE q.conversation_id = j.value
                                    AND q.direction = 'inbound' AND q.processed_at IS NULL
-                                 ORDER BY q.seq LIMIT 2) AS m",
-                (1..=conversation_ids.len())
-                    .map(|i| format!("(CAST(${i} AS TEXT), CAST({i} AS BIGINT))"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+                                 ORDER BY q.seq LIMIT 2) AS m"
+                    .to_owned()
+            }
         };
         let sql = format!(
             "SELECT j.ord, m.id, m.tenant_id, m.conversation_id, m.channel_id, m.seq, m.text,
@@ -385,13 +382,11 @@ impl Store {
              JOIN channel ch ON ch.id = m.channel_id
              ORDER BY j.ord, m.seq"
         );
-        let query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        let query = match self.backend {
-            Backend::Sqlite => query.bind(super::bulk::json_rows(conversation_ids)),
-            Backend::Postgres => conversation_ids.iter().fold(query, |q, id| q.bind(id)),
-        };
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(super::bulk::json_rows(conversation_ids))
+            .persistent(super::keep_plan(self.backend));
         let rows = query.fetch_all(&self.pool).await?;
-        // `ord` counts from 0 in json_each and from 1 in the VALUES list.
+        // `ord` counts from 0 in json_each and from 1 in PostgreSQL's `WITH ORDINALITY`.
         let first = match self.backend {
             Backend::Sqlite => 0,
             Backend::Postgres => 1,
