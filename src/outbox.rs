@@ -9,13 +9,15 @@
 //!
 //! The worker is "a table plus a step function": [`Outbox::try_execute_step`] claims and sends
 //! one batch, so tests (and the proactive scheduler later) can drive it deterministically; [`Outbox::run`]
-//! loops it, waking on a [`Notify`] from the router or at the next due time.
+//! loops it, waking on a [`Notify`] from the router or at the next due time, and after recorded
+//! outcomes that may have made something due.
 //!
 //! Exactly-once: a crash after the provider accepted a message and before we recorded it means
 //! one resend after the lease runs out; every send carries the delivery id as the provider's
 //! idempotency key where the provider has one.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{counter, histogram};
@@ -109,6 +111,16 @@ impl From<&OutboxConfig> for RetryPolicy {
     }
 }
 
+/// The worker loop's looks for due deliveries, as the recorder sees them.
+#[derive(Default)]
+struct Looking {
+    /// How many looks the loop has started.
+    started: AtomicU64,
+    /// Whether the loop's last look found no free send slot (it then sleeps for the poll
+    /// interval: recorded outcomes free slots, so the recorder wakes it).
+    starved: AtomicBool,
+}
+
 /// The delivery worker.
 #[derive(Clone)]
 pub struct Outbox {
@@ -119,6 +131,8 @@ pub struct Outbox {
     wake: Arc<Notify>,
     pacer: Arc<Pacer>,
     handoff_tx: mpsc::UnboundedSender<Vec<ClaimedDelivery>>,
+    /// What the recorder needs to know of the worker loop (see [`Outbox::record_loop`]).
+    looking: Arc<Looking>,
     /// Taken by [`Outbox::run`].
     handoff_rx: Arc<std::sync::Mutex<Option<mpsc::UnboundedReceiver<Vec<ClaimedDelivery>>>>>,
 }
@@ -170,6 +184,7 @@ impl Outbox {
             wake,
             pacer: Arc::new(Pacer::default()),
             handoff_tx,
+            looking: Arc::default(),
             handoff_rx: Arc::new(std::sync::Mutex::new(Some(handoff_rx))),
         }
     }
@@ -262,6 +277,8 @@ impl Outbox {
                 break;
             }
             let free = permits.available_permits();
+            self.looking.started.fetch_add(1, Ordering::SeqCst);
+            self.looking.starved.store(free == 0, Ordering::SeqCst);
             let mut claimed = 0;
             // Only when something is due: a woken worker whose rows the router already claimed
             // (or nothing at all) asks one read, not a write transaction.
@@ -344,7 +361,13 @@ impl Outbox {
         );
     }
 
-    /// Records finished attempts, as many as are ready at once in one transaction.
+    /// Records finished attempts, as many as are ready at once in one transaction, and wakes the
+    /// worker loop when that may have made something due: a retry's new time, a dead letter or a
+    /// delivered reply whose successor waits (the store tells), slots freed for a loop that found
+    /// none, or a look the loop took while this batch was being recorded — it could not see the
+    /// batch's commit, and a wake-up it acted on then (a reply that could not be handed over
+    /// because its predecessor was in this batch) would otherwise wait for the poll interval.
+    /// Waking after every batch cost PostgreSQL a scan of the pending deliveries per batch.
     async fn record_loop(self, mut done: mpsc::UnboundedReceiver<Attempted>) {
         while let Some(first) = done.recv().await {
             // As in `Batcher`: the sends finishing right now join this batch.
@@ -360,21 +383,28 @@ impl Outbox {
                 .into_iter()
                 .map(|(d, o, c, permit)| (d, o, c, Some(permit)))
                 .collect();
-            self.record_with_retries(batch).await;
-            self.wake.notify_one();
+            let looks = self.looking.started.load(Ordering::SeqCst);
+            let more = self.record_with_retries(batch).await;
+            if more
+                || self.looking.starved.load(Ordering::SeqCst)
+                || self.looking.started.load(Ordering::SeqCst) != looks
+            {
+                self.wake.notify_one();
+            }
         }
     }
 
     /// Records a batch, retrying a failed write a few times: a lost "delivered" would mean a
     /// second send once the lease runs out. If it still fails, the leases do run out and those
-    /// deliveries are attempted again (with their idempotency keys).
-    async fn record_with_retries(&self, batch: Vec<Recorded>) {
+    /// deliveries are attempted again (with their idempotency keys). Returns whether a delivery
+    /// may have become due (see [`Store::record_outcomes`]; `true` when recording failed).
+    async fn record_with_retries(&self, batch: Vec<Recorded>) -> bool {
         let mut pause = Duration::from_millis(50);
         for attempt in 1..=5 {
             match self.store.record_outcomes(&outcomes_of(&batch)).await {
-                Ok(()) => {
+                Ok(more) => {
                     count(batch);
-                    return;
+                    return more;
                 }
                 Err(e) => {
                     warn!(error = %e, attempt, "recording delivery outcomes failed");
@@ -383,6 +413,7 @@ impl Outbox {
                 }
             }
         }
+        true
     }
 
     async fn record(&self, batch: Vec<Recorded>) -> anyhow::Result<()> {

@@ -35,6 +35,7 @@ both_backends!(
     the_multi_row_paths_keep_any_text_exactly,
     batches_the_multi_row_paths_cannot_take_are_written_item_by_item,
     the_next_turns_of_many_conversations_are_read_together,
+    a_recorded_delivery_says_whether_a_successor_waits,
 );
 
 /// Fails on any message containing "boom", answers the rest.
@@ -1182,6 +1183,97 @@ async fn batches_the_multi_row_paths_cannot_take_are_written_item_by_item(backen
 
 /// The oldest unanswered turn of each conversation, read together as the router reads them;
 /// each must have one.
+/// Recording outcomes tells the delivery worker whether to look for due deliveries: on
+/// PostgreSQL only when a later reply of a delivered one's conversation waits unclaimed (it
+/// could not be handed over while its predecessor was in flight), or when an outcome is not a
+/// delivery (a retry has a new due time); SQLite's tick always says look.
+async fn a_recorded_delivery_says_whether_a_successor_waits(backend: Backend) {
+    use switchboard::store::deliveries::Outcome;
+    use switchboard::store::messages::ReplyDraft;
+    let Some((app, channel)) = store_only(backend).await else {
+        return;
+    };
+    let store = &app.store;
+    let reply = |text: &str| ReplyDraft {
+        text: text.to_owned(),
+        citations_json: "[]".to_owned(),
+        grounding_json: None,
+    };
+    let answer = |id: &'static str| {
+        let item = ingest_item(&app.tenant_id, &channel.id, "ann", id, id);
+        async move {
+            let ingested = store
+                .ingest(&item.tenant_id, &item.channel_id, &item.message)
+                .await
+                .expect("ingest");
+            let (turn, _) = store
+                .next_pending_turn(&ingested.conversation_id)
+                .await
+                .expect("read")
+                .expect("a turn waits");
+            let mut completed = store
+                .complete_turns(vec![(turn, Some(reply(&format!("re {id}"))))], Some(60_000))
+                .await;
+            completed.pop().expect("one result").expect("completed")
+        }
+    };
+    let delivered = || Outcome::Delivered {
+        provider_message_id: None,
+    };
+    let sqlite = backend == Backend::Sqlite;
+    // The first reply is claimed with its turn; the second waits behind it, unclaimed.
+    let first = answer("m1")
+        .await
+        .claimed
+        .expect("the first reply is claimed");
+    let second = answer("m2").await;
+    assert!(second.reply_id.is_some() && second.claimed.is_none());
+    let more = store
+        .record_outcomes(&[(first, delivered())])
+        .await
+        .expect("record");
+    assert!(more, "the second reply waited for the first one");
+    let mut claimed = store.claim_due_deliveries(10, 60_000).await.expect("claim");
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    let second = claimed.pop().expect("the second reply");
+    assert_eq!(
+        Some(second.message_id.clone()),
+        answer_id(&app, "re m2").await
+    );
+    // Nothing waits behind the second reply: PostgreSQL says so.
+    let more = store
+        .record_outcomes(&[(second, delivered())])
+        .await
+        .expect("record");
+    assert_eq!(more, sqlite, "nothing waits after the second reply");
+    // A retry always says look (its new due time is the worker's to keep).
+    let third = answer("m3").await.claimed.expect("claimed with its turn");
+    let more = store
+        .record_outcomes(&[(
+            third,
+            Outcome::RetryAt {
+                next_attempt_at: switchboard::store::now_ms() + 60_000,
+                error: "try later".to_owned(),
+                parts_sent: None,
+            },
+        )])
+        .await
+        .expect("record");
+    assert!(more, "a retry has a new due time");
+    app.stop().await;
+}
+
+/// The id of the message of the tenant's first conversation whose text is `text`.
+async fn answer_id(app: &TestApp, text: &str) -> Option<String> {
+    let (_, listed) = app.get(&app.admin_key, "/v1/conversations").await;
+    let conversation = listed["conversations"][0]["id"].as_str()?.to_owned();
+    app.messages(&conversation)
+        .await
+        .iter()
+        .find(|m| m["text"] == text)
+        .and_then(|m| m["id"].as_str().map(str::to_owned))
+}
+
 async fn oldest_turns(
     app: &TestApp,
     conversations: &[String],

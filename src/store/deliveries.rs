@@ -386,28 +386,38 @@ impl Store {
     ///
     /// On SQLite the outcomes join the writer's current tick (see [`super::tick`]): one commit
     /// for them and the messages and turns stored meanwhile.
+    ///
+    /// Returns whether a delivery may have become due by it (see [`Store::record_outcomes_in`]);
+    /// `false` means the delivery worker need not look.
     pub async fn record_outcomes(
         &self,
         outcomes: &[(ClaimedDelivery, Outcome)],
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<bool, sqlx::Error> {
         if outcomes.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         if let Some(tick) = self.tick() {
-            return tick.record(outcomes.to_vec()).await;
+            // A look for waiting successors would cost the one writer a statement per tick;
+            // the worker's look costs a reader one.
+            return tick.record(outcomes.to_vec()).await.map(|()| true);
         }
         let mut w = self.begin_write().await?;
-        self.record_outcomes_in(&mut w, outcomes, now_ms()).await?;
-        w.commit().await
+        let more = self.record_outcomes_in(&mut w, outcomes, now_ms()).await?;
+        w.commit().await?;
+        Ok(more)
     }
 
-    /// [`Store::record_outcomes`]'s work inside the caller's transaction `w`.
+    /// [`Store::record_outcomes`]'s work inside the caller's transaction `w`. Returns whether a
+    /// delivery may have become due by it: any outcome but a delivery (a retry has a new due
+    /// time, a dead letter unblocks its successor), or, on PostgreSQL, a later delivery of a
+    /// delivered one's conversation that waits unclaimed (it waited for this one). On SQLite
+    /// always `true`.
     pub(super) async fn record_outcomes_in(
         &self,
         w: &mut WriteTx,
         outcomes: &[(ClaimedDelivery, Outcome)],
         now: i64,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<bool, sqlx::Error> {
         // Deliveries the provider accepted (the common case): a few statements for the whole
         // batch, whatever its size.
         let delivered: Vec<(&ClaimedDelivery, Option<&str>)> = outcomes
@@ -548,7 +558,33 @@ impl Store {
                 }
             }
         }
-        Ok(())
+        if self.backend == Backend::Sqlite || delivered.len() < outcomes.len() {
+            return Ok(true);
+        }
+        // In this transaction, after its updates: a successor stored by a transaction that
+        // commits after this look is not seen here, but that transaction's own wake-up comes
+        // after its commit (and the worker's recorder wakes the worker when one came while it
+        // recorded: see `outbox::Wake`).
+        let conversations: Vec<&str> = delivered
+            .iter()
+            .map(|(d, _)| d.conversation_id.as_str())
+            .collect();
+        let mut s = super::bulk::Statement::new(
+            "SELECT CAST(CASE WHEN EXISTS (SELECT 1 FROM delivery
+                                          WHERE status = 'pending'
+                                            AND (locked_until IS NULL OR locked_until <= ",
+        );
+        s.bind(now)
+            .push(") AND ")
+            .bind_in(self.backend, "conversation_id", conversations)
+            .push(") THEN 1 ELSE 0 END AS BIGINT) AS waiting");
+        let waiting: i64 = s
+            .query()
+            .persistent(super::keep_plan(self.backend))
+            .fetch_one(&mut *w.tx)
+            .await?
+            .try_get("waiting")?;
+        Ok(waiting != 0)
     }
 
     /// A tenant's deliveries in one status, newest first.

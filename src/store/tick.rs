@@ -207,7 +207,7 @@ async fn separately(
     for (at, k) in sorted.record_at {
         let mine: Vec<_> = outcomes.by_ref().take(k).collect();
         // `store` has no tick: this is the direct path, its own transaction.
-        results[at] = Some(store.record_outcomes(&mine).await.map(|()| Done::Recorded));
+        results[at] = Some(store.record_outcomes(&mine).await.map(|_| Done::Recorded));
     }
     for (lease_ms, (turns, at)) in sorted.complete {
         for (at, r) in at
