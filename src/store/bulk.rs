@@ -531,63 +531,47 @@ impl Store {
             replies.push(row);
         }
         if !replies.is_empty() {
-            match self.backend {
-                Backend::Sqlite => {
-                    let rows = json_rows(&replies);
-                    sqlx::query(
-                        "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq,
-                                              direction, author, text, citations, grounding,
-                                              reply_to, status, created_at)
-                         SELECT value ->> 0, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
-                                'outbound', 'bot', value ->> 7, value ->> 8, value ->> 9,
-                                value ->> 10, 'queued', $1
-                         FROM jsonb_each($2)",
-                    )
+            // The same statements on both backends but for how the rows are read (and
+            // PostgreSQL's `->>` giving text, which the `seq` columns need cast).
+            let (messages, deliveries) = match self.backend {
+                Backend::Sqlite => (
+                    "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq,
+                                          direction, author, text, citations, grounding,
+                                          reply_to, status, created_at)
+                     SELECT value ->> 0, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
+                            'outbound', 'bot', value ->> 7, value ->> 8, value ->> 9,
+                            value ->> 10, 'queued', $1
+                     FROM jsonb_each($2)",
+                    "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id,
+                                           message_id, seq, recipient, body, next_attempt_at,
+                                           created_at, updated_at)
+                     SELECT value ->> 1, value ->> 2, value ->> 4, value ->> 3, value ->> 0,
+                            value ->> 5, value ->> 6, value ->> 7, $1, $1, $1
+                     FROM jsonb_each($2)",
+                ),
+                Backend::Postgres => (
+                    "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq,
+                                          direction, author, text, citations, grounding,
+                                          reply_to, status, created_at)
+                     SELECT value ->> 0, value ->> 2, value ->> 3, value ->> 4,
+                            CAST(value ->> 5 AS BIGINT), 'outbound', 'bot', value ->> 7,
+                            value ->> 8, value ->> 9, value ->> 10, 'queued', $1
+                     FROM jsonb_array_elements($2::jsonb)",
+                    "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id,
+                                           message_id, seq, recipient, body, next_attempt_at,
+                                           created_at, updated_at)
+                     SELECT value ->> 1, value ->> 2, value ->> 4, value ->> 3, value ->> 0,
+                            CAST(value ->> 5 AS BIGINT), value ->> 6, value ->> 7, $1, $1, $1
+                     FROM jsonb_array_elements($2::jsonb)",
+                ),
+            };
+            let rows = json_rows(&replies);
+            for sql in [messages, deliveries] {
+                sqlx::query(sql)
                     .bind(now)
                     .bind(&rows)
                     .execute(&mut *w.tx)
                     .await?;
-                    sqlx::query(
-                        "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id,
-                                               message_id, seq, recipient, body, next_attempt_at,
-                                               created_at, updated_at)
-                         SELECT value ->> 1, value ->> 2, value ->> 4, value ->> 3, value ->> 0,
-                                value ->> 5, value ->> 6, value ->> 7, $1, $1, $1
-                         FROM jsonb_each($2)",
-                    )
-                    .bind(now)
-                    .bind(&rows)
-                    .execute(&mut *w.tx)
-                    .await?;
-                }
-                Backend::Postgres => {
-                    let rows = json_rows(&replies);
-                    sqlx::query(
-                        "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq,
-                                              direction, author, text, citations, grounding,
-                                              reply_to, status, created_at)
-                         SELECT value ->> 0, value ->> 2, value ->> 3, value ->> 4,
-                                CAST(value ->> 5 AS BIGINT), 'outbound', 'bot', value ->> 7,
-                                value ->> 8, value ->> 9, value ->> 10, 'queued', $1
-                         FROM jsonb_array_elements($2::jsonb)",
-                    )
-                    .bind(now)
-                    .bind(&rows)
-                    .execute(&mut *w.tx)
-                    .await?;
-                    sqlx::query(
-                        "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id,
-                                               message_id, seq, recipient, body, next_attempt_at,
-                                               created_at, updated_at)
-                         SELECT value ->> 1, value ->> 2, value ->> 4, value ->> 3, value ->> 0,
-                                CAST(value ->> 5 AS BIGINT), value ->> 6, value ->> 7, $1, $1, $1
-                         FROM jsonb_array_elements($2::jsonb)",
-                    )
-                    .bind(now)
-                    .bind(&rows)
-                    .execute(&mut *w.tx)
-                    .await?;
-                }
             }
         }
         let claimed = match lease_ms {
