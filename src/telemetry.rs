@@ -132,17 +132,30 @@ fn describe() {
 mod tests {
     /// The recorder keeps a thread that folds histogram samples into their buckets, so memory
     /// does not grow with every latency recorded when nobody scrapes `/metrics`.
+    ///
+    /// A new thread names itself once it runs (until then `/proc` shows the spawning thread's
+    /// name), so the test looks again for a while before it fails.
     #[test]
     fn the_recorder_has_an_upkeep_thread() {
         let _handle = super::metrics_handle();
-        let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
-            .map(|tasks| {
-                tasks
-                    .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-                    .map(|name| name.trim().to_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let names = || -> Vec<String> {
+            std::fs::read_dir("/proc/self/task")
+                .map(|tasks| {
+                    tasks
+                        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                        .map(|name| name.trim().to_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut threads = names();
+        while !threads.iter().any(|name| name == "metrics-upkeep")
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            threads = names();
+        }
         assert!(
             threads.iter().any(|name| name == "metrics-upkeep"),
             "{threads:?}"
