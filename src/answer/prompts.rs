@@ -12,6 +12,7 @@
 //! | `fallback` | the reply quoting the best passage when the model is not answering | `assistant`, `channel`, `question`, `source` (`title`, `section`, `text`), `reason` (`no_model`, `unavailable`, `timeout`, `error`, `empty`, `ungrounded`: the written answer did not match its sources) |
 
 use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use minijinja::{Environment, UndefinedBehavior};
 use serde::Serialize;
@@ -155,13 +156,7 @@ pub fn render_text(
     body: &str,
     context: &impl Serialize,
 ) -> Result<String, PromptError> {
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.set_trim_blocks(false);
-    env.set_fuel(Some(FUEL));
-    env.set_recursion_limit(32);
-    env.add_template(name, body)
-        .map_err(|e| PromptError::Template(describe(&e)))?;
+    let env = compiled(name, body)?;
     let template = env
         .get_template(name)
         .map_err(|e| PromptError::Template(describe(&e)))?;
@@ -181,6 +176,52 @@ pub fn render_text(
     let text = String::from_utf8(out.bytes)
         .map_err(|_| PromptError::Template("the template renders invalid UTF-8".into()))?;
     Ok(text.trim().to_owned())
+}
+
+/// Template source kept compiled, in bytes, at most; past it the cache starts again.
+const COMPILED_BYTES: usize = 1024 * 1024;
+
+/// Compiled templates by name and text.
+#[derive(Default)]
+struct Compiled {
+    by_name: HashMap<String, HashMap<String, Arc<Environment<'static>>>>,
+    bytes: usize,
+}
+
+/// `body` compiled as template `name`, in an environment with the rendering limits (fuel,
+/// recursion, strict undefined), from a cache: every answer renders a template, and building an
+/// environment (its built-in filters, tests and globals) and compiling the text cost more than
+/// rendering a short one. Fuel is counted per rendering, so sharing the compiled template
+/// changes no limit (test `fuel_is_counted_per_rendering_of_a_cached_template`).
+fn compiled(name: &str, body: &str) -> Result<Arc<Environment<'static>>, PromptError> {
+    static CACHE: LazyLock<Mutex<Compiled>> = LazyLock::new(Mutex::default);
+    let lock = || {
+        CACHE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
+    if let Some(env) = lock().by_name.get(name).and_then(|texts| texts.get(body)) {
+        return Ok(env.clone());
+    }
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_trim_blocks(false);
+    env.set_fuel(Some(FUEL));
+    env.set_recursion_limit(32);
+    env.add_template_owned(name.to_owned(), body.to_owned())
+        .map_err(|e| PromptError::Template(describe(&e)))?;
+    let env = Arc::new(env);
+    let mut cache = lock();
+    if cache.bytes + name.len() + body.len() > COMPILED_BYTES {
+        *cache = Compiled::default();
+    }
+    cache.bytes += name.len() + body.len();
+    cache
+        .by_name
+        .entry(name.to_owned())
+        .or_default()
+        .insert(body.to_owned(), env.clone());
+    Ok(env)
 }
 
 /// The variables a template reads (dotted: `contact.name`, `fields.goal`), or why it does not
@@ -364,6 +405,25 @@ mod tests {
                 .render("no_answer", &context)
                 .expect("built-in")
         );
+    }
+
+    /// A template is compiled once and rendered many times: its fuel is counted per rendering.
+    /// This one takes ~2,000 steps; a shared budget would run out before the 50th rendering.
+    #[test]
+    fn fuel_is_counted_per_rendering_of_a_cached_template() -> Result<(), PromptError> {
+        let body = "{% for i in range(500) %}{{ question }}{% endfor %}";
+        let context = sample_context("no_answer");
+        for _ in 0..100 {
+            let text = render_text("no_answer", body, &context)?;
+            assert_eq!(text.len(), 500 * context.question.len());
+        }
+        // And a template over the limit still runs out, cached or not.
+        let greedy = "{% for i in range(100000) %}{{ question }}{% endfor %}";
+        for _ in 0..2 {
+            let e = render_text("no_answer", greedy, &context).expect_err("out of fuel");
+            assert!(e.to_string().contains("does too much work"), "{e}");
+        }
+        Ok(())
     }
 
     #[test]
