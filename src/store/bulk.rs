@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use sqlx::any::AnyArguments;
+use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{Arguments, Row};
 
 use super::messages::{IngestItem, Ingested, PendingTurn, ReplyDraft};
@@ -129,13 +129,54 @@ pub(super) fn json_rows<T: serde::Serialize>(rows: &[T]) -> String {
     serde_json::to_string(rows).unwrap_or_else(|_| "[]".to_owned())
 }
 
+/// What one statement of a [`script`] did: the rows it changed and the rows it returned.
+pub(super) struct Step {
+    pub changed: u64,
+    pub rows: Vec<AnyRow>,
+}
+
+/// SQLite: runs `query` — several statements in one text, `;`-separated — as one request to the
+/// writer's connection thread, and returns what each statement did, in order.
+///
+/// Every statement sent to SQLite through sqlx is a hop to the connection's thread and back:
+/// two context switches, which on one core cost the writer more than most of its statements'
+/// work (the profile of a Telegram run: the writer's thread 42 % of the gateway's samples, a
+/// quarter of that in the scheduler). The tick's writes that need nothing back from each other
+/// are sent as one text. sqlx's SQLite driver runs the statements of a text in turn, binding
+/// `$n` by number in each (so statements share arguments); sqlx calls that behaviour deprecated
+/// in favour of `raw_sql`, which binds nothing. The SQLite suite runs through every script, so a
+/// driver that stopped doing this fails it (`a_script_runs_every_statement_with_its_arguments`).
+pub(super) async fn script(
+    w: &mut WriteTx,
+    query: sqlx::query::Query<'static, sqlx::Any, AnyArguments>,
+) -> Result<Vec<Step>, sqlx::Error> {
+    use futures::TryStreamExt;
+    use sqlx::Either;
+    use sqlx::Executor;
+    let mut steps = Vec::new();
+    let mut rows = Vec::new();
+    let mut stream = (&mut *w.tx).fetch_many(query);
+    while let Some(step) = stream.try_next().await? {
+        match step {
+            Either::Left(done) => steps.push(Step {
+                changed: done.rows_affected(),
+                rows: std::mem::take(&mut rows),
+            }),
+            Either::Right(row) => rows.push(row),
+        }
+    }
+    Ok(steps)
+}
+
 /// An inbound message of a bulk insert, serialized as the array `json_rows` wants.
 struct InboundRow<'a> {
     id: String,
     tenant_id: &'a str,
     conversation_id: &'a str,
     channel_id: &'a str,
-    seq: i64,
+    /// PostgreSQL: the message's number; SQLite: how many of the batch's messages of its
+    /// conversation come after it (the script numbers it from the conversation's new last).
+    number: i64,
     text: &'a str,
     attachments: String,
     provider_id: &'a str,
@@ -151,7 +192,7 @@ impl serde::Serialize for InboundRow<'_> {
             self.tenant_id,
             self.conversation_id,
             self.channel_id,
-            self.seq,
+            self.number,
             self.text,
             &self.attachments,
             self.provider_id,
@@ -171,7 +212,8 @@ struct ReplyRow<'a> {
     delivery_id: String,
     turn: &'a PendingTurn,
     reply: &'a ReplyDraft,
-    seq: i64,
+    /// `None` on SQLite, whose script reads it from the conversation it just numbered.
+    seq: Option<i64>,
 }
 
 impl serde::Serialize for ReplyRow<'_> {
@@ -284,6 +326,33 @@ fn refused<T>(backend: Backend, what: &str) -> Result<Option<T>, sqlx::Error> {
     }
 }
 
+/// Per conversation of an ingest batch: `(id, messages it receives, when its contact last
+/// wrote)`. The time is the provider's send time (never later than now) — a redelivery days
+/// later must not reopen WhatsApp's 24-hour window — and never earlier than before.
+fn numbering<'a>(
+    items: &[IngestItem],
+    conversations: &[String],
+    counts: &'a BTreeMap<String, usize>,
+    now: i64,
+) -> Vec<(&'a str, i64, i64)> {
+    let mut wrote: HashMap<&str, i64> = HashMap::new();
+    for (item, c) in items.iter().zip(conversations) {
+        let at = item
+            .message
+            .sent_at
+            .map_or(now, |s| s.saturating_mul(1000).min(now));
+        let e = wrote.entry(c.as_str()).or_insert(at);
+        *e = (*e).max(at);
+    }
+    counts
+        .iter()
+        .map(|(id, k)| {
+            let at = wrote.get(id.as_str()).copied().unwrap_or(now);
+            (id.as_str(), *k as i64, at)
+        })
+        .collect()
+}
+
 impl Store {
     /// Stores a batch of new messages in open conversations with two or three statements, in
     /// `w`. `None` when the batch needs the general path: on SQLite before anything is written;
@@ -301,71 +370,38 @@ impl Store {
         for c in conversations {
             *counts.entry(c.clone()).or_default() += 1;
         }
-        if self.backend == Backend::Sqlite && !ingest_possible(w, items, &counts).await? {
-            return Ok(None);
+        if self.backend == Backend::Sqlite {
+            if !ingest_possible(w, items, &counts).await? {
+                return Ok(None);
+            }
+            return self
+                .ingest_bulk_sqlite(w, items, conversations, &counts, now)
+                .await
+                .map(Some);
         }
         lock_conversations(w, self.backend, &counts).await?;
-        // When each conversation's contact last wrote: the provider's send time (never later
-        // than now) — a redelivery days later must not reopen WhatsApp's 24-hour window — and
-        // never earlier than before.
-        let mut wrote: HashMap<&str, i64> = HashMap::new();
-        for (item, c) in items.iter().zip(conversations) {
-            let at = item
-                .message
-                .sent_at
-                .map_or(now, |s| s.saturating_mul(1000).min(now));
-            let e = wrote.entry(c.as_str()).or_insert(at);
-            *e = (*e).max(at);
-        }
         // One numbering statement for every conversation of the batch.
         let mut next_seq: HashMap<String, i64> = HashMap::new();
-        let numbering: Vec<(&str, i64, i64)> = counts
-            .iter()
-            .map(|(id, k)| {
-                let at = wrote.get(id.as_str()).copied().unwrap_or(now);
-                (id.as_str(), *k as i64, at)
-            })
-            .collect();
-        let numbered = match self.backend {
-            Backend::Sqlite => {
-                sqlx::query(
-                    "UPDATE conversation SET last_seq = last_seq + v.k, updated_at = $1,
-                            last_inbound_at = CASE WHEN last_inbound_at IS NULL
-                                                        OR last_inbound_at < v.wrote
-                                                   THEN v.wrote ELSE last_inbound_at END
-                     FROM (SELECT value ->> 0 AS id, value ->> 1 AS k, value ->> 2 AS wrote
-                           FROM jsonb_each($2)) AS v
-                     WHERE conversation.id = v.id AND conversation.status <> 'closed'
-                     RETURNING conversation.id AS id, conversation.last_seq AS last_seq",
-                )
-                .bind(now)
-                .bind(json_rows(&numbering))
-                .fetch_all(&mut *w.tx)
-                .await?
-            }
-            // The same statement with the rows as one JSON text, whose SQL does not change
-            // with the batch size: prepared and planned once per connection (a `VALUES` list
-            // of placeholders was a new statement for every batch size, parsed and planned by
-            // the server each time).
-            Backend::Postgres => {
-                sqlx::query(
-                    "UPDATE conversation SET last_seq = last_seq + v.k, updated_at = $1,
-                            last_inbound_at = CASE WHEN last_inbound_at IS NULL
-                                                        OR last_inbound_at < v.wrote
-                                                   THEN v.wrote ELSE last_inbound_at END
-                     FROM (SELECT value ->> 0 AS id, CAST(value ->> 1 AS BIGINT) AS k,
-                                  CAST(value ->> 2 AS BIGINT) AS wrote
-                           FROM jsonb_array_elements($2::jsonb)) AS v
-                     WHERE conversation.id = v.id AND conversation.status <> 'closed'
-                     RETURNING conversation.id AS id, conversation.last_seq AS last_seq",
-                )
-                .bind(now)
-                .bind(json_rows(&numbering))
-                .persistent(false) // see `keep_plan`
-                .fetch_all(&mut *w.tx)
-                .await?
-            }
-        };
+        let numbering = numbering(items, conversations, &counts, now);
+        // The rows as one JSON text, whose SQL does not change with the batch size: prepared
+        // and planned once per connection (a `VALUES` list of placeholders was a new statement
+        // for every batch size, parsed and planned by the server each time).
+        let numbered = sqlx::query(
+            "UPDATE conversation SET last_seq = last_seq + v.k, updated_at = $1,
+                    last_inbound_at = CASE WHEN last_inbound_at IS NULL
+                                                OR last_inbound_at < v.wrote
+                                           THEN v.wrote ELSE last_inbound_at END
+             FROM (SELECT value ->> 0 AS id, CAST(value ->> 1 AS BIGINT) AS k,
+                          CAST(value ->> 2 AS BIGINT) AS wrote
+                   FROM jsonb_array_elements($2::jsonb)) AS v
+             WHERE conversation.id = v.id AND conversation.status <> 'closed'
+             RETURNING conversation.id AS id, conversation.last_seq AS last_seq",
+        )
+        .bind(now)
+        .bind(json_rows(&numbering))
+        .persistent(false) // see `keep_plan`
+        .fetch_all(&mut *w.tx)
+        .await?;
         for row in numbered {
             let id: String = row.try_get("id")?;
             let k = counts.get(&id).copied().unwrap_or(1) as i64;
@@ -389,7 +425,7 @@ impl Store {
                 tenant_id: &item.tenant_id,
                 conversation_id: conversation,
                 channel_id: &item.channel_id,
-                seq: *seq,
+                number: *seq,
                 text: &item.message.text,
                 attachments,
                 provider_id: &item.message.provider_id,
@@ -405,40 +441,22 @@ impl Store {
             });
             *seq += 1;
         }
-        let inserted = match self.backend {
-            // `WHERE true`: without it SQLite would read `ON CONFLICT` as a join constraint.
-            Backend::Sqlite => sqlx::query(
-                "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction,
-                                      author, text, attachments, provider_id, kind,
-                                      reply_to_provider_id, sent_at, status, created_at)
-                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4,
-                        'inbound', 'contact', value ->> 5, value ->> 6, value ->> 7, value ->> 8,
-                        value ->> 9, value ->> 10, 'received', $1
-                 FROM jsonb_each($2) WHERE true
-                 ON CONFLICT (channel_id, provider_id) DO NOTHING RETURNING id",
-            )
-            .bind(now)
-            .bind(json_rows(&rows))
-            .fetch_all(&mut *w.tx)
-            .await?
-            .len(),
-            Backend::Postgres => sqlx::query(
-                "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction,
-                                      author, text, attachments, provider_id, kind,
-                                      reply_to_provider_id, sent_at, status, created_at)
-                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3,
-                        CAST(value ->> 4 AS BIGINT), 'inbound', 'contact', value ->> 5,
-                        value ->> 6, value ->> 7, value ->> 8, value ->> 9,
-                        CAST(value ->> 10 AS BIGINT), 'received', $1
-                 FROM jsonb_array_elements($2::jsonb)
-                 ON CONFLICT (channel_id, provider_id) DO NOTHING RETURNING id",
-            )
-            .bind(now)
-            .bind(json_rows(&rows))
-            .fetch_all(&mut *w.tx)
-            .await?
-            .len(),
-        };
+        let inserted = sqlx::query(
+            "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction,
+                                  author, text, attachments, provider_id, kind,
+                                  reply_to_provider_id, sent_at, status, created_at)
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3,
+                    CAST(value ->> 4 AS BIGINT), 'inbound', 'contact', value ->> 5,
+                    value ->> 6, value ->> 7, value ->> 8, value ->> 9,
+                    CAST(value ->> 10 AS BIGINT), 'received', $1
+             FROM jsonb_array_elements($2::jsonb)
+             ON CONFLICT (channel_id, provider_id) DO NOTHING RETURNING id",
+        )
+        .bind(now)
+        .bind(json_rows(&rows))
+        .fetch_all(&mut *w.tx)
+        .await?
+        .len();
         if inserted != items.len() {
             return refused(self.backend, "a redelivery"); // general path
         }
@@ -468,8 +486,14 @@ impl Store {
             .filter(|(_, r)| r.is_some())
             .map(|(t, _)| t.conversation_id.clone())
             .collect();
-        if self.backend == Backend::Sqlite && !complete_possible(w, turns, &replying).await? {
-            return Ok(None);
+        if self.backend == Backend::Sqlite {
+            if !complete_possible(w, turns, &replying).await? {
+                return Ok(None);
+            }
+            return self
+                .complete_bulk_sqlite(w, turns, replying.len(), now, lease_ms)
+                .await
+                .map(Some);
         }
         lock_conversations(w, self.backend, &conversations).await?;
         let mut seqs: HashMap<String, i64> = HashMap::new();
@@ -524,47 +548,29 @@ impl Store {
                 delivery_id: new_id(),
                 turn,
                 reply,
-                seq,
+                seq: Some(seq),
             };
             delivery_ids.push(row.delivery_id.clone());
             out[i] = Some(row.id.clone());
             replies.push(row);
         }
         if !replies.is_empty() {
-            // The same statements on both backends but for how the rows are read (and
-            // PostgreSQL's `->>` giving text, which the `seq` columns need cast).
-            let (messages, deliveries) = match self.backend {
-                Backend::Sqlite => (
-                    "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq,
-                                          direction, author, text, citations, grounding,
-                                          reply_to, status, created_at)
-                     SELECT value ->> 0, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
-                            'outbound', 'bot', value ->> 7, value ->> 8, value ->> 9,
-                            value ->> 10, 'queued', $1
-                     FROM jsonb_each($2)",
-                    "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id,
-                                           message_id, seq, recipient, body, next_attempt_at,
-                                           created_at, updated_at)
-                     SELECT value ->> 1, value ->> 2, value ->> 4, value ->> 3, value ->> 0,
-                            value ->> 5, value ->> 6, value ->> 7, $1, $1, $1
-                     FROM jsonb_each($2)",
-                ),
-                Backend::Postgres => (
-                    "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq,
-                                          direction, author, text, citations, grounding,
-                                          reply_to, status, created_at)
-                     SELECT value ->> 0, value ->> 2, value ->> 3, value ->> 4,
-                            CAST(value ->> 5 AS BIGINT), 'outbound', 'bot', value ->> 7,
-                            value ->> 8, value ->> 9, value ->> 10, 'queued', $1
-                     FROM jsonb_array_elements($2::jsonb)",
-                    "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id,
-                                           message_id, seq, recipient, body, next_attempt_at,
-                                           created_at, updated_at)
-                     SELECT value ->> 1, value ->> 2, value ->> 4, value ->> 3, value ->> 0,
-                            CAST(value ->> 5 AS BIGINT), value ->> 6, value ->> 7, $1, $1, $1
-                     FROM jsonb_array_elements($2::jsonb)",
-                ),
-            };
+            // (PostgreSQL's `->>` gives text, which the `seq` columns need cast.)
+            let (messages, deliveries) = (
+                "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq,
+                                      direction, author, text, citations, grounding,
+                                      reply_to, status, created_at)
+                 SELECT value ->> 0, value ->> 2, value ->> 3, value ->> 4,
+                        CAST(value ->> 5 AS BIGINT), 'outbound', 'bot', value ->> 7,
+                        value ->> 8, value ->> 9, value ->> 10, 'queued', $1
+                 FROM jsonb_array_elements($2::jsonb)",
+                "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id,
+                                       message_id, seq, recipient, body, next_attempt_at,
+                                       created_at, updated_at)
+                 SELECT value ->> 1, value ->> 2, value ->> 4, value ->> 3, value ->> 0,
+                        CAST(value ->> 5 AS BIGINT), value ->> 6, value ->> 7, $1, $1, $1
+                 FROM jsonb_array_elements($2::jsonb)",
+            );
             let rows = json_rows(&replies);
             for sql in [messages, deliveries] {
                 sqlx::query(sql)
@@ -584,9 +590,234 @@ impl Store {
     }
 }
 
+impl Store {
+    /// SQLite's [`Store::try_ingest_bulk`] after its check: the numbering of the batch's
+    /// conversations and the insert of its messages in one script (one request to the writer's
+    /// thread, see [`script`]). Each message is numbered from its conversation's new `last_seq`
+    /// less how many of the batch's messages of that conversation come after it.
+    async fn ingest_bulk_sqlite(
+        &self,
+        w: &mut WriteTx,
+        items: &[IngestItem],
+        conversations: &[String],
+        counts: &BTreeMap<String, usize>,
+        now: i64,
+    ) -> Result<Vec<Ingested>, sqlx::Error> {
+        let numbering = numbering(items, conversations, counts, now);
+        let mut after: HashMap<&str, usize> =
+            counts.iter().map(|(c, k)| (c.as_str(), *k)).collect();
+        let mut rows = Vec::with_capacity(items.len());
+        for (item, conversation) in items.iter().zip(conversations) {
+            let left = after
+                .get_mut(conversation.as_str())
+                .ok_or(sqlx::Error::RowNotFound)?;
+            *left = left.saturating_sub(1);
+            rows.push(InboundRow {
+                id: new_id(),
+                tenant_id: &item.tenant_id,
+                conversation_id: conversation,
+                channel_id: &item.channel_id,
+                number: *left as i64,
+                text: &item.message.text,
+                attachments: serde_json::to_string(&item.message.attachments)
+                    .unwrap_or_else(|_| "[]".into()),
+                provider_id: &item.message.provider_id,
+                kind: &item.message.kind,
+                reply_to: item.message.reply_to.as_deref(),
+                sent_at: item.message.sent_at,
+            });
+        }
+        // `WHERE true`: without it SQLite would read `ON CONFLICT` as a join constraint.
+        let query = sqlx::query(
+            "UPDATE conversation SET last_seq = last_seq + v.k, updated_at = $1,
+                    last_inbound_at = CASE WHEN last_inbound_at IS NULL
+                                                OR last_inbound_at < v.wrote
+                                           THEN v.wrote ELSE last_inbound_at END
+             FROM (SELECT value ->> 0 AS id, value ->> 1 AS k, value ->> 2 AS wrote
+                   FROM jsonb_each($2)) AS v
+             WHERE conversation.id = v.id AND conversation.status <> 'closed';
+             INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction,
+                                  author, text, attachments, provider_id, kind,
+                                  reply_to_provider_id, sent_at, status, created_at)
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3,
+                    (SELECT c.last_seq FROM conversation c WHERE c.id = value ->> 2)
+                        - (value ->> 4),
+                    'inbound', 'contact', value ->> 5, value ->> 6, value ->> 7, value ->> 8,
+                    value ->> 9, value ->> 10, 'received', $1
+             FROM jsonb_each($3) WHERE true
+             ON CONFLICT (channel_id, provider_id) DO NOTHING RETURNING id, seq",
+        )
+        .bind(now)
+        .bind(json_rows(&numbering))
+        .bind(json_rows(&rows));
+        let steps = script(w, query).await?;
+        let (numbered, inserted) = match steps.as_slice() {
+            [numbered, inserted] => (numbered.changed, inserted.rows.as_slice()),
+            _ => (0, &[][..]),
+        };
+        if numbered != counts.len() as u64 || inserted.len() != items.len() {
+            return Err(sqlx::Error::Protocol(
+                "bulk write: a conversation closed or a redelivery after its check said \
+                 otherwise"
+                    .into(),
+            ));
+        }
+        let mut seqs: HashMap<String, i64> = HashMap::with_capacity(inserted.len());
+        for row in inserted {
+            seqs.insert(row.try_get("id")?, row.try_get("seq")?);
+        }
+        rows.into_iter()
+            .map(|row| {
+                Ok(Ingested {
+                    seq: seqs.get(&row.id).copied().ok_or(sqlx::Error::RowNotFound)?,
+                    conversation_id: row.conversation_id.to_owned(),
+                    message_id: row.id,
+                    duplicate: false,
+                })
+            })
+            .collect()
+    }
+
+    /// SQLite's [`Store::try_complete_bulk`] after its check: every write in one script (one
+    /// request to the writer's thread, see [`script`]) — the replying conversations numbered,
+    /// the turns marked processed, the replies and their deliveries inserted (each reply
+    /// numbered from its conversation's new `last_seq`: one reply per conversation here), the
+    /// deliveries claimed when `lease_ms` asks for it.
+    async fn complete_bulk_sqlite(
+        &self,
+        w: &mut WriteTx,
+        turns: &[(PendingTurn, Option<ReplyDraft>)],
+        replying: usize,
+        now: i64,
+        lease_ms: Option<i64>,
+    ) -> Result<Vec<super::messages::Completed>, sqlx::Error> {
+        let mut out = vec![None; turns.len()];
+        let mut replies = Vec::with_capacity(replying);
+        for (i, (turn, reply)) in turns.iter().enumerate() {
+            let Some(reply) = reply else { continue };
+            let row = ReplyRow {
+                id: new_id(),
+                delivery_id: new_id(),
+                turn,
+                reply,
+                seq: None,
+            };
+            out[i] = Some(row.id.clone());
+            replies.push(row);
+        }
+        // $1 now, $2 the turns' messages, $3 the reply rows, $4 the lease's end. Each of the
+        // three variants of the text is prepared once and kept.
+        let mut sql = String::from(
+            "UPDATE message SET status = 'processed', processed_at = $1
+             WHERE processed_at IS NULL AND id IN (SELECT value FROM json_each($2));",
+        );
+        if !replies.is_empty() {
+            sql.insert_str(
+                0,
+                "UPDATE conversation SET last_seq = last_seq + 1, updated_at = $1
+                 WHERE status <> 'closed'
+                   AND id IN (SELECT value ->> 3 FROM jsonb_each($3));",
+            );
+            sql.push_str(
+                "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq, direction,
+                                      author, text, citations, grounding, reply_to, status,
+                                      created_at)
+                 SELECT value ->> 0, value ->> 2, value ->> 3, value ->> 4,
+                        (SELECT c.last_seq FROM conversation c WHERE c.id = value ->> 3),
+                        'outbound', 'bot', value ->> 7, value ->> 8, value ->> 9, value ->> 10,
+                        'queued', $1
+                 FROM jsonb_each($3);
+                 INSERT INTO delivery (id, tenant_id, channel_id, conversation_id, message_id, seq,
+                                       recipient, body, next_attempt_at, created_at, updated_at)
+                 SELECT value ->> 1, value ->> 2, value ->> 4, value ->> 3, value ->> 0,
+                        (SELECT c.last_seq FROM conversation c WHERE c.id = value ->> 3),
+                        value ->> 6, value ->> 7, $1, $1, $1
+                 FROM jsonb_each($3);",
+            );
+            if lease_ms.is_some() {
+                sql.push_str(super::deliveries::PRECLAIM_IN_SCRIPT);
+            }
+        }
+        let messages: Vec<&str> = turns.iter().map(|(t, _)| t.message_id.as_str()).collect();
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now)
+            .bind(json_rows(&messages))
+            .bind(json_rows(&replies))
+            .bind(now + lease_ms.unwrap_or(0));
+        let steps = script(w, query).await?;
+        // What the check promised: every turn marked, every replying conversation numbered.
+        let (numbered, marked) = match steps.as_slice() {
+            [marked, ..] if replies.is_empty() => (0, marked.changed),
+            [numbered, marked, ..] => (numbered.changed, marked.changed),
+            _ => (0, 0),
+        };
+        if marked != turns.len() as u64 || numbered != replies.len() as u64 {
+            return Err(sqlx::Error::Protocol(
+                "bulk write: a turn completed or a conversation closed after its check said \
+                 otherwise"
+                    .into(),
+            ));
+        }
+        let mut claimed = Vec::new();
+        if !replies.is_empty() && lease_ms.is_some() {
+            for row in steps.last().map(|s| s.rows.as_slice()).unwrap_or_default() {
+                claimed.push(super::deliveries::claimed_from_row(row)?);
+            }
+        }
+        Ok(super::messages::completed(out, claimed))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A script's statements all run, in order, each binding the `$n` it names (one shared
+    /// argument list), each reporting its changed rows and its own returned rows — and an
+    /// error in a later statement fails the script.
+    #[tokio::test]
+    async fn a_script_runs_every_statement_with_its_arguments() {
+        use sqlx::Executor;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
+        let store = Store::connect(&switchboard_channel::Secret::new(url), 2)
+            .await
+            .expect("store");
+        let mut w = store.begin_write().await.expect("begin");
+        (&mut *w.tx)
+            .execute("CREATE TABLE t (k TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+            .await
+            .expect("table");
+        let query = sqlx::query(
+            "INSERT INTO t (k, n) SELECT value, $1 FROM json_each($2);
+             UPDATE t SET n = n + $3 WHERE k <> 'c' RETURNING k, n;
+             SELECT count(*) AS total FROM t WHERE n = $1",
+        )
+        .bind(10_i64)
+        .bind(json_rows(&["a", "b", "c"]))
+        .bind(5_i64);
+        let steps = script(&mut w, query).await.expect("script");
+        assert_eq!(steps.len(), 3);
+        assert_eq!((steps[0].changed, steps[0].rows.len()), (3, 0));
+        assert_eq!(steps[1].changed, 2);
+        let mut updated: Vec<(String, i64)> = steps[1]
+            .rows
+            .iter()
+            .map(|r| (r.get::<String, _>("k"), r.get::<i64, _>("n")))
+            .collect();
+        updated.sort();
+        assert_eq!(updated, [("a".to_owned(), 15), ("b".to_owned(), 15)]);
+        assert_eq!(steps[2].rows.len(), 1);
+        assert_eq!(steps[2].rows[0].get::<i64, _>("total"), 1); // only "c" kept 10
+        // The second statement breaks a constraint: the script fails as a whole call.
+        let failing = sqlx::query(
+            "UPDATE t SET n = n + 1 WHERE k = $1; INSERT INTO t (k, n) VALUES ($1, NULL)",
+        )
+        .bind("a");
+        assert!(script(&mut w, failing).await.is_err());
+        w.commit().await.expect("commit");
+        store.close().await;
+    }
 
     /// An id list is one bound JSON text on both backends: the statement's SQL is the same for
     /// one id and for fifty, so it is prepared once per connection, not once per batch size.

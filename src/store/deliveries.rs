@@ -129,6 +129,51 @@ pub(super) async fn preclaim(
     Ok(claimed)
 }
 
+/// PostgreSQL: marks deliveries `rows` (`(delivery id, provider's id or "")`) delivered and
+/// their messages `ids` sent.
+async fn delivered_on_postgres(
+    w: &mut WriteTx,
+    rows: &[(&str, &str)],
+    ids: &[&str],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE delivery SET status = 'delivered', locked_until = NULL,
+                last_error = NULL, provider_message_id = NULLIF(v.pid, ''),
+                updated_at = $1
+         FROM (SELECT value ->> 0 AS id, value ->> 1 AS pid
+               FROM jsonb_array_elements($2::jsonb)) AS v
+         WHERE delivery.id = v.id AND delivery.status = 'pending'",
+    )
+    .bind(now)
+    .bind(super::bulk::json_rows(rows))
+    .persistent(false) // see `keep_plan`
+    .execute(&mut *w.tx)
+    .await?;
+    sqlx::query(
+        "UPDATE message SET status = 'sent'
+         WHERE status = 'queued'
+           AND id = ANY(ARRAY(SELECT jsonb_array_elements_text($1::jsonb)))",
+    )
+    .bind(super::bulk::json_rows(ids))
+    .persistent(false)
+    .execute(&mut *w.tx)
+    .await?;
+    Ok(())
+}
+
+/// SQLite: [`preclaim`] as the last statement of a completion's script (`bulk::script`): the
+/// deliveries of the script's reply rows (`$3`, each `[reply id, delivery id, …]`), leased until
+/// `$4`, at `$1`.
+pub(super) const PRECLAIM_IN_SCRIPT: &str = concat!(
+    "UPDATE delivery SET locked_until = $4, attempts = attempts + 1, updated_at = $1
+     WHERE id IN (SELECT value ->> 1 FROM jsonb_each($3))
+       AND NOT EXISTS (SELECT 1 FROM delivery e
+                       WHERE e.conversation_id = delivery.conversation_id
+                         AND e.status = 'pending' AND e.seq < delivery.seq)",
+    claim_returning!()
+);
+
 macro_rules! claim_sql {
     ($lock:literal) => {
         concat!(
@@ -149,7 +194,7 @@ macro_rules! claim_sql {
     };
 }
 
-fn claimed_from_row(r: &AnyRow) -> Result<ClaimedDelivery, sqlx::Error> {
+pub(super) fn claimed_from_row(r: &AnyRow) -> Result<ClaimedDelivery, sqlx::Error> {
     Ok(ClaimedDelivery {
         id: r.try_get("id")?,
         tenant_id: r.try_get("tenant_id")?,
@@ -438,45 +483,30 @@ impl Store {
                 .iter()
                 .map(|(d, pid)| (d.id.as_str(), pid.unwrap_or("")))
                 .collect();
-            let (deliveries, messages) = match self.backend {
-                Backend::Sqlite => (
-                    "UPDATE delivery SET status = 'delivered', locked_until = NULL,
-                            last_error = NULL, provider_message_id = NULLIF(v.pid, ''),
-                            updated_at = $1
-                     FROM (SELECT value ->> 0 AS id, value ->> 1 AS pid FROM jsonb_each($2)) AS v
-                     WHERE delivery.id = v.id AND +delivery.status = 'pending'",
-                    "UPDATE message SET status = 'sent'
-                     WHERE status = 'queued' AND id IN (SELECT value FROM json_each($1))",
-                ),
-                Backend::Postgres => (
-                    "UPDATE delivery SET status = 'delivered', locked_until = NULL,
-                            last_error = NULL, provider_message_id = NULLIF(v.pid, ''),
-                            updated_at = $1
-                     FROM (SELECT value ->> 0 AS id, value ->> 1 AS pid
-                           FROM jsonb_array_elements($2::jsonb)) AS v
-                     WHERE delivery.id = v.id AND delivery.status = 'pending'",
-                    "UPDATE message SET status = 'sent'
-                     WHERE status = 'queued'
-                       AND id = ANY(ARRAY(SELECT jsonb_array_elements_text($1::jsonb)))",
-                ),
-            };
-            sqlx::query(deliveries)
-                .bind(now)
-                .bind(super::bulk::json_rows(&rows))
-                .persistent(super::keep_plan(self.backend))
-                .execute(&mut *w.tx)
-                .await?;
             // The provider's id stays on the delivery: `message.provider_id` is the inbound
             // dedupe key, and outbound ids need not be unique per channel.
             let ids: Vec<&str> = delivered
                 .iter()
                 .map(|(d, _)| d.message_id.as_str())
                 .collect();
-            sqlx::query(messages)
-                .bind(super::bulk::json_rows(&ids))
-                .persistent(super::keep_plan(self.backend))
-                .execute(&mut *w.tx)
-                .await?;
+            if self.backend == Backend::Sqlite {
+                // Both statements in one request to the writer's thread (see `bulk::script`).
+                let query = sqlx::query(
+                    "UPDATE delivery SET status = 'delivered', locked_until = NULL,
+                            last_error = NULL, provider_message_id = NULLIF(v.pid, ''),
+                            updated_at = $1
+                     FROM (SELECT value ->> 0 AS id, value ->> 1 AS pid FROM jsonb_each($2)) AS v
+                     WHERE delivery.id = v.id AND +delivery.status = 'pending';
+                     UPDATE message SET status = 'sent'
+                     WHERE status = 'queued' AND id IN (SELECT value FROM json_each($3))",
+                )
+                .bind(now)
+                .bind(super::bulk::json_rows(&rows))
+                .bind(super::bulk::json_rows(&ids));
+                super::bulk::script(w, query).await?;
+            } else {
+                delivered_on_postgres(w, &rows, &ids, now).await?;
+            }
         }
         // Reports that arrived before our send's answer was recorded: held in `early_status`
         // (rarely anything), applied now that the ids are known.

@@ -229,7 +229,9 @@ impl Store {
         items: &[IngestItem],
         now: i64,
     ) -> Result<Vec<Ingested>, sqlx::Error> {
-        if items.len() > 1 {
+        // On SQLite a single message takes the fast path too: its check and script are two
+        // requests to the writer's thread, the general path's statements more.
+        if items.len() > 1 || self.backend == Backend::Sqlite {
             // Every conversation known already: try the multi-row fast path.
             let known: Option<Vec<String>> = items
                 .iter()
@@ -441,7 +443,7 @@ impl Store {
         lease_ms: Option<i64>,
         now: i64,
     ) -> Result<Vec<Completed>, sqlx::Error> {
-        if turns.len() > 1 {
+        if turns.len() > 1 || self.backend == Backend::Sqlite {
             match self.backend {
                 // One writer: the fast path checks before it writes (see `bulk`).
                 Backend::Sqlite => {
