@@ -681,8 +681,9 @@ impl Store {
     /// SQLite's [`Store::try_complete_bulk`] after its check: every write in one script (one
     /// request to the writer's thread, see [`script`]) — the replying conversations numbered,
     /// the turns marked processed, the replies and their deliveries inserted (each reply
-    /// numbered from its conversation's new `last_seq`: one reply per conversation here), the
-    /// deliveries claimed when `lease_ms` asks for it.
+    /// numbered from its conversation's new `last_seq`: one reply per conversation here), each
+    /// delivery inserted already claimed when `lease_ms` asks for it and nothing of its
+    /// conversation waits before it.
     async fn complete_bulk_sqlite(
         &self,
         w: &mut WriteTx,
@@ -726,16 +727,20 @@ impl Store {
                         (SELECT c.last_seq FROM conversation c WHERE c.id = value ->> 3),
                         'outbound', 'bot', value ->> 7, value ->> 8, value ->> 9, value ->> 10,
                         'queued', $1
-                 FROM jsonb_each($3);
-                 INSERT INTO delivery (id, tenant_id, channel_id, conversation_id, message_id, seq,
-                                       recipient, body, next_attempt_at, created_at, updated_at)
-                 SELECT value ->> 1, value ->> 2, value ->> 4, value ->> 3, value ->> 0,
-                        (SELECT c.last_seq FROM conversation c WHERE c.id = value ->> 3),
-                        value ->> 6, value ->> 7, $1, $1, $1
                  FROM jsonb_each($3);",
             );
             if lease_ms.is_some() {
-                sql.push_str(super::deliveries::PRECLAIM_IN_SCRIPT);
+                sql.push_str(super::deliveries::INSERT_CLAIMED_IN_SCRIPT);
+            } else {
+                sql.push_str(
+                    "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id, message_id,
+                                           seq, recipient, body, next_attempt_at, created_at,
+                                           updated_at)
+                     SELECT value ->> 1, value ->> 2, value ->> 4, value ->> 3, value ->> 0,
+                            (SELECT c.last_seq FROM conversation c WHERE c.id = value ->> 3),
+                            value ->> 6, value ->> 7, $1, $1, $1
+                     FROM jsonb_each($3);",
+                );
             }
         }
         let messages: Vec<&str> = turns.iter().map(|(t, _)| t.message_id.as_str()).collect();
@@ -758,10 +763,13 @@ impl Store {
                     .into(),
             ));
         }
+        // The delivery insert returns every new row; those it leased are the claimed ones.
         let mut claimed = Vec::new();
         if !replies.is_empty() && lease_ms.is_some() {
             for row in steps.last().map(|s| s.rows.as_slice()).unwrap_or_default() {
-                claimed.push(super::deliveries::claimed_from_row(row)?);
+                if row.try_get::<Option<i64>, _>("locked_until")?.is_some() {
+                    claimed.push(super::deliveries::claimed_from_row(row)?);
+                }
             }
         }
         Ok(super::messages::completed(out, claimed))

@@ -162,15 +162,28 @@ async fn delivered_on_postgres(
     Ok(())
 }
 
-/// SQLite: [`preclaim`] as the last statement of a completion's script (`bulk::script`): the
-/// deliveries of the script's reply rows (`$3`, each `[reply id, delivery id, …]`), leased until
-/// `$4`, at `$1`.
-pub(super) const PRECLAIM_IN_SCRIPT: &str = concat!(
-    "UPDATE delivery SET locked_until = $4, attempts = attempts + 1, updated_at = $1
-     WHERE id IN (SELECT value ->> 1 FROM jsonb_each($3))
-       AND NOT EXISTS (SELECT 1 FROM delivery e
-                       WHERE e.conversation_id = delivery.conversation_id
-                         AND e.status = 'pending' AND e.seq < delivery.seq)",
+/// SQLite: a completion script's delivery rows (`$3`, each `[reply id, delivery id, tenant,
+/// conversation, channel, -, recipient, text, …]`) inserted already claimed — leased until `$4`,
+/// their first attempt counted, at `$1` — each one whose conversation has nothing pending before
+/// it (else the worker's claim takes it in its turn), and returned with the claim's columns.
+/// The same as inserting them and then running [`preclaim`], less an update of every new row:
+/// the subquery reads the table being inserted into, so SQLite computes every row before it
+/// inserts the first, and each row sees only the deliveries there before the statement (a
+/// completion script has one reply per conversation). Each seq is read from the conversation the
+/// script just numbered.
+pub(super) const INSERT_CLAIMED_IN_SCRIPT: &str = concat!(
+    "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id, message_id, seq,
+                           recipient, body, next_attempt_at, created_at, updated_at,
+                           locked_until, attempts)
+     SELECT v ->> 1, v ->> 2, v ->> 4, v ->> 3, v ->> 0,
+            (SELECT c.last_seq FROM conversation c WHERE c.id = v ->> 3),
+            v ->> 6, v ->> 7, $1, $1, $1,
+            CASE WHEN free THEN $4 END, free
+     FROM (SELECT value AS v,
+                  NOT EXISTS (SELECT 1 FROM delivery e
+                              WHERE e.conversation_id = value ->> 3
+                                AND e.status = 'pending') AS free
+           FROM jsonb_each($3)) WHERE true",
     claim_returning!()
 );
 
