@@ -354,7 +354,9 @@ impl Outbox {
         let span = info_span!("delivery", delivery = %d.id, conversation = %d.conversation_id);
         in_flight.spawn(
             async move {
-                let (outcome, channel) = this.attempt(&d).await;
+                // Boxed: the attempt's future (a channel's send) is ~3 KB, and the task
+                // holding it is copied whole when spawned, once per delivery.
+                let (outcome, channel) = Box::pin(this.attempt(&d)).await;
                 let _ = done.send((d, outcome, channel, permit));
             }
             .instrument(span),

@@ -296,7 +296,9 @@ impl Inner {
         let Some((turn, more)) = next else {
             return Ok(None);
         };
-        self.process(turn, give_up).await?;
+        // Boxed: a turn's future is ~9 KB (every path a turn can take), and unboxed it made the
+        // conversation task that big, copied whole at every spawn — one per message.
+        Box::pin(self.process(turn, give_up)).await?;
         Ok(Some(more))
     }
 
