@@ -115,6 +115,10 @@ struct Figures {
     /// PostgreSQL's server processes' CPU time per reply (0 on SQLite and for the peers).
     db_cpu_ms_per_reply: f64,
     switches_per_reply: f64,
+    /// read/write system calls (files and sockets, `/proc/<pid>/io` `syscr + syscw`) per reply.
+    io_calls_per_reply: f64,
+    /// Bytes the process sent to storage (`write_bytes`: WAL frames, checkpoints), KB per reply.
+    kb_written_per_reply: f64,
     rss_mb: f64,
     rss_early_mb: f64,
     /// Anonymous memory (heap), without the database file's mapped pages.
@@ -263,7 +267,7 @@ fn knobs_clone(k: &Knobs) -> Knobs {
 
 fn header() {
     println!(
-        "{:<9} {:<22} {:>2} {:>8} {:>9} {:>9} {:>9} {:>10} {:>9} {:>8} {:>7}",
+        "{:<9} {:<22} {:>2} {:>8} {:>9} {:>9} {:>9} {:>10} {:>9} {:>8} {:>7} {:>7} {:>7}",
         "provider",
         "who",
         "#",
@@ -274,13 +278,15 @@ fn header() {
         "unanswered",
         "cpu/reply",
         "ctx/rep",
+        "io/rep",
+        "KBw/rep",
         "RSS MB"
     );
 }
 
 fn row(provider: Provider, who: &str, round: usize, f: &Figures) {
     println!(
-        "{:<9} {:<22} {:>2} {:>8.0} {:>9.0} {:>9} {:>9} {:>10} {:>9} {:>8.1} {:>7.1}",
+        "{:<9} {:<22} {:>2} {:>8.0} {:>9.0} {:>9} {:>9} {:>10} {:>9} {:>8.1} {:>7.1} {:>7.1} {:>7.1}",
         provider.name(),
         who,
         round,
@@ -291,6 +297,8 @@ fn row(provider: Provider, who: &str, round: usize, f: &Figures) {
         format!("{}/{}", f.unanswered, f.posted),
         format!("{:.3} ms", f.cpu_ms_per_reply),
         f.switches_per_reply,
+        f.io_calls_per_reply,
+        f.kb_written_per_reply,
         f.rss_mb
     );
     if who.contains("postgres") {
@@ -635,6 +643,19 @@ fn usage(pid: u32) -> (f64, u64) {
     (usage_ms(pid), switches)
 }
 
+/// `pid`'s read and write system calls so far (`syscr + syscw`: files and sockets alike) and
+/// the bytes it sent to storage (`write_bytes`), from `/proc/<pid>/io`. Counts, not times:
+/// the same work gives the same figures however busy the machine is.
+fn io_counters(pid: u32) -> (u64, u64) {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let field = |name: &str| {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("syscr:") + field("syscw:"), field("write_bytes:"))
+}
+
 /// A memory figure of `/proc/<pid>/status` (`VmRSS`, `RssAnon`, `RssFile`), in MB.
 fn status_mb(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -705,6 +726,7 @@ async fn window(
     tokio::time::sleep(knobs.warmup).await;
     let start = Instant::now();
     let (cpu0, sw0) = usage(pid);
+    let (io0, wb0) = io_counters(pid);
     let db0 = postgres_cpu_ms();
     let (mut rss_early, mut anon_early) = (0.0, 0.0);
     if let Some(early) = early {
@@ -717,6 +739,7 @@ async fn window(
     }
     let end = Instant::now();
     let (cpu1, sw1) = usage(pid);
+    let (io1, wb1) = io_counters(pid);
     let db1 = postgres_cpu_ms();
     let rss = rss_mb(pid);
     let anon = status_mb(pid, "RssAnon");
@@ -785,6 +808,8 @@ async fn window(
         cpu_ms_per_reply: (cpu1 - cpu0) / replied,
         db_cpu_ms_per_reply: (db1 - db0) / replied,
         switches_per_reply: (sw1 - sw0) as f64 / replied,
+        io_calls_per_reply: io1.saturating_sub(io0) as f64 / replied,
+        kb_written_per_reply: wb1.saturating_sub(wb0) as f64 / 1024.0 / replied,
         rss_mb: rss,
         rss_early_mb: rss_early,
         anon_mb: anon,
