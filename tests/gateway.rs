@@ -1320,3 +1320,55 @@ fn ingest_item(
         subject: None,
     }
 }
+
+/// The router's turn read is a prepared statement on PostgreSQL too, so the plan the server
+/// caches after five executions is made from whatever the tables hold then — on a new
+/// deployment, next to nothing. That plan must still look every row up by an index: a
+/// sequential scan chosen for a few pages of `message` would run against every message ever
+/// stored, at every turn (the id-list updates did that when they were prepared; see
+/// `store::keep_plan`). Asked of the plan PostgreSQL builds without the values, on a small
+/// `message` table (SQLite has no such plan cache: it plans each statement once, for any table).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_turn_read_s_cached_plan_probes_indexes() {
+    use sqlx::{Executor, Row};
+    let Some((app, channel)) = store_only(Backend::Postgres).await else {
+        return;
+    };
+    // A few pages of messages in a few conversations, as in a deployment's first minutes.
+    let items: Vec<_> = (0..300)
+        .map(|i| {
+            let who = format!("person-{}", i % 20);
+            let id = format!("m-{i}");
+            ingest_item(&app.tenant_id, &channel.id, &who, &id, "where is my order?")
+        })
+        .collect();
+    for stored in app.store.ingest_batch(items).await {
+        stored.expect("ingest");
+    }
+    let sql = switchboard::store::messages::turn_read_sql(app.store.backend());
+    let mut conn = app.store.pool().acquire().await.expect("connection");
+    conn.execute("SET plan_cache_mode = force_generic_plan")
+        .await
+        .expect("generic plans");
+    conn.execute(sqlx::AssertSqlSafe(format!(
+        "PREPARE turn_read_check(text) AS {sql}"
+    )))
+    .await
+    .expect("prepare");
+    let plan: Vec<String> = sqlx::query("EXPLAIN EXECUTE turn_read_check('[\"c\"]')")
+        .fetch_all(&mut *conn)
+        .await
+        .expect("explain")
+        .iter()
+        .map(|r| r.try_get::<String, _>(0).expect("plan line"))
+        .collect();
+    conn.execute("DEALLOCATE turn_read_check; RESET plan_cache_mode")
+        .await
+        .expect("reset");
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("Index Scan using message_unprocessed"),
+        "{plan}"
+    );
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+}
