@@ -535,7 +535,6 @@ impl Store {
             return refused(self.backend, "a turn completed or a conversation closed");
         }
         let mut out = vec![None; turns.len()];
-        let mut delivery_ids = Vec::new();
         let mut replies = Vec::new();
         for (i, (turn, reply)) in turns.iter().enumerate() {
             let Some(reply) = reply else { continue };
@@ -550,13 +549,14 @@ impl Store {
                 reply,
                 seq: Some(seq),
             };
-            delivery_ids.push(row.delivery_id.clone());
             out[i] = Some(row.id.clone());
             replies.push(row);
         }
+        let mut claimed = Vec::new();
         if !replies.is_empty() {
             // (PostgreSQL's `->>` gives text, which the `seq` columns need cast.)
-            let (messages, deliveries) = (
+            let rows = json_rows(&replies);
+            sqlx::query(
                 "INSERT INTO message (id, tenant_id, conversation_id, channel_id, seq,
                                       direction, author, text, citations, grounding,
                                       reply_to, status, created_at)
@@ -564,28 +564,45 @@ impl Store {
                         CAST(value ->> 5 AS BIGINT), 'outbound', 'bot', value ->> 7,
                         value ->> 8, value ->> 9, value ->> 10, 'queued', $1
                  FROM jsonb_array_elements($2::jsonb)",
-                "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id,
-                                       message_id, seq, recipient, body, next_attempt_at,
-                                       created_at, updated_at)
-                 SELECT value ->> 1, value ->> 2, value ->> 4, value ->> 3, value ->> 0,
-                        CAST(value ->> 5 AS BIGINT), value ->> 6, value ->> 7, $1, $1, $1
-                 FROM jsonb_array_elements($2::jsonb)",
-            );
-            let rows = json_rows(&replies);
-            for sql in [messages, deliveries] {
-                sqlx::query(sql)
+            )
+            .bind(now)
+            .bind(&rows)
+            .execute(&mut *w.tx)
+            .await?;
+            match lease_ms {
+                // Inserted already claimed where nothing of the conversation is pending (see
+                // `deliveries::INSERT_CLAIMED_ON_POSTGRES`), instead of an insert and then an
+                // update of every new row.
+                Some(lease_ms) => {
+                    let inserted = sqlx::query(super::deliveries::INSERT_CLAIMED_ON_POSTGRES)
+                        .bind(now)
+                        .bind(&rows)
+                        .bind(now + lease_ms)
+                        .persistent(false) // its look for pending deliveries: see `keep_plan`
+                        .fetch_all(&mut *w.tx)
+                        .await?;
+                    for row in &inserted {
+                        if row.try_get::<Option<i64>, _>("locked_until")?.is_some() {
+                            claimed.push(super::deliveries::claimed_from_row(row)?);
+                        }
+                    }
+                }
+                None => {
+                    sqlx::query(
+                        "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id,
+                                               message_id, seq, recipient, body,
+                                               next_attempt_at, created_at, updated_at)
+                         SELECT value ->> 1, value ->> 2, value ->> 4, value ->> 3, value ->> 0,
+                                CAST(value ->> 5 AS BIGINT), value ->> 6, value ->> 7, $1, $1, $1
+                         FROM jsonb_array_elements($2::jsonb)",
+                    )
                     .bind(now)
                     .bind(&rows)
                     .execute(&mut *w.tx)
                     .await?;
+                }
             }
         }
-        let claimed = match lease_ms {
-            Some(lease_ms) => {
-                super::deliveries::preclaim(w, self.backend, &delivery_ids, lease_ms, now).await?
-            }
-            None => Vec::new(),
-        };
         Ok(Some(super::messages::completed(out, claimed)))
     }
 }

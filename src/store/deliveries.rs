@@ -209,6 +209,30 @@ pub(super) const INSERT_CLAIMED_IN_SCRIPT: &str = concat!(
     claim_returning!()
 );
 
+/// PostgreSQL: a bulk completion's delivery rows (`$2`, each `[reply id, delivery id, tenant,
+/// conversation, channel, seq, recipient, text, …]`) inserted already claimed — leased until
+/// `$3`, their first attempt counted, at `$1` — each one whose conversation has nothing pending
+/// (else the worker's claim takes it in its turn), and returned with the claim's columns: the
+/// PostgreSQL form of [`INSERT_CLAIMED_IN_SCRIPT`]. A statement does not see the rows it
+/// inserts, so each row's look sees only the deliveries there before it (a bulk completion has
+/// one reply per conversation). The look probes `delivery_by_conversation`; sent unprepared, as
+/// the statements of `keep_plan` are, so a plan cached on a small table cannot scan the
+/// deliveries instead.
+pub(super) const INSERT_CLAIMED_ON_POSTGRES: &str = concat!(
+    "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id, message_id, seq,
+                           recipient, body, next_attempt_at, created_at, updated_at,
+                           locked_until, attempts)
+     SELECT r.v ->> 1, r.v ->> 2, r.v ->> 4, r.v ->> 3, r.v ->> 0,
+            CAST(r.v ->> 5 AS BIGINT), r.v ->> 6, r.v ->> 7, $1, $1, $1,
+            CASE WHEN r.free THEN $3 END, CASE WHEN r.free THEN 1 ELSE 0 END
+     FROM (SELECT value AS v,
+                  NOT EXISTS (SELECT 1 FROM delivery e
+                              WHERE e.conversation_id = value ->> 3
+                                AND e.status = 'pending') AS free
+           FROM jsonb_array_elements($2::jsonb)) AS r",
+    claim_returning!()
+);
+
 macro_rules! claim_sql {
     ($lock:literal) => {
         concat!(

@@ -409,7 +409,8 @@ pub fn new_id() -> String {
 /// whole ever after: seen under load, `UPDATE message … WHERE id = ANY(…)` took 7 ms through a
 /// sequential scan frozen when the table had a few pages. Not kept, the statement is parsed as
 /// PostgreSQL's unnamed statement and planned for its values at every execution (a fraction of
-/// a millisecond for these, and one more round trip).
+/// a millisecond for these, and one more round trip). (The router's turn read is prepared on
+/// both: its cached plan is index probes at any size; see `messages::turn_read_sql`.)
 pub(crate) fn keep_plan(backend: Backend) -> bool {
     backend == Backend::Sqlite
 }
