@@ -1372,3 +1372,113 @@ async fn the_turn_read_s_cached_plan_probes_indexes() {
     );
     assert!(!plan.contains("Seq Scan"), "{plan}");
 }
+
+/// PostgreSQL's write connections keep their statements prepared — planned once per
+/// connection, not at every execution — and a generic plan the server settles on while the
+/// tables are small must still find rows through indexes, never by scanning a table
+/// (`store::WRITER_SETTINGS_ON_POSTGRES`). The statements the gateway prepared while answering
+/// a few dozen messages of a dozen people, as the server lists them for each write connection,
+/// each asked for its generic plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_writer_s_cached_plans_probe_indexes() {
+    use sqlx::{Executor, Row};
+    let Some(app) = TestApp::spawn(Backend::Postgres).await else {
+        return;
+    };
+    let receiver = CallbackReceiver::start(Mode::Accept).await;
+    app.set_callback(&receiver.url).await;
+    let sends = (0..48).map(|i| {
+        let app = &app;
+        async move {
+            app.send(
+                &format!("person-{}", i % 12),
+                &format!("question {i}"),
+                json!({}),
+            )
+            .await
+        }
+    });
+    futures::future::join_all(sends).await;
+    eventually("every reply delivered", Duration::from_secs(30), || async {
+        (receiver.accepted().len() >= 48).then_some(())
+    })
+    .await;
+    // Every idle write connection at once (held, so each is a different one).
+    let mut held = Vec::new();
+    while let Some(conn) = app.store.writer().try_acquire() {
+        held.push(conn);
+    }
+    assert!(!held.is_empty(), "no idle write connection");
+    let mut checked = Vec::new();
+    for conn in &mut held {
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+            .await
+            .expect("generic plans");
+        let prepared = sqlx::query(
+            "SELECT name, statement,
+                    array_to_string(parameter_types::text[], ',') AS types
+             FROM pg_prepared_statements WHERE NOT from_sql",
+        )
+        .fetch_all(&mut **conn)
+        .await
+        .expect("prepared statements");
+        for row in prepared {
+            let name: String = row.try_get("name").expect("name");
+            let statement: String = row.try_get("statement").expect("statement");
+            let types: String = row.try_get("types").expect("types");
+            let args: Vec<&str> = types
+                .split(',')
+                .filter(|t| !t.is_empty())
+                .map(|t| match t {
+                    "bigint" | "integer" | "double precision" => "0",
+                    "boolean" => "false",
+                    "text" | "jsonb" | "character varying" => "'[[\"x\"]]'",
+                    other => panic!("a parameter of type {other} in {statement}"),
+                })
+                .collect();
+            let explain = if args.is_empty() {
+                format!("EXPLAIN EXECUTE {name}")
+            } else {
+                format!("EXPLAIN EXECUTE {name}({})", args.join(", "))
+            };
+            let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(explain))
+                .fetch_all(&mut **conn)
+                .await
+                .unwrap_or_else(|e| panic!("explaining {statement}: {e}"))
+                .iter()
+                .map(|r| r.try_get::<String, _>(0).expect("plan line"))
+                .collect();
+            let plan = plan.join("\n");
+            // The tables that grow with every message (a tenant's few channels or prompts
+            // may be scanned: nothing indexes them for every lookup, and they stay small).
+            for table in [
+                "message",
+                "delivery",
+                "conversation",
+                "contact",
+                "contact_identity",
+            ] {
+                assert!(
+                    !plan.contains(&format!("Seq Scan on {table} ")),
+                    "a cached plan scans {table}:\n{statement}\n{plan}"
+                );
+            }
+            assert!(!plan.contains("JIT"), "a cached plan is compiled:\n{plan}");
+            checked.push(statement.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+        conn.execute("RESET plan_cache_mode").await.expect("reset");
+    }
+    // The batches' statements were among them: the check is not of an empty list.
+    for expected in [
+        "FOR UPDATE",
+        "UPDATE message SET status = 'processed'",
+        "UPDATE delivery SET status = 'delivered'",
+        "UPDATE message SET status = 'sent'",
+        "INSERT INTO delivery",
+    ] {
+        assert!(
+            checked.iter().any(|s| s.contains(expected)),
+            "no prepared statement with {expected:?} among {checked:#?}"
+        );
+    }
+}

@@ -117,9 +117,9 @@ impl Statement {
 /// prepared once and stays in the connection's statement cache; binding hundreds of numbered
 /// placeholders cost SQLite a name lookup each that grows with their count, and on PostgreSQL
 /// every batch size was a statement of its own, parsed, described and planned again (a `VALUES`
-/// list of a hundred rows takes the server longer to plan than to run). Where such a statement
-/// finds rows in growing tables, PostgreSQL still plans it at each execution: see
-/// [`super::keep_plan`]. `jsonb_each`, not `json_each`: it parses the text once and hands
+/// list of a hundred rows takes the server longer to plan than to run). On PostgreSQL's write
+/// connections such a statement's cached plan probes indexes whatever the tables' size (see
+/// [`super::WRITER_SETTINGS_ON_POSTGRES`]). `jsonb_each`, not `json_each`: it parses the text once and hands
 /// each row over as a JSONB blob, which `->>` reads in place; `json_each` hands each row over as
 /// JSON text, which every `->>` of it parsed again (eleven times for an inbound message).
 /// (A row that cannot be serialized cannot happen with these types;
@@ -246,10 +246,7 @@ pub(super) async fn lock_conversations(
         let mut s = Statement::new("SELECT id FROM conversation WHERE ");
         s.bind_in(backend, "id", ids.keys().map(String::as_str))
             .push(" ORDER BY id FOR UPDATE");
-        s.query()
-            .persistent(super::keep_plan(backend))
-            .fetch_all(&mut *w.tx)
-            .await?;
+        s.query().fetch_all(&mut *w.tx).await?;
     }
     Ok(())
 }
@@ -399,7 +396,6 @@ impl Store {
         )
         .bind(now)
         .bind(json_rows(&numbering))
-        .persistent(false) // see `keep_plan`
         .fetch_all(&mut *w.tx)
         .await?;
         for row in numbered {
@@ -504,11 +500,7 @@ impl Store {
                 .push(" WHERE status <> 'closed' AND ")
                 .bind_in(self.backend, "id", replying.iter().map(String::as_str))
                 .push(" RETURNING id, last_seq");
-            let rows = s
-                .query()
-                .persistent(super::keep_plan(self.backend))
-                .fetch_all(&mut *w.tx)
-                .await?;
+            let rows = s.query().fetch_all(&mut *w.tx).await?;
             for row in rows {
                 seqs.insert(row.try_get("id")?, row.try_get("last_seq")?);
             }
@@ -524,7 +516,6 @@ impl Store {
             .push(" RETURNING id");
         let marked: HashSet<String> = s
             .query()
-            .persistent(super::keep_plan(self.backend))
             .fetch_all(&mut *w.tx)
             .await?
             .iter()
@@ -578,7 +569,6 @@ impl Store {
                         .bind(now)
                         .bind(&rows)
                         .bind(now + lease_ms)
-                        .persistent(false) // its look for pending deliveries: see `keep_plan`
                         .fetch_all(&mut *w.tx)
                         .await?;
                     for row in &inserted {

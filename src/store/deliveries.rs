@@ -117,11 +117,7 @@ pub(super) async fn preclaim(
                                 AND e.status = 'pending' AND e.seq < delivery.seq)",
                 claim_returning!()
             ));
-        let rows = s
-            .query()
-            .persistent(super::keep_plan(backend))
-            .fetch_all(&mut *w.tx)
-            .await?;
+        let rows = s.query().fetch_all(&mut *w.tx).await?;
         for row in rows {
             claimed.push(claimed_from_row(&row)?);
         }
@@ -147,7 +143,6 @@ async fn delivered_on_postgres(
     )
     .bind(now)
     .bind(super::bulk::json_rows(rows))
-    .persistent(false) // see `keep_plan`
     .execute(&mut *w.tx)
     .await?;
     sqlx::query(
@@ -156,7 +151,6 @@ async fn delivered_on_postgres(
            AND id = ANY(ARRAY(SELECT jsonb_array_elements_text($1::jsonb)))",
     )
     .bind(super::bulk::json_rows(ids))
-    .persistent(false)
     .execute(&mut *w.tx)
     .await?;
     Ok(())
@@ -215,9 +209,8 @@ pub(super) const INSERT_CLAIMED_IN_SCRIPT: &str = concat!(
 /// (else the worker's claim takes it in its turn), and returned with the claim's columns: the
 /// PostgreSQL form of [`INSERT_CLAIMED_IN_SCRIPT`]. A statement does not see the rows it
 /// inserts, so each row's look sees only the deliveries there before it (a bulk completion has
-/// one reply per conversation). The look probes `delivery_by_conversation`; sent unprepared, as
-/// the statements of `keep_plan` are, so a plan cached on a small table cannot scan the
-/// deliveries instead.
+/// one reply per conversation). The look probes `delivery_by_conversation`, in its cached plan
+/// too (see [`super::WRITER_SETTINGS_ON_POSTGRES`]).
 pub(super) const INSERT_CLAIMED_ON_POSTGRES: &str = concat!(
     "INSERT INTO delivery (id, tenant_id, channel_id, conversation_id, message_id, seq,
                            recipient, body, next_attempt_at, created_at, updated_at,
@@ -455,7 +448,6 @@ impl Store {
             .bind(now + lease_ms)
             .bind(now)
             .bind(limit)
-            .persistent(super::keep_plan(self.backend))
             .fetch_all(&mut *w.tx)
             .await?
             .iter()
@@ -675,12 +667,7 @@ impl Store {
             .push(") AND ")
             .bind_in(self.backend, "conversation_id", conversations)
             .push(") THEN 1 ELSE 0 END AS BIGINT) AS waiting");
-        let waiting: i64 = s
-            .query()
-            .persistent(super::keep_plan(self.backend))
-            .fetch_one(&mut *w.tx)
-            .await?
-            .try_get("waiting")?;
+        let waiting: i64 = s.query().fetch_one(&mut *w.tx).await?.try_get("waiting")?;
         Ok(waiting != 0)
     }
 

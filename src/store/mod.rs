@@ -235,8 +235,15 @@ impl Store {
                     .context("connecting to PostgreSQL")?;
                 // Writes get their own connections, so a crowd of reads can never queue in front
                 // of the write batches that would let those readers' turns finish.
+                // Their statements stay prepared: see `WRITER_SETTINGS_ON_POSTGRES`.
                 let writer = AnyPoolOptions::new()
                     .max_connections(POSTGRES_WRITE_CONNECTIONS)
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            conn.execute(WRITER_SETTINGS_ON_POSTGRES).await?;
+                            Ok(())
+                        })
+                    })
                     .connect_with(options)
                     .await
                     .context("connecting to PostgreSQL")?;
@@ -305,6 +312,12 @@ impl Store {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The write connections (one on SQLite). Writes go through [`Store::begin_write`]; this is
+    /// for reading a write connection's own state (its prepared statements, its settings).
+    pub fn writer(&self) -> &AnyPool {
+        &self.writer
     }
 
     /// Starts a write transaction (see the module docs for SQLite).
@@ -398,6 +411,19 @@ pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// The settings of PostgreSQL's write connections. Every statement they run finds its rows by
+/// key — ids, a conversation's pending deliveries, the due index — and stays prepared, so the
+/// server plans it once per connection instead of at every execution (planning the write
+/// batches' id-list updates cost it more than running them). A prepared statement settles on a
+/// generic plan after five executions, and one settled on while the tables were small would
+/// scan them whole ever after (see [`keep_plan`]); with sequential scans off, a generic plan
+/// takes the index whatever the table's size (a table with no index for the statement, such as
+/// a tenant's few channels, is still scanned). JIT off: a plan costed with sequential scans
+/// discouraged can pass `jit_above_cost`, and compiling one costs more than any of these
+/// statements. Story `the_writer_s_cached_plans_probe_indexes` asks the server for each of them.
+pub const WRITER_SETTINGS_ON_POSTGRES: &str =
+    "SELECT set_config('enable_seqscan', 'off', false), set_config('jit', 'off', false)";
+
 /// Whether a statement that finds rows in growing tables (by id lists, joins, scans) may keep
 /// its prepared plan: `.persistent(keep_plan(backend))`.
 ///
@@ -410,7 +436,8 @@ pub fn new_id() -> String {
 /// sequential scan frozen when the table had a few pages. Not kept, the statement is parsed as
 /// PostgreSQL's unnamed statement and planned for its values at every execution (a fraction of
 /// a millisecond for these, and one more round trip). (The router's turn read is prepared on
-/// both: its cached plan is index probes at any size; see `messages::turn_read_sql`.)
+/// both: its cached plan is index probes at any size; see `messages::turn_read_sql`. So are the
+/// write connections' statements: see [`WRITER_SETTINGS_ON_POSTGRES`].)
 pub(crate) fn keep_plan(backend: Backend) -> bool {
     backend == Backend::Sqlite
 }
