@@ -5,7 +5,8 @@
 # Starts a throwaway PostgreSQL cluster of the machine's version on port 5433 (data in
 # /var/tmp/switchboard-pgstat, autovacuum off like this machine's service) with
 # pg_stat_statements and track_planning, runs one Telegram round of `benches/channels.rs`
-# against it (SWITCHBOARD_BENCH_POSTGRES_URL), and prints per statement: calls, time executing
+# against it (SWITCHBOARD_BENCH_POSTGRES_URL), and prints per statement (top level, and nested:
+# the foreign keys' referential checks run inside an insert): calls, time executing
 # and planning, rows. The gateway's own service on 5432 is not touched. Without an argument the
 # bench is built first (`cargo bench --bench channels --no-run`). Used for the PostgreSQL
 # tables of docs/BENCHMARKS.md; run as root or as a user that may `su postgres`.
@@ -30,6 +31,10 @@ pg_stat_statements.track_planning = on
 pg_stat_statements.max = 5000
 CONF
 fi
+# Statements run inside others (the referential checks of foreign keys) are counted too, apart
+# from the top-level ones (`toplevel`); a cluster made before this line gets it here.
+grep -q '^pg_stat_statements.track = all' "$home/data/postgresql.conf" \
+  || echo 'pg_stat_statements.track = all' >>"$home/data/postgresql.conf"
 if ! "$bin/pg_isready" -q -h 127.0.0.1 -p "$port"; then
   as_postgres "$bin/pg_ctl" -D "$home/data" -l "$home/log" -w start >/dev/null
 fi
@@ -52,13 +57,15 @@ BENCH_WARMUP="${BENCH_WARMUP:-2}" "$exe" 2>&1 | grep -E "^(provider|telegram)|se
 
 # The bench's databases are dropped at its end; their statements stay (all but `postgres`'s own).
 "${psql[@]}" -P pager=off <<'SQL'
-\echo 'all statements of the run'
-SELECT sum(calls) AS calls, round(sum(total_exec_time)::numeric) AS exec_ms,
+\echo 'all statements of the run (top level: what the gateway sent; nested: run inside those, their time counted in both)'
+SELECT CASE WHEN toplevel THEN 'top level' ELSE 'nested' END AS level,
+       sum(calls) AS calls, round(sum(total_exec_time)::numeric) AS exec_ms,
        round(sum(total_plan_time)::numeric) AS plan_ms
 FROM pg_stat_statements
-WHERE dbid <> (SELECT oid FROM pg_database WHERE datname = 'postgres');
+WHERE dbid <> (SELECT oid FROM pg_database WHERE datname = 'postgres')
+GROUP BY toplevel ORDER BY toplevel DESC;
 \echo 'by statement'
-SELECT calls, round(total_exec_time::numeric) AS exec_ms, round(total_plan_time::numeric) AS plan_ms,
+SELECT CASE WHEN toplevel THEN '' ELSE 'nested' END AS level, calls, round(total_exec_time::numeric) AS exec_ms, round(total_plan_time::numeric) AS plan_ms,
        plans, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS statement
 FROM pg_stat_statements
 WHERE dbid <> (SELECT oid FROM pg_database WHERE datname = 'postgres')
