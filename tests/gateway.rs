@@ -1377,8 +1377,8 @@ async fn the_turn_read_s_cached_plan_probes_indexes() {
 /// connection, not at every execution — and a generic plan the server settles on while the
 /// tables are small must still find rows through indexes, never by scanning a table
 /// (`store::WRITER_SETTINGS_ON_POSTGRES`). The statements the gateway prepared while answering
-/// a few dozen messages of a dozen people, as the server lists them for each write connection,
-/// each asked for its generic plan.
+/// a few dozen messages of a dozen people and taking two provider status reports, as the server
+/// lists them for each write connection, each asked for its generic plan.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_writer_s_cached_plans_probe_indexes() {
     use sqlx::{Executor, Row};
@@ -1403,10 +1403,47 @@ async fn the_writer_s_cached_plans_probe_indexes() {
         (receiver.accepted().len() >= 48).then_some(())
     })
     .await;
-    // Every idle write connection at once (held, so each is a different one).
+    // Provider status reports, which find their delivery by the provider's message id: one
+    // for a delivery given an id here (a failure: the message's status and a dead letter),
+    // one for an id not recorded (held in `early_status`).
+    let delivery = sqlx::query(
+        "UPDATE delivery SET provider_message_id = 'wamid.story'
+         WHERE id = (SELECT min(id) FROM delivery) RETURNING channel_id",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .expect("a delivery given a provider id");
+    let channel: String = delivery.try_get("channel_id").expect("channel");
+    for (id, state) in [
+        ("wamid.story", switchboard_channel::DeliveryState::Failed),
+        (
+            "wamid.not-yet",
+            switchboard_channel::DeliveryState::Delivered,
+        ),
+    ] {
+        let report = switchboard_channel::StatusUpdate {
+            provider_message_id: id.into(),
+            state,
+            recipient: "person-0".into(),
+            at: None,
+            error: Some("131026: undeliverable".into()),
+        };
+        app.store
+            .apply_status(&channel, &report)
+            .await
+            .expect("a status report");
+    }
+    // Every write connection at once (held, so each is a different one), waiting briefly for
+    // any a background task is using: the reports' statements are on whichever ran them.
+    let writer = app.store.writer();
+    let open = writer.size() as usize;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut held = Vec::new();
-    while let Some(conn) = app.store.writer().try_acquire() {
-        held.push(conn);
+    while held.len() < open && std::time::Instant::now() < deadline {
+        match writer.try_acquire() {
+            Some(conn) => held.push(conn),
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
     }
     assert!(!held.is_empty(), "no idle write connection");
     let mut checked = Vec::new();
@@ -1457,6 +1494,7 @@ async fn the_writer_s_cached_plans_probe_indexes() {
                 "conversation",
                 "contact",
                 "contact_identity",
+                "early_status",
             ] {
                 assert!(
                     !plan.contains(&format!("Seq Scan on {table} ")),
@@ -1475,6 +1513,9 @@ async fn the_writer_s_cached_plans_probe_indexes() {
         "UPDATE delivery SET status = 'delivered'",
         "UPDATE message SET status = 'sent'",
         "INSERT INTO delivery",
+        "FROM delivery WHERE channel_id = $1 AND provider_message_id = $2",
+        "UPDATE delivery SET status = 'dead', last_error = $1",
+        "DELETE FROM early_status WHERE created_at",
     ] {
         assert!(
             checked.iter().any(|s| s.contains(expected)),

@@ -291,26 +291,51 @@ fn parse_state(name: &str) -> Option<DeliveryState> {
     .find(|s| state_name(*s) == name)
 }
 
+// The statements of a provider's status report. Each finds its rows by an index
+// (`delivery_by_provider_message`, `early_status`'s key, `early_status_by_age`): the `delivery`
+// table keeps every message ever sent, and WhatsApp reports three times per message. The test
+// `status_reports_find_their_rows_by_index` holds SQLite to that; on PostgreSQL the story
+// `the_writer_s_cached_plans_probe_indexes` does.
+
+/// Whether a delivery of ours has this provider id.
+const STATUS_KNOWN: &str =
+    "SELECT 1 AS one FROM delivery WHERE channel_id = $1 AND provider_message_id = $2";
+
+/// A report's state onto the message, unless the message is already further along.
+const STATUS_TO_MESSAGE: &str = "UPDATE message SET status = $1
+     WHERE id IN (SELECT message_id FROM delivery
+                  WHERE channel_id = $2 AND provider_message_id = $3)
+       AND (CASE status WHEN 'sent' THEN 1 WHEN 'delivered' THEN 2 WHEN 'read' THEN 3
+                        WHEN 'played' THEN 3 WHEN 'failed' THEN 4 ELSE 0 END) < $4";
+
+/// A failure reported after the provider accepted the message: its delivery a dead letter.
+const STATUS_FAILS_DELIVERY: &str =
+    "UPDATE delivery SET status = 'dead', last_error = $1, updated_at = $2
+     WHERE channel_id = $3 AND provider_message_id = $4 AND status <> 'dead'
+     RETURNING id, tenant_id";
+
+/// Reports held for an id that has now been recorded.
+const EARLY_STATUS_TAKE: &str =
+    "DELETE FROM early_status WHERE channel_id = $1 AND provider_message_id = $2
+     RETURNING state, error";
+
+/// Held reports past their week.
+const EARLY_STATUS_EXPIRE: &str = "DELETE FROM early_status WHERE created_at < $1";
+
 /// Applies a report to the message with that provider id, inside the caller's transaction.
 async fn apply_status_in(
     w: &mut WriteTx,
     channel_id: &str,
     status: &StatusUpdate,
 ) -> Result<bool, sqlx::Error> {
-    let changed = sqlx::query(
-        "UPDATE message SET status = $1
-         WHERE id IN (SELECT message_id FROM delivery
-                      WHERE channel_id = $2 AND provider_message_id = $3)
-           AND (CASE status WHEN 'sent' THEN 1 WHEN 'delivered' THEN 2 WHEN 'read' THEN 3
-                            WHEN 'played' THEN 3 WHEN 'failed' THEN 4 ELSE 0 END) < $4",
-    )
-    .bind(state_name(status.state))
-    .bind(channel_id)
-    .bind(&status.provider_message_id)
-    .bind(state_rank(status.state))
-    .execute(&mut *w.tx)
-    .await?
-    .rows_affected()
+    let changed = sqlx::query(STATUS_TO_MESSAGE)
+        .bind(state_name(status.state))
+        .bind(channel_id)
+        .bind(&status.provider_message_id)
+        .bind(state_rank(status.state))
+        .execute(&mut *w.tx)
+        .await?
+        .rows_affected()
         > 0;
     if status.state == DeliveryState::Failed {
         // The provider accepted the message and failed it later: a dead letter like any other,
@@ -319,17 +344,13 @@ async fn apply_status_in(
             .error
             .clone()
             .unwrap_or_else(|| "the provider reported the message failed".into());
-        let dead = sqlx::query(
-            "UPDATE delivery SET status = 'dead', last_error = $1, updated_at = $2
-             WHERE channel_id = $3 AND provider_message_id = $4 AND status <> 'dead'
-             RETURNING id, tenant_id",
-        )
-        .bind(&error)
-        .bind(now_ms())
-        .bind(channel_id)
-        .bind(&status.provider_message_id)
-        .fetch_optional(&mut *w.tx)
-        .await?;
+        let dead = sqlx::query(STATUS_FAILS_DELIVERY)
+            .bind(&error)
+            .bind(now_ms())
+            .bind(channel_id)
+            .bind(&status.provider_message_id)
+            .fetch_optional(&mut *w.tx)
+            .await?;
         if let Some(row) = dead {
             let (id, tenant): (String, String) = (row.try_get("id")?, row.try_get("tenant_id")?);
             let detail = serde_json::json!({ "error": error, "reported": true }).to_string();
@@ -352,14 +373,11 @@ async fn apply_early_statuses(
     channel_id: &str,
     provider_message_id: &str,
 ) -> Result<(), sqlx::Error> {
-    let held = sqlx::query(
-        "DELETE FROM early_status WHERE channel_id = $1 AND provider_message_id = $2
-         RETURNING state, error",
-    )
-    .bind(channel_id)
-    .bind(provider_message_id)
-    .fetch_all(&mut *w.tx)
-    .await?;
+    let held = sqlx::query(EARLY_STATUS_TAKE)
+        .bind(channel_id)
+        .bind(provider_message_id)
+        .fetch_all(&mut *w.tx)
+        .await?;
     for row in held {
         let state: String = row.try_get("state")?;
         let Some(state) = parse_state(&state) else {
@@ -396,21 +414,19 @@ impl Store {
         status: &StatusUpdate,
     ) -> Result<bool, sqlx::Error> {
         let mut w = self.begin_write().await?;
-        let known = sqlx::query(
-            "SELECT 1 AS one FROM delivery WHERE channel_id = $1 AND provider_message_id = $2",
-        )
-        .bind(channel_id)
-        .bind(&status.provider_message_id)
-        .fetch_optional(&mut *w.tx)
-        .await?
-        .is_some();
+        let known = sqlx::query(STATUS_KNOWN)
+            .bind(channel_id)
+            .bind(&status.provider_message_id)
+            .fetch_optional(&mut *w.tx)
+            .await?
+            .is_some();
         let changed = if known {
             apply_status_in(&mut w, channel_id, status).await?
         } else {
             // Our send's answer has not been recorded yet (or this is not our message): hold
             // the report; `record_outcomes` applies it when the id arrives.
             let now = now_ms();
-            sqlx::query("DELETE FROM early_status WHERE created_at < $1")
+            sqlx::query(EARLY_STATUS_EXPIRE)
                 .bind(now - EARLY_STATUS_KEEP_MS)
                 .execute(&mut *w.tx)
                 .await?;
@@ -743,5 +759,53 @@ impl Store {
         .await?;
         w.commit().await?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's plan for each statement of a status report: a search by index, never a scan of
+    /// `delivery` (every message ever sent) or `early_status`.
+    #[tokio::test]
+    async fn status_reports_find_their_rows_by_index() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/plans.db?mode=rwc", dir.path().display());
+        let store = Store::connect(&switchboard_channel::Secret::new(url), 2)
+            .await
+            .expect("store");
+        store.migrate().await.expect("migrate");
+        for (sql, args) in [
+            (STATUS_KNOWN, 2),
+            (STATUS_TO_MESSAGE, 4),
+            (STATUS_FAILS_DELIVERY, 4),
+            (EARLY_STATUS_TAKE, 2),
+            (EARLY_STATUS_EXPIRE, 1),
+        ] {
+            let mut explain = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")));
+            for _ in 0..args {
+                explain = explain.bind("x");
+            }
+            let plan: Vec<String> = explain
+                .fetch_all(store.pool())
+                .await
+                .expect("plan")
+                .iter()
+                .map(|row| row.try_get::<String, _>("detail").expect("detail"))
+                .collect();
+            for step in &plan {
+                assert!(
+                    !(step.starts_with("SCAN delivery") || step.starts_with("SCAN early_status")),
+                    "{sql}\nscans: {plan:?}"
+                );
+            }
+            assert!(
+                plan.iter().any(|s| s.contains("USING INDEX")
+                    || s.contains("USING PRIMARY KEY")
+                    || s.contains("USING COVERING INDEX")),
+                "{sql}\nno index: {plan:?}"
+            );
+        }
     }
 }
