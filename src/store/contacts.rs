@@ -70,6 +70,12 @@ pub enum AgentMessageError {
     Store(#[from] sqlx::Error),
 }
 
+/// Failed `/link` attempts since `$2`, of the tenant or of one contact (`$3`), by
+/// `event_by_kind` (migration 0014).
+pub(super) const LINK_FAILURES: &str = "SELECT COUNT(*) AS n FROM event
+     WHERE tenant_id = $1 AND kind = 'contact.link_failed' AND created_at > $2
+       AND ($3 IS NULL OR subject = $3)";
+
 impl Store {
     /// Marks a contact's identity on a channel (un)reachable, e.g. after they blocked the bot.
     pub async fn set_reachability(
@@ -236,14 +242,10 @@ impl Store {
         // Guessing codes is bounded: per contact and per tenant, wrong codes in the last hour.
         let hour_ago = now - 60 * 60 * 1000;
         let failures = |subject: Option<String>| {
-            sqlx::query(
-                "SELECT COUNT(*) AS n FROM event
-                 WHERE tenant_id = $1 AND kind = 'contact.link_failed' AND created_at > $2
-                   AND ($3 IS NULL OR subject = $3)",
-            )
-            .bind(tenant_id)
-            .bind(hour_ago)
-            .bind(subject)
+            sqlx::query(LINK_FAILURES)
+                .bind(tenant_id)
+                .bind(hour_ago)
+                .bind(subject)
         };
         let by_contact: i64 = failures(Some(source.clone()))
             .fetch_one(&mut *w.tx)

@@ -22,6 +22,11 @@ const MAX_REFERENCES: usize = 50;
 /// stale anyway.
 const TOKEN_KEEP_MS: i64 = 24 * 3_600_000;
 
+/// A channel's signed tokens past the time they could be accepted again, by
+/// `webhook_token_by_age` (migration 0014).
+pub(super) const TOKENS_EXPIRE: &str =
+    "DELETE FROM webhook_token WHERE channel_id = $1 AND seen_at < $2";
+
 impl Store {
     /// Records a provider-signed one-time token with the hash of the body it came with. `false`
     /// when the token was seen before with another body: a replay.
@@ -34,7 +39,7 @@ impl Store {
         let now = now_ms();
         let mut w = self.begin_write().await?;
         // Forgotten once they are too old to be accepted again.
-        sqlx::query("DELETE FROM webhook_token WHERE channel_id = $1 AND seen_at < $2")
+        sqlx::query(TOKENS_EXPIRE)
             .bind(channel_id)
             .bind(now - TOKEN_KEEP_MS)
             .execute(&mut *w.tx)

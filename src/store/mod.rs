@@ -592,3 +592,46 @@ mod tests {
         assert_eq!(sqlite_parent_dir("sqlite://x.db"), None);
     }
 }
+
+#[cfg(test)]
+mod lookup_plans {
+    use super::*;
+    use sqlx::Row;
+
+    /// SQLite's plan for lookups in tables that grow with traffic, run per widget connect, per
+    /// inbound email and per `/link` message: each searches the index made for it (migration
+    /// 0014), where before it read the table (or the tenant's whole audit log) in full.
+    #[tokio::test]
+    async fn growing_tables_are_searched_by_their_index() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/plans.db?mode=rwc", dir.path().display());
+        let store = Store::connect(&Secret::new(url), 2).await.expect("store");
+        store.migrate().await.expect("migrate");
+        for (sql, args, index) in [
+            (widget::WIDGET_CONVERSATION, 2, "conversation_by_contact"),
+            (mail::TOKENS_EXPIRE, 2, "webhook_token_by_age"),
+            (contacts::LINK_FAILURES, 3, "event_by_kind"),
+        ] {
+            let mut explain = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")));
+            for _ in 0..args {
+                explain = explain.bind("x");
+            }
+            let plan: Vec<String> = explain
+                .fetch_all(store.pool())
+                .await
+                .expect("plan")
+                .iter()
+                .map(|row| row.try_get::<String, _>("detail").expect("detail"))
+                .collect();
+            assert!(
+                plan.iter().all(|step| !step.starts_with("SCAN ")),
+                "{sql}\nscans: {plan:?}"
+            );
+            assert!(
+                plan.iter()
+                    .any(|step| step.contains(&format!("INDEX {index} "))),
+                "{sql}\nnot by {index}: {plan:?}"
+            );
+        }
+    }
+}

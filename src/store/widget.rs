@@ -26,6 +26,13 @@ pub struct WidgetMessage {
     pub citations: serde_json::Value,
 }
 
+/// A widget visitor's newest conversation, of any status: its identity by its key, then its
+/// conversations by `conversation_by_contact` (migration 0014).
+pub(super) const WIDGET_CONVERSATION: &str = "SELECT c.id, c.last_seq FROM conversation c
+     JOIN contact_identity ci ON ci.contact_id = c.contact_id AND ci.channel_id = c.channel_id
+     WHERE ci.channel_id = $1 AND ci.external_id = $2
+     ORDER BY c.created_at DESC, c.id DESC LIMIT 1";
+
 impl Store {
     /// The tenant's `widget` channel, created on first use.
     pub async fn widget_channel(&self, tenant_id: &str) -> Result<Channel, sqlx::Error> {
@@ -132,18 +139,13 @@ impl Store {
         channel_id: &str,
         visitor_id: &str,
     ) -> Result<Option<(String, i64)>, sqlx::Error> {
-        sqlx::query(
-            "SELECT c.id, c.last_seq FROM conversation c
-             JOIN contact_identity ci ON ci.contact_id = c.contact_id AND ci.channel_id = c.channel_id
-             WHERE ci.channel_id = $1 AND ci.external_id = $2
-             ORDER BY c.created_at DESC, c.id DESC LIMIT 1",
-        )
-        .bind(channel_id)
-        .bind(visitor_id)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|r| Ok((r.try_get("id")?, r.try_get("last_seq")?)))
-        .transpose()
+        sqlx::query(WIDGET_CONVERSATION)
+            .bind(channel_id)
+            .bind(visitor_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| Ok((r.try_get("id")?, r.try_get("last_seq")?)))
+            .transpose()
     }
 
     /// Messages of a conversation after `after_seq`, in seq order, at most `limit`.
