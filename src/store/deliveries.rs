@@ -770,12 +770,9 @@ mod tests {
     /// `delivery` (every message ever sent) or `early_status`.
     #[tokio::test]
     async fn status_reports_find_their_rows_by_index() {
+        use crate::store::plans::{sqlite_plan, sqlite_store};
         let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}/plans.db?mode=rwc", dir.path().display());
-        let store = Store::connect(&switchboard_channel::Secret::new(url), 2)
-            .await
-            .expect("store");
-        store.migrate().await.expect("migrate");
+        let store = sqlite_store(dir.path()).await;
         for (sql, args) in [
             (STATUS_KNOWN, 2),
             (STATUS_TO_MESSAGE, 4),
@@ -783,17 +780,7 @@ mod tests {
             (EARLY_STATUS_TAKE, 2),
             (EARLY_STATUS_EXPIRE, 1),
         ] {
-            let mut explain = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")));
-            for _ in 0..args {
-                explain = explain.bind("x");
-            }
-            let plan: Vec<String> = explain
-                .fetch_all(store.pool())
-                .await
-                .expect("plan")
-                .iter()
-                .map(|row| row.try_get::<String, _>("detail").expect("detail"))
-                .collect();
+            let plan = sqlite_plan(&store, sql, args).await;
             for step in &plan {
                 assert!(
                     !(step.starts_with("SCAN delivery") || step.starts_with("SCAN early_status")),

@@ -593,10 +593,34 @@ mod tests {
     }
 }
 
+/// SQLite's plan for a statement, for tests that hold a lookup to its index.
 #[cfg(test)]
-mod lookup_plans {
+pub(crate) mod plans {
     use super::*;
     use sqlx::Row;
+
+    /// A migrated SQLite store in `dir`.
+    pub(crate) async fn sqlite_store(dir: &std::path::Path) -> Store {
+        let url = format!("sqlite://{}/plans.db?mode=rwc", dir.display());
+        let store = Store::connect(&Secret::new(url), 2).await.expect("store");
+        store.migrate().await.expect("migrate");
+        store
+    }
+
+    /// The steps (`detail`) of `EXPLAIN QUERY PLAN sql`, its `args` parameters bound to text.
+    pub(crate) async fn sqlite_plan(store: &Store, sql: &str, args: usize) -> Vec<String> {
+        let mut explain = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")));
+        for _ in 0..args {
+            explain = explain.bind("x");
+        }
+        explain
+            .fetch_all(store.pool())
+            .await
+            .expect("plan")
+            .iter()
+            .map(|row| row.try_get::<String, _>("detail").expect("detail"))
+            .collect()
+    }
 
     /// SQLite's plan for lookups in tables that grow with traffic, run per widget connect, per
     /// inbound email and per `/link` message: each searches the index made for it (migration
@@ -604,25 +628,13 @@ mod lookup_plans {
     #[tokio::test]
     async fn growing_tables_are_searched_by_their_index() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}/plans.db?mode=rwc", dir.path().display());
-        let store = Store::connect(&Secret::new(url), 2).await.expect("store");
-        store.migrate().await.expect("migrate");
+        let store = sqlite_store(dir.path()).await;
         for (sql, args, index) in [
             (widget::WIDGET_CONVERSATION, 2, "conversation_by_contact"),
             (mail::TOKENS_EXPIRE, 2, "webhook_token_by_age"),
             (contacts::LINK_FAILURES, 3, "event_by_kind"),
         ] {
-            let mut explain = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")));
-            for _ in 0..args {
-                explain = explain.bind("x");
-            }
-            let plan: Vec<String> = explain
-                .fetch_all(store.pool())
-                .await
-                .expect("plan")
-                .iter()
-                .map(|row| row.try_get::<String, _>("detail").expect("detail"))
-                .collect();
+            let plan = sqlite_plan(&store, sql, args).await;
             assert!(
                 plan.iter().all(|step| !step.starts_with("SCAN ")),
                 "{sql}\nscans: {plan:?}"
