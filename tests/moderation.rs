@@ -27,6 +27,7 @@ both_backends!(
     a_silent_hand_off_goes_back_to_the_bot,
     program_messages_pass_the_policy_before_they_are_sent,
     hand_offs_outside_business_hours_say_when_a_person_is_back_and_people_are_assigned,
+    a_flagged_contact_with_a_ticket_links_its_other_app,
 );
 
 /// Answers "echo: <question>".
@@ -1401,5 +1402,121 @@ async fn hand_offs_outside_business_hours_say_when_a_person_is_back_and_people_a
     )
     .await;
     assert_eq!(code, 404);
+    app.stop().await;
+}
+
+/// A person whose chat was flagged and has a ticket links it to their other app: the flag and
+/// the ticket move to the one contact with the rest of the history (deleting the merged contact
+/// must not trip over rows that still name it).
+async fn a_flagged_contact_with_a_ticket_links_its_other_app(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let api = BotApi::start().await;
+    let res = app
+        .http
+        .post(format!("{}/v1/channels", app.base))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({ "kind": "telegram", "config": {
+            "bot_token": TOKEN, "webhook_secret": "s3cret", "mode": "webhook", "api_url": api.base } }))
+        .send()
+        .await
+        .expect("connect");
+    assert_eq!(res.status(), 201);
+    let channel: Value = res.json().await.expect("json");
+    let path = format!(
+        "/webhooks/telegram/{}",
+        channel["channel_id"].as_str().expect("id")
+    );
+    put_policy(
+        &app,
+        json!({ "rules": [ { "id": "insults", "words": ["idiot"], "action": "flag" } ] }),
+    )
+    .await;
+    let moderator = moderator(&app).await;
+    // On the API channel: a flagged message, and a ticket about the conversation.
+    let sent = app.send("zoe", "you idiot", json!({ "wait": true })).await;
+    let conversation = sent["conversation_id"]
+        .as_str()
+        .expect("conversation")
+        .to_owned();
+    // The question, and the echo that repeats it.
+    let open = flags(&app, &moderator, "open").await;
+    assert_eq!(open.len(), 2, "{open:?}");
+    let merged = open[0]["contact_id"].as_str().expect("contact").to_owned();
+    let (code, ticket) = call(
+        &app,
+        &moderator,
+        Method::POST,
+        "/v1/tickets",
+        Some(json!({ "subject": "Rude", "conversation_id": conversation })),
+    )
+    .await;
+    assert_eq!(code, 201, "{ticket}");
+    assert_eq!(ticket["contact_id"], merged.as_str(), "{ticket}");
+    // On Telegram: a code; the API contact redeems it and is merged into the Telegram one.
+    let update = json!({ "update_id": 1, "message": {
+        "message_id": 1, "date": 1_700_000_000,
+        "chat": { "id": 4343, "type": "private", "first_name": "Zoe" },
+        "from": { "id": 4343, "is_bot": false, "first_name": "Zoe" }, "text": "/link" } });
+    let res = app
+        .http
+        .post(format!("{}{path}", app.base))
+        .header("X-Telegram-Bot-Api-Secret-Token", "s3cret")
+        .json(&update)
+        .send()
+        .await
+        .expect("webhook");
+    assert_eq!(res.status(), 200);
+    let reply = common::eventually("the link code", Duration::from_secs(20), || async {
+        api.calls("sendMessage")
+            .first()
+            .and_then(|c| c.body["text"].as_str().map(str::to_owned))
+    })
+    .await;
+    let code: String = reply
+        .split_whitespace()
+        .find(|w| w.len() == 7 && w.ends_with('.') && w[..6].bytes().all(|b| b.is_ascii_digit()))
+        .map(|w| w[..6].to_owned())
+        .unwrap_or_else(|| panic!("no code in {reply:?}"));
+    let linked = app
+        .send("zoe", &format!("/link {code}"), json!({ "wait": true }))
+        .await;
+    assert!(
+        linked["reply"]["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Linked")),
+        "{linked}"
+    );
+    let (status, contact) = app
+        .get(&app.admin_key, &format!("/v1/contacts/{merged}"))
+        .await;
+    assert_eq!(status, 404, "the merged contact is gone: {contact}");
+    let open = flags(&app, &moderator, "open").await;
+    let kept = open[0]["contact_id"].as_str().expect("contact").to_owned();
+    assert_ne!(kept, merged);
+    assert!(
+        open.len() >= 2 && open.iter().all(|f| f["contact_id"] == kept.as_str()),
+        "{open:?}"
+    );
+    let (code, tickets) = call(
+        &app,
+        &moderator,
+        Method::GET,
+        &format!("/v1/tickets/{}", ticket["id"].as_str().expect("id")),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{tickets}");
+    assert_eq!(tickets["contact_id"], kept.as_str(), "{tickets}");
+    let (status, view) = app
+        .get(&app.admin_key, &format!("/v1/contacts/{kept}"))
+        .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(
+        view["contact"]["identities"].as_array().map(Vec::len),
+        Some(2),
+        "{view}"
+    );
     app.stop().await;
 }

@@ -70,6 +70,25 @@ pub enum AgentMessageError {
     Store(#[from] sqlx::Error),
 }
 
+/// A contact merged into another (`$1` the one kept, `$2` the one merged away): every row that
+/// names it moves over before it is deleted. Each finds its rows by an index on `contact_id`
+/// (migrations 0014 and 0015), as do the delete's foreign-key checks.
+pub(super) const MERGE_MOVES: [&str; 8] = [
+    "UPDATE contact_identity SET contact_id = $1 WHERE contact_id = $2",
+    "UPDATE conversation SET contact_id = $1 WHERE contact_id = $2",
+    "UPDATE link_code SET contact_id = $1 WHERE contact_id = $2",
+    // One running enrolment per program: the source's duplicates stop, the rest move.
+    "UPDATE enrollment SET status = 'stopped', stopped_reason = 'merged into a linked contact', epoch = epoch + 1
+     WHERE contact_id = $2 AND status IN ('active', 'paused') AND program_id IN
+           (SELECT program_id FROM enrollment WHERE contact_id = $1 AND status IN ('active', 'paused'))",
+    "UPDATE enrollment SET contact_id = $1 WHERE contact_id = $2",
+    "UPDATE fire SET contact_id = $1 WHERE contact_id = $2",
+    // Moderation's records follow the person (a flag's evidence is immutable, its contact is
+    // not); left behind, they made the merged contact's deletion fail.
+    "UPDATE flag SET contact_id = $1 WHERE contact_id = $2",
+    "UPDATE ticket SET contact_id = $1 WHERE contact_id = $2",
+];
+
 /// Failed `/link` attempts since `$2`, of the tenant or of one contact (`$3`), by
 /// `event_by_kind` (migration 0014).
 pub(super) const LINK_FAILURES: &str = "SELECT COUNT(*) AS n FROM event
@@ -222,8 +241,8 @@ impl Store {
     }
 
     /// Redeems a link code from another identity: that identity's contact is merged into the
-    /// code's contact — identities and conversations move over, so the history is one. The
-    /// stricter opt-out wins.
+    /// code's contact — identities, conversations, enrolments, flags and tickets move over, so
+    /// the history is one. The stricter opt-out (and a block) wins.
     pub async fn redeem_link_code(
         &self,
         tenant_id: &str,
@@ -288,17 +307,7 @@ impl Store {
             w.commit().await?;
             return Ok(LinkOutcome::AlreadyLinked);
         }
-        for sql in [
-            "UPDATE contact_identity SET contact_id = $1 WHERE contact_id = $2",
-            "UPDATE conversation SET contact_id = $1 WHERE contact_id = $2",
-            "UPDATE link_code SET contact_id = $1 WHERE contact_id = $2",
-            // One running enrolment per program: the source's duplicates stop, the rest move.
-            "UPDATE enrollment SET status = 'stopped', stopped_reason = 'merged into a linked contact', epoch = epoch + 1
-             WHERE contact_id = $2 AND status IN ('active', 'paused') AND program_id IN
-                   (SELECT program_id FROM enrollment WHERE contact_id = $1 AND status IN ('active', 'paused'))",
-            "UPDATE enrollment SET contact_id = $1 WHERE contact_id = $2",
-            "UPDATE fire SET contact_id = $1 WHERE contact_id = $2",
-        ] {
+        for sql in MERGE_MOVES {
             sqlx::query(sql)
                 .bind(&target)
                 .bind(&source)
@@ -307,7 +316,9 @@ impl Store {
         }
         sqlx::query(
             "UPDATE contact SET opted_out_at = COALESCE(opted_out_at,
-                 (SELECT opted_out_at FROM contact WHERE id = $2))
+                 (SELECT opted_out_at FROM contact WHERE id = $2)),
+                 blocked_at = COALESCE(blocked_at,
+                 (SELECT blocked_at FROM contact WHERE id = $2))
              WHERE id = $1",
         )
         .bind(&target)
