@@ -297,6 +297,25 @@ fn parse_state(name: &str) -> Option<DeliveryState> {
 // `status_reports_find_their_rows_by_index` holds SQLite to that; on PostgreSQL the story
 // `the_writer_s_cached_plans_probe_indexes` does.
 
+/// `GET /v1/deliveries?status=pending|dead`: a tenant's deliveries in one status, the last
+/// changed first. Found by `delivery_due` (status first): the queue and the dead letters, not
+/// the history.
+pub(super) const DELIVERIES_BY_STATUS: &str =
+    "SELECT id, conversation_id, message_id, status, attempts, last_error, next_attempt_at,
+            updated_at
+     FROM delivery WHERE tenant_id = $1 AND status = $2
+     ORDER BY updated_at DESC, id DESC LIMIT $3";
+
+/// `GET /v1/deliveries?status=delivered`: a tenant's delivered messages, the newest first (ids
+/// are UUIDv7, in order of creation), by `delivery_by_tenant` (migration 0015). By status, as
+/// above, it read every message ever sent and sorted them. The index is keyed on what never
+/// changes, so a delivery writes its entry once, when it is inserted.
+pub(super) const DELIVERED_NEWEST: &str =
+    "SELECT id, conversation_id, message_id, status, attempts, last_error, next_attempt_at,
+            updated_at
+     FROM delivery WHERE tenant_id = $1 AND status = 'delivered'
+     ORDER BY id DESC LIMIT $2";
+
 /// Whether a delivery of ours has this provider id.
 const STATUS_KNOWN: &str =
     "SELECT 1 AS one FROM delivery WHERE channel_id = $1 AND provider_message_id = $2";
@@ -687,38 +706,38 @@ impl Store {
         Ok(waiting != 0)
     }
 
-    /// A tenant's deliveries in one status, newest first.
+    /// A tenant's deliveries in one status, newest first (see [`DELIVERED_NEWEST`]).
     pub async fn deliveries(
         &self,
         tenant_id: &str,
         status: &str,
         limit: i64,
     ) -> Result<Vec<DeliveryView>, sqlx::Error> {
-        sqlx::query(
-            "SELECT id, conversation_id, message_id, status, attempts, last_error, next_attempt_at,
-                    updated_at
-             FROM delivery WHERE tenant_id = $1 AND status = $2
-             ORDER BY updated_at DESC, id DESC LIMIT $3",
-        )
-        .bind(tenant_id)
-        .bind(status)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(DeliveryView {
-                id: r.try_get("id")?,
-                conversation_id: r.try_get("conversation_id")?,
-                message_id: r.try_get("message_id")?,
-                status: r.try_get("status")?,
-                attempts: r.try_get("attempts")?,
-                last_error: r.try_get("last_error")?,
-                next_attempt_at: rfc3339(r.try_get("next_attempt_at")?),
-                updated_at: rfc3339(r.try_get("updated_at")?),
+        let query = if status == "delivered" {
+            sqlx::query(DELIVERED_NEWEST).bind(tenant_id)
+        } else {
+            sqlx::query(DELIVERIES_BY_STATUS)
+                .bind(tenant_id)
+                .bind(status)
+        };
+        query
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(DeliveryView {
+                    id: r.try_get("id")?,
+                    conversation_id: r.try_get("conversation_id")?,
+                    message_id: r.try_get("message_id")?,
+                    status: r.try_get("status")?,
+                    attempts: r.try_get("attempts")?,
+                    last_error: r.try_get("last_error")?,
+                    next_attempt_at: rfc3339(r.try_get("next_attempt_at")?),
+                    updated_at: rfc3339(r.try_get("updated_at")?),
+                })
             })
-        })
-        .collect()
+            .collect()
     }
 
     /// Puts a dead letter back in the queue (attempts start again). `false` if there was no such

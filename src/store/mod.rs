@@ -646,4 +646,117 @@ pub(crate) mod plans {
             );
         }
     }
+
+    /// SQLite's plan for lookups outside the message path that read a growing table whole
+    /// before migration 0015: the hand-off timeout's sweep (every tenant, every minute), a
+    /// program's statistics, the admin listing of deliveries, and a `/link` merge's moves.
+    #[tokio::test]
+    async fn admin_and_sweep_lookups_are_searched_by_their_index() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = sqlite_store(dir.path()).await;
+        // (statement, its parameters, the index it must search, whether it may sort: the queue
+        // and the dead letters are few, the delivered history is not).
+        let mut statements = vec![
+            (
+                moderation::RESUME_STALE_HANDOFFS,
+                3,
+                Some("conversation_in_handoff"),
+                false,
+            ),
+            (
+                programs::ENROLLMENTS_BY_STATUS,
+                1,
+                Some("enrollment_by_program"),
+                false,
+            ),
+            (
+                programs::STOPPED_BY_STEP,
+                1,
+                Some("enrollment_by_program"),
+                true,
+            ),
+            (
+                programs::COMPLETION_TIMES,
+                1,
+                Some("enrollment_by_program"),
+                false,
+            ),
+            (programs::ENGAGEMENT, 1, Some("enrollment_by_program"), true),
+            (
+                deliveries::DELIVERIES_BY_STATUS,
+                3,
+                Some("delivery_due"),
+                true,
+            ),
+            (
+                deliveries::DELIVERED_NEWEST,
+                2,
+                Some("delivery_by_tenant"),
+                false,
+            ),
+        ];
+        statements.extend(
+            contacts::MERGE_MOVES
+                .iter()
+                .map(|sql| (*sql, 2, None, false)),
+        );
+        for (sql, args, index, may_sort) in statements {
+            let plan = sqlite_plan(&store, sql, args).await;
+            assert!(
+                plan.iter().all(|step| !step.starts_with("SCAN ")),
+                "{sql}\nscans: {plan:?}"
+            );
+            assert!(
+                may_sort || !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+                "{sql}\nsorts: {plan:?}"
+            );
+            if let Some(index) = index {
+                assert!(
+                    plan.iter()
+                        .any(|step| step.contains(&format!("INDEX {index} "))),
+                    "{sql}\nnot by {index}: {plan:?}"
+                );
+            }
+        }
+    }
+
+    /// Rows the gateway deletes — a contact merged away, a document — are checked against every
+    /// table whose foreign key names them, each check a lookup by the referencing column: every
+    /// such column leads an index (not a partial one, which the checks cannot use), or each
+    /// delete reads those tables whole.
+    #[tokio::test]
+    async fn deleted_rows_keys_are_checked_by_index() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = sqlite_store(dir.path()).await;
+        let keys = sqlx::query(
+            "SELECT m.name AS child, f.\"from\" AS col, f.\"table\" AS parent
+             FROM sqlite_schema m, pragma_foreign_key_list(m.name) f
+             WHERE m.type = 'table' AND f.\"table\" IN ('contact', 'document')",
+        )
+        .fetch_all(store.pool())
+        .await
+        .expect("keys");
+        assert!(
+            keys.len() >= 7,
+            "the keys that name a contact: {}",
+            keys.len()
+        );
+        for key in keys {
+            let child: String = key.try_get("child").expect("child");
+            let col: String = key.try_get("col").expect("col");
+            let parent: String = key.try_get("parent").expect("parent");
+            let leads: i64 = sqlx::query(
+                "SELECT COUNT(*) AS n FROM pragma_index_list($1) l, pragma_index_info(l.name) i
+                 WHERE l.partial = 0 AND i.seqno = 0 AND i.name = $2",
+            )
+            .bind(&child)
+            .bind(&col)
+            .fetch_one(store.pool())
+            .await
+            .expect("indexes")
+            .try_get("n")
+            .expect("n");
+            assert!(leads > 0, "{child}.{col} names {parent} and leads no index");
+        }
+    }
 }

@@ -1106,6 +1106,18 @@ impl Store {
     }
 }
 
+/// The hand-off timeout's sweep of one tenant (`$1` now, `$2` tenant, `$3` the cut-off): its
+/// conversations with a person, found by `conversation_in_handoff` (migration 0015) — the sweep
+/// runs for every tenant every minute, and read all of a tenant's conversations before.
+pub(super) const RESUME_STALE_HANDOFFS: &str =
+    "UPDATE conversation SET status = 'bot', assignee = NULL, handed_off_at = NULL,
+            updated_at = $1
+     WHERE tenant_id = $2 AND status = 'human' AND handed_off_at IS NOT NULL
+       AND COALESCE((SELECT MAX(m.created_at) FROM message m
+                     WHERE m.conversation_id = conversation.id AND m.author = 'agent'),
+                    handed_off_at) < $3
+     RETURNING id";
+
 /// Hands back to the bot the tenant's conversations with a person silent since before `before`
 /// (the hand-off, or the person's last message); their ids.
 pub async fn resume_stale_handoffs(
@@ -1114,23 +1126,15 @@ pub async fn resume_stale_handoffs(
     before: i64,
     now: i64,
 ) -> Result<Vec<String>, sqlx::Error> {
-    let ids: Vec<String> = sqlx::query(
-        "UPDATE conversation SET status = 'bot', assignee = NULL, handed_off_at = NULL,
-                updated_at = $1
-         WHERE tenant_id = $2 AND status = 'human' AND handed_off_at IS NOT NULL
-           AND COALESCE((SELECT MAX(m.created_at) FROM message m
-                         WHERE m.conversation_id = conversation.id AND m.author = 'agent'),
-                        handed_off_at) < $3
-         RETURNING id",
-    )
-    .bind(now)
-    .bind(tenant_id)
-    .bind(before)
-    .fetch_all(&mut *w.tx)
-    .await?
-    .iter()
-    .map(|r| r.try_get("id"))
-    .collect::<Result<_, _>>()?;
+    let ids: Vec<String> = sqlx::query(RESUME_STALE_HANDOFFS)
+        .bind(now)
+        .bind(tenant_id)
+        .bind(before)
+        .fetch_all(&mut *w.tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get("id"))
+        .collect::<Result<_, _>>()?;
     for id in &ids {
         record_event(
             &mut w.tx,

@@ -619,15 +619,13 @@ impl Store {
         &self,
         program_id: &str,
     ) -> Result<(Vec<(String, i64)>, Vec<FunnelRow>, Vec<i64>), sqlx::Error> {
-        let statuses = sqlx::query(
-            "SELECT status, COUNT(*) AS n FROM enrollment WHERE program_id = $1 GROUP BY status",
-        )
-        .bind(program_id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
-        .collect::<Result<Vec<(String, i64)>, sqlx::Error>>()?;
+        let statuses = sqlx::query(ENROLLMENTS_BY_STATUS)
+            .bind(program_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
+            .collect::<Result<Vec<(String, i64)>, sqlx::Error>>()?;
         let funnel: Vec<FunnelRow> = sqlx::query(
             "SELECT step, COUNT(*) AS reached, COUNT(answered_at) AS answered
              FROM step_visit WHERE program_id = $1 GROUP BY step",
@@ -645,16 +643,13 @@ impl Store {
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let stopped_at = sqlx::query(
-            "SELECT step, COUNT(*) AS n FROM enrollment
-             WHERE program_id = $1 AND status = 'stopped' GROUP BY step",
-        )
-        .bind(program_id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get::<String, _>("step")?, r.try_get::<i64, _>("n")?)))
-        .collect::<Result<HashMap<String, i64>, sqlx::Error>>()?;
+        let stopped_at = sqlx::query(STOPPED_BY_STEP)
+            .bind(program_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get::<String, _>("step")?, r.try_get::<i64, _>("n")?)))
+            .collect::<Result<HashMap<String, i64>, sqlx::Error>>()?;
         let funnel = funnel
             .into_iter()
             .map(|mut f| {
@@ -662,19 +657,40 @@ impl Store {
                 f
             })
             .collect();
-        let durations = sqlx::query(
-            "SELECT completed_at - started_at AS took FROM enrollment
-             WHERE program_id = $1 AND status = 'completed' AND completed_at IS NOT NULL",
-        )
-        .bind(program_id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| r.try_get("took"))
-        .collect::<Result<Vec<i64>, sqlx::Error>>()?;
+        let durations = sqlx::query(COMPLETION_TIMES)
+            .bind(program_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get("took"))
+            .collect::<Result<Vec<i64>, sqlx::Error>>()?;
         Ok((statuses, funnel, durations))
     }
 }
+
+// A program's statistics and engagement: each finds the program's enrolments by
+// `enrollment_by_program` (migration 0015), not by reading every enrolment of every program; the
+// test `admin_and_sweep_lookups_are_searched_by_their_index` holds SQLite to it.
+
+/// A program's enrolments counted by status.
+pub(super) const ENROLLMENTS_BY_STATUS: &str =
+    "SELECT status, COUNT(*) AS n FROM enrollment WHERE program_id = $1 GROUP BY status";
+
+/// Where a program's stopped enrolments stopped.
+pub(super) const STOPPED_BY_STEP: &str = "SELECT step, COUNT(*) AS n FROM enrollment
+     WHERE program_id = $1 AND status = 'stopped' GROUP BY step";
+
+/// How long a program's completed enrolments took.
+pub(super) const COMPLETION_TIMES: &str = "SELECT completed_at - started_at AS took FROM enrollment
+     WHERE program_id = $1 AND status = 'completed' AND completed_at IS NOT NULL";
+
+/// A program's check-ins and nudges sent (or held back) and answered.
+pub(super) const ENGAGEMENT: &str =
+    "SELECT f.kind, f.step, f.status, f.reason, COUNT(*) AS n, COUNT(f.answered_at) AS answered
+     FROM fire f JOIN enrollment e ON e.id = f.enrollment_id
+     WHERE e.program_id = $1 AND f.kind IN ('checkin', 'nudge')
+       AND ((f.status = 'done' AND f.sent = 1) OR (f.status = 'skipped' AND f.reason = 'holdout'))
+     GROUP BY f.kind, f.step, f.status, f.reason";
 
 /// Proactive sends of one kind in a program, and how many the contact answered: by `step`
 /// (a check-in's id, or `nudge-0` … for nudges) and fire status/reason.
@@ -694,28 +710,22 @@ impl Store {
         &self,
         program_id: &str,
     ) -> Result<Vec<EngagementRow>, sqlx::Error> {
-        sqlx::query(
-            "SELECT f.kind, f.step, f.status, f.reason, COUNT(*) AS n, COUNT(f.answered_at) AS answered
-             FROM fire f JOIN enrollment e ON e.id = f.enrollment_id
-             WHERE e.program_id = $1 AND f.kind IN ('checkin', 'nudge')
-               AND ((f.status = 'done' AND f.sent = 1) OR (f.status = 'skipped' AND f.reason = 'holdout'))
-             GROUP BY f.kind, f.step, f.status, f.reason",
-        )
-        .bind(program_id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(EngagementRow {
-                kind: r.try_get("kind")?,
-                step: r.try_get("step")?,
-                status: r.try_get("status")?,
-                reason: r.try_get("reason")?,
-                count: r.try_get("n")?,
-                answered: r.try_get("answered")?,
+        sqlx::query(ENGAGEMENT)
+            .bind(program_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(EngagementRow {
+                    kind: r.try_get("kind")?,
+                    step: r.try_get("step")?,
+                    status: r.try_get("status")?,
+                    reason: r.try_get("reason")?,
+                    count: r.try_get("n")?,
+                    answered: r.try_get("answered")?,
+                })
             })
-        })
-        .collect()
+            .collect()
     }
 }
 
