@@ -1511,7 +1511,6 @@ async fn the_writer_s_cached_plans_probe_indexes() {
         "FOR UPDATE",
         "UPDATE message SET status = 'processed'",
         "UPDATE delivery SET status = 'delivered'",
-        "UPDATE message SET status = 'sent'",
         "INSERT INTO delivery",
         "FROM delivery WHERE channel_id = $1 AND provider_message_id = $2",
         "UPDATE delivery SET status = 'dead', last_error = $1",

@@ -5,7 +5,7 @@ use rand::Rng;
 use sqlx::Row;
 
 use super::channels::Channel;
-use super::messages::{MessageView, message_from_row};
+use super::messages::{MessageView, message_from_row, message_status};
 use super::tenants::record_event;
 use super::{Store, now_ms};
 
@@ -425,15 +425,17 @@ impl Store {
         contact_id: &str,
         limit: i64,
     ) -> Result<Vec<HistoryItem>, sqlx::Error> {
-        sqlx::query(
-            "SELECT m.id, m.seq, m.direction, m.author, m.kind, m.text, m.status, m.created_at,
+        sqlx::query(concat!(
+            "SELECT m.id, m.seq, m.direction, m.author, m.kind, m.text, ",
+            message_status!("m"),
+            ", m.created_at,
                     m.citations, m.attachments, m.grounding, m.conversation_id, ch.kind AS channel
              FROM message m
              JOIN conversation c ON c.id = m.conversation_id
              JOIN channel ch ON ch.id = m.channel_id
              WHERE c.contact_id = $1 AND c.tenant_id = $2
-             ORDER BY m.created_at, m.conversation_id, m.seq LIMIT $3",
-        )
+             ORDER BY m.created_at, m.conversation_id, m.seq LIMIT $3"
+        ))
         .bind(contact_id)
         .bind(tenant_id)
         .bind(limit)
@@ -527,10 +529,12 @@ impl Store {
             },
         )
         .await?;
-        let view = sqlx::query(
-            "SELECT id, seq, direction, author, kind, text, status, created_at, citations, attachments, grounding
-             FROM message WHERE id = $1",
-        )
+        let view = sqlx::query(concat!(
+            "SELECT id, seq, direction, author, kind, text, ",
+            message_status!("message"),
+            ", created_at, citations, attachments, grounding
+             FROM message WHERE id = $1"
+        ))
         .bind(&id)
         .fetch_one(&mut *w.tx)
         .await

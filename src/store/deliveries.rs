@@ -125,12 +125,11 @@ pub(super) async fn preclaim(
     Ok(claimed)
 }
 
-/// PostgreSQL: marks deliveries `rows` (`(delivery id, provider's id or "")`) delivered and
-/// their messages `ids` sent.
+/// PostgreSQL: marks deliveries `rows` (`(delivery id, provider's id or "")`) delivered. Their
+/// messages stay `queued` on the row and read as `sent` (see `messages::message_status!`).
 async fn delivered_on_postgres(
     w: &mut WriteTx,
     rows: &[(&str, &str)],
-    ids: &[&str],
     now: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -145,28 +144,19 @@ async fn delivered_on_postgres(
     .bind(super::bulk::json_rows(rows))
     .execute(&mut *w.tx)
     .await?;
-    sqlx::query(
-        "UPDATE message SET status = 'sent'
-         WHERE status = 'queued'
-           AND id = ANY(ARRAY(SELECT jsonb_array_elements_text($1::jsonb)))",
-    )
-    .bind(super::bulk::json_rows(ids))
-    .execute(&mut *w.tx)
-    .await?;
     Ok(())
 }
 
-/// SQLite: the outcomes' script — deliveries marked delivered (with the provider's id) and their
-/// messages sent. `$1` now, `$2` `[delivery id, provider id or ""]` rows, `$3` message ids.
+/// SQLite: the outcomes' script — deliveries marked delivered (with the provider's id; their
+/// messages read as `sent`, see `messages::message_status!`). `$1` now, `$2` `[delivery id,
+/// provider id or ""]` rows.
 macro_rules! delivered_in_script {
     () => {
         "UPDATE delivery SET status = 'delivered', locked_until = NULL,
                 last_error = NULL, provider_message_id = NULLIF(v.pid, ''),
                 updated_at = $1
          FROM (SELECT value ->> 0 AS id, value ->> 1 AS pid FROM jsonb_each($2)) AS v
-         WHERE delivery.id = v.id AND +delivery.status = 'pending';
-         UPDATE message SET status = 'sent'
-         WHERE status = 'queued' AND id IN (SELECT value FROM json_each($3));"
+         WHERE delivery.id = v.id AND +delivery.status = 'pending';"
     };
 }
 
@@ -565,7 +555,7 @@ impl Store {
         let early_probe = delivered.iter().any(|(_, id)| id.is_some());
         let mut early_waiting: Option<bool> = None;
         if !delivered.is_empty() {
-            // The same two statements with the rows as one JSON text: the SQL does not change
+            // One statement with the rows as one JSON text: the SQL does not change
             // with the batch size (see `bulk::json_rows`). On SQLite, `+status`: look deliveries
             // up by id, never by scanning the pending ones (the planner cannot know json_each is
             // small).
@@ -575,12 +565,8 @@ impl Store {
                 .collect();
             // The provider's id stays on the delivery: `message.provider_id` is the inbound
             // dedupe key, and outbound ids need not be unique per channel.
-            let ids: Vec<&str> = delivered
-                .iter()
-                .map(|(d, _)| d.message_id.as_str())
-                .collect();
             if self.backend == Backend::Sqlite {
-                // Both statements in one request to the writer's thread (see `bulk::script`),
+                // The update in one request to the writer's thread (see `bulk::script`),
                 // and the question about early reports with them: one hop per tick fewer.
                 let sql = if early_probe {
                     concat!(delivered_in_script!(), early_probe_in_script!())
@@ -589,14 +575,13 @@ impl Store {
                 };
                 let query = sqlx::query(sql)
                     .bind(now)
-                    .bind(super::bulk::json_rows(&rows))
-                    .bind(super::bulk::json_rows(&ids));
+                    .bind(super::bulk::json_rows(&rows));
                 let steps = super::bulk::script(w, query).await?;
                 if early_probe {
-                    early_waiting = Some(steps.get(2).is_some_and(|s| !s.rows.is_empty()));
+                    early_waiting = Some(steps.get(1).is_some_and(|s| !s.rows.is_empty()));
                 }
             } else {
-                delivered_on_postgres(w, &rows, &ids, now).await?;
+                delivered_on_postgres(w, &rows, now).await?;
             }
         }
         // Reports that arrived before our send's answer was recorded: held in `early_status`

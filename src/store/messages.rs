@@ -160,6 +160,28 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// A message's status as the API shows it, for a select list (`$m`: the message's table or
+/// alias). An outbound message's `sent` is not written on the message: it is `queued` there
+/// until a provider report or a widget acknowledgement moves it further, and `sent` once its
+/// delivery is `delivered` — the outcome that marks the delivery so, on the delivery path of
+/// every reply, writes one row instead of two. Found by the delivery's unique `message_id`.
+macro_rules! message_status {
+    ($m:literal) => {
+        concat!(
+            "CASE WHEN ",
+            $m,
+            ".status = 'queued' AND EXISTS (SELECT 1 FROM delivery sd
+                  WHERE sd.message_id = ",
+            $m,
+            ".id AND sd.status = 'delivered')
+             THEN 'sent' ELSE ",
+            $m,
+            ".status END AS status"
+        )
+    };
+}
+pub(crate) use message_status;
+
 pub(crate) fn message_from_row(row: &AnyRow) -> Result<MessageView, sqlx::Error> {
     let citations: String = row.try_get("citations")?;
     Ok(MessageView {
@@ -474,10 +496,12 @@ impl Store {
         if processed.is_none() {
             return Ok(None);
         }
-        let reply = sqlx::query(
-            "SELECT id, seq, direction, author, kind, text, status, created_at, citations, attachments, grounding
-             FROM message WHERE reply_to = $1 AND tenant_id = $2 ORDER BY seq LIMIT 1",
-        )
+        let reply = sqlx::query(concat!(
+            "SELECT id, seq, direction, author, kind, text, ",
+            message_status!("message"),
+            ", created_at, citations, attachments, grounding
+             FROM message WHERE reply_to = $1 AND tenant_id = $2 ORDER BY seq LIMIT 1"
+        ))
         .bind(inbound_id)
         .bind(tenant_id)
         .fetch_optional(&self.pool)
@@ -504,11 +528,13 @@ impl Store {
         if exists.is_none() {
             return Ok(None);
         }
-        sqlx::query(
-            "SELECT id, seq, direction, author, kind, text, status, created_at, citations, attachments, grounding
+        sqlx::query(concat!(
+            "SELECT id, seq, direction, author, kind, text, ",
+            message_status!("message"),
+            ", created_at, citations, attachments, grounding
              FROM message WHERE conversation_id = $1 AND tenant_id = $2 AND seq > $3
-             ORDER BY seq LIMIT $4",
-        )
+             ORDER BY seq LIMIT $4"
+        ))
         .bind(conversation_id)
         .bind(tenant_id)
         .bind(after_seq)
