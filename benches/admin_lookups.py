@@ -19,7 +19,6 @@ file; PostgreSQL through `psql` on 127.0.0.1:5432 (user postgres, trust auth) in
 database, skipped if it does not answer. The statements are copied from `src/store`.
 """
 
-import glob
 import os
 import statistics
 import subprocess
@@ -27,7 +26,8 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from status_reports import migrations, psql, sqlite_placeholders
+
 RUNS = 9
 
 SWEEP = """UPDATE conversation SET status = 'bot', assignee = NULL, handed_off_at = NULL,
@@ -69,17 +69,6 @@ WORK_AFTER = [
     ("deliveries listing", [(DELIVERED, ("t", 100))]),
     WORK[2],
 ]
-
-
-def migrations(backend, upto):
-    files = sorted(glob.glob(os.path.join(ROOT, "migrations", backend, "*.sql")))
-    return [f for f in files if int(os.path.basename(f)[:4]) <= upto]
-
-
-def sqlite_placeholders(sql):
-    for n in range(9, 0, -1):
-        sql = sql.replace(f"${n}", f"?{n}")
-    return sql
 
 
 def fill_sql(rows):
@@ -157,12 +146,6 @@ def sqlite(rows):
         db.execute("ANALYZE")
         after = timed(run, WORK_AFTER)
         return before, after
-
-
-def psql(db, sql):
-    cmd = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-X", "-q"]
-    cmd += ["-v", "ON_ERROR_STOP=1", "-Atc", sql]
-    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
 
 
 def literal(value):

@@ -85,6 +85,26 @@ async fn put_policy(app: &TestApp, policy: Value) -> Value {
     body
 }
 
+/// Connects a Telegram channel (webhook secret `s3cret`) on the Bot API stand-in `api`; the
+/// webhook's path.
+async fn connect_telegram(app: &TestApp, api: &BotApi) -> String {
+    let res = app
+        .http
+        .post(format!("{}/v1/channels", app.base))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({ "kind": "telegram", "config": {
+            "bot_token": TOKEN, "webhook_secret": "s3cret", "mode": "webhook", "api_url": api.base } }))
+        .send()
+        .await
+        .expect("connect");
+    assert_eq!(res.status(), 201);
+    let channel: Value = res.json().await.expect("json");
+    format!(
+        "/webhooks/telegram/{}",
+        channel["channel_id"].as_str().expect("id")
+    )
+}
+
 async fn moderator(app: &TestApp) -> String {
     app.store
         .create_key(&TenantSlug::parse("acme").expect("slug"), Role::Moderator)
@@ -378,21 +398,7 @@ async fn held_answers_are_released_edited_or_never_sent(backend: Backend) {
         return;
     };
     let api = BotApi::start().await;
-    let res = app
-        .http
-        .post(format!("{}/v1/channels", app.base))
-        .bearer_auth(&app.admin_key)
-        .json(&json!({ "kind": "telegram", "config": {
-            "bot_token": TOKEN, "webhook_secret": "s3cret", "mode": "webhook", "api_url": api.base } }))
-        .send()
-        .await
-        .expect("connect");
-    assert_eq!(res.status(), 201);
-    let channel: Value = res.json().await.expect("json");
-    let path = format!(
-        "/webhooks/telegram/{}",
-        channel["channel_id"].as_str().expect("id")
-    );
+    let path = connect_telegram(&app, &api).await;
     put_policy(&app, json!({ "rules": [ { "id": "secrets", "words": ["secret"], "action": "hold", "applies_to": "outbound" } ] })).await;
     let update = |id: i64, text: &str| {
         json!({ "update_id": id, "message": {
@@ -1413,21 +1419,7 @@ async fn a_flagged_contact_with_a_ticket_links_its_other_app(backend: Backend) {
         return;
     };
     let api = BotApi::start().await;
-    let res = app
-        .http
-        .post(format!("{}/v1/channels", app.base))
-        .bearer_auth(&app.admin_key)
-        .json(&json!({ "kind": "telegram", "config": {
-            "bot_token": TOKEN, "webhook_secret": "s3cret", "mode": "webhook", "api_url": api.base } }))
-        .send()
-        .await
-        .expect("connect");
-    assert_eq!(res.status(), 201);
-    let channel: Value = res.json().await.expect("json");
-    let path = format!(
-        "/webhooks/telegram/{}",
-        channel["channel_id"].as_str().expect("id")
-    );
+    let path = connect_telegram(&app, &api).await;
     put_policy(
         &app,
         json!({ "rules": [ { "id": "insults", "words": ["idiot"], "action": "flag" } ] }),
@@ -1474,11 +1466,7 @@ async fn a_flagged_contact_with_a_ticket_links_its_other_app(backend: Backend) {
             .and_then(|c| c.body["text"].as_str().map(str::to_owned))
     })
     .await;
-    let code: String = reply
-        .split_whitespace()
-        .find(|w| w.len() == 7 && w.ends_with('.') && w[..6].bytes().all(|b| b.is_ascii_digit()))
-        .map(|w| w[..6].to_owned())
-        .unwrap_or_else(|| panic!("no code in {reply:?}"));
+    let code = common::link_code(&reply).unwrap_or_else(|| panic!("no code in {reply:?}"));
     let linked = app
         .send("zoe", &format!("/link {code}"), json!({ "wait": true }))
         .await;

@@ -505,13 +505,7 @@ async fn an_sms_number_links_to_a_telegram_chat(backend: Backend) {
         .expect("post");
     assert_eq!(res.status(), 200);
     let code = common::eventually("link code", Duration::from_secs(20), || async {
-        api.texts().iter().find_map(|(_, t)| {
-            t.split_whitespace()
-                .find(|w| {
-                    w.len() == 7 && w.ends_with('.') && w[..6].bytes().all(|b| b.is_ascii_digit())
-                })
-                .map(|w| w[..6].to_owned())
-        })
+        api.texts().iter().find_map(|(_, t)| common::link_code(t))
     })
     .await;
     sms.text(

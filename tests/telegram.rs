@@ -658,12 +658,8 @@ async fn a_contact_links_telegram_and_whatsapp_into_one_history(backend: Backend
     let (status, _) = post(&app, &path, &text_update(1, 88, "/link"), Some(SECRET)).await;
     assert_eq!(status, 200);
     let texts = wait_texts(&api, 1, "link code").await;
-    let code: String = texts[0]
-        .1
-        .split_whitespace()
-        .find(|w| w.len() == 7 && w.ends_with('.') && w[..6].bytes().all(|b| b.is_ascii_digit()))
-        .map(|w| w[..6].to_owned())
-        .unwrap_or_else(|| panic!("no code in {:?}", texts[0].1));
+    let code =
+        common::link_code(&texts[0].1).unwrap_or_else(|| panic!("no code in {:?}", texts[0].1));
 
     // The same person on WhatsApp (pywa's text message fixture) sends the code.
     let res = app

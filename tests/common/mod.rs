@@ -671,6 +671,13 @@ fn label_pairs(set: &str) -> Vec<String> {
 }
 
 /// `s` percent-encoded for a query string.
+/// The six-digit code in the bot's answer to `/link` ("Your link code is 123456. …").
+pub fn link_code(text: &str) -> Option<String> {
+    text.split_whitespace()
+        .find(|w| w.len() == 7 && w.ends_with('.') && w[..6].bytes().all(|b| b.is_ascii_digit()))
+        .map(|w| w[..6].to_owned())
+}
+
 pub fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
