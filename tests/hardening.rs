@@ -431,6 +431,21 @@ async fn widget_config_tells_a_page_whether_it_may_chat(backend: Backend) {
         let body: Value = res.json().await.expect("json");
         assert_eq!(body, json!({"origin": origin, "origin_allowed": allowed}));
     }
+    // Without an `Origin` (a same-origin fetch: browsers leave it off) the gateway cannot tell,
+    // and says so: `false` here made a page the gateway serves itself (/demo) disable its chat
+    // when the check answered while the socket was down.
+    let res = app
+        .http
+        .get(format!(
+            "{}/v1/widget/config?key={}",
+            app.base, app.widget_key
+        ))
+        .send()
+        .await
+        .expect("config");
+    assert_eq!(res.status().as_u16(), 200);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body, json!({"origin": null, "origin_allowed": null}));
     // The admin key is not a widget key, and an unknown key is named as such; both readable
     // from any page.
     for key in [app.admin_key.clone(), "sbw_nosuchkey".to_owned()] {

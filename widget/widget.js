@@ -1033,6 +1033,8 @@ button, textarea { font: inherit; color: inherit; }
   //   200 {"origin":"https://shop.example","origin_allowed":false}  -> 'origin'
   //   401 {"error":{"code":"invalid_key",…}}                        -> 'key'
   //   200 {…,"origin_allowed":true}                                 -> 'ok' (down, or busy: retry)
+  //   200 {"origin":null,"origin_allowed":null}                    -> 'unknown' (a same-origin
+  //       fetch carries no Origin: the gateway cannot tell; the handshake is checked)
   // Anything else (no answer, a gateway without that endpoint) is 'unknown': keep reconnecting.
   async function checkAccess() {
     if (typeof fetch !== 'function') return { verdict: 'unknown' };

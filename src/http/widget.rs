@@ -291,7 +291,13 @@ pub async fn config(
             })?;
         let settings = state.store.widget_settings(&principal.tenant_id).await?;
         let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
-        let allowed = settings.allows_origin(origin, &own_origins(&state, &headers));
+        // No `Origin`: browsers leave it off a same-origin GET (a page the gateway serves, such
+        // as /demo, or a site proxying the gateway under its own origin), so the page's origin
+        // is unknown here — `null`, which the widget takes as "cannot tell" and keeps
+        // reconnecting; `false` made it disable the chat for good. (The socket's handshake always
+        // carries an `Origin`, and is checked there.)
+        let allowed =
+            origin.map(|o| settings.allows_origin(Some(o), &own_origins(&state, &headers)));
         Ok::<_, ApiError>(Json(serde_json::json!({
             "origin": origin,
             "origin_allowed": allowed,
