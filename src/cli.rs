@@ -848,6 +848,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     eprintln!("store:   {store_line}");
     eprintln!("vectors: {}", app.knowledge().describe());
     eprintln!("llm:     {}", app.models().describe().await);
+    eprintln!("runtime: {}", describe_runtime());
     if app.store().tenant_count().await? == 0 {
         let slug = TenantSlug::parse("demo").map_err(anyhow::Error::msg)?;
         let demo = app.store().create_tenant(&slug, "Demo").await?;
@@ -899,6 +900,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 /// "sqlite at ./data/switchboard.db" / "postgres at host:port/db" — never the password.
+/// Which scheduler runs the tasks (chosen in `main.rs` by the CPUs the process may use).
+fn describe_runtime() -> String {
+    let handle = tokio::runtime::Handle::current();
+    match handle.runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => {
+            "one CPU allowed: every task on one thread".to_owned()
+        }
+        _ => format!("{} worker threads", handle.metrics().num_workers()),
+    }
+}
+
 fn describe_store(config: &Config) -> String {
     let url = config.database_url();
     let url = url.expose();

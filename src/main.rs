@@ -20,10 +20,21 @@ fn main() -> std::process::ExitCode {
     }
     // Before any SQLite connection opens (SQLite takes these settings only before it starts).
     switchboard::store::sqlite_alloc::configure();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // Allowed one CPU (a small VM, a container's quota, `taskset`; the standard library reads
+    // the affinity mask and cgroup limits): every task on this thread (tokio's current-thread
+    // scheduler) instead of the multi-threaded scheduler with one worker. Same tasks, less
+    // scheduling machinery (work-stealing queues, a worker's park and unpark): in the channels
+    // bench on one core, ~15 % less CPU per reply on SQLite and PostgreSQL (docs/BENCHMARKS.md,
+    // seventeenth step). Nothing here blocks a worker (`block_in_place` is never used: blocking
+    // work goes to the blocking pool, which both schedulers have). Tested by
+    // `on_one_core_killed_after_ack_the_reply_is_delivered_exactly_once` (tests/process.rs).
+    let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let mut builder = if one_core {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");

@@ -16,6 +16,7 @@ both_backends!(
     the_first_hour_has_no_traps,
     cli_creates_tenants_and_keys_and_fails_with_one_line,
     killed_after_ack_the_reply_is_delivered_exactly_once_after_restart,
+    on_one_core_killed_after_ack_the_reply_is_delivered_exactly_once,
     cli_ingests_knowledge_folders_once,
 );
 
@@ -337,15 +338,33 @@ async fn cli_creates_tenants_and_keys_and_fails_with_one_line(backend: Backend) 
 }
 
 async fn killed_after_ack_the_reply_is_delivered_exactly_once_after_restart(backend: Backend) {
+    crash_and_restart(backend, false).await;
+}
+
+/// The same story with the gateway allowed one CPU, where it runs every task on one thread
+/// (`main.rs`): acknowledged, killed, delivered once after the restart, stopped by SIGTERM.
+async fn on_one_core_killed_after_ack_the_reply_is_delivered_exactly_once(backend: Backend) {
+    crash_and_restart(backend, true).await;
+}
+
+async fn crash_and_restart(backend: Backend, one_core: bool) {
     let Some(db) = TestDb::fresh(backend).await else {
         return;
+    };
+    let log = db.dir.path().join("serve.log");
+    let start = async |db: &TestDb| {
+        if one_core {
+            Gateway::start_on_one_core(db, &log).await
+        } else {
+            Gateway::start(db).await
+        }
     };
     let tenant = stdout_json(&cli(&db, &["tenant", "create", "acme", "--json"]));
     let key = tenant["admin_key"].as_str().expect("key").to_owned();
     let receiver = CallbackReceiver::start(Mode::Down).await;
     let http = reqwest::Client::new();
 
-    let mut gateway = Gateway::start(&db).await;
+    let mut gateway = start(&db).await;
     let res = http
         .post(format!("{}/v1/channels", gateway.base))
         .bearer_auth(&key)
@@ -379,7 +398,7 @@ async fn killed_after_ack_the_reply_is_delivered_exactly_once_after_restart(back
     let attempts_before = receiver.seen().len();
     receiver.set_mode(Mode::Accept);
 
-    let gateway = Gateway::start(&db).await;
+    let gateway = start(&db).await;
     eventually(
         "delivered after restart",
         Duration::from_secs(20),
@@ -433,6 +452,16 @@ async fn killed_after_ack_the_reply_is_delivered_exactly_once_after_restart(back
         exit.1.expect("exit status").success(),
         "graceful exit code 0"
     );
+    if one_core {
+        let banner = std::fs::read_to_string(&log).expect("the gateway's log");
+        assert_eq!(
+            banner
+                .matches("runtime: one CPU allowed: every task on one thread")
+                .count(),
+            2,
+            "both starts ran on the single-threaded runtime: {banner}"
+        );
+    }
 }
 
 /// What a new user meets (issue "Hardening", the first hour): `serve` run from another working

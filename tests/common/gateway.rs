@@ -22,11 +22,34 @@ impl Gateway {
 
     /// On `db`'s database with its own data directory and more environment.
     pub async fn start_with(db: &TestDb, data_dir: &Path, env: &[(&str, &str)]) -> Gateway {
+        Self::spawn(db, data_dir, env, Command::new(BIN), Stdio::null()).await
+    }
+
+    /// Like [`Gateway::start`], allowed one CPU (`taskset -c 0`): the process then runs its
+    /// tasks on the single-threaded runtime (see `main.rs`). `taskset` execs the gateway, so
+    /// the child's pid is the gateway's. Its standard error goes to `log` (appended).
+    pub async fn start_on_one_core(db: &TestDb, log: &Path) -> Gateway {
+        let mut command = Command::new("taskset");
+        command.args(["-c", "0", BIN]);
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the gateway's log");
+        Self::spawn(db, db.dir.path(), &[], command, stderr.into()).await
+    }
+
+    async fn spawn(
+        db: &TestDb,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        mut command: Command,
+        stderr: Stdio,
+    ) -> Gateway {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let mut command = Command::new(BIN);
         command
             .arg("serve")
             .env("SWITCHBOARD_DATABASE_URL", &db.url)
@@ -44,7 +67,7 @@ impl Gateway {
             .env("SWITCHBOARD_EMBED_MODEL", "none")
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(stderr);
         for (k, v) in env {
             command.env(k, v);
         }
