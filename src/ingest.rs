@@ -191,7 +191,7 @@ impl Ingest {
             thread,
             subject,
         };
-        let ingested = match (&self.batcher, self.store.tick()) {
+        let mut ingested = match (&self.batcher, self.store.tick()) {
             (Some(batcher), _) => batcher.submit(item).await?,
             (None, Some(tick)) => tick.ingest(item).await?,
             (None, None) => return Err(sqlx::Error::PoolClosed), // cannot happen: see `new`
@@ -205,7 +205,8 @@ impl Ingest {
             .increment(1);
         tracing::debug!(conversation = %ingested.conversation_id, outcome, "inbound message");
         // Also on a duplicate: if the first copy was never answered (a crash), this gets it going.
-        self.router.kick(&ingested.conversation_id);
+        self.router
+            .kick_with(&ingested.conversation_id, ingested.turn.take());
         Ok(ingested)
     }
 }

@@ -156,6 +156,14 @@ impl Router {
 
     /// Makes sure the conversation's pending turns get processed.
     pub fn kick(&self, conversation_id: &str) {
+        self.kick_with(conversation_id, None);
+    }
+
+    /// [`Router::kick`], with the conversation's oldest pending turn when the caller has it
+    /// already (the ingest that stored it, see `Ingested::turn`): a conversation not being
+    /// processed starts on it without reading it back; one being processed reads its next
+    /// turn as always (the given one is dropped: it is in the database).
+    pub fn kick_with(&self, conversation_id: &str, turn: Option<Box<PendingTurn>>) {
         if !self.inner.enabled || self.inner.shutdown.is_cancelled() {
             return; // stays in the database; resume_pending picks it up on the next start
         }
@@ -172,7 +180,7 @@ impl Router {
         let span = info_span!("conversation", conversation = %conversation_id);
         self.inner
             .tracker
-            .spawn(async move { inner.drain(conversation_id).await }.instrument(span));
+            .spawn(async move { inner.drain(conversation_id, turn).await }.instrument(span));
     }
 
     /// Kicks every conversation with unanswered messages (after a restart). Returns how many.
@@ -246,7 +254,11 @@ impl Inner {
         Ok(completed)
     }
 
-    async fn drain(self: Arc<Self>, conversation_id: String) {
+    /// Processes the conversation's turns in order until none is left. `first`: its oldest
+    /// pending turn, known already (processed without a read; after a failure it is read again
+    /// like any other).
+    async fn drain(self: Arc<Self>, conversation_id: String, first: Option<Box<PendingTurn>>) {
+        let mut first = first;
         let mut failures = 0u32;
         loop {
             loop {
@@ -255,7 +267,15 @@ impl Inner {
                     return;
                 }
                 let give_up = failures >= GIVE_UP_AFTER_FAILURES;
-                match self.process_next(&conversation_id, give_up).await {
+                let step = match first.take() {
+                    // Whether another turn waits behind it is not known: `false` ends this
+                    // pass, and a message stored since kicked us ("run again" below).
+                    Some(turn) => Box::pin(self.process(*turn, give_up))
+                        .await
+                        .map(|()| Some(false)),
+                    None => self.process_next(&conversation_id, give_up).await,
+                };
+                match step {
                     Ok(Some(true)) => failures = 0,
                     // That was the last one: a message stored since kicked us ("run again").
                     Ok(Some(false)) | Ok(None) => break,

@@ -32,6 +32,7 @@ both_backends!(
     a_responder_that_keeps_failing_gets_an_apology_and_the_conversation_goes_on,
     a_batch_with_send_times_numbers_in_order_and_keeps_the_last_wrote_rule,
     one_tick_stores_messages_turns_and_outcomes_and_a_bad_message_fails_alone,
+    a_turn_handed_over_by_the_ingest_is_the_turn_the_router_would_read,
     the_multi_row_paths_keep_any_text_exactly,
     batches_the_multi_row_paths_cannot_take_are_written_item_by_item,
     the_next_turns_of_many_conversations_are_read_together,
@@ -801,6 +802,86 @@ async fn a_batch_with_send_times_numbers_in_order_and_keeps_the_last_wrote_rule(
 /// delivery outcome submitted at once are all stored; a message that cannot be stored (its
 /// channel does not exist) fails on its own and takes nothing else with it. On PostgreSQL there
 /// is no tick (the same writes batch by kind); the story checks that and the direct paths.
+/// SQLite's ingest hands the router the turn of a message that is the oldest unanswered one
+/// of its conversation (`Ingested::turn`), read in the ingest's own transaction, so the router
+/// starts on it without reading it back. That turn must be exactly the one the router's read
+/// returns — conversation status, recipient, contact facts and all — and a message behind an
+/// unanswered one must not have one (it would be answered out of order). PostgreSQL's ingest
+/// hands none over: the router reads every turn.
+async fn a_turn_handed_over_by_the_ingest_is_the_turn_the_router_would_read(backend: Backend) {
+    let Some((app, channel)) = store_only(backend).await else {
+        return;
+    };
+    let store = app.store.clone();
+    let ingest = async |id: &str| {
+        let item = ingest_item(
+            &app.tenant_id,
+            &channel.id,
+            "ann",
+            id,
+            &format!("text {id}"),
+        );
+        match store.tick() {
+            Some(tick) => tick.ingest(item).await.expect("stored"),
+            None => store
+                .ingest_batch(vec![item])
+                .await
+                .pop()
+                .expect("one result")
+                .expect("stored"),
+        }
+    };
+    let complete = async |turn: switchboard::store::messages::PendingTurn| match store.tick() {
+        Some(tick) => {
+            tick.complete(turn, None, None).await.expect("completed");
+        }
+        None => {
+            store
+                .complete_turns(vec![(turn, None)], None)
+                .await
+                .pop()
+                .expect("one result")
+                .expect("completed");
+        }
+    };
+    let read = async |conversation: &str| {
+        store
+            .next_pending_turn(conversation)
+            .await
+            .expect("read")
+            .expect("a turn waits")
+    };
+    // The first message opens the conversation (the general path): read, then answered.
+    let first = ingest("a1").await;
+    let (turn, _) = read(&first.conversation_id).await;
+    complete(turn).await;
+    // Blocked meanwhile: the handed-over turn must say so, as the read does.
+    sqlx::query("UPDATE contact SET blocked_at = 1 WHERE id = (SELECT contact_id FROM conversation WHERE id = $1)")
+        .bind(&first.conversation_id)
+        .execute(store.writer())
+        .await
+        .expect("block");
+    let second = ingest("a2").await;
+    let (read_second, more) = read(&second.conversation_id).await;
+    assert!(!more, "nothing waits behind a2");
+    assert!(read_second.contact_blocked);
+    match backend {
+        Backend::Sqlite => assert_eq!(
+            second.turn.as_deref(),
+            Some(&read_second),
+            "the handed-over turn is the one the router would read"
+        ),
+        Backend::Postgres => assert!(second.turn.is_none()),
+    }
+    // a3 arrives while a2 is unanswered: no turn handed over, a2 goes first.
+    let third = ingest("a3").await;
+    assert!(third.turn.is_none(), "a3 waits behind a2: {third:?}");
+    let (turn, more) = read(&third.conversation_id).await;
+    assert_eq!(turn.message_id, second.message_id);
+    assert!(more);
+    app.stop().await;
+}
+
 async fn one_tick_stores_messages_turns_and_outcomes_and_a_bad_message_fails_alone(
     backend: Backend,
 ) {

@@ -434,6 +434,7 @@ impl Store {
                 message_id,
                 seq: *seq,
                 duplicate: false,
+                turn: None,
             });
             *seq += 1;
         }
@@ -635,7 +636,7 @@ impl Store {
             });
         }
         // `WHERE true`: without it SQLite would read `ON CONFLICT` as a join constraint.
-        let query = sqlx::query(
+        let query = sqlx::query(concat!(
             "UPDATE conversation SET last_seq = last_seq + v.k, updated_at = $1,
                     last_inbound_at = CASE WHEN last_inbound_at IS NULL
                                                 OR last_inbound_at < v.wrote
@@ -652,15 +653,20 @@ impl Store {
                     'inbound', 'contact', value ->> 5, value ->> 6, value ->> 7, value ->> 8,
                     value ->> 9, value ->> 10, 'received', $1
              FROM jsonb_each($3) WHERE true
-             ON CONFLICT (channel_id, provider_id) DO NOTHING RETURNING id, seq",
-        )
+             ON CONFLICT (channel_id, provider_id) DO NOTHING RETURNING id, seq;",
+            super::messages::ingest_turn_facts!()
+        ))
         .bind(now)
         .bind(json_rows(&numbering))
         .bind(json_rows(&rows));
         let steps = script(w, query).await?;
-        let (numbered, inserted) = match steps.as_slice() {
-            [numbered, inserted] => (numbered.changed, inserted.rows.as_slice()),
-            _ => (0, &[][..]),
+        let (numbered, inserted, facts) = match steps.as_slice() {
+            [numbered, inserted, facts] => (
+                numbered.changed,
+                inserted.rows.as_slice(),
+                facts.rows.as_slice(),
+            ),
+            _ => (0, &[][..], &[][..]),
         };
         if numbered != counts.len() as u64 || inserted.len() != items.len() {
             return Err(sqlx::Error::Protocol(
@@ -673,13 +679,43 @@ impl Store {
         for row in inserted {
             seqs.insert(row.try_get("id")?, row.try_get("seq")?);
         }
+        let mut facts: HashMap<String, &AnyRow> = facts
+            .iter()
+            .map(|r| Ok((r.try_get("id")?, r)))
+            .collect::<Result<_, sqlx::Error>>()?;
         rows.into_iter()
-            .map(|row| {
+            .zip(items)
+            .map(|(row, item)| {
+                let seq = seqs.get(&row.id).copied().ok_or(sqlx::Error::RowNotFound)?;
+                let turn = match facts.remove(&row.id) {
+                    Some(f) => Some(Box::new(PendingTurn {
+                        tenant_id: item.tenant_id.clone(),
+                        conversation_id: row.conversation_id.to_owned(),
+                        conversation_status: f.try_get("status")?,
+                        channel_id: item.channel_id.clone(),
+                        message_id: row.id.clone(),
+                        seq,
+                        text: item.message.text.clone(),
+                        created_at: now,
+                        recipient: f.try_get("external_id")?,
+                        kind: item.message.kind.clone(),
+                        provider_id: Some(item.message.provider_id.clone()),
+                        attachments: row.attachments.clone(),
+                        channel_kind: f.try_get("channel_kind")?,
+                        contact_id: f.try_get("contact_id")?,
+                        contact_blocked: f.try_get::<Option<i64>, _>("blocked_at")?.is_some(),
+                        fallbacks: f.try_get("fallbacks")?,
+                        enrolled: f.try_get::<i64, _>("enrolled")? != 0,
+                        programs_published: f.try_get::<i64, _>("programs_published")? != 0,
+                    })),
+                    None => None,
+                };
                 Ok(Ingested {
-                    seq: seqs.get(&row.id).copied().ok_or(sqlx::Error::RowNotFound)?,
+                    seq,
                     conversation_id: row.conversation_id.to_owned(),
                     message_id: row.id,
                     duplicate: false,
+                    turn,
                 })
             })
             .collect()

@@ -15,6 +15,11 @@ pub struct Ingested {
     pub seq: i64,
     /// The provider id was seen before: nothing was stored, the ids are those of the first copy.
     pub duplicate: bool,
+    /// The message's turn, as [`Store::next_pending_turns`] would read it, when the ingest found
+    /// in the same transaction that it is the oldest unanswered message of its conversation
+    /// (SQLite's fast path): the router starts on it without reading it back. `None`: the
+    /// router reads the conversation's next turn.
+    pub turn: Option<Box<PendingTurn>>,
 }
 
 /// One message for the ingest gate.
@@ -31,7 +36,7 @@ pub struct IngestItem {
 }
 
 /// An inbound message waiting for the router.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingTurn {
     pub tenant_id: String,
     pub conversation_id: String,
@@ -595,6 +600,37 @@ impl Store {
 /// The router's turn read ([`Store::next_pending_turns`]): `$1` the conversations' ids as one JSON
 /// array; per conversation its first two unanswered inbound messages (the second only says that
 /// another turn waits), with what answering needs of the conversation, contact and channel.
+/// SQLite's ingest fast path, last statement of its script (`$3`: the inserted rows, `value ->> 0`
+/// each one's id): for each message just stored that is the oldest unanswered inbound message
+/// of its conversation, what [`turn_read_sql`] reads about its conversation, contact and channel
+/// — so the router can start on the turn without reading it back (see [`Ingested::turn`]). A
+/// message behind an unanswered one gets no row: its turn is read when its turn comes.
+macro_rules! ingest_turn_facts {
+    () => {
+        "SELECT m.id, c.status, ci.external_id, ch.kind AS channel_kind, c.contact_id,
+                k.blocked_at, c.fallbacks,
+                CAST(CASE WHEN EXISTS (SELECT 1 FROM enrollment e
+                                       WHERE e.contact_id = c.contact_id
+                                         AND e.status = 'active')
+                          THEN 1 ELSE 0 END AS BIGINT) AS enrolled,
+                CAST(CASE WHEN EXISTS (SELECT 1 FROM program p
+                                       WHERE p.tenant_id = m.tenant_id
+                                         AND p.deleted_at IS NULL AND p.current_version > 0)
+                          THEN 1 ELSE 0 END AS BIGINT) AS programs_published
+         FROM jsonb_each($3) AS v
+         JOIN message m ON m.id = v.value ->> 0
+         JOIN conversation c ON c.id = m.conversation_id
+         JOIN contact k ON k.id = c.contact_id
+         JOIN contact_identity ci ON ci.contact_id = c.contact_id AND ci.channel_id = c.channel_id
+         JOIN channel ch ON ch.id = m.channel_id
+         WHERE NOT EXISTS (SELECT 1 FROM message q
+                           WHERE q.conversation_id = m.conversation_id
+                             AND q.direction = 'inbound' AND q.processed_at IS NULL
+                             AND q.seq < m.seq)"
+    };
+}
+pub(crate) use ingest_turn_facts;
+
 pub fn turn_read_sql(backend: Backend) -> String {
     // `j`: the conversations asked for, with their position (`ord`) in the request; `m`: the
     // first two unanswered inbound messages of each (an index search per conversation on
@@ -781,6 +817,7 @@ async fn store_inbound(
             message_id,
             seq,
             duplicate: false,
+            turn: None,
         }));
     }
     // A redelivery. We hold the conversation's lock, so nobody took a number since ours: give
@@ -801,6 +838,7 @@ async fn store_inbound(
         message_id: first.try_get("id")?,
         seq: first.try_get("seq")?,
         duplicate: true,
+        turn: None,
     }))
 }
 
