@@ -691,22 +691,15 @@ impl Store {
                     Some(f) => Some(Box::new(PendingTurn {
                         tenant_id: item.tenant_id.clone(),
                         conversation_id: row.conversation_id.to_owned(),
-                        conversation_status: f.try_get("status")?,
                         channel_id: item.channel_id.clone(),
                         message_id: row.id.clone(),
                         seq,
                         text: item.message.text.clone(),
                         created_at: now,
-                        recipient: f.try_get("external_id")?,
                         kind: item.message.kind.clone(),
                         provider_id: Some(item.message.provider_id.clone()),
                         attachments: row.attachments.clone(),
-                        channel_kind: f.try_get("channel_kind")?,
-                        contact_id: f.try_get("contact_id")?,
-                        contact_blocked: f.try_get::<Option<i64>, _>("blocked_at")?.is_some(),
-                        fallbacks: f.try_get("fallbacks")?,
-                        enrolled: f.try_get::<i64, _>("enrolled")? != 0,
-                        programs_published: f.try_get::<i64, _>("programs_published")? != 0,
+                        ..super::messages::turn_facts(f)?
                     })),
                     None => None,
                 };

@@ -600,15 +600,13 @@ impl Store {
 /// The router's turn read ([`Store::next_pending_turns`]): `$1` the conversations' ids as one JSON
 /// array; per conversation its first two unanswered inbound messages (the second only says that
 /// another turn waits), with what answering needs of the conversation, contact and channel.
-/// SQLite's ingest fast path, last statement of its script (`$3`: the inserted rows, `value ->> 0`
-/// each one's id): for each message just stored that is the oldest unanswered inbound message
-/// of its conversation, what [`turn_read_sql`] reads about its conversation, contact and channel
-/// — so the router can start on the turn without reading it back (see [`Ingested::turn`]). A
-/// message behind an unanswered one gets no row: its turn is read when its turn comes.
-macro_rules! ingest_turn_facts {
+/// What a turn carries about its conversation, contact and channel (`m`: the message; with
+/// [`turn_facts_joins!`]): read with the turn ([`turn_read_sql`]) or with the ingest that stored
+/// its message ([`ingest_turn_facts!`]).
+macro_rules! turn_facts_columns {
     () => {
-        "SELECT m.id, c.status, ci.external_id, ch.kind AS channel_kind, c.contact_id,
-                k.blocked_at, c.fallbacks,
+        "c.status, ci.external_id, ch.kind AS channel_kind, c.contact_id, k.blocked_at,
+                c.fallbacks,
                 CAST(CASE WHEN EXISTS (SELECT 1 FROM enrollment e
                                        WHERE e.contact_id = c.contact_id
                                          AND e.status = 'active')
@@ -616,20 +614,40 @@ macro_rules! ingest_turn_facts {
                 CAST(CASE WHEN EXISTS (SELECT 1 FROM program p
                                        WHERE p.tenant_id = m.tenant_id
                                          AND p.deleted_at IS NULL AND p.current_version > 0)
-                          THEN 1 ELSE 0 END AS BIGINT) AS programs_published
-         FROM jsonb_each($3) AS v
-         JOIN message m ON m.id = v.value ->> 0
-         JOIN conversation c ON c.id = m.conversation_id
-         JOIN contact k ON k.id = c.contact_id
-         JOIN contact_identity ci ON ci.contact_id = c.contact_id AND ci.channel_id = c.channel_id
-         JOIN channel ch ON ch.id = m.channel_id
-         WHERE NOT EXISTS (SELECT 1 FROM message q
-                           WHERE q.conversation_id = m.conversation_id
-                             AND q.direction = 'inbound' AND q.processed_at IS NULL
-                             AND q.seq < m.seq)"
+                          THEN 1 ELSE 0 END AS BIGINT) AS programs_published"
     };
 }
-pub(crate) use ingest_turn_facts;
+
+/// The joins [`turn_facts_columns!`] reads from.
+macro_rules! turn_facts_joins {
+    () => {
+        "JOIN conversation c ON c.id = m.conversation_id
+         JOIN contact k ON k.id = c.contact_id
+         JOIN contact_identity ci ON ci.contact_id = c.contact_id AND ci.channel_id = c.channel_id
+         JOIN channel ch ON ch.id = m.channel_id"
+    };
+}
+
+/// SQLite's ingest fast path, last statement of its script (`$3`: the inserted rows, `value ->> 0`
+/// each one's id): for each message just stored that is the oldest unanswered inbound message
+/// of its conversation, what [`turn_read_sql`] reads about its conversation, contact and channel
+/// — so the router can start on the turn without reading it back (see [`Ingested::turn`]). A
+/// message behind an unanswered one gets no row: its turn is read when its turn comes.
+macro_rules! ingest_turn_facts {
+    () => {
+        concat!(
+            "SELECT m.id, ",
+            $crate::store::messages::turn_facts_columns!(),
+            " FROM jsonb_each($3) AS v JOIN message m ON m.id = v.value ->> 0 ",
+            $crate::store::messages::turn_facts_joins!(),
+            " WHERE NOT EXISTS (SELECT 1 FROM message q
+                                WHERE q.conversation_id = m.conversation_id
+                                  AND q.direction = 'inbound' AND q.processed_at IS NULL
+                                  AND q.seq < m.seq)"
+        )
+    };
+}
+pub(crate) use {ingest_turn_facts, turn_facts_columns, turn_facts_joins};
 
 pub fn turn_read_sql(backend: Backend) -> String {
     // `j`: the conversations asked for, with their position (`ord`) in the request; `m`: the
@@ -653,22 +671,12 @@ pub fn turn_read_sql(backend: Backend) -> String {
     };
     format!(
         "SELECT j.ord, m.id, m.tenant_id, m.conversation_id, m.channel_id, m.seq, m.text,
-                m.created_at, m.kind, m.provider_id, m.attachments, c.status, ci.external_id,
-                ch.kind AS channel_kind, c.contact_id, k.blocked_at, c.fallbacks,
-                CAST(CASE WHEN EXISTS (SELECT 1 FROM enrollment e
-                                       WHERE e.contact_id = c.contact_id
-                                         AND e.status = 'active')
-                          THEN 1 ELSE 0 END AS BIGINT) AS enrolled,
-                CAST(CASE WHEN EXISTS (SELECT 1 FROM program p
-                                       WHERE p.tenant_id = m.tenant_id
-                                         AND p.deleted_at IS NULL AND p.current_version > 0)
-                          THEN 1 ELSE 0 END AS BIGINT) AS programs_published
+                m.created_at, m.kind, m.provider_id, m.attachments, {columns}
          FROM {source}
-         JOIN conversation c ON c.id = m.conversation_id
-         JOIN contact k ON k.id = c.contact_id
-         JOIN contact_identity ci ON ci.contact_id = c.contact_id AND ci.channel_id = c.channel_id
-         JOIN channel ch ON ch.id = m.channel_id
-         ORDER BY j.ord, m.seq"
+         {joins}
+         ORDER BY j.ord, m.seq",
+        columns = turn_facts_columns!(),
+        joins = turn_facts_joins!(),
     )
 }
 
@@ -1087,16 +1095,34 @@ fn pending_turn(r: &AnyRow) -> Result<PendingTurn, sqlx::Error> {
     Ok(PendingTurn {
         tenant_id: r.try_get("tenant_id")?,
         conversation_id: r.try_get("conversation_id")?,
-        conversation_status: r.try_get("status")?,
         channel_id: r.try_get("channel_id")?,
         message_id: r.try_get("id")?,
         seq: r.try_get("seq")?,
         text: r.try_get("text")?,
         created_at: r.try_get("created_at")?,
-        recipient: r.try_get("external_id")?,
         kind: r.try_get("kind")?,
         provider_id: r.try_get("provider_id")?,
         attachments: r.try_get("attachments")?,
+        ..turn_facts(r)?
+    })
+}
+
+/// A turn's facts about its conversation, contact and channel, from a row with
+/// [`turn_facts_columns!`]; the message's own fields are left empty for the caller to fill.
+pub(super) fn turn_facts(r: &AnyRow) -> Result<PendingTurn, sqlx::Error> {
+    Ok(PendingTurn {
+        tenant_id: String::new(),
+        conversation_id: String::new(),
+        conversation_status: r.try_get("status")?,
+        channel_id: String::new(),
+        message_id: String::new(),
+        seq: 0,
+        text: String::new(),
+        created_at: 0,
+        recipient: r.try_get("external_id")?,
+        kind: String::new(),
+        provider_id: None,
+        attachments: String::new(),
         channel_kind: r.try_get("channel_kind")?,
         contact_id: r.try_get("contact_id")?,
         contact_blocked: r.try_get::<Option<i64>, _>("blocked_at")?.is_some(),
