@@ -446,16 +446,9 @@ impl Outbox {
             );
             return (Outcome::Dead { error }, channel.kind.as_str());
         };
-        // Only channels with window rules pay for this look-up.
+        // Read with the claim; only channels with window rules are told.
         let contact_last_wrote_at = if adapter.needs_last_inbound() {
-            match self.store.last_inbound_at(&d.conversation_id).await {
-                Ok(at) => at,
-                Err(e) => {
-                    let delay = self.policy.delay(d.attempts as u32, None);
-                    let error = format!("loading the conversation: {e}");
-                    return (self.retry_or_dead(d, delay, error), channel.kind.as_str());
-                }
-            }
+            d.last_inbound_at
         } else {
             None
         };

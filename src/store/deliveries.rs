@@ -38,6 +38,10 @@ pub struct ClaimedDelivery {
     /// Why the recipient cannot be reached on this channel (blocked the bot, bounced), read
     /// with the claim; `None`: reachable as far as we know.
     pub unreachable: Option<String>,
+    /// When the contact last wrote in this conversation (ms), read with the claim for the
+    /// channels whose rules depend on it (WhatsApp's 24-hour window): a send costs no read of
+    /// its own. A message that arrives after the claim only moves it later (the window wider).
+    pub last_inbound_at: Option<i64>,
 }
 
 /// What became of one attempt, to be recorded (in batches) by [`Store::record_outcomes`].
@@ -86,7 +90,9 @@ macro_rules! claim_returning {
                     (SELECT ci.unreachable_reason FROM contact_identity ci
                      WHERE ci.channel_id = delivery.channel_id
                        AND ci.external_id = delivery.recipient
-                       AND ci.unreachable_at IS NOT NULL) AS unreachable"
+                       AND ci.unreachable_at IS NOT NULL) AS unreachable,
+                    (SELECT c.last_inbound_at FROM conversation c
+                     WHERE c.id = delivery.conversation_id) AS last_inbound_at"
     };
 }
 
@@ -252,6 +258,7 @@ pub(super) fn claimed_from_row(r: &AnyRow) -> Result<ClaimedDelivery, sqlx::Erro
         parts_sent: r.try_get("parts_sent")?,
         lease: r.try_get("locked_until")?,
         unreachable: r.try_get("unreachable")?,
+        last_inbound_at: r.try_get("last_inbound_at")?,
     })
 }
 
