@@ -237,6 +237,11 @@ impl serde::Serialize for ReplyRow<'_> {
 
 /// Postgres: lock the conversations' rows in id order before touching any of them, so that
 /// concurrent batches (which all do this) cannot deadlock. SQLite has one writer: nothing to do.
+///
+/// `FOR NO KEY UPDATE`, the lock the batches' own updates take (they change no key): it orders
+/// the batches among themselves as `FOR UPDATE` did, but leaves alone the `FOR KEY SHARE` that
+/// every insert of a message or delivery takes on its conversation for the foreign key, so
+/// another transaction's insert into a locked conversation no longer waits for its commit.
 pub(super) async fn lock_conversations(
     w: &mut WriteTx,
     backend: Backend,
@@ -245,7 +250,7 @@ pub(super) async fn lock_conversations(
     if backend == Backend::Postgres {
         let mut s = Statement::new("SELECT id FROM conversation WHERE ");
         s.bind_in(backend, "id", ids.keys().map(String::as_str))
-            .push(" ORDER BY id FOR UPDATE");
+            .push(" ORDER BY id FOR NO KEY UPDATE");
         s.query().fetch_all(&mut *w.tx).await?;
     }
     Ok(())
