@@ -553,7 +553,8 @@ async fn visitor(url: &str, origin: &str) -> anyhow::Result<Ws> {
 }
 
 /// A visitor's messages, each sent when the bot answered the previous one; the `sent` frame is
-/// the acknowledgement, the bot's `message` frame with `echo: m<n>` the reply.
+/// the acknowledgement, the bot's `message` frame with `echo: m<n>` the reply. Every `message`
+/// frame is acknowledged (`ack`) as the widget's script does.
 async fn chat(mut ws: Ws, shared: Arc<Shared>) -> anyhow::Result<()> {
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
@@ -574,11 +575,20 @@ async fn chat(mut ws: Ws, shared: Arc<Shared>) -> anyhow::Result<()> {
             let at = Instant::now();
             if frame.contains("\"type\":\"sent\"") {
                 lock(&shared.acks).push(at);
-            } else if frame.contains("\"type\":\"message\"")
-                && echo_key(frame.as_bytes()) == Some(n)
-            {
-                lock(&shared.replies).entry(n).or_insert(at);
-                break;
+            } else if frame.contains("\"type\":\"message\"") {
+                // Acknowledged as `widget/widget.js` does every message frame it shows (the
+                // visitor's own message and the reply): the gateway records the reply delivered.
+                let seq = serde_json::from_str::<Value>(frame.as_str())
+                    .ok()
+                    .and_then(|v| v["seq"].as_i64());
+                if let Some(seq) = seq {
+                    let ack = json!({ "type": "ack", "seq": seq });
+                    ws.send(Message::text(ack.to_string())).await?;
+                }
+                if echo_key(frame.as_bytes()) == Some(n) {
+                    lock(&shared.replies).entry(n).or_insert(at);
+                    break;
+                }
             } else if frame.contains("\"type\":\"error\"") {
                 anyhow::bail!("refused: {frame}");
             }
