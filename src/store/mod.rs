@@ -647,6 +647,25 @@ pub(crate) mod plans {
         }
     }
 
+    /// The widget's acknowledgements, a tick's together: each conversation's messages found by
+    /// the `(conversation_id, seq)` key, never by reading `message` whole.
+    #[tokio::test]
+    async fn widget_acknowledgements_search_their_conversation_by_key() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = sqlite_store(dir.path()).await;
+        let plan = sqlite_plan(&store, widget::WIDGET_ACKS, 1).await;
+        assert!(
+            plan.iter().all(|step| !step.starts_with("SCAN message")),
+            "scans message: {plan:?}"
+        );
+        assert!(
+            plan.iter()
+                .any(|step| step.starts_with("SEARCH message USING INDEX")
+                    && step.contains("conversation_id=? AND seq<?")),
+            "not by (conversation_id, seq): {plan:?}"
+        );
+    }
+
     /// SQLite's plan for lookups outside the message path that read a growing table whole
     /// before migration 0015: the hand-off timeout's sweep (every tenant, every minute), a
     /// program's statistics, the admin listing of deliveries, and a `/link` merge's moves.

@@ -1,7 +1,9 @@
 //! One writer, one transaction per tick (SQLite).
 //!
 //! SQLite has one writer; before this, three group-commit queues took turns on it — inbound
-//! messages, completed turns (replies with their deliveries) and delivery outcomes — and a busy
+//! messages, completed turns (replies with their deliveries) and delivery outcomes (and, beside
+//! them, a transaction of its own for every widget acknowledgement, which now joins the tick
+//! too) — and a busy
 //! core paid three commits per round: three fsyncs, and the pages all of them touch (the
 //! conversation rows, the message table's tail) written to the WAL three times. The [`Tick`]
 //! takes whatever of the three is waiting when the writer comes free and commits it in one
@@ -36,6 +38,11 @@ enum Op {
         lease_ms: Option<i64>,
     },
     Record(Vec<(ClaimedDelivery, Outcome)>),
+    /// A widget visitor holds its conversation up to this seq (see [`Store::widget_ack`]).
+    Ack {
+        conversation_id: String,
+        seq: i64,
+    },
 }
 
 /// What a caller gets back once its tick committed.
@@ -43,6 +50,7 @@ enum Done {
     Ingested(Ingested),
     Completed(Box<Completed>),
     Recorded,
+    Acked,
 }
 
 /// Handle to the tick writer. Cheap to clone.
@@ -88,6 +96,21 @@ impl Tick {
         }
     }
 
+    /// Marks what a widget visitor acknowledged delivered (see [`Store::widget_ack`]).
+    pub async fn ack(&self, conversation_id: String, seq: i64) -> Result<(), sqlx::Error> {
+        match self
+            .batcher
+            .submit(Op::Ack {
+                conversation_id,
+                seq,
+            })
+            .await?
+        {
+            Done::Acked => Ok(()),
+            _ => Err(mismatch()),
+        }
+    }
+
     /// Records delivery outcomes (see [`Store::record_outcomes`]).
     pub async fn record(
         &self,
@@ -117,6 +140,9 @@ struct Sorted {
     record: Vec<(ClaimedDelivery, Outcome)>,
     /// Per `Record` op: its index and how many outcomes of `record` it brought.
     record_at: Vec<(usize, usize)>,
+    /// Widget acknowledgements: (conversation, seq).
+    ack: Vec<(String, i64)>,
+    ack_at: Vec<usize>,
 }
 
 async fn run(store: &Store, ops: Vec<Op>) -> Vec<Result<Done, sqlx::Error>> {
@@ -143,6 +169,13 @@ async fn run(store: &Store, ops: Vec<Op>) -> Vec<Result<Done, sqlx::Error>> {
                 sorted.record_at.push((i, outcomes.len()));
                 sorted.record.extend(outcomes);
             }
+            Op::Ack {
+                conversation_id,
+                seq,
+            } => {
+                sorted.ack.push((conversation_id, seq));
+                sorted.ack_at.push(i);
+            }
         }
     }
     let mut results: Vec<Option<Result<Done, sqlx::Error>>> = (0..n).map(|_| None).collect();
@@ -159,6 +192,9 @@ async fn run(store: &Store, ops: Vec<Op>) -> Vec<Result<Done, sqlx::Error>> {
             for (at, _) in &sorted.record_at {
                 results[*at] = Some(Ok(Done::Recorded));
             }
+            for at in &sorted.ack_at {
+                results[*at] = Some(Ok(Done::Acked));
+            }
         }
         Err(e) => {
             warn!(error = %e, ops = n, "tick failed; writing its parts one by one");
@@ -172,7 +208,8 @@ async fn run(store: &Store, ops: Vec<Op>) -> Vec<Result<Done, sqlx::Error>> {
 }
 
 /// Everything in one transaction: outcomes first (a reply whose predecessor was just recorded
-/// as delivered can then be claimed with its turn), then turns, then new messages.
+/// as delivered can then be claimed with its turn), then turns, then new messages, then the
+/// widget's acknowledgements.
 async fn together(
     store: &Store,
     sorted: &Sorted,
@@ -193,6 +230,9 @@ async fn together(
     } else {
         store.ingest_in(&mut w, &sorted.ingest, now).await?
     };
+    if !sorted.ack.is_empty() {
+        store.widget_acks_in(&mut w, &sorted.ack).await?;
+    }
     w.commit().await?;
     Ok((ingested, completed))
 }
@@ -216,6 +256,15 @@ async fn separately(
         {
             results[at] = Some(r.map(|c| Done::Completed(Box::new(c))));
         }
+    }
+    for (at, (conversation_id, seq)) in sorted.ack_at.into_iter().zip(sorted.ack) {
+        // `store` has no tick: its own transaction.
+        results[at] = Some(
+            store
+                .widget_ack(&conversation_id, seq)
+                .await
+                .map(|()| Done::Acked),
+        );
     }
     if !sorted.ingest.is_empty() {
         let ingested = store.ingest_batch(sorted.ingest).await;

@@ -11,6 +11,13 @@ use super::tenants::{generate_key, insert_key};
 use super::{Store, now_ms};
 use crate::core::Role;
 
+/// SQLite: widget acknowledgements, `$1` a JSON list of `[conversation, seq]` (see
+/// [`Store::widget_acks_in`]).
+pub(super) const WIDGET_ACKS: &str = "UPDATE message SET status = 'delivered'
+     FROM (SELECT value ->> 0 AS c, value ->> 1 AS s FROM jsonb_each($1)) AS v
+     WHERE message.conversation_id = v.c AND message.seq <= v.s
+       AND message.direction = 'outbound' AND message.status IN ('queued', 'sent')";
+
 /// A stored message as the widget shows it.
 #[derive(Debug, Clone)]
 pub struct WidgetMessage {
@@ -186,8 +193,15 @@ impl Store {
     }
 
     /// The visitor holds every message up to `seq`: the bot's and agents' become `delivered`.
-    pub async fn widget_ack(&self, conversation_id: &str, seq: i64) -> Result<u64, sqlx::Error> {
-        // A read first: acknowledgements of what is already delivered cost no write transaction.
+    ///
+    /// On SQLite the write joins the writer's current tick (see [`super::tick`]): one statement
+    /// there for every acknowledgement of the tick, instead of a transaction (and a commit with
+    /// its `fsync`) of its own for each. Elsewhere a read first: acknowledgements of what is
+    /// already delivered cost no write transaction.
+    pub async fn widget_ack(&self, conversation_id: &str, seq: i64) -> Result<(), sqlx::Error> {
+        if let Some(tick) = self.tick() {
+            return tick.ack(conversation_id.to_owned(), seq).await;
+        }
         let pending = sqlx::query(
             "SELECT 1 FROM message
              WHERE conversation_id = $1 AND direction = 'outbound' AND seq <= $2
@@ -199,19 +213,41 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         if pending.is_none() {
-            return Ok(0);
+            return Ok(());
         }
         let mut w = self.begin_write().await?;
-        let done = sqlx::query(
-            "UPDATE message SET status = 'delivered'
-             WHERE conversation_id = $1 AND direction = 'outbound' AND seq <= $2
-               AND status IN ('queued', 'sent')",
-        )
-        .bind(conversation_id)
-        .bind(seq)
-        .execute(&mut *w.tx)
-        .await?;
-        w.commit().await?;
-        Ok(done.rows_affected())
+        self.widget_acks_in(&mut w, &[(conversation_id.to_owned(), seq)])
+            .await?;
+        w.commit().await
+    }
+
+    /// Widget acknowledgements `(conversation, seq)` in `w`: on SQLite one statement for a tick's
+    /// every acknowledgement (its SQL the same for any number: see `bulk::json_rows`), each
+    /// finding its conversation's messages by the `(conversation_id, seq)` key.
+    pub(super) async fn widget_acks_in(
+        &self,
+        w: &mut super::WriteTx,
+        acks: &[(String, i64)],
+    ) -> Result<(), sqlx::Error> {
+        if self.backend == super::Backend::Postgres {
+            // (One per transaction there: PostgreSQL has no tick.)
+            for (conversation_id, seq) in acks {
+                sqlx::query(
+                    "UPDATE message SET status = 'delivered'
+                     WHERE conversation_id = $1 AND direction = 'outbound' AND seq <= $2
+                       AND status IN ('queued', 'sent')",
+                )
+                .bind(conversation_id)
+                .bind(seq)
+                .execute(&mut *w.tx)
+                .await?;
+            }
+            return Ok(());
+        }
+        sqlx::query(WIDGET_ACKS)
+            .bind(super::bulk::json_rows(acks))
+            .execute(&mut *w.tx)
+            .await?;
+        Ok(())
     }
 }
